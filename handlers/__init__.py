@@ -1,0 +1,23 @@
+"""Built-in handlers: ``noop``, ``echo``, ``fail``, ``sleep``, ``http.request``, ``shell``."""
+
+from __future__ import annotations
+
+from handlers import basic, http, shell
+from orchestrator.registry import HandlerRegistry
+
+__all__ = ["builtin_registry"]
+
+_BUILTIN_MODULES = (basic, http, shell)
+
+
+def builtin_registry() -> HandlerRegistry:
+    """A fresh registry holding every built-in handler.
+
+    Fresh on each call, so a caller may merge its own handlers into it (or
+    replace a built-in through :meth:`HandlerRegistry.merged`) without
+    affecting anyone else.
+    """
+    registry = HandlerRegistry()
+    for module in _BUILTIN_MODULES:
+        registry.register_module(module)
+    return registry

@@ -1,0 +1,104 @@
+"""One orchestrator process: database, engine, workers and the loaded workflows.
+
+Used as an async context manager by ``orchestrator run`` and ``dev``, by the
+tests and by the benchmarks, so all of them exercise the same wiring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from types import TracebackType
+
+from orchestrator.engine import TASKS_CHANNEL, Engine
+from orchestrator.registry import HandlerRegistry
+from orchestrator.settings import Settings
+from orchestrator.spec import WorkflowSpec
+from orchestrator.store import Database, Listener, connect
+from orchestrator.worker import FaultHook, Worker
+
+log = logging.getLogger(__name__)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        settings: Settings,
+        database_url: str,
+        *,
+        registry: HandlerRegistry | None = None,
+        workflows: Iterable[WorkflowSpec] = (),
+        migrate: bool = True,
+        worker_name: str | None = None,
+        fault: FaultHook | None = None,
+    ) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.registry = registry or HandlerRegistry()
+        self._initial_workflows = list(workflows)
+        self._migrate = migrate
+        self._worker_name = worker_name
+        self._fault = fault
+        self.db: Database | None = None
+        self.engine: Engine | None = None
+        self.worker: Worker | None = None
+        self._listener: Listener | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.db = await connect(self.database_url, size=s.db_pool_size)
+        try:
+            if self._migrate:
+                applied = await self.db.migrate()
+                if applied:
+                    log.info("applied migrations: %s", ", ".join(applied))
+            self.engine = Engine(
+                self.db, lease_s=s.lease_s, default_pool_slots=s.default_pool_slots
+            )
+            for name, slots in s.pools.items():
+                await self.engine.set_pool(name, slots)
+            if self._initial_workflows:
+                await self.register(self._initial_workflows)
+            if s.worker_slots > 0:
+                self.worker = Worker(
+                    self.engine, self.registry, s, name=self._worker_name, fault=self._fault
+                )
+                self._listener = Listener(self.database_url, {TASKS_CHANNEL: self.worker.wake})
+                self._listener.start()
+                self.worker.start()
+        except BaseException:
+            await self.db.close()
+            raise
+
+    async def register(self, workflows: Iterable[WorkflowSpec]) -> dict[str, str]:
+        assert self.engine is not None, "start() first"
+        versions = await self.engine.register(workflows)
+        for name, version in versions.items():
+            log.info("workflow %s is at version %s", name, version)
+        return versions
+
+    def use_handlers(self, registry: HandlerRegistry) -> None:
+        """Swap in freshly loaded handlers; attempts already running keep theirs."""
+        self.registry = registry
+        if self.worker is not None:
+            self.worker.registry = registry
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        if self.worker is not None:
+            await self.worker.stop(grace_s)
+        if self._listener is not None:
+            await self._listener.stop()
+        if self.db is not None:
+            await self.db.close()
+
+    async def __aenter__(self) -> Orchestrator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,97 @@
+"""One exception tree. Errors carry structured fields, not just a message."""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class ConfigError(OrchestratorError):
+    """A setting is missing or invalid; the message names the key."""
+
+
+class SpecError(OrchestratorError):
+    """A workflow definition is invalid. Names the file, workflow and task."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        workflow: str | None = None,
+        task: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.workflow = workflow
+        self.task = task
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        where = []
+        if self.file:
+            where.append(self.file)
+        if self.workflow:
+            where.append(f"workflow {self.workflow!r}")
+        if self.task:
+            where.append(f"task {self.task!r}")
+        prefix = ": ".join([", ".join(where)]) if where else ""
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class UnknownWorkflowError(OrchestratorError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"unknown workflow {name!r}: it has not been registered with this database")
+
+
+class UnknownRunError(OrchestratorError):
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        super().__init__(f"no run with id {run_id}")
+
+
+class IllegalTransitionError(OrchestratorError):
+    """A guarded update found the row in a state other than the expected one."""
+
+    def __init__(self, what: str, target: str, detail: str = "") -> None:
+        self.what = what
+        self.target = target
+        super().__init__(
+            f"{what}: not moved to {target!r}" + (f" ({detail})" if detail else "")
+        )
+
+
+class StoreError(OrchestratorError):
+    """The database could not be reached or answered with an error."""
+
+
+class TaskError(OrchestratorError):
+    """Raised by handlers to fail an attempt with structured information."""
+
+    def __init__(self, message: str, *, non_retryable: bool = False) -> None:
+        self.non_retryable = non_retryable
+        super().__init__(message)
+
+
+class NonRetryableError(TaskError):
+    """Fails the task at once, whatever its retry policy says."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, non_retryable=True)
+
+
+class OutputTooLargeError(TaskError):
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"handler output is {size} bytes of JSON, over the limit of {limit} bytes "
+            "(ORCHESTRATOR_MAX_OUTPUT_BYTES); store large data elsewhere and return a reference"
+        )
+
+
+class OutputNotJSONError(TaskError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"handler output is not JSON-serialisable: {detail}")

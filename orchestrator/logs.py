@@ -1,0 +1,58 @@
+"""Logging helpers: run/task ids travel on records; the CLI picks the format.
+
+Library code installs no handlers; :func:`configure` is called by the CLI only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+TASK_LOGGER = "orchestrator.task"
+
+
+def task_logger(run_id: int, task_id: str, attempt: int) -> logging.LoggerAdapter[logging.Logger]:
+    return logging.LoggerAdapter(
+        logging.getLogger(TASK_LOGGER),
+        {"run_id": run_id, "task_id": task_id, "attempt": attempt},
+    )
+
+
+class HumanFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        tags = [
+            f"{key}={getattr(record, key)}"
+            for key in ("run_id", "task_id", "attempt")
+            if hasattr(record, key)
+        ]
+        return f"{base} [{' '.join(tags)}]" if tags else base
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "at": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("run_id", "task_id", "attempt"):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure(level: str = "INFO", fmt: str = "human") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(HumanFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,118 @@
+"""Workflow specifications: the one model both Python and YAML authoring produce.
+
+Field-level checks live here (pydantic); whole-graph checks (cycles, unknown
+upstreams, template references, unknown handlers) live in
+:mod:`orchestrator.validation`, which names file, workflow and task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+
+
+class TriggerRule(StrEnum):
+    """When a task with upstreams may run, given its upstreams' final states."""
+
+    ALL_SUCCESS = "all_success"
+    ALL_DONE = "all_done"
+    ALL_FAILED = "all_failed"
+    ONE_SUCCESS = "one_success"
+    ONE_FAILED = "one_failed"
+    NONE_FAILED = "none_failed"
+
+
+class RetryPolicy(BaseModel):
+    """How a failed attempt is retried. Delay before attempt n+1 is
+    ``min(initial_delay_s * factor**(n-1), max_delay_s)``, spread by ``jitter``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    """Total attempts, the first one included (1 = never retry)."""
+    initial_delay_s: float = Field(default=1.0, ge=0, le=86_400)
+    """Delay before the first retry, in seconds."""
+    factor: float = Field(default=2.0, ge=1.0, le=100)
+    """Multiplier applied to the delay after each failed attempt."""
+    max_delay_s: float = Field(default=300.0, ge=0, le=7 * 86_400)
+    """Upper bound of any single delay, in seconds."""
+    jitter: float = Field(default=0.1, ge=0, le=1)
+    """Fraction of the delay randomly added or removed (0.1 = +/-10%)."""
+    non_retryable: tuple[str, ...] = ()
+    """Exception type names (``ValueError`` or ``pkg.mod.MyError``) that fail at once."""
+    dead_letter: bool = False
+    """When retries are exhausted, end in ``dead_lettered`` instead of ``failed``."""
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> RetryPolicy:
+        if self.max_delay_s < self.initial_delay_s:
+            raise ValueError(
+                f"max_delay_s ({self.max_delay_s}) is smaller than "
+                f"initial_delay_s ({self.initial_delay_s})"
+            )
+        return self
+
+
+class TaskSpec(BaseModel):
+    """One node of a workflow's DAG."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=IDENTIFIER, max_length=200)
+    handler: str = Field(min_length=1, max_length=200)
+    """Registered handler name, e.g. ``noop`` or ``http.request``."""
+    upstream: tuple[str, ...] = ()
+    """Ids of the tasks that must reach a final state first."""
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for the handler; strings may hold ``{{ expr }}`` templates."""
+    retry: RetryPolicy | None = None
+    """Falls back to the workflow's ``default_retry``."""
+    timeout_s: float | None = Field(default=None, gt=0, le=7 * 86_400)
+    """Per-attempt timeout; falls back to the workflow's ``default_timeout_s``."""
+    trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
+    pool: str = Field(default="default", pattern=IDENTIFIER, max_length=200)
+    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    """At most this many instances of this task run at once, across all runs."""
+
+
+class WorkflowSpec(BaseModel):
+    """A named DAG of tasks. Its content hash is its version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=IDENTIFIER, max_length=200)
+    description: str = ""
+    tasks: tuple[TaskSpec, ...] = Field(min_length=1)
+    max_active_runs: int | None = Field(default=None, ge=1)
+    """Runs beyond this many wait in ``queued``; None = unlimited."""
+    default_retry: RetryPolicy = RetryPolicy()
+    default_timeout_s: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Default run params; trigger params override them key by key."""
+
+    def task(self, task_id: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.id == task_id:
+                return t
+        raise KeyError(task_id)
+
+    def retry_for(self, task: TaskSpec) -> RetryPolicy:
+        return task.retry or self.default_retry
+
+    def timeout_for(self, task: TaskSpec) -> float:
+        return task.timeout_s or self.default_timeout_s
+
+    def canonical_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+
+    @property
+    def version(self) -> str:
+        """Content hash: identical specs share a version, any change makes a new one."""
+        return hashlib.sha256(self.canonical_json()).hexdigest()[:16]

@@ -1,0 +1,57 @@
+"""The connection pool and the boundary where driver errors become ours."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+
+from orchestrator.errors import StoreError
+from orchestrator.store.migrate import migrate
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+
+
+@dataclass
+class Database:
+    url: str
+    pool: asyncpg.Pool
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def migrate(self) -> list[str]:
+        async with self.pool.acquire() as conn:
+            return await migrate(conn)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+async def connect(url: str, *, size: int = 8, min_size: int | None = None) -> Database:
+    try:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=min_size if min_size is not None else min(2, size),
+            max_size=size,
+            # Statements are prepared once per connection and reused: the
+            # engine runs the same few queries thousands of times a second.
+            statement_cache_size=256,
+            command_timeout=60,
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
+    assert pool is not None
+    return Database(url=url, pool=pool)

@@ -1,0 +1,302 @@
+-- Named queries of the engine core. Each starts with a "-- name: NAME" line.
+-- Parameters are positional ($1, ...); state arrays come from orchestrator/states.py.
+
+-- name: upsert_version
+INSERT INTO workflow_versions (version, workflow, spec)
+VALUES ($1, $2, $3::jsonb)
+ON CONFLICT (version) DO NOTHING;
+
+-- name: set_current_version
+INSERT INTO workflows (name, current_version, max_active_runs)
+VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE
+SET current_version = excluded.current_version,
+    max_active_runs = excluded.max_active_runs,
+    updated_at = now()
+WHERE workflows.current_version IS DISTINCT FROM excluded.current_version
+   OR workflows.max_active_runs IS DISTINCT FROM excluded.max_active_runs;
+
+-- name: ensure_pools
+INSERT INTO pools (name, slots)
+SELECT name, $2 FROM unnest($1::text[]) AS name
+ON CONFLICT (name) DO NOTHING;
+
+-- name: set_pool
+INSERT INTO pools (name, slots) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET slots = excluded.slots;
+
+-- name: list_pools
+SELECT p.name, p.slots,
+       (SELECT count(*) FROM task_instances t
+         WHERE t.state = 'running' AND t.limited AND t.pool = p.name) AS running
+FROM pools p ORDER BY p.name;
+
+-- name: get_version
+SELECT workflow, spec::text AS spec FROM workflow_versions WHERE version = $1;
+
+-- name: current_versions
+SELECT name, current_version, max_active_runs FROM workflows WHERE name = ANY($1::text[]);
+
+-- name: list_workflows
+SELECT w.name, w.current_version, w.max_active_runs, w.updated_at,
+       (SELECT count(*) FROM runs r WHERE r.workflow = w.name AND r.state IN ('queued', 'running'))
+           AS live_runs
+FROM workflows w ORDER BY w.name;
+
+-- name: lock_workflow
+SELECT name FROM workflows WHERE name = $1 FOR UPDATE;
+
+-- name: count_running_runs
+SELECT count(*) FROM runs WHERE workflow = $1 AND state = 'running';
+
+-- name: insert_runs
+-- $1 workflow[], $2 version[], $3 state[], $4 params(json text)[], $5 logical_date[], $6 actor
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::run_state[], $4::text[],
+                         $5::timestamptz[])
+        WITH ORDINALITY AS i(workflow, version, state, params, logical_date, ord)
+), inserted AS (
+    INSERT INTO runs (workflow, version, state, params, logical_date, actor, started_at)
+    SELECT workflow, version, state, params::jsonb, logical_date, $6,
+           CASE WHEN state = 'running' THEN now() END
+    FROM input ORDER BY ord
+    RETURNING id, state
+), logged AS (
+    INSERT INTO transitions (run_id, task_id, from_state, to_state, actor, reason)
+    SELECT id, NULL, NULL, state::text, $6, 'created' FROM inserted
+)
+SELECT id, state::text AS state FROM inserted ORDER BY id;
+
+-- name: insert_task_instances
+-- One row per (run, task); roots start queued, the rest scheduled.
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::task_state[], $4::text[], $5::text[],
+                         $6::integer[], $7::boolean[], $8::text[], $9::integer[], $10::text[])
+        AS i(run_id, task_id, state, handler, pool, priority, limited, concurrency_key,
+             max_concurrency, needs)
+), inserted AS (
+    INSERT INTO task_instances (run_id, task_id, state, handler, pool, priority, limited,
+                                concurrency_key, max_concurrency, needs, queued_at)
+    SELECT run_id, task_id, state, handler, pool, priority, limited, concurrency_key,
+           max_concurrency, needs::text[],
+           CASE WHEN state = 'queued' THEN now() END
+    FROM input
+    RETURNING run_id, task_id, state
+)
+INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
+SELECT run_id, task_id, NULL, state::text, 0, $11, 'created' FROM inserted;
+
+-- name: claim
+-- Claim up to $2 runnable unlimited task instances for lease owner $1 in one
+-- statement: pick (SKIP LOCKED), lease, log, and return what the handler needs.
+WITH picked AS (
+    SELECT id, state FROM task_instances
+    WHERE state IN ('queued', 'up_for_retry') AND NOT limited
+      AND (not_before IS NULL OR not_before <= now())
+    ORDER BY priority DESC, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE task_instances t
+    SET state = 'running', attempt = t.attempt + 1, lease_owner = $1,
+        lease_until = now() + make_interval(secs => $3), started_at = now(), not_before = NULL
+    FROM picked p WHERE t.id = p.id
+    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.handler, t.needs
+), logged AS (
+    INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
+    SELECT c.run_id, c.task_id, p.state::text, 'running', c.attempt, $1, 'claimed'
+    FROM claimed c JOIN picked p ON p.id = c.id
+)
+SELECT c.id, c.run_id, c.task_id, c.attempt, c.handler, r.workflow, r.version,
+       r.params::text AS params, r.logical_date,
+       CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
+           (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
+             WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream
+FROM claimed c JOIN runs r ON r.id = c.run_id
+ORDER BY c.id;
+
+-- name: lock_limited_claims
+SELECT pg_advisory_xact_lock(8675309);
+
+-- name: claim_limited
+-- Like claim, for instances in a named pool or under a per-task cap. Runs
+-- under lock_limited_claims so the running counts cannot be overtaken.
+WITH running_pools AS (
+    SELECT pool, count(*) AS n FROM task_instances
+    WHERE state = 'running' AND limited GROUP BY pool
+), running_keys AS (
+    SELECT concurrency_key, count(*) AS n FROM task_instances
+    WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key
+), candidates AS (
+    SELECT t.id, t.priority, t.pool, t.max_concurrency, t.concurrency_key,
+           row_number() OVER (PARTITION BY t.pool ORDER BY t.priority DESC, t.id) AS pool_rank,
+           row_number() OVER (PARTITION BY t.concurrency_key ORDER BY t.priority DESC, t.id)
+               AS key_rank
+    FROM task_instances t
+    WHERE t.state IN ('queued', 'up_for_retry') AND t.limited
+      AND (t.not_before IS NULL OR t.not_before <= now())
+), allowed AS (
+    SELECT c.id FROM candidates c
+    LEFT JOIN pools p ON p.name = c.pool
+    LEFT JOIN running_pools rp ON rp.pool = c.pool
+    LEFT JOIN running_keys rk ON rk.concurrency_key = c.concurrency_key
+    WHERE (c.pool = 'default' OR c.pool_rank <= coalesce(p.slots, $4) - coalesce(rp.n, 0))
+      AND (c.max_concurrency IS NULL OR c.key_rank <= c.max_concurrency - coalesce(rk.n, 0))
+    ORDER BY c.priority DESC, c.id
+    LIMIT $2
+), picked AS (
+    SELECT t.id, t.state FROM task_instances t JOIN allowed a ON a.id = t.id
+    FOR UPDATE OF t SKIP LOCKED
+), claimed AS (
+    UPDATE task_instances t
+    SET state = 'running', attempt = t.attempt + 1, lease_owner = $1,
+        lease_until = now() + make_interval(secs => $3), started_at = now(), not_before = NULL
+    FROM picked p WHERE t.id = p.id
+    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.handler, t.needs
+), logged AS (
+    INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
+    SELECT c.run_id, c.task_id, p.state::text, 'running', c.attempt, $1, 'claimed'
+    FROM claimed c JOIN picked p ON p.id = c.id
+)
+SELECT c.id, c.run_id, c.task_id, c.attempt, c.handler, r.workflow, r.version,
+       r.params::text AS params, r.logical_date,
+       CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
+           (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
+             WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream
+FROM claimed c JOIN runs r ON r.id = c.run_id
+ORDER BY c.id;
+
+-- name: lock_runs
+-- Serialises decisions per run: whoever completes tasks of a run holds its row.
+SELECT id, workflow, version, state::text AS state FROM runs
+WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE;
+
+-- name: record_attempts
+-- Apply finished attempts, guarded by state, attempt and lease: a late result
+-- from a worker whose lease was taken over matches nothing and is rejected.
+-- $1 id[], $2 attempt[], $3 target[], $4 output json text[], $5 error[],
+-- $6 retry delay s[], $7 lease owner[], $8 expired_only[] (reaper: lease must
+-- have run out), $9 reason[], $10 expected source state, $11 actor
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::integer[], $3::task_state[], $4::text[],
+                         $5::text[], $6::float8[], $7::text[], $8::boolean[], $9::text[])
+        AS i(id, attempt, target, output, error, delay_s, owner, expired_only, reason)
+), updated AS (
+    UPDATE task_instances t
+    SET state = i.target, output = i.output::jsonb, error = i.error,
+        lease_owner = NULL, lease_until = NULL,
+        not_before = CASE WHEN i.delay_s IS NULL THEN NULL
+                          ELSE now() + make_interval(secs => i.delay_s) END,
+        ended_at = CASE WHEN i.target = 'up_for_retry' THEN NULL ELSE now() END
+    FROM input i
+    WHERE t.id = i.id AND t.state = $10::task_state AND t.attempt = i.attempt
+      AND t.lease_owner = i.owner
+      AND (NOT i.expired_only OR t.lease_until < now())
+    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.state, i.reason
+), logged AS (
+    INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
+    SELECT run_id, task_id, $10, state::text, attempt, $11, reason FROM updated
+)
+SELECT id FROM updated;
+
+-- name: run_task_states
+SELECT run_id, task_id, state::text AS state FROM task_instances
+WHERE run_id = ANY($1::bigint[]);
+
+-- name: apply_decisions
+-- Decided task moves (queued, skipped, upstream_failed), each guarded by its source.
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::task_state[], $4::task_state[],
+                         $5::text[])
+        AS i(run_id, task_id, source, target, reason)
+), updated AS (
+    UPDATE task_instances t
+    SET state = i.target,
+        queued_at = CASE WHEN i.target = 'queued' THEN now() ELSE t.queued_at END,
+        ended_at = CASE WHEN i.target = 'queued' THEN t.ended_at ELSE now() END,
+        lease_owner = NULL, lease_until = NULL
+    FROM input i
+    WHERE t.run_id = i.run_id AND t.task_id = i.task_id AND t.state = i.source
+    RETURNING t.run_id, t.task_id, t.attempt, i.source, t.state, i.reason
+), logged AS (
+    INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
+    SELECT run_id, task_id, source::text, state::text, attempt, $6, reason FROM updated
+)
+SELECT count(*) FILTER (WHERE state = 'queued') AS queued, count(*) AS moved FROM updated;
+
+-- name: finish_runs
+-- $1 id[], $2 target[], $3 expected sources, $4 actor, $5 reason
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::run_state[]) AS i(id, target)
+), updated AS (
+    UPDATE runs r SET state = i.target, ended_at = now()
+    FROM input i
+    WHERE r.id = i.id AND r.state = ANY($3::run_state[])
+    RETURNING r.id, r.workflow, i.target
+), logged AS (
+    INSERT INTO transitions (run_id, task_id, from_state, to_state, actor, reason)
+    SELECT id, NULL, 'running', target::text, $4, $5 FROM updated
+)
+SELECT id, workflow FROM updated;
+
+-- name: queued_runs
+SELECT id, version FROM runs
+WHERE workflow = $1 AND state = 'queued' ORDER BY id LIMIT $2 FOR UPDATE;
+
+-- name: start_runs
+WITH updated AS (
+    UPDATE runs SET state = 'running', started_at = now()
+    WHERE id = ANY($1::bigint[]) AND state = 'queued'
+    RETURNING id
+), logged AS (
+    INSERT INTO transitions (run_id, task_id, from_state, to_state, actor, reason)
+    SELECT id, NULL, 'queued', 'running', $2, 'a slot under max_active_runs opened' FROM updated
+)
+SELECT id FROM updated;
+
+-- name: notify_tasks
+SELECT pg_notify('orchestrator_tasks', '');
+
+-- name: notify_runs
+SELECT pg_notify('orchestrator_runs', $1);
+
+-- name: heartbeat
+UPDATE task_instances SET lease_until = now() + make_interval(secs => $2)
+WHERE state = 'running' AND lease_owner = $1;
+
+-- name: expired_leases
+SELECT t.id, t.run_id, t.task_id, t.attempt, t.lease_owner, r.version
+FROM task_instances t JOIN runs r ON r.id = t.run_id
+WHERE t.state = 'running' AND t.lease_until < now()
+ORDER BY t.lease_until LIMIT $1;
+
+-- name: next_due
+SELECT min(not_before) FROM task_instances
+WHERE state = 'up_for_retry';
+
+-- name: get_run
+SELECT id, workflow, version, state::text AS state, params::text AS params, logical_date,
+       actor, created_at, started_at, ended_at
+FROM runs WHERE id = $1;
+
+-- name: run_states
+SELECT id, state::text AS state FROM runs WHERE id = ANY($1::bigint[]);
+
+-- name: list_runs
+SELECT id, workflow, version, state::text AS state, actor, created_at, started_at, ended_at
+FROM runs
+WHERE ($1::text IS NULL OR workflow = $1) AND ($2::run_state IS NULL OR state = $2)
+ORDER BY id DESC LIMIT $3;
+
+-- name: task_instances_of_run
+SELECT id, task_id, state::text AS state, attempt, handler, pool, priority, output::text AS output,
+       error, queued_at, started_at, ended_at, lease_owner, lease_until, not_before
+FROM task_instances WHERE run_id = $1 ORDER BY id;
+
+-- name: transitions_of_run
+SELECT id, task_id, from_state, to_state, attempt, at, actor, reason
+FROM transitions WHERE run_id = $1 ORDER BY id;
+
+-- name: live_task_states
+SELECT t.run_id, t.task_id, t.state::text AS state FROM task_instances t
+WHERE t.run_id = $1;

@@ -1,0 +1,356 @@
+"""An asyncio worker with N slots.
+
+It claims task instances (``FOR UPDATE SKIP LOCKED``, batched), runs their
+handlers under a timeout, and hands finished attempts to a flusher that
+records many of them in one transaction, which also claims the next work for
+the slots they free. NOTIFY wakes an idle worker; a poll is the safety net.
+Leases are renewed for all of this worker's attempts by one statement per
+heartbeat, and any worker takes back attempts whose lease ran out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from orchestrator.context import TaskContext
+from orchestrator.engine import Claimed, Engine, Outcome
+from orchestrator.errors import NonRetryableError, OutputNotJSONError, OutputTooLargeError
+from orchestrator.registry import HandlerRegistry
+from orchestrator.retry import decide_failure
+from orchestrator.settings import Settings
+from orchestrator.states import TaskState
+from orchestrator.templates import render
+
+log = logging.getLogger(__name__)
+
+#: Named fault-injection points; recovery tests switch them on (see faults.py).
+FaultHook = Callable[[str, Claimed], Awaitable[None]]
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Worker:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: HandlerRegistry,
+        settings: Settings,
+        *,
+        name: str | None = None,
+        limited: bool | None = None,
+        fault: FaultHook | None = None,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.settings = settings
+        self.slots = settings.worker_slots
+        self.owner = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._limited = limited
+        self._fault = fault
+        self._busy = 0  # slots running a handler or waiting for their result to commit
+        self._reserved = 0  # slots promised to a claim in flight
+        self._running: set[asyncio.Task[None]] = set()
+        self._buffer: list[Outcome] = []
+        self._wake = asyncio.Event()
+        self._flush_wanted = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._flushes_in_flight = 0
+        self._idle = asyncio.Event()
+        self.executed = 0
+        self.rejected = 0
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("claim", self._claim_loop),
+            ("flush", self._flush_loop),
+            ("heartbeat", self._heartbeat_loop),
+            ("reaper", self._reaper_loop),
+        ]
+        for label, fn in loops:
+            self._tasks.append(asyncio.create_task(self._guard(label, fn), name=f"worker-{label}"))
+
+    def wake(self, _payload: str = "") -> None:
+        """Called on NOTIFY: there may be new work."""
+        self._wake.set()
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop claiming, let running attempts finish for ``grace_s``, record
+        them, and give back (as lost attempts) any still running after that."""
+        self._stopping = True
+        self._wake.set()
+        if self._running:
+            _done, pending = await asyncio.wait(self._running, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        await self._drain_buffer()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _guard(self, label: str, fn: Callable[[], Awaitable[None]]) -> None:
+        """Keep a loop alive across database errors: log, back off, go on."""
+        delay = 0.05
+        while not self._stopping:
+            try:
+                await fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker %s loop failed; restarting in %.2fs", label, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- claiming ------------------------------------------------------------------
+
+    @property
+    def free(self) -> int:
+        return self.slots - self._busy - self._reserved
+
+    @property
+    def limited(self) -> bool:
+        return self._limited if self._limited is not None else self.engine.specs.any_limited
+
+    async def _claim_loop(self) -> None:
+        poll = self.settings.poll_interval_s
+        while not self._stopping:
+            self._wake.clear()
+            want = min(self.free, self.settings.claim_batch)
+            if want > 0:
+                self._reserved += want
+                try:
+                    claimed = await self.engine.claim(self.owner, want, limited=self.limited)
+                finally:
+                    self._reserved -= want
+                self._launch(claimed)
+                if len(claimed) == want and self.free > 0:
+                    continue  # there may be more right away
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll):
+                    await self._wake.wait()
+
+    def _launch(self, claimed: list[Claimed]) -> None:
+        for c in claimed:
+            self._busy += 1
+            task = asyncio.create_task(self._execute(c))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    # -- executing -----------------------------------------------------------------
+
+    async def _execute(self, c: Claimed) -> None:
+        outcome: Outcome
+        try:
+            outcome = await self._attempt(c)
+        except asyncio.CancelledError:
+            outcome = self._failure(c, None, "worker shut down during the attempt")
+        self._buffer.append(outcome)
+        self._flush_wanted.set()
+
+    async def _attempt(self, c: Claimed) -> Outcome:
+        compiled = self.engine.specs.peek(c.version)
+        if compiled is None:
+            async with self.engine.db.pool.acquire() as conn:
+                compiled = await self.engine.specs.get(conn, c.version)
+        task = compiled.tasks[c.task_id]
+        if c.handler not in self.registry:
+            return self._failure(
+                c,
+                NonRetryableError(f"handler {c.handler!r} is not registered in worker {self.owner}"),
+                compiled=compiled,
+            )
+        ctx = TaskContext(
+            run_id=c.run_id,
+            task_id=c.task_id,
+            attempt=c.attempt,
+            workflow=c.workflow,
+            params=c.params,
+            upstream=c.upstream,
+            logical_date=c.logical_date.isoformat() if c.logical_date else None,
+        )
+        timeout = compiled.timeout_s[c.task_id]
+        try:
+            if self._fault:
+                await self._fault("before_handler", c)
+            inputs = render(task.inputs, self._scope(c)) if task.inputs else {}
+            result = await self._call(c.handler, ctx, inputs, timeout)
+            output = self._encode(result)
+            if self._fault:
+                await self._fault("after_handler", c)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._failure(c, exc, compiled=compiled)
+        self.executed += 1
+        return Outcome(
+            id=c.id,
+            run_id=c.run_id,
+            task_id=c.task_id,
+            attempt=c.attempt,
+            owner=self.owner,
+            target=TaskState.SUCCESS,
+            output=output,
+            reason="handler returned",
+        )
+
+    async def _call(self, name: str, ctx: TaskContext, inputs: dict[str, Any], timeout: float) -> Any:
+        fn = self.registry.get(name)
+        try:
+            async with asyncio.timeout(timeout):
+                if self.registry.is_async(name):
+                    return await fn(ctx, **inputs)
+                return await asyncio.to_thread(fn, ctx, **inputs)
+        except TimeoutError as exc:
+            raise TimeoutError(f"attempt timed out after {timeout:g}s") from exc
+
+    def _encode(self, result: Any) -> str | None:
+        if result is None:
+            return None
+        try:
+            data = orjson.dumps(result)
+        except TypeError as exc:
+            raise OutputNotJSONError(str(exc)) from None
+        if len(data) > self.settings.max_output_bytes:
+            raise OutputTooLargeError(len(data), self.settings.max_output_bytes)
+        return data.decode()
+
+    @staticmethod
+    def _scope(c: Claimed) -> dict[str, Any]:
+        return {
+            "params": c.params,
+            "upstream": c.upstream,
+            "run": {
+                "id": c.run_id,
+                "workflow": c.workflow,
+                "logical_date": c.logical_date.isoformat() if c.logical_date else None,
+            },
+            "task": {"id": c.task_id, "attempt": c.attempt},
+        }
+
+    def _failure(
+        self, c: Claimed, exc: BaseException | None, reason: str = "", *, compiled: Any = None
+    ) -> Outcome:
+        compiled = compiled or self.engine.specs.peek(c.version)
+        policy = compiled.retry[c.task_id] if compiled else None
+        if policy is None:
+            target, delay = TaskState.UP_FOR_RETRY, 0.0
+        else:
+            decision = decide_failure(policy, c.attempt, exc)
+            target, delay = decision.target, decision.delay_s
+        error = _describe(exc) if exc is not None else reason
+        if target == TaskState.UP_FOR_RETRY:
+            self._wake_later(delay)
+        log.log(
+            logging.WARNING if target == TaskState.UP_FOR_RETRY else logging.ERROR,
+            "run %s task %s attempt %d failed (%s): %s",
+            c.run_id, c.task_id, c.attempt, target.value, error,
+        )
+        return Outcome(
+            id=c.id,
+            run_id=c.run_id,
+            task_id=c.task_id,
+            attempt=c.attempt,
+            owner=self.owner,
+            target=target,
+            error=error,
+            delay_s=delay if target == TaskState.UP_FOR_RETRY else None,
+            reason=reason or ("retry scheduled" if target == TaskState.UP_FOR_RETRY else "failed"),
+        )
+
+    def _wake_later(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        # A retry becomes due at a known time: wake for it rather than wait for a poll.
+        loop.call_later(delay + 0.001, self._wake.set)
+
+    # -- recording -------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_wanted.wait()
+            if self.settings.flush_delay_s and len(self._buffer) < self.settings.claim_batch:
+                # Let attempts finishing within a millisecond share the commit.
+                await asyncio.sleep(self.settings.flush_delay_s)
+            self._flush_wanted.clear()
+            batch, self._buffer = self._buffer, []
+            if batch:
+                await self._flush(batch)
+
+    async def _flush(self, batch: list[Outcome]) -> None:
+        want = 0
+        if not self._stopping:
+            # The slots of this batch free up when it commits: claim into them now.
+            want = max(0, min(self.free + len(batch), self.settings.claim_batch))
+        self._reserved += want
+        try:
+            result = await self.engine.complete(
+                batch, actor=self.owner, claim_for=self.owner, claim_limit=want
+            )
+        except Exception:
+            # Nothing was recorded: keep the outcomes for the next flush.
+            self._buffer[:0] = batch
+            self._flush_wanted.set()
+            raise
+        finally:
+            self._reserved -= want
+        self._busy -= len(batch)
+        for o in result.rejected:
+            self.rejected += 1
+            log.warning(
+                "late result rejected: run %s task %s attempt %d is no longer leased to %s",
+                o.run_id, o.task_id, o.attempt, self.owner,
+            )
+        self._launch(result.claimed)
+        if self.free > 0:
+            self._wake.set()
+
+    async def _drain_buffer(self) -> None:
+        while self._buffer:
+            batch, self._buffer = self._buffer, []
+            try:
+                await self._flush(batch)
+            except Exception:
+                log.exception("could not record %d finished attempts at shutdown", len(batch))
+                return
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            if self._busy:
+                await self.engine.heartbeat(self.owner)
+
+    async def _reaper_loop(self) -> None:
+        interval = self.settings.reaper_interval
+        while True:
+            # Spread replicas' reaper passes so they do not all scan at once.
+            await asyncio.sleep(interval * (0.5 + random.random()))
+            started = time.monotonic()
+            taken = await self.engine.expire_leases(actor=f"reaper:{self.owner}")
+            if taken:
+                log.info("took back %d expired attempts in %.1f ms",
+                         taken, (time.monotonic() - started) * 1000)
+                self._wake.set()

@@ -1,0 +1,115 @@
+"""Fixtures shared by the whole suite.
+
+Integration tests get a fresh database per test, copied from a template that
+was migrated once per session. The server is ``ORCHESTRATOR_TEST_DATABASE_URL``
+when set, else the local one on 127.0.0.1:5432 when it answers, else an
+embedded PostgreSQL started for the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from orchestrator.embedded import EmbeddedPostgres
+from orchestrator.engine import Engine
+from orchestrator.store import Database, connect
+
+LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    head, _, _old = base.rpartition("/")
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+async def _reachable(url: str) -> bool:
+    try:
+        conn = await asyncpg.connect(url, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    explicit = os.environ.get("ORCHESTRATOR_TEST_DATABASE_URL")
+    if explicit:
+        yield explicit
+        return
+    if asyncio.run(_reachable(LOCAL_URL)):
+        yield LOCAL_URL
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", delete_on_stop=True)
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_admin_url: str) -> Iterator[str]:
+    name = f"orch_tmpl_{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(pg_admin_url)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        db = await connect(_with_database(pg_admin_url, name), size=2)
+        try:
+            await db.migrate()
+        finally:
+            await db.close()
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(pg_admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(drop())
+
+
+@pytest.fixture
+async def db_url(pg_admin_url: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test only."""
+    name = f"orch_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    finally:
+        await admin.close()
+    yield _with_database(pg_admin_url, name)
+    admin = await asyncpg.connect(pg_admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = await connect(db_url, size=8)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def engine(db: Database) -> Engine:
+    return Engine(db, lease_s=5.0)
+
+
+@pytest.fixture
+def examples_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "examples"
