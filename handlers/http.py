@@ -136,7 +136,7 @@ def _is_secret_name(name: str) -> bool:
 
 def _safe_url(url: URL) -> str:
     """``url`` without userinfo, fragment or the values of secret-looking query keys."""
-    safe = url.with_user(None).with_fragment(None)
+    safe = (url.with_user(None) if url.absolute else url).with_fragment(None)
     if url.query:
         safe = safe.with_query(
             [

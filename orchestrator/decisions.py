@@ -171,7 +171,7 @@ def decide(
         seeds: Iterable[str] = dag.tasks
     else:
         seeds = {d for c in changed for d in (c, *downstream[c])}
-    heap = [(-rank[t], t) for t in seeds if upstream[t] and states[t] == T.SCHEDULED]
+    heap = [(rank[t], t) for t in seeds if upstream[t] and states[t] == T.SCHEDULED]
     heapq.heapify(heap)
     seen = {t for _, t in heap}
     decided: dict[str, TaskState] = {}

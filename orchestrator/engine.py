@@ -258,14 +258,22 @@ class Engine:
         async with self.db.transaction() as conn:
             run_rows = await conn.fetch(SQL.lock_runs, sorted({o.run_id for o in outcomes}))
             runs = {r["id"]: r for r in run_rows}
-            accepted_ids = await self._record_attempts(conn, outcomes, actor)
+            # Only runs still running can have successors to decide.
+            deciding = sorted({
+                o.run_id for o in outcomes
+                if o.target in TERMINAL_TASK_STATES
+                and o.run_id in runs and runs[o.run_id]["state"] == RunState.RUNNING
+            })
+            accepted_ids, states = await self._record_attempts(conn, outcomes, actor, deciding)
             accepted = [o for o in outcomes if o.id in accepted_ids]
             rejected = [o for o in outcomes if o.id not in accepted_ids]
             changed: dict[int, list[str]] = defaultdict(list)
             for o in accepted:
-                if o.target in TERMINAL_TASK_STATES:
-                    changed[o.run_id].append(o.task_id)
-            queued, finished = await self._advance(conn, runs, changed, actor)
+                if o.run_id in states:
+                    states[o.run_id][o.task_id] = o.target
+                    if o.target in TERMINAL_TASK_STATES:
+                        changed[o.run_id].append(o.task_id)
+            queued, finished = await self._advance(conn, runs, states, changed, actor)
             claimed: list[Claimed] = []
             if claim_for is not None and claim_limit > 0:
                 claimed = _claimed(
@@ -278,8 +286,14 @@ class Engine:
         return Completion(accepted, rejected, claimed, finished)
 
     async def _record_attempts(
-        self, conn: asyncpg.Connection, outcomes: Sequence[Outcome], actor: str
-    ) -> set[int]:
+        self,
+        conn: asyncpg.Connection,
+        outcomes: Sequence[Outcome],
+        actor: str,
+        deciding: list[int],
+    ) -> tuple[set[int], dict[int, dict[str, TaskState]]]:
+        """Returns the accepted outcome ids and the task states of ``deciding``
+        runs as they were before this batch (the caller overlays the batch)."""
         rows = await conn.fetch(
             SQL.record_attempts,
             [o.id for o in outcomes],
@@ -293,23 +307,30 @@ class Engine:
             [o.reason or o.target.value for o in outcomes],
             TaskState.RUNNING.value,
             actor,
+            bool(deciding),
+            deciding,
         )
-        return {r["id"] for r in rows}
+        accepted: set[int] = set()
+        states: dict[int, dict[str, TaskState]] = defaultdict(dict)
+        for r in rows:
+            if r["id"] is not None:
+                accepted.add(r["id"])
+            else:
+                states[r["run_id"]][r["task_id"]] = TaskState(r["state"])
+        return accepted, states
 
     async def _advance(
         self,
         conn: asyncpg.Connection,
         runs: Mapping[int, asyncpg.Record],
+        states: Mapping[int, dict[str, TaskState]],
         changed: Mapping[int, list[str]],
         actor: str,
     ) -> tuple[int, dict[int, RunState]]:
         """Decide successors and run outcomes for runs whose tasks just ended."""
-        live = [run_id for run_id in changed if runs[run_id]["state"] == RunState.RUNNING]
+        live = list(changed)
         if not live:
             return 0, {}
-        states: dict[int, dict[str, TaskState]] = defaultdict(dict)
-        for r in await conn.fetch(SQL.run_task_states, live):
-            states[r["run_id"]][r["task_id"]] = TaskState(r["state"])
         moves: list[list[Any]] = [[], [], [], [], []]
         finished: dict[int, RunState] = {}
         for run_id in live:

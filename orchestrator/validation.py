@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import SpecError
 from orchestrator.registry import HandlerRegistry
-from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
+from orchestrator.spec import IDENTIFIER, RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.templates import (
     OPEN,
     ROOT_FIELDS,
@@ -403,9 +403,14 @@ def errors_from_pydantic(
         workflow = data["name"]
     raw_tasks = data.get("tasks") if isinstance(data, Mapping) else None
     root = _MODELS.get(exc.title)
+    items = exc.errors(include_url=False)
+    # When every task is invalid pydantic also says "tasks" is too short: noise.
+    task_failed = any(len(i["loc"]) > 1 and i["loc"][0] == "tasks" for i in items)
     out = []
-    for item in exc.errors(include_url=False):
+    for item in items:
         loc = item["loc"]
+        if task_failed and loc == ("tasks",) and item["type"] == "too_short":
+            continue
         task: str | None = None
         if (
             root is WorkflowSpec
@@ -426,6 +431,14 @@ def errors_from_pydantic(
             )
             task = task_id if isinstance(task_id, str) else None
         message = str(item["msg"])
+        if (
+            item["type"] == "string_pattern_mismatch"
+            and (item.get("ctx") or {}).get("pattern") == IDENTIFIER
+        ):
+            message = (
+                f"{item['input']!r} is not a valid name: use letters, digits, '_' and '-', "
+                "starting with a letter or '_'"
+            )
         if item["type"] == "extra_forbidden" and loc:
             model = _model_at(root, loc)
             if model is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from types import TracebackType
 
 from orchestrator.engine import RUNS_CHANNEL
 from orchestrator.states import TERMINAL_RUN_STATES, RunState
@@ -17,39 +18,58 @@ async def run_states(db: Database, run_ids: Iterable[int]) -> dict[int, RunState
     return {r["id"]: RunState(r["state"]) for r in rows}
 
 
-async def wait_for_runs(
-    db: Database,
-    run_ids: Iterable[int],
-    *,
-    timeout: float | None = None,
-    poll_s: float = 0.5,
-) -> dict[int, RunState]:
-    """Return the final state of every run once all have ended.
+class RunWaiter:
+    """Keeps one LISTEN connection open for any number of waits."""
 
-    Raises ``TimeoutError`` if they have not all ended within ``timeout``.
-    """
-    pending = set(run_ids)
-    final: dict[int, RunState] = {}
-    woken = asyncio.Event()
+    def __init__(self, db: Database, *, poll_s: float = 0.5) -> None:
+        self.db = db
+        self.poll_s = poll_s
+        self._woken = asyncio.Event()
+        self._listener = Listener(db.url, {RUNS_CHANNEL: self._on_notify})
 
-    def on_notify(payload: str) -> None:
-        if not payload or any(int(p) in pending for p in payload.split(",") if p):
-            woken.set()
+    def _on_notify(self, _payload: str) -> None:
+        self._woken.set()
 
-    listener = Listener(db.url, {RUNS_CHANNEL: on_notify})
-    listener.start()
-    try:
+    async def start(self) -> None:
+        self._listener.start()
+        async with asyncio.timeout(10):
+            await self._listener.connected.wait()
+
+    async def stop(self) -> None:
+        await self._listener.stop()
+
+    async def wait(
+        self, run_ids: Iterable[int], *, timeout: float | None = None
+    ) -> dict[int, RunState]:
+        """The final state of every run once all have ended; ``TimeoutError``
+        if they have not all ended within ``timeout``."""
+        pending = set(run_ids)
+        final: dict[int, RunState] = {}
         async with asyncio.timeout(timeout):
             while pending:
-                woken.clear()
-                for run_id, state in (await run_states(db, pending)).items():
+                self._woken.clear()
+                for run_id, state in (await run_states(self.db, pending)).items():
                     if state in TERMINAL_RUN_STATES:
                         final[run_id] = state
                         pending.discard(run_id)
                 if pending:
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(poll_s):
-                            await woken.wait()
-    finally:
-        await listener.stop()
-    return final
+                        async with asyncio.timeout(self.poll_s):
+                            await self._woken.wait()
+        return final
+
+    async def __aenter__(self) -> RunWaiter:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+async def wait_for_runs(
+    db: Database, run_ids: Iterable[int], *, timeout: float | None = None
+) -> dict[int, RunState]:
+    async with RunWaiter(db) as waiter:
+        return await waiter.wait(run_ids, timeout=timeout)

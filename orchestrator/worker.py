@@ -289,7 +289,12 @@ class Worker:
     async def _flush_loop(self) -> None:
         while True:
             await self._flush_wanted.wait()
-            if self.settings.flush_delay_s and len(self._buffer) < self.settings.claim_batch:
+            others_running = self._busy > len(self._buffer)
+            if (
+                self.settings.flush_delay_s
+                and others_running
+                and len(self._buffer) < self.settings.claim_batch
+            ):
                 # Let attempts finishing within a millisecond share the commit.
                 await asyncio.sleep(self.settings.flush_delay_s)
             self._flush_wanted.clear()

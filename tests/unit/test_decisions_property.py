@@ -143,4 +143,3 @@ def test_random_workflows_settle_and_obey_trigger_rules(case: Case) -> None:
         else:
             assert not satisfied(rule, ups), (task, rule, ups)
             assert final[task] in allowed_instead_of_running(rule, ups), (task, rule, ups)
-

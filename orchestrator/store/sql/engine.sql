@@ -176,7 +176,8 @@ WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE;
 -- from a worker whose lease was taken over matches nothing and is rejected.
 -- $1 id[], $2 attempt[], $3 target[], $4 output json text[], $5 error[],
 -- $6 retry delay s[], $7 lease owner[], $8 expired_only[] (reaper: lease must
--- have run out), $9 reason[], $10 expected source state, $11 actor
+-- have run out), $9 reason[], $10 expected source state, $11 actor,
+-- $12 whether to return task states, $13 the runs whose task states to return
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::integer[], $3::task_state[], $4::text[],
                          $5::text[], $6::float8[], $7::text[], $8::boolean[], $9::text[])
@@ -197,7 +198,12 @@ WITH input AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
     SELECT run_id, task_id, $10, state::text, attempt, $11, reason FROM updated
 )
-SELECT id FROM updated;
+-- Accepted ids, then every task state of the (already locked) runs as of
+-- this statement's snapshot: the caller overlays the accepted targets.
+SELECT id, NULL::bigint AS run_id, NULL::text AS task_id, NULL::text AS state FROM updated
+UNION ALL
+SELECT NULL, t.run_id, t.task_id, t.state::text FROM task_instances t
+WHERE $12 AND t.run_id = ANY($13::bigint[]);
 
 -- name: run_task_states
 SELECT run_id, task_id, state::text AS state FROM task_instances

@@ -1,0 +1,151 @@
+"""Engine-core scenarios: baseline, chain40, fanout, latency."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import asyncpg
+
+from bench.harness import Figure, median, percentile, scratch_database
+from handlers import builtin_registry
+from orchestrator.app import Orchestrator
+from orchestrator.context import TaskContext
+from orchestrator.registry import HandlerRegistry
+from orchestrator.settings import Settings
+from orchestrator.spec import TaskSpec, WorkflowSpec
+from orchestrator.states import RunState
+from orchestrator.waiting import RunWaiter
+
+
+def bench_settings(**kw: Any) -> Settings:
+    base: dict[str, Any] = {"worker_slots": 64, "claim_batch": 64, "db_pool_size": 8,
+                            "poll_interval_s": 1.0, "lease_s": 60.0}
+    return Settings(**{**base, **kw})
+
+
+async def baseline(url: str, *, seconds: float = 3.0) -> list[Figure]:
+    """Single-row UPDATE transactions/s from asyncpg with 8 connections."""
+    async with scratch_database(url, migrate=False) as (db_url, _db):
+        setup = await asyncpg.connect(db_url)
+        await setup.execute(
+            "CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);"
+            "INSERT INTO counters (id) SELECT generate_series(1, 10000)"
+        )
+        await setup.close()
+        conns = [await asyncpg.connect(db_url) for _ in range(8)]
+        done = 0
+        deadline = time.perf_counter() + seconds
+
+        async def hammer(conn: asyncpg.Connection) -> None:
+            nonlocal done
+            stmt = await conn.prepare("UPDATE counters SET n = n + 1 WHERE id = $1")
+            while time.perf_counter() < deadline:
+                await stmt.fetch(random.randint(1, 10000))
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(hammer(c) for c in conns))
+        elapsed = time.perf_counter() - started
+        for c in conns:
+            await c.close()
+    return [Figure("baseline", "tx_per_s", done / elapsed, "tx/s",
+                   context={"connections": 8, "seconds": round(elapsed, 2)})]
+
+
+def chain(name: str, length: int, handler: str = "noop") -> WorkflowSpec:
+    return WorkflowSpec(
+        name=name,
+        tasks=tuple(
+            TaskSpec(id=f"t{i:02d}", handler=handler, upstream=(f"t{i - 1:02d}",) if i else ())
+            for i in range(length)
+        ),
+    )
+
+
+async def _transitions(db: Any) -> int:
+    async with db.pool.acquire() as conn:
+        count: int = await conn.fetchval("SELECT count(*) FROM transitions")
+        return count
+
+
+async def chain40(url: str, *, repeats: int = 7) -> list[Figure]:
+    spec = chain("chain40", 40)
+    async with scratch_database(url) as (db_url, _db):
+        async with Orchestrator(bench_settings(), db_url, registry=builtin_registry(),
+                                workflows=[spec]) as orch:
+            assert orch.engine is not None and orch.db is not None
+            async with RunWaiter(orch.db, poll_s=0.05) as waiter:
+                walls = []
+                for _ in range(repeats + 1):  # the first run warms caches
+                    started = time.perf_counter()
+                    run_id = await orch.engine.trigger("chain40", actor="bench")
+                    states = await waiter.wait([run_id], timeout=60)
+                    walls.append(time.perf_counter() - started)
+                    assert states[run_id] == RunState.SUCCESS, states
+    walls = walls[1:]
+    return [Figure("chain40", "wall_s", median(walls), "s", "<= 0.10",
+                   context={"runs": repeats, "min_s": round(min(walls), 4),
+                            "max_s": round(max(walls), 4), "tasks": 40})]
+
+
+async def fanout(url: str, *, runs: int = 1000, baseline_tx: float | None = None) -> list[Figure]:
+    spec = chain("fanout3", 3)
+    async with scratch_database(url) as (db_url, db):
+        async with Orchestrator(bench_settings(), db_url, registry=builtin_registry(),
+                                workflows=[spec]) as orch:
+            assert orch.engine is not None and orch.db is not None
+            async with RunWaiter(orch.db, poll_s=0.05) as waiter:
+                # warm up
+                await waiter.wait([await orch.engine.trigger("fanout3", actor="bench")], timeout=60)
+                before = await _transitions(db)
+                from orchestrator.engine import RunRequest
+
+                started = time.perf_counter()
+                ids = await orch.engine.create_runs(
+                    [RunRequest("fanout3") for _ in range(runs)], actor="bench"
+                )
+                states = await waiter.wait(ids, timeout=600)
+                elapsed = time.perf_counter() - started
+                assert set(states.values()) == {RunState.SUCCESS}, set(states.values())
+                transitions = await _transitions(db) - before
+    tps = transitions / elapsed
+    ctx: dict[str, Any] = {"runs": runs, "tasks_per_run": 3, "seconds": round(elapsed, 3),
+                           "task_executions_per_s": round(runs * 3 / elapsed, 1)}
+    figures = [Figure("fanout", "runs_per_s", runs / elapsed, "runs/s", ">= 1500", context=ctx)]
+    tctx: dict[str, Any] = {"transitions": transitions}
+    if baseline_tx:
+        tctx["ratio_to_baseline"] = tps / baseline_tx
+    figures.append(Figure("fanout", "transitions_per_s", tps, "rows/s", context=tctx))
+    return figures
+
+
+async def latency(url: str, *, count: int = 200, rate: float = 10.0) -> list[Figure]:
+    started_at: dict[int, float] = {}
+    registry: HandlerRegistry = builtin_registry()
+
+    async def mark(ctx: TaskContext) -> None:
+        started_at[ctx.run_id] = time.perf_counter()
+
+    registry.register("bench.mark", mark)
+    spec = WorkflowSpec(name="single", tasks=(TaskSpec(id="only", handler="bench.mark"),))
+    samples: list[float] = []
+    async with scratch_database(url) as (db_url, _db):
+        async with Orchestrator(bench_settings(), db_url, registry=registry,
+                                workflows=[spec]) as orch:
+            assert orch.engine is not None and orch.db is not None
+            async with RunWaiter(orch.db, poll_s=0.05) as waiter:
+                for i in range(count + 5):
+                    t0 = time.perf_counter()
+                    run_id = await orch.engine.trigger("single", actor="bench")
+                    await waiter.wait([run_id], timeout=30)
+                    if i >= 5:  # warm-up runs are not counted
+                        samples.append((started_at[run_id] - t0) * 1000)
+                    await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - t0)))
+    ctx = {"runs": count, "rate_per_s": rate, "max_ms": round(max(samples), 2)}
+    return [
+        Figure("latency", "p50_ms", percentile(samples, 0.5), "ms", "<= 5", context=ctx),
+        Figure("latency", "p99_ms", percentile(samples, 0.99), "ms", "<= 20", context=ctx),
+    ]

@@ -1,0 +1,33 @@
+"""A small workflow authored in Python, using the custom ``greet`` handler
+from ``examples/handlers.py``:
+
+    orchestrator trigger hello --param name=Ada --wait
+"""
+
+from __future__ import annotations
+
+from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
+
+hello = WorkflowSpec(
+    name="hello",
+    description="Greet someone, then echo the greeting.",
+    params={"name": "world"},
+    tasks=(
+        TaskSpec(
+            id="greet",
+            handler="greet",
+            inputs={"name": "{{ params.name }}", "greeting": "Hello"},
+            retry=RetryPolicy(max_attempts=2, initial_delay_s=0.5),
+        ),
+        TaskSpec(
+            id="shout",
+            handler="echo",
+            upstream=("greet",),
+            inputs={
+                "text": "{{ upstream.greet.message }}",
+                "attempt": "{{ task.attempt }}",
+                "run": "{{ run.workflow }} #{{ run.id }}",
+            },
+        ),
+    ),
+)
