@@ -15,7 +15,7 @@ import contextlib
 import math
 import os
 import signal
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from orchestrator.context import TaskContext
@@ -28,6 +28,7 @@ DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024
 KILL_GRACE_S = 2.0
 """Seconds between SIGTERM and SIGKILL."""
 _POLL_S = 0.02
+_EXIT_POLL_S = 0.1
 _DRAIN_S = 1.0
 """How long to wait for the pipes to close once the process group is gone; a
 process that escaped the group (``setsid``) may hold them open for ever."""
@@ -112,18 +113,20 @@ async def shell(
 
     stdout, stderr = _Tail(max_output_bytes), _Tail(max_output_bytes)
     assert proc.stdout is not None and proc.stderr is not None  # both are PIPE
-    pumps = asyncio.gather(_pump(proc.stdout, stdout), _pump(proc.stderr, stderr))
+    pumps = [
+        asyncio.create_task(_pump(proc.stdout, stdout)),
+        asyncio.create_task(_pump(proc.stderr, stderr)),
+    ]
     timed_out = False
     try:
         try:
             async with asyncio.timeout(timeout):
-                await proc.wait()
+                await _wait_for_exit(proc)
         except TimeoutError:
             timed_out = True
     finally:
         # Also on cancellation: the group must not outlive the attempt.
-        leftovers = await _run_to_end(_end_group(proc))
-        await _run_to_end(_drain(pumps))
+        leftovers = await _run_to_end(_finish(proc, pumps))
     if leftovers and not timed_out:
         ctx.log.warning("shell: the command exited but left processes running; they were killed")
 
@@ -133,7 +136,7 @@ async def shell(
             + _detail(stdout, stderr, prefix="; ")
         )
     code = proc.returncode
-    assert code is not None  # _end_group waited for it
+    assert code is not None  # _finish waited for it
     if code < 0:
         raise TaskError(
             f"shell: command was killed by {_signal_name(-code)}" + _detail(stdout, stderr)
@@ -202,16 +205,6 @@ async def _pump(stream: asyncio.StreamReader, tail: _Tail) -> None:
         tail.add(chunk)
 
 
-async def _drain(pumps: asyncio.Future[Any]) -> None:
-    """Let the readers reach EOF, but not for ever."""
-    done, _ = await asyncio.wait([pumps], timeout=_DRAIN_S)
-    if not done:
-        pumps.cancel()
-        await asyncio.wait([pumps])
-    if not pumps.cancelled() and pumps.exception() is not None:
-        raise TaskError(f"shell: reading the command's output failed: {pumps.exception()!r}")
-
-
 def _detail(stdout: _Tail, stderr: _Tail, *, prefix: str = ": ") -> str:
     err = stderr.text().strip()[-_MESSAGE_TAIL_CHARS:]
     if err:
@@ -238,20 +231,48 @@ async def _run_to_end(coro: Coroutine[Any, Any, Any]) -> Any:
     return await asyncio.shield(task)
 
 
-async def _end_group(proc: asyncio.subprocess.Process) -> bool:
-    """Kill what is left of the command's process group, then reap the command.
+async def _wait_for_exit(proc: asyncio.subprocess.Process) -> None:
+    """Return once the command itself has exited.
 
-    Returns whether anything was left to kill.
+    ``proc.wait()`` also waits for the output pipes to close (up to Python
+    3.11), which a backgrounded child may never do; so the exit status, set as
+    soon as the command is reaped, is polled too.
     """
+    exited = asyncio.ensure_future(proc.wait())
+    try:
+        while proc.returncode is None:
+            await asyncio.wait([exited], timeout=_EXIT_POLL_S)
+    finally:
+        exited.cancel()
+
+
+async def _finish(proc: asyncio.subprocess.Process, pumps: list[asyncio.Task[None]]) -> bool:
+    """Kill what is left of the command's process group, reap the command and
+    collect its output. Returns whether any process was left to kill."""
     pgid = proc.pid  # a session leader's pid is its group's id
     leftovers = _group_alive(pgid)
     if leftovers:
         _signal_group(pgid, signal.SIGTERM)
         _signal_group(pgid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once resumed
-        if not await _group_gone(pgid, KILL_GRACE_S):
+        if not await _until(lambda: not _group_alive(pgid), KILL_GRACE_S):
             _signal_group(pgid, signal.SIGKILL)
-            await _group_gone(pgid, KILL_GRACE_S)
-    await proc.wait()
+            await _until(lambda: not _group_alive(pgid), KILL_GRACE_S)
+    # The exit status arrives from the child watcher shortly after the death.
+    await _until(lambda: proc.returncode is not None, KILL_GRACE_S)
+
+    # With the group gone the pipes reach EOF, unless a process that left the
+    # group (setsid) still holds them: then stop reading and close them.
+    _, reading = await asyncio.wait(pumps, timeout=_DRAIN_S)
+    if reading:
+        for pump in reading:
+            pump.cancel()
+        await asyncio.wait(reading)
+        transport = getattr(proc, "_transport", None)  # asyncio offers no public close
+        if transport is not None:
+            transport.close()
+    for pump in pumps:
+        if not pump.cancelled() and (error := pump.exception()) is not None:
+            raise TaskError(f"shell: reading the command's output failed: {error!r}")
     return leftovers
 
 
@@ -260,10 +281,11 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def _group_gone(pgid: int, within: float) -> bool:
+async def _until(condition: Callable[[], bool], within: float) -> bool:
+    """Poll ``condition`` until it holds (True) or ``within`` seconds pass (False)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    while _group_alive(pgid):
+    while not condition():
         if loop.time() >= deadline:
             return False
         await asyncio.sleep(_POLL_S)

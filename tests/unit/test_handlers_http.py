@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer, TestServer
 
 from handlers import http
 from orchestrator.context import TaskContext
@@ -91,7 +91,7 @@ def build_app(release: asyncio.Event, peers: list[object]) -> web.Application:
 
 
 class Server:
-    def __init__(self, test_server: TestServer, peers: list[object]) -> None:
+    def __init__(self, test_server: BaseTestServer, peers: list[object]) -> None:
         self._server = test_server
         self.peers = peers
 

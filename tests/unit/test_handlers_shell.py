@@ -66,7 +66,8 @@ async def test_success_returns_output() -> None:
 
 
 async def test_list_form_runs_without_a_shell() -> None:
-    result = await shell(make_ctx(), command=["printf", "%s|", "a b", "$HOME", "*", 3])
+    numbers_as_yaml_gives_them: list[object] = ["printf", "%s|", "a b", "$HOME", "*", 3]
+    result = await shell(make_ctx(), command=numbers_as_yaml_gives_them)  # type: ignore[arg-type]
     assert result["stdout"] == "a b|$HOME|*|3|"
 
 
@@ -97,11 +98,11 @@ async def test_death_by_signal_is_named() -> None:
 async def test_env_is_merged_and_cwd_is_used(tmp_path: Path) -> None:
     result = await shell(
         make_ctx(),
-        command='echo "$GREETING"; pwd; test -n "$PATH" && echo has-path',
+        command='echo "$GREETING"; pwd -P; test -n "$PATH" && echo has-path',
         env={"GREETING": "hi there"},
         cwd=str(tmp_path),
     )
-    assert result["stdout"].splitlines() == ["hi there", str(tmp_path.resolve()), "has-path"]
+    assert result["stdout"].splitlines() == ["hi there", str(tmp_path), "has-path"]
 
 
 async def test_output_keeps_the_tail() -> None:
@@ -110,7 +111,7 @@ async def test_output_keeps_the_tail() -> None:
         command="seq 1 20000; printf abcdef >&2",
         max_output_bytes=12,
     )
-    assert result["stdout"] == "\n19999\n20000\n"
+    assert result["stdout"] == "19999\n20000\n"
     assert result["stderr"] == "abcdef"
 
     small = await shell(make_ctx(), command="printf abcdef >&2", max_output_bytes=3)

@@ -1,0 +1,270 @@
+"""The ``orchestrator`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from orchestrator import logs
+from orchestrator.errors import OrchestratorError
+from orchestrator.settings import Settings, load_settings
+from orchestrator.states import RunState
+from orchestrator.store import Database, connect
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def _run(main: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(main())  # type: ignore[arg-type]
+    except OrchestratorError as exc:
+        _fail(str(exc))
+        raise AssertionError("unreachable") from None
+
+
+async def _database(settings: Settings) -> Database:
+    from orchestrator.devmode import resolve_database_url
+
+    return await connect(resolve_database_url(settings), size=2, min_size=1)
+
+
+def parse_params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
+    """``k=v`` pairs; a value that parses as JSON keeps its type (7, true, [1])."""
+    params: dict[str, Any] = {}
+    if params_json:
+        try:
+            loaded = json.loads(params_json)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--params") from None
+        if not isinstance(loaded, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--params")
+        params.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="orchestrator")
+def main() -> None:
+    """Event-driven workflow orchestrator on PostgreSQL."""
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path), default=None, required=False)
+def dev(path: Path | None) -> None:
+    """Everything in one process with zero setup: an embedded PostgreSQL under
+    ./.orchestrator/ (unless ORCHESTRATOR_DATABASE_URL is set), a worker, and the
+    workflows under PATH (default: examples/), reloaded when files change."""
+    from orchestrator.devmode import run_dev
+
+    settings = _settings()
+    try:
+        run_dev(settings, path or settings.workflows_path)
+    except OrchestratorError as exc:
+        _fail(str(exc))
+
+
+@main.command("run")
+@click.option("--path", type=click.Path(path_type=Path), default=None,
+              help="Workflows and handlers to load (default: ORCHESTRATOR_WORKFLOWS_PATH).")
+@click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations at start.")
+def run_cmd(path: Path | None, no_migrate: bool) -> None:
+    """Production mode: settings from ORCHESTRATOR_* variables; runs until SIGTERM."""
+    from orchestrator.devmode import _run_loop, resolve_database_url, serve
+
+    settings = _settings()
+    if settings.database_url is None:
+        _fail("ORCHESTRATOR_DATABASE_URL is not set (use `orchestrator dev` for a local setup)")
+    url = resolve_database_url(settings)
+
+    async def go() -> None:
+        if no_migrate:
+            from orchestrator.store import pending
+
+            db = await connect(url, size=2, min_size=1)
+            try:
+                async with db.pool.acquire() as conn:
+                    todo = await pending(conn)
+            finally:
+                await db.close()
+            if todo:
+                raise OrchestratorError(f"pending migrations: {', '.join(todo)}; run "
+                                        "`orchestrator migrate` first")
+        await serve(settings, url, path or settings.workflows_path, reload=False)
+
+    try:
+        _run_loop(go())
+    except OrchestratorError as exc:
+        _fail(str(exc))
+
+
+@main.command()
+def migrate() -> None:
+    """Apply pending schema migrations (safe to run from several processes at once)."""
+    settings = _settings()
+
+    async def go() -> list[str]:
+        db = await _database(settings)
+        try:
+            return await db.migrate()
+        finally:
+            await db.close()
+
+    applied = _run(go)
+    click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def validate(path: Path) -> None:
+    """Load every workflow under PATH and report every error; exit 1 if any."""
+    from orchestrator.devmode import load_workflows
+    from orchestrator.loader import format_errors
+
+    try:
+        result = load_workflows(path)
+    except OrchestratorError as exc:
+        _fail(str(exc))
+        return
+    for name, spec in sorted(result.workflows.items()):
+        click.echo(f"ok  {name} ({len(spec.tasks)} tasks, version {spec.version}) "
+                   f"in {result.workflow_files.get(name, '?')}")
+    if result.errors:
+        click.secho(format_errors(result.errors), fg="red", err=True)
+        click.secho(f"{len(result.errors)} error(s); nothing is loaded from files with errors",
+                    fg="red", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("workflow")
+@click.option("--param", "-p", "pairs", multiple=True, metavar="KEY=VALUE",
+              help="A run param; repeatable. VALUE is JSON when it parses as JSON.")
+@click.option("--params", "params_json", metavar="JSON", help="Params as one JSON object.")
+@click.option("--wait", is_flag=True, help="Wait for the run to end; exit 0 on success, 1 if not.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after N seconds.")
+def trigger(workflow: str, pairs: tuple[str, ...], params_json: str | None, wait: bool,
+            timeout: float | None) -> None:
+    """Start a run of WORKFLOW and print its id."""
+    from orchestrator.engine import Engine
+    from orchestrator.waiting import RunWaiter
+
+    settings = _settings()
+    params = parse_params(pairs, params_json)
+
+    async def go() -> RunState | None:
+        db = await _database(settings)
+        try:
+            engine = Engine(db, lease_s=settings.lease_s)
+            if not wait:
+                click.echo(await engine.trigger(workflow, params, actor="cli"))
+                return None
+            async with RunWaiter(db) as waiter:
+                run_id = await engine.trigger(workflow, params, actor="cli")
+                click.echo(run_id)
+                try:
+                    states = await waiter.wait([run_id], timeout=timeout)
+                except TimeoutError:
+                    raise OrchestratorError(
+                        f"run {run_id} has not ended after {timeout}s (it goes on)"
+                    ) from None
+                return states[run_id]
+        finally:
+            await db.close()
+
+    final = _run(go)
+    if final is not None:
+        click.echo(final.value)
+        sys.exit(0 if final == RunState.SUCCESS else 1)
+
+
+@main.command()
+@click.option("--workflow", "-w", default=None)
+@click.option("--state", "-s", type=click.Choice([s.value for s in RunState]), default=None)
+@click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
+def runs(workflow: str | None, state: str | None, limit: int) -> None:
+    """List recent runs, newest first."""
+    from orchestrator.views import runs_table
+
+    settings = _settings()
+
+    async def go() -> str:
+        db = await _database(settings)
+        try:
+            return await runs_table(db, workflow=workflow, state=state, limit=limit)
+        finally:
+            await db.close()
+
+    click.echo(_run(go))
+
+
+@main.command()
+@click.argument("run_id", type=int)
+def show(run_id: int) -> None:
+    """Show a run: its task states and the transition timeline."""
+    from orchestrator.views import show_run
+
+    settings = _settings()
+
+    async def go() -> str:
+        db = await _database(settings)
+        try:
+            return await show_run(db, run_id)
+        finally:
+            await db.close()
+
+    click.echo(_run(go))
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.argument("slots", type=click.IntRange(1), required=False)
+def pools(name: str | None, slots: int | None) -> None:
+    """List pools, or set pool NAME to SLOTS slots."""
+    from orchestrator.engine import Engine
+    from orchestrator.views import render_table
+
+    settings = _settings()
+    if (name is None) != (slots is None):
+        _fail("give both NAME and SLOTS to set a pool, or neither to list them")
+
+    async def go() -> str:
+        db = await _database(settings)
+        try:
+            if name is not None and slots is not None:
+                await Engine(db).set_pool(name, slots)
+                return f"pool {name} has {slots} slots"
+            from orchestrator.store import SQL
+
+            async with db.pool.acquire() as conn:
+                rows = await conn.fetch(SQL.list_pools)
+            return render_table(("POOL", "SLOTS", "RUNNING"),
+                                [(r["name"], r["slots"], r["running"]) for r in rows])
+        finally:
+            await db.close()
+
+    click.echo(_run(go))

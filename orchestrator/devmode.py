@@ -1,0 +1,198 @@
+"""Running an orchestrator process: ``dev`` (embedded database, reload) and ``run``.
+
+Both load workflows and handlers from a path, register them, and run the
+engine and a worker until SIGINT/SIGTERM, then stop cleanly: running attempts
+get a grace period, finished ones are recorded, the embedded server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import asyncpg
+import click
+
+from handlers import builtin_registry
+from orchestrator.app import Orchestrator
+from orchestrator.embedded import EmbeddedPostgres
+from orchestrator.errors import ConfigError
+from orchestrator.loader import LoadResult, format_errors, load_path
+from orchestrator.registry import HandlerRegistry
+from orchestrator.settings import Settings
+from orchestrator.spec import WorkflowSpec
+
+log = logging.getLogger(__name__)
+
+DEV_STATE_FILE = "dev.json"
+
+
+def dev_state_path(settings: Settings) -> Path:
+    return settings.data_dir / DEV_STATE_FILE
+
+
+def discover_dev_url(settings: Settings) -> str | None:
+    """The database URL of an ``orchestrator dev`` running from this directory."""
+    path = dev_state_path(settings)
+    try:
+        state = json.loads(path.read_text())
+        pid = int(state["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    url = state.get("database_url")
+    return url if isinstance(url, str) else None
+
+
+def resolve_database_url(settings: Settings) -> str:
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    found = discover_dev_url(settings)
+    if found:
+        return found
+    raise ConfigError(
+        "no database: set ORCHESTRATOR_DATABASE_URL, or start `orchestrator dev` in this "
+        f"directory (it keeps its database under {settings.data_dir}/)"
+    )
+
+
+def load_workflows(path: Path) -> LoadResult:
+    if not path.exists():
+        raise ConfigError(f"workflows path {path} does not exist")
+    return load_path(path, base=builtin_registry())
+
+
+class Reloader:
+    """Keeps the last good version of every file's workflows and handlers."""
+
+    def __init__(self, orch: Orchestrator, path: Path, first: LoadResult) -> None:
+        self.orch = orch
+        self.path = path
+        self.registry: HandlerRegistry = first.handlers
+        self.workflows: dict[str, WorkflowSpec] = dict(first.workflows)
+
+    async def reload(self) -> None:
+        result = await asyncio.to_thread(load_workflows, self.path)
+        if result.errors:
+            click.secho(
+                "reload: these files have errors; their previous versions stay active:\n"
+                + format_errors(result.errors),
+                fg="red",
+                err=True,
+            )
+        changed = [
+            spec for name, spec in result.workflows.items()
+            if name not in self.workflows or self.workflows[name].version != spec.version
+        ]
+        self.registry = self.registry.merged(result.handlers)
+        self.orch.use_handlers(self.registry)
+        if changed:
+            versions = await self.orch.register(changed)
+            self.workflows.update({s.name: s for s in changed})
+            for name, version in sorted(versions.items()):
+                click.echo(f"reload: {name} is now version {version}; runs in flight keep theirs")
+
+    async def watch(self) -> None:
+        from watchfiles import awatch
+
+        async for _changes in awatch(self.path, debounce=300, step=50):
+            try:
+                await self.reload()
+            except Exception:
+                log.exception("reload failed; the previous versions stay active")
+
+
+async def serve(
+    settings: Settings,
+    database_url: str,
+    path: Path,
+    *,
+    reload: bool,
+    banner: str = "",
+) -> None:
+    first = await asyncio.to_thread(load_workflows, path)
+    if first.errors:
+        click.secho(format_errors(first.errors), fg="red", err=True)
+        if not reload:
+            raise ConfigError(f"{len(first.errors)} error(s) in {path}; nothing was started")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    orch = Orchestrator(settings, database_url, registry=first.handlers,
+                        workflows=first.workflows.values())
+    await orch.start()
+    watcher: asyncio.Task[None] | None = None
+    try:
+        for name, spec in sorted(first.workflows.items()):
+            click.echo(f"workflow {name} (version {spec.version}, {len(spec.tasks)} tasks)")
+        if reload:
+            watcher = asyncio.create_task(Reloader(orch, path, first).watch())
+        if banner:
+            click.echo(banner)
+        await stop.wait()
+        click.echo("stopping: letting running attempts finish ...", err=True)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await orch.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _ensure_database(admin_url: str, name: str) -> str:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, _, query = admin_url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+def run_dev(settings: Settings, path: Path) -> None:
+    """``orchestrator dev``: everything in one process, zero setup."""
+    server: EmbeddedPostgres | None = None
+    state_file = dev_state_path(settings)
+    if settings.database_url is not None:
+        url = settings.database_url.get_secret_value()
+    else:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        server = EmbeddedPostgres(settings.data_dir / "pg")
+        click.echo(f"starting embedded PostgreSQL in {server.data_dir} ...")
+        url = asyncio.run(_ensure_database(server.start(), "orchestrator"))
+        state_file.write_text(json.dumps({"pid": os.getpid(), "database_url": url}))
+    banner = (
+        "\norchestrator dev is running; Ctrl-C stops it. In another terminal:\n"
+        "  orchestrator trigger daily_sales --param date=2026-02-01 --wait\n"
+        "  orchestrator runs\n"
+        "  orchestrator show RUN_ID\n"
+        f"Edit files under {path}/ and they are reloaded.\n"
+    )
+    try:
+        _run_loop(serve(settings, url, path, reload=True, banner=banner))
+    finally:
+        if server is not None:
+            with contextlib.suppress(FileNotFoundError):
+                state_file.unlink()
+            server.stop()
+            click.echo("embedded PostgreSQL stopped", err=True)
+
+
+def _run_loop(main: object) -> None:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(main)  # type: ignore[arg-type]

@@ -1,0 +1,98 @@
+"""Read-side queries and their plain-text rendering for ``runs`` and ``show``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from orchestrator.errors import UnknownRunError
+from orchestrator.store import SQL, Database
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if value else "-"
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str:
+    if not start or not end:
+        return "-"
+    return f"{(end - start).total_seconds():.3f}s"
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in header]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+async def runs_table(
+    db: Database, *, workflow: str | None, state: str | None, limit: int
+) -> str:
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(SQL.list_runs, workflow, state, limit)
+    if not rows:
+        return "no runs"
+    return render_table(
+        ("RUN", "WORKFLOW", "STATE", "VERSION", "CREATED", "DURATION", "ACTOR"),
+        [
+            (r["id"], r["workflow"], r["state"], r["version"], _when(r["created_at"]),
+             _duration(r["started_at"], r["ended_at"]), r["actor"])
+            for r in rows
+        ],
+    )
+
+
+async def show_run(db: Database, run_id: int) -> str:
+    async with db.pool.acquire() as conn:
+        run = await conn.fetchrow(SQL.get_run, run_id)
+        if run is None:
+            raise UnknownRunError(run_id)
+        tasks = await conn.fetch(SQL.task_instances_of_run, run_id)
+        steps = await conn.fetch(SQL.transitions_of_run, run_id)
+    out = [
+        f"run {run['id']}  {run['workflow']}  version {run['version']}  {run['state'].upper()}",
+        f"params {run['params']}",
+        f"created {_when(run['created_at'])} by {run['actor']}  "
+        f"duration {_duration(run['started_at'], run['ended_at'])}",
+        "",
+        render_table(
+            ("TASK", "STATE", "ATTEMPT", "HANDLER", "DURATION", "DETAIL"),
+            [
+                (
+                    t["task_id"],
+                    t["state"],
+                    t["attempt"],
+                    t["handler"],
+                    _duration(t["started_at"], t["ended_at"]),
+                    _detail(t),
+                )
+                for t in tasks
+            ],
+        ),
+        "",
+        "timeline:",
+        render_table(
+            ("AT", "TASK", "FROM", "TO", "ATTEMPT", "ACTOR", "REASON"),
+            [
+                (_when(s["at"]), s["task_id"] or "(run)", s["from_state"] or "-", s["to_state"],
+                 "" if s["attempt"] is None else s["attempt"], s["actor"], s["reason"] or "")
+                for s in steps
+            ],
+        ),
+    ]
+    return "\n".join(out)
+
+
+def _detail(task: Any) -> str:
+    if task["error"]:
+        error: str = task["error"]
+        first = error.splitlines()[0] if error else ""
+        return first[:120]
+    if task["state"] == "up_for_retry" and task["not_before"]:
+        return f"next attempt after {_when(task['not_before'])}"
+    if task["state"] == "running" and task["lease_owner"]:
+        return f"leased to {task['lease_owner']} until {_when(task['lease_until'])}"
+    return ""
