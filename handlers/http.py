@@ -96,8 +96,8 @@ def _session() -> aiohttp.ClientSession:
             # Tasks of unrelated workflows share the session: a shared cookie jar
             # would send one task's cookies along with another task's requests.
             cookie_jar=aiohttp.DummyCookieJar(),
-            # Each request gets its own timeout; the session default (5 min
-            # total) must not cut a task that asked for longer.
+            # Each request has its own deadline (asyncio.timeout); the session
+            # default (5 min total) must not cut a task that asked for longer.
             timeout=aiohttp.ClientTimeout(total=None),
         )
         _sessions[loop] = session
@@ -321,9 +321,8 @@ async def request(
         )
 
     try:
-        # asyncio.timeout bounds everything, body included; aiohttp's own
-        # timeout is set too so that its connect/read timeouts fire first with
-        # a precise error where they apply.
+        # One deadline for everything: waiting for a pooled connection,
+        # connecting, sending, and reading the body.
         async with asyncio.timeout(timeout):
             async with _session().request(
                 method,
@@ -331,7 +330,6 @@ async def request(
                 headers=request_headers,
                 params=query or None,
                 data=data,
-                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
                 status = response.status
                 if not _expected(status, expect_status):

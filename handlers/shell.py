@@ -106,7 +106,8 @@ async def shell(
         )
     except OSError as exc:
         # The program or cwd is missing or not executable: a retry won't help.
-        raise _bad_input(f"cannot start {argv[0]!r}: {exc.strerror} ({exc.filename!r})") from None
+        culprit = f" ({exc.filename!r})" if exc.filename not in (None, argv[0]) else ""
+        raise _bad_input(f"cannot start {argv[0]!r}: {exc.strerror}{culprit}") from None
     except ValueError as exc:  # e.g. a NUL byte in an argument
         raise _bad_input(f"cannot start {argv[0]!r}: {exc}") from None
     ctx.log.debug("shell: started pid %d", proc.pid)
@@ -129,6 +130,9 @@ async def shell(
         leftovers = await _run_to_end(_finish(proc, pumps))
     if leftovers and not timed_out:
         ctx.log.warning("shell: the command exited but left processes running; they were killed")
+    for pump in pumps:
+        if not pump.cancelled() and (error := pump.exception()) is not None:
+            raise TaskError(f"shell: reading the command's output failed: {error!r}")
 
     if timed_out:
         raise TaskError(
@@ -136,7 +140,8 @@ async def shell(
             + _detail(stdout, stderr, prefix="; ")
         )
     code = proc.returncode
-    assert code is not None  # _finish waited for it
+    if code is None:  # only if even SIGKILL did not end it (uninterruptible sleep)
+        raise TaskError(f"shell: command (pid {proc.pid}) did not exit after SIGKILL")
     if code < 0:
         raise TaskError(
             f"shell: command was killed by {_signal_name(-code)}" + _detail(stdout, stderr)
@@ -270,14 +275,13 @@ async def _finish(proc: asyncio.subprocess.Process, pumps: list[asyncio.Task[Non
         transport = getattr(proc, "_transport", None)  # asyncio offers no public close
         if transport is not None:
             transport.close()
-    for pump in pumps:
-        if not pump.cancelled() and (error := pump.exception()) is not None:
-            raise TaskError(f"shell: reading the command's output failed: {error!r}")
     return leftovers
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # already gone
+    # Gone already, or (PermissionError) only members we may not signal are left,
+    # such as a setuid program: nothing more can be done about them.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
@@ -299,7 +303,7 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # members exist that we may not signal; look at them below
     # killpg also reaches zombies. Killed grandchildren are re-parented to PID 1,
     # which in a container is often not an init that reaps them: without a
     # closer look each kill would wait out the whole grace period.
@@ -315,6 +319,6 @@ def _group_alive(pgid: int) -> bool:
             continue  # exited meanwhile
         # After "pid (comm) ": state, ppid, pgrp, ... (comm may hold spaces and parens).
         fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+        if len(fields) > 2 and fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
             return True
     return False

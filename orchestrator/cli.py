@@ -21,7 +21,11 @@ T = TypeVar("T")
 
 
 def _settings() -> Settings:
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except OrchestratorError as exc:
+        _fail(str(exc))
+        raise
     logs.configure(settings.log_level, settings.log_format)
     return settings
 
@@ -268,3 +272,5 @@ def pools(name: str | None, slots: int | None) -> None:
             await db.close()
 
     click.echo(_run(go))
+if __name__ == "__main__":
+    main()

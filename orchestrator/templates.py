@@ -17,7 +17,8 @@ Rendering rules (:func:`render`):
 * a string with text around its templates is interpolated: strings are inserted
   as they are, everything else as compact JSON (``None`` -> ``null``,
   ``True`` -> ``true``, ``[1, 2]`` -> ``[1,2]``);
-* strings without ``{{`` come back unchanged, at the cost of one substring test.
+* strings without ``{{`` come back unchanged, at the cost of one substring test;
+  a literal ``{{`` is written as a template of a string literal: ``{{ '{{' }}``.
 
 Parsing is cached per distinct string, so rendering on the hot path only
 evaluates already-compiled expressions.
@@ -37,6 +38,7 @@ import orjson
 from jmespath.exceptions import JMESPathError
 from jmespath.functions import Functions
 from jmespath.parser import ParsedResult
+from jmespath.visitor import TreeInterpreter
 
 from orchestrator.errors import SpecError
 
@@ -67,6 +69,9 @@ ROOT_FIELDS: Mapping[str, frozenset[str]] = {
 
 _KNOWN_FUNCTIONS = frozenset(Functions.FUNCTION_TABLE)
 
+# Stateless once built; ParsedResult.search would build a new one per call.
+_INTERPRETER = TreeInterpreter()
+
 
 class TemplateError(SpecError):
     """A template is malformed, or evaluating it failed."""
@@ -88,6 +93,9 @@ class TemplateError(SpecError):
 class _Expr:
     source: str
     compiled: ParsedResult
+    fields: tuple[str, ...] | None
+    """For a plain field chain (``params.date``, ``upstream."a-b".rows``, the
+    common case) the keys to follow, evaluated without the interpreter."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +169,16 @@ def _compile(expression: str) -> ParsedResult:
     return compiled
 
 
+def _field_chain(node: Any) -> tuple[str, ...] | None:
+    if node.get("type") == "field":
+        return (str(node["value"]),)
+    if node.get("type") == "subexpression":
+        keys = [c.get("value") for c in node["children"] if c.get("type") == "field"]
+        if len(keys) == len(node["children"]):
+            return tuple(str(k) for k in keys)
+    return None
+
+
 @lru_cache(maxsize=8192)
 def _parse(text: str) -> _Parsed:
     parts: list[str | _Expr] = []
@@ -187,7 +205,8 @@ def _parse(text: str) -> _Parsed:
         while end >= 0:
             source = text[start + 2 : end].strip()
             try:
-                expr = _Expr(source, _compile(source))
+                compiled = _compile(source)
+                expr = _Expr(source, compiled, _field_chain(compiled.parsed))
                 break
             except TemplateError as exc:
                 first_error = first_error or exc
@@ -328,8 +347,17 @@ def _to_text(value: Any) -> str:
 
 
 def _search(expr: _Expr, scope: Mapping[str, Any]) -> Any:
+    if expr.fields is not None:
+        # Same semantics as JMESPath field access: a key of an object, else null.
+        value: Any = scope
+        for key in expr.fields:
+            try:
+                value = value.get(key)
+            except AttributeError:
+                return None
+        return value
     try:
-        return expr.compiled.search(scope)
+        return _INTERPRETER.visit(expr.compiled.parsed, scope)
     except JMESPathError as exc:
         task = scope.get("task")
         task_id = task.get("id") if isinstance(task, Mapping) else None

@@ -95,4 +95,7 @@ def _detail(task: Any) -> str:
         return f"next attempt after {_when(task['not_before'])}"
     if task["state"] == "running" and task["lease_owner"]:
         return f"leased to {task['lease_owner']} until {_when(task['lease_until'])}"
+    if task["output"] is not None:
+        output: str = task["output"]
+        return "output " + (output if len(output) <= 100 else output[:97] + "...")
     return ""

@@ -27,3 +27,18 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
         await asyncio.sleep(interval)
+
+
+def wait_until(
+    probe: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Blocking twin of :func:`eventually` for tests that drive subprocesses."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)

@@ -25,7 +25,7 @@ def build_app(release: asyncio.Event, peers: list[object]) -> web.Application:
         return web.json_response(
             {
                 "hello": "world",
-                "query": dict(request.query),
+                "query": list(request.query.items()),
                 "x_test": request.headers.get("X-Test"),
             }
         )
@@ -129,14 +129,21 @@ def closed_port() -> int:
 async def test_get_json(server: Server) -> None:
     result = await http.request(
         make_ctx(),
-        url=server.url("/json"),
+        url=server.url("/json") + "?from_url=1",
         params={"q": "a b", "n": 2, "flag": True, "tag": ["x", "y"], "skip": None},
         headers={"X-Test": "yes"},
     )
     assert result["status"] == 200
     assert result["json"] == {
         "hello": "world",
-        "query": {"q": "a b", "n": "2", "flag": "true", "tag": "x"},
+        "query": [
+            ["from_url", "1"],
+            ["q", "a b"],
+            ["n", "2"],
+            ["flag", "true"],
+            ["tag", "x"],
+            ["tag", "y"],
+        ],
         "x_test": "yes",
     }
     assert result["text"] is None

@@ -36,6 +36,12 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def modules_from(path: Path) -> list[str]:
+    """Names in sys.modules of modules imported from ``path``."""
+    target = str(path.resolve())
+    return [n for n, m in list(sys.modules.items()) if getattr(m, "__file__", None) == target]
+
+
 def messages(result: LoadResult) -> list[str]:
     return [str(e) for e in result.errors]
 
@@ -616,7 +622,7 @@ def test_reload_broken_file_reports_error_and_keeps_module(
     )
     f = write(tmp_path / "flow.py", code)
     assert load_path(tmp_path, base=base).ok
-    (name,) = [n for n, m in list(sys.modules.items()) if getattr(m, "__file__", None) == str(f)]
+    (name,) = modules_from(f)
     assert name.startswith(f"{MODULE_PREFIX}.flow_")
     module = sys.modules[name]
 
@@ -631,9 +637,7 @@ def test_reload_broken_file_reports_error_and_keeps_module(
     write(tmp_path / "flow.py", code.replace('"a"', '"b"'))
     fixed = load_path(tmp_path, base=base)
     assert fixed.ok and fixed.workflows["flow"].tasks[0].id == "b"
-    assert [n for n, m in list(sys.modules.items()) if getattr(m, "__file__", None) == str(f)] == [
-        name
-    ]
+    assert modules_from(f) == [name]
     assert sys.modules[name] is not module
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jmespath
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -278,3 +279,23 @@ def test_references_raise_on_bad_syntax() -> None:
         referenced_tasks("{{ upstream.a..b }}")
     with pytest.raises(TemplateError):
         referenced_roots("{{ upstream.a..b }}")
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["a", "b", "c-d"]),
+        st.recursive(
+            st.none() | st.integers() | st.text(max_size=3),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.sampled_from(["a", "b", "c-d"]), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+        max_size=3,
+    ),
+    st.lists(st.sampled_from(["a", "b", '"c-d"']), min_size=1, max_size=4),
+)
+def test_field_chain_fast_path_matches_jmespath(scope: dict[str, Any], keys: list[str]) -> None:
+    expression = ".".join(keys)
+    assert render(f"{{{{ {expression} }}}}", scope) == jmespath.search(expression, scope)

@@ -1,0 +1,197 @@
+"""The CLI as a user runs it: real processes, a real database, real files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from eventually import wait_until
+
+EXE = [sys.executable, "-m", "orchestrator.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EXE, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=cwd, check=False)
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+class Server:
+    """A long-running `orchestrator run|dev` whose output is kept in a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.log = log
+        self._out = log.open("w")
+        self.proc = subprocess.Popen([*EXE, *args], stdout=self._out, stderr=subprocess.STDOUT,
+                                     env=env, cwd=cwd, text=True)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        def seen() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.output()}")
+            return text in self.output()
+
+        wait_until(seen, timeout=timeout, what=repr(text))
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._out.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._out.close()
+
+
+@pytest.fixture
+def server_cleanup() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for s in started:
+        s.kill()
+
+
+CYCLE_YAML = """
+name: loopy
+tasks:
+  - {id: a, handler: noop, upstream: [c]}
+  - {id: b, handler: noop, upstream: [a]}
+  - {id: c, handler: noop, upstream: [b]}
+"""
+
+
+def test_validate_accepts_the_examples_and_names_every_error(tmp_path: Path) -> None:
+    ok = cli("validate", str(ROOT / "examples"), env=base_env())
+    assert ok.returncode == 0, ok.stderr
+    assert "ok  daily_sales (7 tasks" in ok.stdout
+
+    (tmp_path / "loopy.yaml").write_text(CYCLE_YAML)
+    (tmp_path / "unknown.yaml").write_text(
+        "name: lost\ntasks:\n  - {id: x, handler: no_such_handler}\n"
+    )
+    bad = cli("validate", str(tmp_path), env=base_env())
+    assert bad.returncode == 1
+    assert "loopy.yaml" in bad.stderr and "workflow 'loopy'" in bad.stderr
+    assert "a -> b -> c -> a" in bad.stderr or "cycle" in bad.stderr
+    assert "unknown.yaml" in bad.stderr and "no_such_handler" in bad.stderr
+    assert "task 'x'" in bad.stderr
+    assert "2 error(s)" in bad.stderr
+
+
+def test_a_bad_setting_is_named(tmp_path: Path) -> None:
+    out = cli("runs", env=base_env(ORCHESTRATOR_WORKER_SLOTS="lots"), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "ORCHESTRATOR_WORKER_SLOTS" in out.stderr
+    missing = cli("runs", env=base_env(), cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "ORCHESTRATOR_DATABASE_URL" in missing.stderr
+
+
+def test_migrate_is_idempotent(db_url: str, tmp_path: Path) -> None:
+    env = base_env(ORCHESTRATOR_DATABASE_URL=db_url)
+    first = cli("migrate", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "schema is up to date" in first.stdout  # the test database is already migrated
+    again = cli("migrate", env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+@pytest.mark.timeout(120)
+def test_run_then_trigger_wait_runs_the_example_end_to_end(
+    db_url: str, tmp_path: Path, server_cleanup: list[Server]
+) -> None:
+    env = base_env(ORCHESTRATOR_DATABASE_URL=db_url, ORCHESTRATOR_POLL_INTERVAL_S="0.2")
+    examples = tmp_path / "wf"
+    shutil.copytree(ROOT / "examples", examples)
+    (examples / "broken_on_purpose.yaml").write_text(
+        "name: always_fails\ndefault_retry: {max_attempts: 1}\n"
+        "tasks:\n  - {id: boom, handler: fail}\n"
+    )
+    server = Server(["run", "--path", str(examples)], env, tmp_path, tmp_path / "run.log")
+    server_cleanup.append(server)
+    server.wait_for("workflow daily_sales")
+
+    done = cli("trigger", "daily_sales", "--param", "date=2026-03-01", "--wait", env=env)
+    assert done.returncode == 0, done.stderr
+    run_id, final = done.stdout.split()
+    assert final == "success"
+
+    shown = cli("show", run_id, env=env)
+    assert shown.returncode == 0, shown.stderr
+    for task in ("extract_crm", "extract_erp", "join_sources", "validate_data",
+                 "transform_revenue", "load_warehouse", "notify_team"):
+        assert task in shown.stdout
+    assert shown.stdout.count("success") >= 8  # the run and its 7 tasks
+    assert '"date": "2026-03-01"' in shown.stdout
+    assert "timeline:" in shown.stdout and "trigger rule all_success" in shown.stdout
+
+    failed = cli("trigger", "always_fails", "--wait", env=env)
+    assert failed.returncode == 1
+    assert failed.stdout.split()[1] == "failed"
+
+    listed = cli("runs", env=env)
+    assert "daily_sales" in listed.stdout and "always_fails" in listed.stdout
+
+    unknown = cli("trigger", "nope", env=env)
+    assert unknown.returncode == 2 and "unknown workflow 'nope'" in unknown.stderr
+    bad_json = cli("trigger", "daily_sales", "--params", "{not json", env=env)
+    assert bad_json.returncode == 2 and "not valid JSON" in bad_json.stderr
+
+    assert server.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.timeout(150)
+def test_dev_starts_with_zero_setup_reloads_and_stops_cleanly(
+    tmp_path: Path, server_cleanup: list[Server]
+) -> None:
+    env = base_env(ORCHESTRATOR_POLL_INTERVAL_S="0.2")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    dev = Server(["dev"], env, tmp_path, tmp_path / "dev.log")
+    server_cleanup.append(dev)
+    dev.wait_for("orchestrator dev is running", timeout=90)
+
+    done = cli("trigger", "daily_sales", "--wait", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr + dev.output()
+    assert done.stdout.split()[1] == "success"
+
+    # A new file is picked up without a restart.
+    extra = tmp_path / "examples" / "extra.yaml"
+    extra.write_text("name: extra\ntasks:\n  - {id: hi, handler: echo, inputs: {v: 1}}\n")
+    dev.wait_for("reload: extra is now version")
+    first = cli("trigger", "extra", "--wait", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+
+    # A broken edit is reported and the previous version stays active.
+    extra.write_text("name: extra\ntasks:\n  - {id: hi, handler: echo, upstream: [ghost]}\n")
+    dev.wait_for("previous versions stay active")
+    assert "ghost" in dev.output()
+    again = cli("trigger", "extra", "--wait", env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    shown = cli("show", again.stdout.split()[0], env=env, cwd=tmp_path)
+    assert '"v": 1' in shown.stdout
+
+    assert dev.stop(signal.SIGINT) == 0
+    assert "embedded PostgreSQL stopped" in dev.output()
+    assert not (tmp_path / ".orchestrator" / "dev.json").exists()

@@ -1,0 +1,1 @@
+"""Event sources that become durable events (Kafka, webhooks, files, schedules)."""
