@@ -8,7 +8,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-
 from bench import engine_scenarios
 from bench.harness import RESULTS_DIR, Figure, record, server_url, table
 
@@ -30,10 +29,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
         epilog="scenarios:\n" + "\n".join(f"  {k:10} {v}" for k, v in SCENARIOS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
-                   help="which to run (default: all); baseline always runs first")
-    p.add_argument("--results", type=Path, default=RESULTS_DIR / "engine.jsonl",
-                   help="JSON-lines file to append to (default: %(default)s)")
+    p.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help="which to run (default: all); baseline always runs first",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_DIR / "engine.jsonl",
+        help="JSON-lines file to append to (default: %(default)s)",
+    )
     p.add_argument("--runs", type=int, default=1000, help="fanout: runs submitted (default 1000)")
     p.add_argument("--count", type=int, default=200, help="latency: runs triggered (default 200)")
     p.add_argument("--no-record", action="store_true", help="print only, write no results")

@@ -21,8 +21,13 @@ from orchestrator.waiting import RunWaiter
 
 
 def bench_settings(**kw: Any) -> Settings:
-    base: dict[str, Any] = {"worker_slots": 64, "claim_batch": 64, "db_pool_size": 8,
-                            "poll_interval_s": 1.0, "lease_s": 60.0}
+    base: dict[str, Any] = {
+        "worker_slots": 64,
+        "claim_batch": 64,
+        "db_pool_size": 8,
+        "poll_interval_s": 1.0,
+        "lease_s": 60.0,
+    }
     return Settings(**{**base, **kw})
 
 
@@ -51,8 +56,15 @@ async def baseline(url: str, *, seconds: float = 3.0) -> list[Figure]:
         elapsed = time.perf_counter() - started
         for c in conns:
             await c.close()
-    return [Figure("baseline", "tx_per_s", done / elapsed, "tx/s",
-                   context={"connections": 8, "seconds": round(elapsed, 2)})]
+    return [
+        Figure(
+            "baseline",
+            "tx_per_s",
+            done / elapsed,
+            "tx/s",
+            context={"connections": 8, "seconds": round(elapsed, 2)},
+        )
+    ]
 
 
 def chain(name: str, length: int, handler: str = "noop") -> WorkflowSpec:
@@ -73,47 +85,63 @@ async def _transitions(db: Any) -> int:
 
 async def chain40(url: str, *, repeats: int = 7) -> list[Figure]:
     spec = chain("chain40", 40)
-    async with scratch_database(url) as (db_url, _db):
-        async with Orchestrator(bench_settings(), db_url, registry=builtin_registry(),
-                                workflows=[spec]) as orch:
-            assert orch.engine is not None and orch.db is not None
-            async with RunWaiter(orch.db, poll_s=0.05) as waiter:
-                walls = []
-                for _ in range(repeats + 1):  # the first run warms caches
-                    started = time.perf_counter()
-                    run_id = await orch.engine.trigger("chain40", actor="bench")
-                    states = await waiter.wait([run_id], timeout=60)
-                    walls.append(time.perf_counter() - started)
-                    assert states[run_id] == RunState.SUCCESS, states
+    async with scratch_database(url) as (db_url, _db), Orchestrator(
+        bench_settings(), db_url, registry=builtin_registry(), workflows=[spec]
+    ) as orch:
+        assert orch.engine is not None and orch.db is not None
+        async with RunWaiter(orch.db, poll_s=0.05) as waiter:
+            walls = []
+            for _ in range(repeats + 1):  # the first run warms caches
+                started = time.perf_counter()
+                run_id = await orch.engine.trigger("chain40", actor="bench")
+                states = await waiter.wait([run_id], timeout=60)
+                walls.append(time.perf_counter() - started)
+                assert states[run_id] == RunState.SUCCESS, states
     walls = walls[1:]
-    return [Figure("chain40", "wall_s", median(walls), "s", "<= 0.10",
-                   context={"runs": repeats, "min_s": round(min(walls), 4),
-                            "max_s": round(max(walls), 4), "tasks": 40})]
+    return [
+        Figure(
+            "chain40",
+            "wall_s",
+            median(walls),
+            "s",
+            "<= 0.10",
+            context={
+                "runs": repeats,
+                "min_s": round(min(walls), 4),
+                "max_s": round(max(walls), 4),
+                "tasks": 40,
+            },
+        )
+    ]
 
 
 async def fanout(url: str, *, runs: int = 1000, baseline_tx: float | None = None) -> list[Figure]:
     spec = chain("fanout3", 3)
-    async with scratch_database(url) as (db_url, db):
-        async with Orchestrator(bench_settings(), db_url, registry=builtin_registry(),
-                                workflows=[spec]) as orch:
-            assert orch.engine is not None and orch.db is not None
-            async with RunWaiter(orch.db, poll_s=0.05) as waiter:
-                # warm up
-                await waiter.wait([await orch.engine.trigger("fanout3", actor="bench")], timeout=60)
-                before = await _transitions(db)
-                from orchestrator.engine import RunRequest
+    async with scratch_database(url) as (db_url, db), Orchestrator(
+        bench_settings(), db_url, registry=builtin_registry(), workflows=[spec]
+    ) as orch:
+        assert orch.engine is not None and orch.db is not None
+        async with RunWaiter(orch.db, poll_s=0.05) as waiter:
+            # warm up
+            await waiter.wait([await orch.engine.trigger("fanout3", actor="bench")], timeout=60)
+            before = await _transitions(db)
+            from orchestrator.engine import RunRequest
 
-                started = time.perf_counter()
-                ids = await orch.engine.create_runs(
-                    [RunRequest("fanout3") for _ in range(runs)], actor="bench"
-                )
-                states = await waiter.wait(ids, timeout=600)
-                elapsed = time.perf_counter() - started
-                assert set(states.values()) == {RunState.SUCCESS}, set(states.values())
-                transitions = await _transitions(db) - before
+            started = time.perf_counter()
+            ids = await orch.engine.create_runs(
+                [RunRequest("fanout3") for _ in range(runs)], actor="bench"
+            )
+            states = await waiter.wait(ids, timeout=600)
+            elapsed = time.perf_counter() - started
+            assert set(states.values()) == {RunState.SUCCESS}, set(states.values())
+            transitions = await _transitions(db) - before
     tps = transitions / elapsed
-    ctx: dict[str, Any] = {"runs": runs, "tasks_per_run": 3, "seconds": round(elapsed, 3),
-                           "task_executions_per_s": round(runs * 3 / elapsed, 1)}
+    ctx: dict[str, Any] = {
+        "runs": runs,
+        "tasks_per_run": 3,
+        "seconds": round(elapsed, 3),
+        "task_executions_per_s": round(runs * 3 / elapsed, 1),
+    }
     figures = [Figure("fanout", "runs_per_s", runs / elapsed, "runs/s", ">= 1500", context=ctx)]
     tctx: dict[str, Any] = {"transitions": transitions}
     if baseline_tx:
@@ -132,18 +160,18 @@ async def latency(url: str, *, count: int = 200, rate: float = 10.0) -> list[Fig
     registry.register("bench.mark", mark)
     spec = WorkflowSpec(name="single", tasks=(TaskSpec(id="only", handler="bench.mark"),))
     samples: list[float] = []
-    async with scratch_database(url) as (db_url, _db):
-        async with Orchestrator(bench_settings(), db_url, registry=registry,
-                                workflows=[spec]) as orch:
-            assert orch.engine is not None and orch.db is not None
-            async with RunWaiter(orch.db, poll_s=0.05) as waiter:
-                for i in range(count + 5):
-                    t0 = time.perf_counter()
-                    run_id = await orch.engine.trigger("single", actor="bench")
-                    await waiter.wait([run_id], timeout=30)
-                    if i >= 5:  # warm-up runs are not counted
-                        samples.append((started_at[run_id] - t0) * 1000)
-                    await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - t0)))
+    async with scratch_database(url) as (db_url, _db), Orchestrator(
+        bench_settings(), db_url, registry=registry, workflows=[spec]
+    ) as orch:
+        assert orch.engine is not None and orch.db is not None
+        async with RunWaiter(orch.db, poll_s=0.05) as waiter:
+            for i in range(count + 5):
+                t0 = time.perf_counter()
+                run_id = await orch.engine.trigger("single", actor="bench")
+                await waiter.wait([run_id], timeout=30)
+                if i >= 5:  # warm-up runs are not counted
+                    samples.append((started_at[run_id] - t0) * 1000)
+                await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - t0)))
     ctx = {"runs": count, "rate_per_s": rate, "max_ms": round(max(samples), 2)}
     return [
         Figure("latency", "p50_ms", percentile(samples, 0.5), "ms", "<= 5", context=ctx),

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from orchestrator.embedded import EmbeddedPostgres
-from orchestrator.store import connect, Database
+from orchestrator.store import Database, connect
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -62,7 +62,9 @@ def _with_database(url: str, name: str) -> str:
 
 
 @asynccontextmanager
-async def scratch_database(url: str, *, migrate: bool = True) -> AsyncIterator[tuple[str, Database]]:
+async def scratch_database(
+    url: str, *, migrate: bool = True
+) -> AsyncIterator[tuple[str, Database]]:
     """A fresh database on the server at ``url``, dropped afterwards."""
     name = f"orch_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(url)

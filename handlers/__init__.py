@@ -20,4 +20,6 @@ def builtin_registry() -> HandlerRegistry:
     registry = HandlerRegistry()
     for module in _BUILTIN_MODULES:
         registry.register_module(module)
+    # http.request shares one client session per event loop; close it at stop.
+    registry.on_shutdown(http.close_sessions)
     return registry

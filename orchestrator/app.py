@@ -88,6 +88,7 @@ class Orchestrator:
             await self.worker.stop(grace_s)
         if self._listener is not None:
             await self._listener.stop()
+        await self.registry.shutdown()
         if self.db is not None:
             await self.db.close()
 

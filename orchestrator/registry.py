@@ -40,6 +40,16 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, HandlerFn] = {}
         self._origins: dict[str, str] = {}
+        self._shutdown: list[Callable[[], Awaitable[None]]] = []
+
+    def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` when the process stops (e.g. close a shared HTTP session)."""
+        if hook not in self._shutdown:
+            self._shutdown.append(hook)
+
+    async def shutdown(self) -> None:
+        for hook in self._shutdown:
+            await hook()
 
     def register(self, name: str, fn: HandlerFn, *, origin: str = "") -> None:
         existing = self._handlers.get(name)
@@ -81,4 +91,5 @@ class HandlerRegistry:
         out = HandlerRegistry()
         out._handlers = {**self._handlers, **other._handlers}
         out._origins = {**self._origins, **other._origins}
+        out._shutdown = [*self._shutdown, *(h for h in other._shutdown if h not in self._shutdown)]
         return out

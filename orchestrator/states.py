@@ -68,9 +68,7 @@ TERMINAL_RUN_STATES: frozenset[RunState] = frozenset(
     s for s, targets in RUN_TRANSITIONS.items() if not targets
 )
 #: Terminal states that count as a failure for trigger rules and run outcome.
-FAILED_TASK_STATES: frozenset[TaskState] = frozenset(
-    {T.FAILED, T.UPSTREAM_FAILED, T.DEAD_LETTERED}
-)
+FAILED_TASK_STATES: frozenset[TaskState] = frozenset({T.FAILED, T.UPSTREAM_FAILED, T.DEAD_LETTERED})
 #: States in which a task may be claimed by a worker.
 CLAIMABLE_TASK_STATES: frozenset[TaskState] = frozenset({T.QUEUED, T.UP_FOR_RETRY})
 

@@ -28,9 +28,7 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-async def runs_table(
-    db: Database, *, workflow: str | None, state: str | None, limit: int
-) -> str:
+async def runs_table(db: Database, *, workflow: str | None, state: str | None, limit: int) -> str:
     async with db.pool.acquire() as conn:
         rows = await conn.fetch(SQL.list_runs, workflow, state, limit)
     if not rows:
@@ -38,8 +36,15 @@ async def runs_table(
     return render_table(
         ("RUN", "WORKFLOW", "STATE", "VERSION", "CREATED", "DURATION", "ACTOR"),
         [
-            (r["id"], r["workflow"], r["state"], r["version"], _when(r["created_at"]),
-             _duration(r["started_at"], r["ended_at"]), r["actor"])
+            (
+                r["id"],
+                r["workflow"],
+                r["state"],
+                r["version"],
+                _when(r["created_at"]),
+                _duration(r["started_at"], r["ended_at"]),
+                r["actor"],
+            )
             for r in rows
         ],
     )
@@ -77,8 +82,15 @@ async def show_run(db: Database, run_id: int) -> str:
         render_table(
             ("AT", "TASK", "FROM", "TO", "ATTEMPT", "ACTOR", "REASON"),
             [
-                (_when(s["at"]), s["task_id"] or "(run)", s["from_state"] or "-", s["to_state"],
-                 "" if s["attempt"] is None else s["attempt"], s["actor"], s["reason"] or "")
+                (
+                    _when(s["at"]),
+                    s["task_id"] or "(run)",
+                    s["from_state"] or "-",
+                    s["to_state"],
+                    "" if s["attempt"] is None else s["attempt"],
+                    s["actor"],
+                    s["reason"] or "",
+                )
                 for s in steps
             ],
         ),

@@ -178,7 +178,9 @@ class Worker:
         if c.handler not in self.registry:
             return self._failure(
                 c,
-                NonRetryableError(f"handler {c.handler!r} is not registered in worker {self.owner}"),
+                NonRetryableError(
+                    f"handler {c.handler!r} is not registered in worker {self.owner}"
+                ),
                 compiled=compiled,
             )
         ctx = TaskContext(
@@ -215,7 +217,9 @@ class Worker:
             reason="handler returned",
         )
 
-    async def _call(self, name: str, ctx: TaskContext, inputs: dict[str, Any], timeout: float) -> Any:
+    async def _call(
+        self, name: str, ctx: TaskContext, inputs: dict[str, Any], timeout: float
+    ) -> Any:
         fn = self.registry.get(name)
         try:
             async with asyncio.timeout(timeout):
@@ -265,7 +269,11 @@ class Worker:
         log.log(
             logging.WARNING if target == TaskState.UP_FOR_RETRY else logging.ERROR,
             "run %s task %s attempt %d failed (%s): %s",
-            c.run_id, c.task_id, c.attempt, target.value, error,
+            c.run_id,
+            c.task_id,
+            c.attempt,
+            target.value,
+            error,
         )
         return Outcome(
             id=c.id,
@@ -324,7 +332,10 @@ class Worker:
             self.rejected += 1
             log.warning(
                 "late result rejected: run %s task %s attempt %d is no longer leased to %s",
-                o.run_id, o.task_id, o.attempt, self.owner,
+                o.run_id,
+                o.task_id,
+                o.attempt,
+                self.owner,
             )
         self._launch(result.claimed)
         if self.free > 0:
@@ -356,6 +367,9 @@ class Worker:
             started = time.monotonic()
             taken = await self.engine.expire_leases(actor=f"reaper:{self.owner}")
             if taken:
-                log.info("took back %d expired attempts in %.1f ms",
-                         taken, (time.monotonic() - started) * 1000)
+                log.info(
+                    "took back %d expired attempts in %.1f ms",
+                    taken,
+                    (time.monotonic() - started) * 1000,
+                )
                 self._wake.set()

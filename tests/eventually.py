@@ -30,7 +30,10 @@ async def eventually(
 
 
 def wait_until(
-    probe: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05,
+    probe: Callable[[], T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
     what: str = "condition",
 ) -> T:
     """Blocking twin of :func:`eventually` for tests that drive subprocesses."""

@@ -40,7 +40,7 @@ class Listener:
             try:
                 conn = await asyncpg.connect(self._url)
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 for channel, callback in self._channels.items():
                     await conn.add_listener(channel, self._dispatch(callback))
                 self.connected.set()

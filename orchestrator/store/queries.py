@@ -23,8 +23,9 @@ def parse_named(text: str) -> dict[str, str]:
 @cache
 def queries() -> dict[str, str]:
     found: dict[str, str] = {}
-    for entry in sorted(resources.files("orchestrator.store").joinpath("sql").iterdir(),
-                        key=lambda e: e.name):
+    for entry in sorted(
+        resources.files("orchestrator.store").joinpath("sql").iterdir(), key=lambda e: e.name
+    ):
         if entry.name.endswith(".sql"):
             for name, sql in parse_named(entry.read_text("utf-8")).items():
                 if name in found:

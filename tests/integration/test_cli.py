@@ -17,10 +17,18 @@ EXE = [sys.executable, "-m", "orchestrator.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*EXE, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=cwd, check=False)
+def cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EXE, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -36,8 +44,9 @@ class Server:
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
         self.log = log
         self._out = log.open("w")
-        self.proc = subprocess.Popen([*EXE, *args], stdout=self._out, stderr=subprocess.STDOUT,
-                                     env=env, cwd=cwd, text=True)
+        self.proc = subprocess.Popen(
+            [*EXE, *args], stdout=self._out, stderr=subprocess.STDOUT, env=env, cwd=cwd, text=True
+        )
 
     def output(self) -> str:
         return self.log.read_text()
@@ -140,8 +149,15 @@ def test_run_then_trigger_wait_runs_the_example_end_to_end(
 
     shown = cli("show", run_id, env=env)
     assert shown.returncode == 0, shown.stderr
-    for task in ("extract_crm", "extract_erp", "join_sources", "validate_data",
-                 "transform_revenue", "load_warehouse", "notify_team"):
+    for task in (
+        "extract_crm",
+        "extract_erp",
+        "join_sources",
+        "validate_data",
+        "transform_revenue",
+        "load_warehouse",
+        "notify_team",
+    ):
         assert task in shown.stdout
     assert shown.stdout.count("success") >= 8  # the run and its 7 tasks
     assert '"date": "2026-03-01"' in shown.stdout

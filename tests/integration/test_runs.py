@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from handlers import builtin_registry
@@ -11,7 +12,7 @@ from orchestrator.app import Orchestrator
 from orchestrator.errors import UnknownWorkflowError
 from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
-from orchestrator.states import RunState, TaskState
+from orchestrator.states import RunState
 from orchestrator.store import SQL
 from orchestrator.waiting import wait_for_runs
 
@@ -54,22 +55,27 @@ async def test_diamond_runs_in_order_with_outputs_and_timeline(db_url: str) -> N
         TaskSpec(id="a", handler="echo", inputs={"n": "{{ params.n }}"}),
         TaskSpec(id="b", handler="echo", upstream=("a",), inputs={"from_a": "{{ upstream.a.n }}"}),
         TaskSpec(id="c", handler="echo", upstream=("a",), inputs={"x": "c-{{ params.n }}"}),
-        TaskSpec(id="d", handler="echo", upstream=("b", "c"),
-                 inputs={"b": "{{ upstream.b }}", "c": "{{ upstream.c.x }}"}),
+        TaskSpec(
+            id="d",
+            handler="echo",
+            upstream=("b", "c"),
+            inputs={"b": "{{ upstream.b }}", "c": "{{ upstream.c.x }}"},
+        ),
     )
     async with Orchestrator(settings(), db_url, registry=builtin_registry(), workflows=[spec]) as o:
         run_id, state = await run_to_end(o, "diamond", n=7)
         assert state == RunState.SUCCESS
         rows = await task_rows(o, run_id)
         assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys("abcd", "success")
-        import orjson
 
         assert orjson.loads(rows["d"]["output"]) == {"b": {"from_a": 7}, "c": "c-7"}
         steps = await timeline(o, run_id)
         # Every task: created -> ... -> running -> success, with d last to start.
         for t in "abcd":
-            assert [s for s in steps if s[0] == t][-2:] == [(t, "queued", "running"),
-                                                            (t, "running", "success")]
+            assert [s for s in steps if s[0] == t][-2:] == [
+                (t, "queued", "running"),
+                (t, "running", "success"),
+            ]
         d_start = steps.index(("d", "queued", "running"))
         assert steps.index(("b", "running", "success")) < d_start
         assert steps.index(("c", "running", "success")) < d_start
@@ -111,8 +117,11 @@ async def test_retry_then_success_keeps_idempotency_key(db_url: str) -> None:
 async def test_failures_follow_the_retry_policy(
     db_url: str, retry: RetryPolicy, inputs: dict[str, Any], final: str, attempts: int
 ) -> None:
-    spec = wf("failing", TaskSpec(id="t", handler="fail", retry=retry, inputs=inputs),
-              TaskSpec(id="after", handler="noop", upstream=("t",)))
+    spec = wf(
+        "failing",
+        TaskSpec(id="t", handler="fail", retry=retry, inputs=inputs),
+        TaskSpec(id="after", handler="noop", upstream=("t",)),
+    )
     async with Orchestrator(settings(), db_url, registry=builtin_registry(), workflows=[spec]) as o:
         run_id, state = await run_to_end(o, "failing")
         assert state == RunState.FAILED
@@ -136,8 +145,9 @@ async def test_timeout_and_oversized_output_fail_the_attempt(db_url: str) -> Non
         TaskSpec(id="slow", handler="sleep", inputs={"seconds": 30}, timeout_s=0.2, retry=once),
         TaskSpec(id="large", handler="big", retry=once),
     )
-    async with Orchestrator(settings(max_output_bytes=1000), db_url, registry=reg,
-                            workflows=[spec]) as o:
+    async with Orchestrator(
+        settings(max_output_bytes=1000), db_url, registry=reg, workflows=[spec]
+    ) as o:
         run_id, state = await run_to_end(o, "limits")
         assert state == RunState.FAILED
         rows = await task_rows(o, run_id)
@@ -151,21 +161,32 @@ async def test_trigger_rules_after_a_failure(db_url: str) -> None:
         "rules",
         TaskSpec(id="ok", handler="noop"),
         TaskSpec(id="bad", handler="fail", retry=once),
-        TaskSpec(id="cleanup", handler="noop", upstream=("ok", "bad"),
-                 trigger_rule=TriggerRule.ALL_DONE),
-        TaskSpec(id="alert", handler="noop", upstream=("bad",), trigger_rule=TriggerRule.ONE_FAILED),
+        TaskSpec(
+            id="cleanup", handler="noop", upstream=("ok", "bad"), trigger_rule=TriggerRule.ALL_DONE
+        ),
+        TaskSpec(
+            id="alert", handler="noop", upstream=("bad",), trigger_rule=TriggerRule.ONE_FAILED
+        ),
         TaskSpec(id="report", handler="noop", upstream=("ok", "bad")),
         TaskSpec(id="after_report", handler="noop", upstream=("report",)),
-        TaskSpec(id="happy_path_only", handler="noop", upstream=("bad",),
-                 trigger_rule=TriggerRule.ALL_FAILED),
+        TaskSpec(
+            id="happy_path_only",
+            handler="noop",
+            upstream=("bad",),
+            trigger_rule=TriggerRule.ALL_FAILED,
+        ),
     )
     async with Orchestrator(settings(), db_url, registry=builtin_registry(), workflows=[spec]) as o:
         run_id, state = await run_to_end(o, "rules")
         assert state == RunState.FAILED
         got = {t: r["state"] for t, r in (await task_rows(o, run_id)).items()}
         assert got == {
-            "ok": "success", "bad": "failed", "cleanup": "success", "alert": "success",
-            "report": "upstream_failed", "after_report": "upstream_failed",
+            "ok": "success",
+            "bad": "failed",
+            "cleanup": "success",
+            "alert": "success",
+            "report": "upstream_failed",
+            "after_report": "upstream_failed",
             "happy_path_only": "success",
         }
 
@@ -182,8 +203,9 @@ async def test_unknown_workflow_is_refused_and_writes_nothing(db_url: str) -> No
 async def test_a_run_pins_its_version(db_url: str) -> None:
     v1 = wf("pinned", TaskSpec(id="t", handler="echo", inputs={"v": 1}))
     v2 = wf("pinned", TaskSpec(id="t", handler="echo", inputs={"v": 2}))
-    async with Orchestrator(settings(worker_slots=0), db_url, registry=builtin_registry(),
-                            workflows=[v1]) as o:
+    async with Orchestrator(
+        settings(worker_slots=0), db_url, registry=builtin_registry(), workflows=[v1]
+    ) as o:
         assert o.engine is not None
         first = await o.engine.trigger("pinned")
         await o.register([v2])
@@ -192,7 +214,53 @@ async def test_a_run_pins_its_version(db_url: str) -> None:
         assert o.db is not None
         states = await wait_for_runs(o.db, [first, second], timeout=20)
         assert set(states.values()) == {RunState.SUCCESS}
-        import orjson
 
         assert orjson.loads((await task_rows(o, first))["t"]["output"]) == {"v": 1}
         assert orjson.loads((await task_rows(o, second))["t"]["output"]) == {"v": 2}
+
+
+async def test_http_request_task_calls_a_real_server(db_url: str) -> None:
+    from aiohttp import web
+
+    received: list[dict[str, Any]] = []
+
+    async def orders(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({"accepted": True}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/orders", orders)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        spec = wf(
+            "post_order",
+            TaskSpec(
+                id="post",
+                handler="http.request",
+                inputs={
+                    "url": f"http://127.0.0.1:{port}/orders",
+                    "method": "POST",
+                    "json": {"order_id": "{{ params.order_id }}"},
+                },
+            ),
+            TaskSpec(
+                id="after",
+                handler="echo",
+                upstream=("post",),
+                inputs={"status": "{{ upstream.post.status }}"},
+            ),
+        )
+        async with Orchestrator(
+            settings(), db_url, registry=builtin_registry(), workflows=[spec]
+        ) as o:
+            run_id, state = await run_to_end(o, "post_order", order_id="A-17")
+            assert state == RunState.SUCCESS
+            rows = await task_rows(o, run_id)
+            assert orjson.loads(rows["after"]["output"]) == {"status": 201}
+        assert received == [{"order_id": "A-17"}]
+    finally:
+        await runner.cleanup()
