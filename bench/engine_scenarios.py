@@ -85,9 +85,12 @@ async def _transitions(db: Any) -> int:
 
 async def chain40(url: str, *, repeats: int = 7) -> list[Figure]:
     spec = chain("chain40", 40)
-    async with scratch_database(url) as (db_url, _db), Orchestrator(
-        bench_settings(), db_url, registry=builtin_registry(), workflows=[spec]
-    ) as orch:
+    async with (
+        scratch_database(url) as (db_url, _db),
+        Orchestrator(
+            bench_settings(), db_url, registry=builtin_registry(), workflows=[spec]
+        ) as orch,
+    ):
         assert orch.engine is not None and orch.db is not None
         async with RunWaiter(orch.db, poll_s=0.05) as waiter:
             walls = []
@@ -117,9 +120,12 @@ async def chain40(url: str, *, repeats: int = 7) -> list[Figure]:
 
 async def fanout(url: str, *, runs: int = 1000, baseline_tx: float | None = None) -> list[Figure]:
     spec = chain("fanout3", 3)
-    async with scratch_database(url) as (db_url, db), Orchestrator(
-        bench_settings(), db_url, registry=builtin_registry(), workflows=[spec]
-    ) as orch:
+    async with (
+        scratch_database(url) as (db_url, db),
+        Orchestrator(
+            bench_settings(), db_url, registry=builtin_registry(), workflows=[spec]
+        ) as orch,
+    ):
         assert orch.engine is not None and orch.db is not None
         async with RunWaiter(orch.db, poll_s=0.05) as waiter:
             # warm up
@@ -160,9 +166,10 @@ async def latency(url: str, *, count: int = 200, rate: float = 10.0) -> list[Fig
     registry.register("bench.mark", mark)
     spec = WorkflowSpec(name="single", tasks=(TaskSpec(id="only", handler="bench.mark"),))
     samples: list[float] = []
-    async with scratch_database(url) as (db_url, _db), Orchestrator(
-        bench_settings(), db_url, registry=registry, workflows=[spec]
-    ) as orch:
+    async with (
+        scratch_database(url) as (db_url, _db),
+        Orchestrator(bench_settings(), db_url, registry=registry, workflows=[spec]) as orch,
+    ):
         assert orch.engine is not None and orch.db is not None
         async with RunWaiter(orch.db, poll_s=0.05) as waiter:
             for i in range(count + 5):

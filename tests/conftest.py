@@ -3,7 +3,8 @@
 Integration tests get a fresh database per test, copied from a template that
 was migrated once per session. The server is ``ORCHESTRATOR_TEST_DATABASE_URL``
 when set, else the local one on 127.0.0.1:5432 when it answers, else an
-embedded PostgreSQL started for the session.
+embedded PostgreSQL started for the session (``ORCHESTRATOR_TEST_EMBEDDED=1``
+forces that).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if explicit:
         yield explicit
         return
-    if asyncio.run(_reachable(LOCAL_URL)):
+    # ORCHESTRATOR_TEST_EMBEDDED=1 skips the local server: how a fresh machine runs.
+    if not os.environ.get("ORCHESTRATOR_TEST_EMBEDDED") and asyncio.run(_reachable(LOCAL_URL)):
         yield LOCAL_URL
         return
     server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", delete_on_stop=True)

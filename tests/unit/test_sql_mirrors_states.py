@@ -1,0 +1,46 @@
+"""The SQL that cannot take its states as parameters must still mirror states.py."""
+
+from __future__ import annotations
+
+import re
+
+from orchestrator.states import CLAIMABLE_TASK_STATES, TaskState, is_legal
+from orchestrator.store.migrate import available
+from orchestrator.store.queries import queries
+
+
+def _in_list(sql: str) -> set[str]:
+    match = re.search(r"state IN \(([^)]*)\)", sql)
+    assert match, sql
+    return {s.strip().strip("'") for s in match.group(1).split(",")}
+
+
+def test_claims_read_exactly_the_claimable_states() -> None:
+    # Literal lists (not $n parameters) so the partial indexes can serve them.
+    expected = {s.value for s in CLAIMABLE_TASK_STATES}
+    for name in ("claim", "claim_limited"):
+        assert _in_list(queries()[name].split("FROM task_instances", 1)[1]) == expected
+    assert all(is_legal(s, TaskState.RUNNING) for s in CLAIMABLE_TASK_STATES)
+
+
+def test_partial_indexes_match_the_claim_predicate() -> None:
+    schema = "\n".join(m.sql for m in available())
+    expected = {s.value for s in CLAIMABLE_TASK_STATES}
+    indexes = re.findall(r"CREATE INDEX task_instances_claimable\w* ON [^;]*", schema)
+    assert len(indexes) == 2
+    for index in indexes:
+        assert _in_list(index) == expected
+
+
+def test_enum_labels_are_the_python_states() -> None:
+    schema = "\n".join(m.sql for m in available())
+    match = re.search(r"CREATE TYPE task_state AS ENUM \(([^)]*)\)", schema)
+    assert match
+    labels = [s.strip().strip("'") for s in match.group(1).replace("\n", " ").split(",")]
+    assert labels == [s.value for s in TaskState]
+
+
+def test_every_named_query_is_unique_and_non_empty() -> None:
+    found = queries()
+    assert {"claim", "record_attempts", "apply_decisions", "lock_runs"} <= set(found)
+    assert all(sql.strip() for sql in found.values())
