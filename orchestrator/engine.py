@@ -469,8 +469,3 @@ class Engine:
                 o.target.value,
             )
         return len(result.accepted)
-
-    async def next_retry_due(self) -> datetime | None:
-        async with self.db.pool.acquire() as conn:
-            value: datetime | None = await conn.fetchval(SQL.next_due)
-            return value

@@ -205,10 +205,6 @@ UNION ALL
 SELECT NULL, t.run_id, t.task_id, t.state::text FROM task_instances t
 WHERE $12 AND t.run_id = ANY($13::bigint[]);
 
--- name: run_task_states
-SELECT run_id, task_id, state::text AS state FROM task_instances
-WHERE run_id = ANY($1::bigint[]);
-
 -- name: apply_decisions
 -- Decided task moves (queued, skipped, upstream_failed), each guarded by its source.
 WITH input AS (
@@ -267,18 +263,20 @@ SELECT pg_notify('orchestrator_tasks', '');
 SELECT pg_notify('orchestrator_runs', $1);
 
 -- name: heartbeat
+-- Rows locked right now are being recorded by this worker's own flush: skip
+-- them rather than wait (two multi-row updates in different orders deadlock).
 UPDATE task_instances SET lease_until = now() + make_interval(secs => $2)
-WHERE state = 'running' AND lease_owner = $1;
+WHERE id IN (
+    SELECT id FROM task_instances
+    WHERE state = 'running' AND lease_owner = $1
+    FOR UPDATE SKIP LOCKED
+);
 
 -- name: expired_leases
 SELECT t.id, t.run_id, t.task_id, t.attempt, t.lease_owner, r.version
 FROM task_instances t JOIN runs r ON r.id = t.run_id
 WHERE t.state = 'running' AND t.lease_until < now()
 ORDER BY t.lease_until LIMIT $1;
-
--- name: next_due
-SELECT min(not_before) FROM task_instances
-WHERE state = 'up_for_retry';
 
 -- name: get_run
 SELECT id, workflow, version, state::text AS state, params::text AS params, logical_date,
@@ -302,7 +300,3 @@ FROM task_instances WHERE run_id = $1 ORDER BY id;
 -- name: transitions_of_run
 SELECT id, task_id, from_state, to_state, attempt, at, actor, reason
 FROM transitions WHERE run_id = $1 ORDER BY id;
-
--- name: live_task_states
-SELECT t.run_id, t.task_id, t.state::text AS state FROM task_instances t
-WHERE t.run_id = $1;
