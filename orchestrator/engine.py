@@ -21,7 +21,7 @@ import orjson
 
 from orchestrator.compiled import CompiledWorkflow, SpecCache
 from orchestrator.decisions import decide, run_outcome
-from orchestrator.errors import OrchestratorError, UnknownWorkflowError
+from orchestrator.errors import DuplicateRunError, OrchestratorError, UnknownWorkflowError
 from orchestrator.spec import WorkflowSpec
 from orchestrator.states import TERMINAL_TASK_STATES, RunState, TaskState, legal_run_sources
 from orchestrator.store import SQL, Database
@@ -38,6 +38,9 @@ class RunRequest:
     workflow: str
     params: Mapping[str, Any] = field(default_factory=dict)
     logical_date: datetime | None = None
+    interval_end: datetime | None = None
+    event_id: int | None = None
+    """The event that started the run, if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,7 @@ class Claimed:
     version: str
     params: dict[str, Any]
     logical_date: datetime | None
+    interval_end: datetime | None
     upstream: dict[str, Any]
 
 
@@ -96,6 +100,7 @@ def _claimed(rows: Iterable[asyncpg.Record]) -> list[Claimed]:
             version=r["version"],
             params=orjson.loads(r["params"]),
             logical_date=r["logical_date"],
+            interval_end=r["interval_end"],
             upstream=orjson.loads(r["upstream"]) if r["upstream"] else {},
         )
         for r in rows
@@ -155,57 +160,84 @@ class Engine:
         """Create runs in one transaction; runs over ``max_active_runs`` wait queued."""
         if not requests:
             return []
-        for req in requests:
+        async with self.db.transaction() as conn:
+            ids = await self.allocate_run_ids(conn, len(requests))
+            await self.create_runs_in(conn, requests, ids, actor=actor)
+            return ids
+
+    @staticmethod
+    async def allocate_run_ids(conn: asyncpg.Connection, count: int) -> list[int]:
+        return [r["id"] for r in await conn.fetch(SQL.allocate_run_ids, count)]
+
+    async def create_runs_in(
+        self,
+        conn: asyncpg.Connection,
+        requests: Sequence[RunRequest],
+        ids: Sequence[int],
+        *,
+        actor: str,
+    ) -> None:
+        """Create runs with preallocated ``ids`` inside the caller's transaction
+        (event intake writes its events and their runs in one commit)."""
+        if not requests:
+            return
+        names = sorted({r.workflow for r in requests})
+        current = {row["name"]: row for row in await conn.fetch(SQL.current_versions, names)}
+        for name in names:
+            if name not in current:
+                raise UnknownWorkflowError(name)
+        compiled = {n: await self.specs.get(conn, current[n]["current_version"]) for n in names}
+        room: dict[str, int] = {}
+        for name in names:
+            limit = current[name]["max_active_runs"]
+            if limit is not None:
+                await conn.execute(SQL.lock_workflow, name)
+                running = await conn.fetchval(SQL.count_running_runs, name)
+                room[name] = max(0, limit - running)
+        states: list[str] = []
+        params_json: list[str] = []
+        started: list[tuple[int, CompiledWorkflow]] = []
+        for run_id, req in zip(ids, requests, strict=True):
+            c = compiled[req.workflow]
             if not isinstance(req.params, Mapping):
                 raise OrchestratorError(f"params for {req.workflow!r} must be a JSON object")
-        async with self.db.transaction() as conn:
-            names = sorted({r.workflow for r in requests})
-            current = {row["name"]: row for row in await conn.fetch(SQL.current_versions, names)}
-            for name in names:
-                if name not in current:
-                    raise UnknownWorkflowError(name)
-            compiled = {n: await self.specs.get(conn, current[n]["current_version"]) for n in names}
-            room: dict[str, int] = {}
-            for name in names:
-                limit = current[name]["max_active_runs"]
-                if limit is not None:
-                    await conn.execute(SQL.lock_workflow, name)
-                    running = await conn.fetchval(SQL.count_running_runs, name)
-                    room[name] = max(0, limit - running)
-            states: list[str] = []
-            params_json: list[str] = []
-            for req in requests:
-                c = compiled[req.workflow]
-                if req.workflow in room:
-                    start = room[req.workflow] > 0
-                    room[req.workflow] -= int(start)
-                else:
-                    start = True
-                states.append(RunState.RUNNING if start else RunState.QUEUED)
-                try:
-                    params_json.append(orjson.dumps({**c.spec.params, **req.params}).decode())
-                except TypeError as exc:
-                    raise OrchestratorError(
-                        f"params for {req.workflow!r} are not JSON-serialisable: {exc}"
-                    ) from None
-            rows = await conn.fetch(
+            if req.workflow in room:
+                start = room[req.workflow] > 0
+                room[req.workflow] -= int(start)
+            else:
+                start = True
+            states.append(RunState.RUNNING if start else RunState.QUEUED)
+            if start:
+                started.append((run_id, c))
+            try:
+                params_json.append(orjson.dumps({**c.spec.params, **req.params}).decode())
+            except TypeError as exc:
+                raise OrchestratorError(
+                    f"params for {req.workflow!r} are not JSON-serialisable: {exc}"
+                ) from None
+        try:
+            await conn.execute(
                 SQL.insert_runs,
+                list(ids),
                 [r.workflow for r in requests],
                 [compiled[r.workflow].version for r in requests],
                 states,
                 params_json,
                 [r.logical_date for r in requests],
+                [r.interval_end for r in requests],
+                [r.event_id for r in requests],
                 actor,
             )
-            started = [
-                (row["id"], compiled[req.workflow])
-                for row, req in zip(rows, requests, strict=True)
-                if row["state"] == RunState.RUNNING
-            ]
-            await self._insert_tasks(conn, started, actor)
-            if started:
-                await conn.execute(SQL.notify_tasks)
-            return [row["id"] for row in rows]
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "runs_logical_date":
+                raise DuplicateRunError(
+                    "a run of this workflow for this logical date already exists: "
+                    f"{exc.detail or exc}"
+                ) from None
+            raise
+        await self._insert_tasks(conn, started, actor)
+        if started:
+            await conn.execute(SQL.notify_tasks)
 
     async def _insert_tasks(
         self, conn: asyncpg.Connection, runs: Sequence[tuple[int, CompiledWorkflow]], actor: str

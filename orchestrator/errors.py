@@ -48,6 +48,10 @@ class UnknownWorkflowError(OrchestratorError):
         )
 
 
+class DuplicateRunError(OrchestratorError):
+    """A run for this workflow and logical date exists already."""
+
+
 class UnknownRunError(OrchestratorError):
     def __init__(self, run_id: int) -> None:
         self.run_id = run_id

@@ -14,7 +14,10 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+from orchestrator.identifiers import IDENTIFIER
+from orchestrator.trigger_spec import TriggerSpec
+
+__all__ = ["IDENTIFIER", "RetryPolicy", "TaskSpec", "TriggerRule", "WorkflowSpec"]
 
 
 class TriggerRule(StrEnum):
@@ -96,6 +99,8 @@ class WorkflowSpec(BaseModel):
     default_timeout_s: float = Field(default=3600.0, gt=0, le=7 * 86_400)
     params: dict[str, Any] = Field(default_factory=dict)
     """Default run params; trigger params override them key by key."""
+    triggers: tuple[TriggerSpec, ...] = ()
+    """Events that start this workflow (Kafka, webhook, file, schedule)."""
 
     def task(self, task_id: str) -> TaskSpec:
         for t in self.tasks:

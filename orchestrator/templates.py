@@ -63,7 +63,7 @@ ROOTS = frozenset({"params", "upstream", "run", "task"})
 
 #: Known keys of the fixed-shape roots (``params`` and ``upstream`` are open-ended).
 ROOT_FIELDS: Mapping[str, frozenset[str]] = {
-    "run": frozenset({"id", "workflow", "logical_date"}),
+    "run": frozenset({"id", "workflow", "logical_date", "interval_start", "interval_end"}),
     "task": frozenset({"id", "attempt"}),
 }
 

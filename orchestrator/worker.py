@@ -249,6 +249,8 @@ class Worker:
                 "id": c.run_id,
                 "workflow": c.workflow,
                 "logical_date": c.logical_date.isoformat() if c.logical_date else None,
+                "interval_start": c.logical_date.isoformat() if c.logical_date else None,
+                "interval_end": c.interval_end.isoformat() if c.interval_end else None,
             },
             "task": {"id": c.task_id, "attempt": c.attempt},
         }

@@ -49,23 +49,26 @@ SELECT name FROM workflows WHERE name = $1 FOR UPDATE;
 -- name: count_running_runs
 SELECT count(*) FROM runs WHERE workflow = $1 AND state = 'running';
 
+-- name: allocate_run_ids
+SELECT nextval(pg_get_serial_sequence('runs', 'id')) AS id FROM generate_series(1, $1);
+
 -- name: insert_runs
--- $1 workflow[], $2 version[], $3 state[], $4 params(json text)[], $5 logical_date[], $6 actor
+-- $1 id[], $2 workflow[], $3 version[], $4 state[], $5 params(json text)[],
+-- $6 logical_date[], $7 interval_end[], $8 event_id[], $9 actor
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::run_state[], $4::text[],
-                         $5::timestamptz[])
-        WITH ORDINALITY AS i(workflow, version, state, params, logical_date, ord)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::run_state[], $5::text[],
+                         $6::timestamptz[], $7::timestamptz[], $8::bigint[])
+        AS i(id, workflow, version, state, params, logical_date, interval_end, event_id)
 ), inserted AS (
-    INSERT INTO runs (workflow, version, state, params, logical_date, actor, started_at)
-    SELECT workflow, version, state, params::jsonb, logical_date, $6,
-           CASE WHEN state = 'running' THEN now() END
-    FROM input ORDER BY ord
+    INSERT INTO runs (id, workflow, version, state, params, logical_date, interval_end,
+                      event_id, actor, started_at)
+    SELECT id, workflow, version, state, params::jsonb, logical_date, interval_end, event_id,
+           $9, CASE WHEN state = 'running' THEN now() END
+    FROM input
     RETURNING id, state
-), logged AS (
-    INSERT INTO transitions (run_id, task_id, from_state, to_state, actor, reason)
-    SELECT id, NULL, NULL, state::text, $6, 'created' FROM inserted
 )
-SELECT id, state::text AS state FROM inserted ORDER BY id;
+INSERT INTO transitions (run_id, task_id, from_state, to_state, actor, reason)
+SELECT id, NULL, NULL, state::text, $9, 'created' FROM inserted;
 
 -- name: insert_task_instances
 -- One row per (run, task); roots start queued, the rest scheduled.
@@ -108,7 +111,7 @@ WITH picked AS (
     FROM claimed c JOIN picked p ON p.id = c.id
 )
 SELECT c.id, c.run_id, c.task_id, c.attempt, c.handler, r.workflow, r.version,
-       r.params::text AS params, r.logical_date,
+       r.params::text AS params, r.logical_date, r.interval_end,
        CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
            (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
              WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream
@@ -159,7 +162,7 @@ WITH running_pools AS (
     FROM claimed c JOIN picked p ON p.id = c.id
 )
 SELECT c.id, c.run_id, c.task_id, c.attempt, c.handler, r.workflow, r.version,
-       r.params::text AS params, r.logical_date,
+       r.params::text AS params, r.logical_date, r.interval_end,
        CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
            (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
              WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream

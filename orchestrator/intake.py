@@ -1,0 +1,355 @@
+"""Durable, exactly-once event intake shared by every source.
+
+A source (Kafka, webhook, landing zone, schedule, manual) turns what it
+receives into :class:`Event` values with a dedup key derived from the source
+(topic/partition/offset, delivery id, path+size+mtime+hash, logical date) and
+calls :meth:`Intake.ingest` with a batch. In one transaction, the batch's new
+events are written (``ON CONFLICT (dedup_key) DO NOTHING``), routed to every
+matching workflow trigger, and their runs created; redelivered events are
+answered from the stored row and start nothing. A source acknowledges (HTTP
+202, Kafka offset commit, file taken) only after ``ingest`` returns.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import asyncpg
+import jmespath
+import orjson
+from jmespath.exceptions import JMESPathError
+
+from orchestrator.engine import Engine, RunRequest
+from orchestrator.spec import WorkflowSpec
+from orchestrator.store import SQL
+from orchestrator.templates import TemplateError, render
+from orchestrator.trigger_spec import (
+    FileTrigger,
+    KafkaTrigger,
+    ScheduleTrigger,
+    TriggerSpec,
+    WebhookTrigger,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Event:
+    """One thing that happened, as a source hands it over."""
+
+    source: str
+    """``kafka``, ``webhook``, ``file``, ``schedule``, ``manual``."""
+    channel: str
+    """Topic, hook name, relative file path, or workflow name."""
+    dedup_key: str
+    payload: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    actor: str = ""
+    workflow: str | None = None
+    """Schedule and manual events name their workflow instead of being routed."""
+    params: Mapping[str, Any] | None = None
+    """Manual events: the params as given (no mapping)."""
+    logical_date: datetime | None = None
+    interval_end: datetime | None = None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """An event, or one workflow's use of it, that could not be used."""
+
+    source: str
+    channel: str
+    dedup_key: str
+    reason: str
+    raw: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    workflow: str | None = None
+
+
+@dataclass(slots=True)
+class Accepted:
+    """What a source tells its caller: the stored event and the runs it started."""
+
+    event_id: int
+    run_ids: list[int]
+    duplicate: bool
+    """True when the dedup key was seen before: nothing new was started."""
+    dead_letters: list[str] = field(default_factory=list)
+    """Reasons the event could not start some workflow (filter or mapping errors)."""
+
+
+def scope_of(event: Event) -> dict[str, Any]:
+    return {"payload": event.payload, "headers": event.headers, "meta": event.meta}
+
+
+@lru_cache(maxsize=1024)
+def _compiled_filter(expression: str) -> Any:
+    return jmespath.compile(expression)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    workflow: str
+    trigger: TriggerSpec
+
+    def params_for(self, event: Event) -> dict[str, Any]:
+        """The run params, or raise ``ValueError`` naming what failed."""
+        scope = scope_of(event)
+        if self.trigger.filter:
+            try:
+                if not _compiled_filter(self.trigger.filter).search(scope):
+                    raise _Unmatched
+            except JMESPathError as exc:
+                raise ValueError(f"filter {self.trigger.filter!r} failed: {exc}") from None
+        try:
+            params = render(self.trigger.params, scope)
+        except TemplateError as exc:
+            raise ValueError(f"params mapping failed: {exc}") from None
+        if not isinstance(params, dict):
+            raise ValueError("params mapping did not give an object")
+        return params
+
+
+class _Unmatched(Exception):
+    """The trigger's filter said no: not an error."""
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """``*`` stays within a directory, ``**/`` spans any number of them."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+class Router:
+    """Which workflows an event starts: one index per source, built from specs."""
+
+    def __init__(self, workflows: Iterable[WorkflowSpec] = ()) -> None:
+        self.kafka: dict[str, list[Route]] = defaultdict(list)
+        self.webhooks: dict[str, list[Route]] = defaultdict(list)
+        self.files: list[tuple[re.Pattern[str], Route]] = []
+        self.schedules: list[Route] = []
+        for spec in workflows:
+            for trigger in spec.triggers:
+                route = Route(spec.name, trigger)
+                if isinstance(trigger, KafkaTrigger):
+                    self.kafka[trigger.topic].append(route)
+                elif isinstance(trigger, WebhookTrigger):
+                    self.webhooks[trigger.hook].append(route)
+                elif isinstance(trigger, FileTrigger):
+                    self.files.append((_glob_regex(trigger.glob), route))
+                elif isinstance(trigger, ScheduleTrigger):
+                    self.schedules.append(route)
+
+    def routes(self, event: Event) -> list[Route]:
+        if event.source == "kafka":
+            return self.kafka.get(event.channel, [])
+        if event.source == "webhook":
+            return self.webhooks.get(event.channel, [])
+        if event.source == "file":
+            return [route for regex, route in self.files if regex.match(event.channel)]
+        return []
+
+    def file_trigger_for(self, relative_path: str) -> list[FileTrigger]:
+        return [
+            r.trigger
+            for regex, r in self.files
+            if regex.match(relative_path) and isinstance(r.trigger, FileTrigger)
+        ]
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted(self.kafka)
+
+    @property
+    def hooks(self) -> dict[str, list[WebhookTrigger]]:
+        return {
+            hook: [r.trigger for r in routes if isinstance(r.trigger, WebhookTrigger)]
+            for hook, routes in self.webhooks.items()
+        }
+
+
+def glob_matches(pattern: str, relative_path: str) -> bool:
+    return bool(_glob_regex(pattern).match(relative_path)) or fnmatch.fnmatchcase(
+        relative_path, pattern
+    )
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+class Intake:
+    def __init__(self, engine: Engine, router: Router | None = None) -> None:
+        self.engine = engine
+        self.router = router or Router()
+
+    def use_router(self, router: Router) -> None:
+        self.router = router
+
+    async def ingest(
+        self,
+        events: Sequence[Event],
+        *,
+        dead_letters: Sequence[DeadLetter] = (),
+        actor: str = "intake",
+    ) -> list[Accepted]:
+        """Store, route and start runs for ``events`` in one transaction; the
+        results are in the same order as ``events``. ``dead_letters`` (events
+        a source could not even parse) are stored in the same commit."""
+        async with self.engine.db.transaction() as conn:
+            return await self.ingest_in(conn, events, dead_letters=dead_letters, actor=actor)
+
+    async def ingest_in(
+        self,
+        conn: asyncpg.Connection,
+        events: Sequence[Event],
+        *,
+        dead_letters: Sequence[DeadLetter] = (),
+        actor: str = "intake",
+    ) -> list[Accepted]:
+        letters = list(dead_letters)
+        # A key repeated inside the batch is one event: keep its first occurrence.
+        unique: dict[str, Event] = {}
+        for event in events:
+            unique.setdefault(event.dedup_key, event)
+        batch = list(unique.values())
+        # Route first, so run ids can be allocated and written with the event
+        # row itself; a redelivered event only wastes the ids it was given.
+        planned: list[tuple[list[RunRequest], list[tuple[str, str]]]] = [
+            self._plan(e) for e in batch
+        ]
+        total = sum(len(requests) for requests, _ in planned)
+        ids = iter(await self.engine.allocate_run_ids(conn, total) if total else [])
+        run_ids = [[next(ids) for _ in requests] for requests, _ in planned]
+        rows = await conn.fetch(
+            SQL.insert_events,
+            [e.source for e in batch],
+            [e.channel for e in batch],
+            [e.dedup_key for e in batch],
+            [_json_text(e.payload) for e in batch],
+            [orjson.dumps(e.headers).decode() for e in batch],
+            [orjson.dumps(e.meta).decode() for e in batch],
+            [e.actor or actor for e in batch],
+            ["{" + ",".join(map(str, r)) + "}" for r in run_ids],
+        )
+        inserted = {r["dedup_key"]: r["id"] for r in rows}
+        existing: dict[str, asyncpg.Record] = {}
+        missing = [e.dedup_key for e in batch if e.dedup_key not in inserted]
+        if missing:
+            existing = {r["dedup_key"]: r for r in await conn.fetch(SQL.events_by_key, missing)}
+        new_requests: list[RunRequest] = []
+        new_ids: list[int] = []
+        answers: dict[str, Accepted] = {}
+        for event, (requests, reasons), rids in zip(batch, planned, run_ids, strict=True):
+            key = event.dedup_key
+            if key in inserted:
+                event_id = inserted[key]
+                for req, rid in zip(requests, rids, strict=True):
+                    new_requests.append(_with_event(req, event_id))
+                    new_ids.append(rid)
+                letters.extend(
+                    DeadLetter(
+                        event.source,
+                        event.channel,
+                        key,
+                        reason,
+                        headers=event.headers,
+                        meta=event.meta,
+                        workflow=workflow,
+                    )
+                    for workflow, reason in reasons
+                )
+                answers[key] = Accepted(event_id, rids, False, [r for _, r in reasons])
+            else:
+                row = existing[key]
+                answers[key] = Accepted(row["id"], list(row["run_ids"]), True)
+        if new_requests:
+            await self.engine.create_runs_in(conn, new_requests, new_ids, actor=actor)
+        if letters:
+            await self._dead_letters(conn, letters, inserted)
+        results = []
+        first_seen: set[str] = set()
+        for event in events:
+            answer = answers[event.dedup_key]
+            if event.dedup_key in first_seen and not answer.duplicate:
+                answer = Accepted(answer.event_id, answer.run_ids, True)
+            first_seen.add(event.dedup_key)
+            results.append(answer)
+        return results
+
+    def _plan(self, event: Event) -> tuple[list[RunRequest], list[tuple[str, str]]]:
+        """Run requests for an event, and (workflow, reason) for each failure."""
+        if event.workflow is not None:
+            params = dict(event.params or {})
+            return [RunRequest(event.workflow, params, event.logical_date, event.interval_end)], []
+        requests: list[RunRequest] = []
+        reasons: list[tuple[str, str]] = []
+        for route in self.router.routes(event):
+            try:
+                params = route.params_for(event)
+            except _Unmatched:
+                continue
+            except ValueError as exc:
+                reasons.append((route.workflow, str(exc)))
+                continue
+            requests.append(
+                RunRequest(route.workflow, params, event.logical_date, event.interval_end)
+            )
+        return requests, reasons
+
+    @staticmethod
+    async def _dead_letters(
+        conn: asyncpg.Connection, letters: Sequence[DeadLetter], event_ids: Mapping[str, int]
+    ) -> None:
+        await conn.execute(
+            SQL.insert_dead_letters,
+            [d.source for d in letters],
+            [d.channel for d in letters],
+            [d.dedup_key for d in letters],
+            [event_ids.get(d.dedup_key) for d in letters],
+            [d.workflow for d in letters],
+            [d.reason for d in letters],
+            [d.raw for d in letters],
+            [orjson.dumps(d.headers).decode() for d in letters],
+            [orjson.dumps(d.meta).decode() for d in letters],
+        )
+        for d in letters:
+            log.warning(
+                "dead letter from %s %s (%s): %s",
+                d.source,
+                d.channel,
+                d.workflow or "any workflow",
+                d.reason,
+            )
+
+
+def _with_event(req: RunRequest, event_id: int) -> RunRequest:
+    return RunRequest(req.workflow, req.params, req.logical_date, req.interval_end, event_id)

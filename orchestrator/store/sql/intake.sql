@@ -1,0 +1,37 @@
+-- Named queries of event intake.
+
+-- name: insert_events
+-- $1 source[], $2 channel[], $3 dedup_key[], $4 payload json[], $5 headers json[],
+-- $6 meta json[], $7 actor[], $8 run_ids[] (as array literals)
+INSERT INTO events (source, channel, dedup_key, payload, headers, meta, actor, run_ids)
+SELECT source, channel, dedup_key, payload::jsonb, headers::jsonb, meta::jsonb, actor,
+       run_ids::bigint[]
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[])
+    AS i(source, channel, dedup_key, payload, headers, meta, actor, run_ids)
+ON CONFLICT (dedup_key) DO NOTHING
+RETURNING id, dedup_key;
+
+-- name: events_by_key
+SELECT id, dedup_key, run_ids FROM events WHERE dedup_key = ANY($1::text[]);
+
+-- name: insert_dead_letters
+INSERT INTO dead_letter_events (source, channel, dedup_key, event_id, workflow, reason, raw,
+                                headers, meta)
+SELECT source, channel, dedup_key, event_id, workflow, reason, raw, headers::jsonb,
+       meta::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[])
+    AS i(source, channel, dedup_key, event_id, workflow, reason, raw, headers, meta)
+ON CONFLICT (dedup_key, coalesce(workflow, '')) DO NOTHING;
+
+-- name: get_event
+SELECT id, source, channel, dedup_key, payload::text AS payload, headers::text AS headers,
+       meta::text AS meta, actor, received_at, run_ids
+FROM events WHERE id = $1;
+
+-- name: list_dead_letters
+SELECT id, source, channel, dedup_key, workflow, reason, received_at
+FROM dead_letter_events
+WHERE ($1::text IS NULL OR source = $1)
+ORDER BY id DESC LIMIT $2;
