@@ -4,29 +4,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import engine_scenarios
+from bench.engine_scenarios import baseline
 from bench.harness import RESULTS_DIR, Figure, record, server_url, table
+from bench.registry import OPTIONS, SCENARIOS
 
-SCENARIOS: dict[str, str] = {
-    "baseline": "single-row UPDATE transactions/s, asyncpg, 8 connections (the yardstick)",
-    "chain40": "one run of 40 sequential noop tasks, trigger -> success (median)",
-    "fanout": "1,000 runs of a 3-task chain submitted at once: runs/s completed",
-    "latency": "200 single-task runs at ~10/s: trigger -> handler start p50/p99",
-}
+#: Every module whose import registers scenarios.
+SCENARIO_MODULES = ("engine_scenarios", "kafka_scenarios", "webhook_scenarios", "file_scenarios")
+
+
+def _load_scenarios() -> None:
+    for name in SCENARIO_MODULES:
+        try:
+            importlib.import_module(f"bench.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"bench.{name}":
+                raise
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
+    _load_scenarios()
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="Measure the orchestrator against the raw PostgreSQL baseline of the same "
         "machine, print a table and append one JSON line per figure to the results file. "
         "Database: ORCHESTRATOR_DATABASE_URL (a scratch database is created and dropped on "
         "that server), else an embedded PostgreSQL.",
-        epilog="scenarios:\n" + "\n".join(f"  {k:10} {v}" for k, v in SCENARIOS.items()),
+        epilog="scenarios:\n"
+        + "  baseline   single-row UPDATE transactions/s, asyncpg, 8 connections (always runs)\n"
+        + "\n".join(f"  {s.name:14} {s.description}" for s in SCENARIOS.values()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -38,37 +47,33 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--results",
         type=Path,
-        default=RESULTS_DIR / "engine.jsonl",
-        help="JSON-lines file to append to (default: %(default)s)",
+        default=None,
+        help="JSON-lines file to append to (default: bench/results/<scenario>.jsonl)",
     )
-    p.add_argument("--runs", type=int, default=1000, help="fanout: runs submitted (default 1000)")
-    p.add_argument("--count", type=int, default=200, help="latency: runs triggered (default 200)")
     p.add_argument("--no-record", action="store_true", help="print only, write no results")
+    for flags, kwargs in OPTIONS:
+        p.add_argument(*flags, **kwargs)  # type: ignore[arg-type]
     args = p.parse_args(argv)
-    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    unknown = [s for s in args.scenarios if s != "baseline" and s not in SCENARIOS]
     if unknown:
-        p.error(f"unknown scenario(s): {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+        p.error(
+            f"unknown scenario(s): {', '.join(unknown)}; choose from "
+            f"{', '.join(['baseline', *SCENARIOS])}"
+        )
     return args
 
 
 async def main(args: argparse.Namespace) -> list[Figure]:
-    chosen = args.scenarios or list(SCENARIOS)
+    chosen = [s for s in args.scenarios if s != "baseline"] or list(SCENARIOS)
     url, server = server_url()
     figures: list[Figure] = []
     try:
-        base = await engine_scenarios.baseline(url)
+        base = await baseline(url)
         figures += base
         tx = base[0].value
-        runners: dict[str, Callable[[], Awaitable[list[Figure]]]] = {
-            "chain40": lambda: engine_scenarios.chain40(url),
-            "fanout": lambda: engine_scenarios.fanout(url, runs=args.runs, baseline_tx=tx),
-            "latency": lambda: engine_scenarios.latency(url, count=args.count),
-        }
         for name in chosen:
-            if name == "baseline":
-                continue
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            got = await runners[name]()
+            got = await SCENARIOS[name].run(url, args, tx)
             for f in got:
                 f.context.setdefault("baseline_tx_per_s", round(tx, 1))
             figures += got
@@ -76,6 +81,23 @@ async def main(args: argparse.Namespace) -> list[Figure]:
         if server is not None:
             server.stop()
     return figures
+
+
+def _record(figures: list[Figure], explicit: Path | None) -> None:
+    if explicit is not None:
+        record(figures, explicit)
+        print(f"\nappended {len(figures)} figures to {explicit}")
+        return
+    baseline_rows = [f for f in figures if f.scenario == "baseline"]
+    by_scenario: dict[str, list[Figure]] = {}
+    for f in figures:
+        if f.scenario != "baseline":
+            by_scenario.setdefault(f.scenario, []).append(f)
+    for name, rows in by_scenario.items():
+        # Each file carries the baseline it was measured against.
+        path = RESULTS_DIR / f"{name}.jsonl"
+        record(baseline_rows + rows, path)
+        print(f"appended {len(rows) + len(baseline_rows)} figures to {path}")
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -89,8 +111,7 @@ def run(argv: list[str] | None = None) -> int:
     figures = asyncio.run(main(args))
     print(table(figures))
     if not args.no_record:
-        record(figures, args.results)
-        print(f"\nappended {len(figures)} figures to {args.results}")
+        _record(figures, args.results)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
 import time
@@ -10,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from bench.harness import Figure, median, percentile, scratch_database
+from bench.registry import option, scenario
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.context import TaskContext
@@ -29,6 +31,10 @@ def bench_settings(**kw: Any) -> Settings:
         "lease_s": 60.0,
     }
     return Settings(**{**base, **kw})
+
+
+option("--runs", type=int, default=1000, help="fanout: runs submitted (default 1000)")
+option("--count", type=int, default=200, help="latency: runs triggered (default 200)")
 
 
 async def baseline(url: str, *, seconds: float = 3.0) -> list[Figure]:
@@ -184,3 +190,18 @@ async def latency(url: str, *, count: int = 200, rate: float = 10.0) -> list[Fig
         Figure("latency", "p50_ms", percentile(samples, 0.5), "ms", "<= 5", context=ctx),
         Figure("latency", "p99_ms", percentile(samples, 0.99), "ms", "<= 20", context=ctx),
     ]
+
+
+@scenario("chain40", "one run of 40 sequential noop tasks, trigger -> success (median)")
+async def _chain40(url: str, _args: argparse.Namespace, _tx: float) -> list[Figure]:
+    return await chain40(url)
+
+
+@scenario("fanout", "1,000 runs of a 3-task chain submitted at once: runs/s completed")
+async def _fanout(url: str, args: argparse.Namespace, tx: float) -> list[Figure]:
+    return await fanout(url, runs=args.runs, baseline_tx=tx)
+
+
+@scenario("latency", "200 single-task runs at ~10/s: trigger -> handler start p50/p99")
+async def _latency(url: str, args: argparse.Namespace, _tx: float) -> list[Figure]:
+    return await latency(url, count=args.count)

@@ -7,12 +7,16 @@ tests and by the benchmarks, so all of them exercise the same wiring.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 
+from orchestrator.api import HttpServer, build_app
+from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import TASKS_CHANNEL, Engine
+from orchestrator.intake import Intake, Router
 from orchestrator.registry import HandlerRegistry
 from orchestrator.settings import Settings
+from orchestrator.sources import Source, SourceContext
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import Database, Listener, connect
 from orchestrator.worker import FaultHook, Worker
@@ -31,8 +35,17 @@ class Orchestrator:
         migrate: bool = True,
         worker_name: str | None = None,
         fault: FaultHook | None = None,
+        sources: Sequence[Source] = (),
+        http: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        self.sources = list(sources)
+        self._serve_http = http
+        self.clock: Clock = clock or SystemClock()
+        self.workflows: dict[str, WorkflowSpec] = {}
+        self.intake: Intake | None = None
+        self.http: HttpServer | None = None
         self.database_url = database_url
         self.registry = registry or HandlerRegistry()
         self._initial_workflows = list(workflows)
@@ -43,6 +56,7 @@ class Orchestrator:
         self.engine: Engine | None = None
         self.worker: Worker | None = None
         self._listener: Listener | None = None
+        self._started_sources: list[Source] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -57,9 +71,23 @@ class Orchestrator:
             )
             for name, slots in s.pools.items():
                 await self.engine.set_pool(name, slots)
+            self.intake = Intake(self.engine)
             if self._initial_workflows:
                 await self.register(self._initial_workflows)
-            if s.worker_slots > 0:
+            app = None
+            if self._serve_http:
+                app = build_app(self.engine, self.intake, max_body_bytes=s.webhook_max_body_bytes)
+            ctx = SourceContext(s, self.engine, self.intake, self.clock, app)
+            for source in self.sources:
+                source.setup(ctx)
+                source.use_router(self.intake.router)
+            if app is not None:
+                self.http = HttpServer(app, s.http_host, s.http_port)
+                await self.http.start()
+            for source in self.sources:
+                await source.start()
+                self._started_sources.append(source)
+            if s.worker_slots > 0 and s.has_role("worker"):
                 self.worker = Worker(
                     self.engine, self.registry, s, name=self._worker_name, fault=self._fault
                 )
@@ -67,14 +95,24 @@ class Orchestrator:
                 self._listener.start()
                 self.worker.start()
         except BaseException:
+            await self._stop_sources()
+            if self.http is not None:
+                await self.http.stop()
             await self.db.close()
             raise
 
     async def register(self, workflows: Iterable[WorkflowSpec]) -> dict[str, str]:
         assert self.engine is not None, "start() first"
-        versions = await self.engine.register(workflows)
+        specs = list(workflows)
+        versions = await self.engine.register(specs)
         for name, version in versions.items():
             log.info("workflow %s is at version %s", name, version)
+        self.workflows.update({spec.name: spec for spec in specs})
+        router = Router(self.workflows.values())
+        if self.intake is not None:
+            self.intake.use_router(router)
+        for source in self.sources:
+            source.use_router(router)
         return versions
 
     def use_handlers(self, registry: HandlerRegistry) -> None:
@@ -83,7 +121,19 @@ class Orchestrator:
         if self.worker is not None:
             self.worker.registry = registry
 
+    async def _stop_sources(self) -> None:
+        while self._started_sources:
+            source = self._started_sources.pop()
+            try:
+                await source.stop()
+            except Exception:
+                log.exception("source %s did not stop cleanly", source.name)
+
     async def stop(self, grace_s: float = 10.0) -> None:
+        # Stop taking events first, then let running work finish.
+        await self._stop_sources()
+        if self.http is not None:
+            await self.http.stop()
         if self.worker is not None:
             await self.worker.stop(grace_s)
         if self._listener is not None:

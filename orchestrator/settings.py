@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -43,6 +44,53 @@ class Settings(BaseSettings):
     pools: dict[str, int] = Field(default_factory=dict)
     """Pool sizes to set at start, as JSON: ``{"warehouse": 4}``."""
 
+    # -- event intake -------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    """Where the HTTP API and webhooks listen."""
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    """0 picks a free port (it is logged)."""
+    webhook_max_body_bytes: int = Field(default=1_048_576, ge=1)
+    """Larger webhook bodies are refused with 413."""
+    webhook_tolerance_s: float = Field(default=300.0, gt=0)
+    """How far a signed webhook's timestamp may be from now, either way."""
+    intake_batch_delay_s: float = Field(default=0.002, ge=0, le=1)
+    """Webhook requests arriving within this window share one commit."""
+
+    kafka_bootstrap: str | None = None
+    """Kafka bootstrap servers (``host:port,...``). Unset: ``dev`` starts an embedded broker."""
+    kafka_group_id: str = "orchestrator"
+    kafka_security_protocol: str = Field(
+        default="PLAINTEXT", pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$"
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        default=None, pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$"
+    )
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_idempotent_producer: bool = True
+    """Turn off for brokers without the idempotent producer (e.g. the embedded one)."""
+    kafka_batch_max: int = Field(default=1000, ge=1, le=100_000)
+    """Most messages recorded in one transaction."""
+
+    landing_dir: Path = Path("landing")
+    """The landing zone watched for files."""
+    landing_rescan_s: float = Field(default=30.0, gt=0)
+    """Full rescan interval, for files the watcher missed."""
+
+    schedule_tick_s: float = Field(default=1.0, gt=0, le=3600)
+    """How often the scheduler looks for due intervals."""
+
+    retention_days: float = Field(default=30.0, gt=0)
+    """Events, dead letters and ended runs older than this are pruned."""
+    prune_interval_s: float = Field(default=3600.0, gt=0)
+    prune_batch: int = Field(default=5000, ge=1)
+
+    roles: str = "api,kafka,files,scheduler,worker"
+    """Comma-separated components this process runs."""
+
     workflows_path: Path = Path("examples")
     """Where ``run`` and ``dev`` load workflows and handlers from."""
     log_level: str = "INFO"
@@ -63,6 +111,24 @@ class Settings(BaseSettings):
                 raise ValueError(f"pool {name!r} must have at least 1 slot, not {slots}")
         return value
 
+    @field_validator("roles")
+    @classmethod
+    def _roles_known(cls, value: str) -> str:
+        known = {"api", "kafka", "files", "scheduler", "worker"}
+        given = {r.strip() for r in value.split(",") if r.strip()}
+        unknown = given - known
+        if unknown:
+            raise ValueError(f"unknown role(s) {sorted(unknown)}; known: {sorted(known)}")
+        return ",".join(sorted(given))
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles.split(",")
+
+    def webhook_secret(self, hook: str) -> SecretStr | None:
+        """``ORCHESTRATOR_WEBHOOK_SECRET_<HOOK>``: secrets stay in the environment."""
+        value = os.environ.get(webhook_secret_variable(hook))
+        return SecretStr(value) if value else None
+
     @property
     def heartbeat_interval(self) -> float:
         return self.heartbeat_s or self.lease_s / 3
@@ -70,6 +136,10 @@ class Settings(BaseSettings):
     @property
     def reaper_interval(self) -> float:
         return self.reaper_interval_s or self.lease_s / 3
+
+
+def webhook_secret_variable(hook: str) -> str:
+    return "ORCHESTRATOR_WEBHOOK_SECRET_" + hook.upper().replace("-", "_")
 
 
 def load_settings(**overrides: object) -> Settings:
