@@ -29,6 +29,7 @@ from orchestrator.templates import (
     referenced_fields,
     referenced_tasks,
 )
+from orchestrator.trigger_spec import EVENT_ROOTS, ScheduleTrigger, TriggerSpec, WebhookTrigger
 
 __all__ = [
     "ancestors",
@@ -341,6 +342,53 @@ def collect_errors(
     upstream_of = ancestors(spec)
     for task in spec.tasks:
         errors.extend(_template_errors(task, tasks, upstream_of[task.id], err))
+    for i, trigger in enumerate(spec.triggers):
+        errors.extend(_trigger_errors(i, trigger, err))
+    return errors
+
+
+def _trigger_errors(index: int, trigger: TriggerSpec, err: _Err) -> Iterator[SpecError]:
+    """Filters and param mappings may only read the event: payload, headers, meta."""
+    where = f"triggers[{index}] ({trigger.source})"
+    texts = list(_template_strings(trigger.params, f"{where} params"))
+    if trigger.filter is not None:
+        if isinstance(trigger, ScheduleTrigger):
+            yield err(f"{where}: a schedule has no event to filter; remove 'filter'")
+        else:
+            texts.append((f"{where} filter", "{{ " + trigger.filter + " }}"))
+    for path, text in texts:
+        try:
+            fields = referenced_fields(text)
+        except TemplateError as exc:
+            yield SpecError(f"{path}: {exc.message}", file=err.file, workflow=err.workflow)
+            continue
+        for root in sorted({root for root, _key in fields}):
+            if root not in EVENT_ROOTS:
+                yield err(
+                    f"{path}: uses unknown name {root!r}{_suggest(root, EVENT_ROOTS)} "
+                    f"(event templates start from {', '.join(sorted(EVENT_ROOTS))})"
+                )
+
+
+def hook_conflicts(specs: Iterable[WorkflowSpec], files: Mapping[str, str]) -> list[SpecError]:
+    """Workflows sharing a webhook must agree on how it is authenticated."""
+    auth_by_hook: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        for trigger in spec.triggers:
+            if isinstance(trigger, WebhookTrigger):
+                auth_by_hook.setdefault(trigger.hook, {})[spec.name] = trigger.auth
+    errors = []
+    for hook, by_workflow in sorted(auth_by_hook.items()):
+        if len(set(by_workflow.values())) > 1:
+            listed = ", ".join(f"{w} uses {a!r}" for w, a in sorted(by_workflow.items()))
+            for workflow in sorted(by_workflow):
+                errors.append(
+                    SpecError(
+                        f"webhook {hook!r} has conflicting auth settings: {listed}",
+                        file=files.get(workflow),
+                        workflow=workflow,
+                    )
+                )
     return errors
 
 

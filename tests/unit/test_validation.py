@@ -240,7 +240,7 @@ def test_template_unknown_run_field(registry: HandlerRegistry) -> None:
     error = only_error(wf({"id": "a", "inputs": {"d": "{{ run.date }}"}}), registry)
     assert_names(error, "a")
     assert "unknown field 'run.date'" in error.message
-    assert "run has: id, logical_date, workflow" in error.message
+    assert "run has: id, interval_end, interval_start, logical_date, workflow" in error.message
 
 
 def test_template_reference_to_missing_task(registry: HandlerRegistry) -> None:
