@@ -6,8 +6,11 @@ tests and by the benchmarks, so all of them exercise the same wiring.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from types import TracebackType
 
 from orchestrator.api import HttpServer, build_app
@@ -15,6 +18,7 @@ from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import TASKS_CHANNEL, Engine
 from orchestrator.intake import Intake, Router
 from orchestrator.registry import HandlerRegistry
+from orchestrator.retention import prune_periodically
 from orchestrator.settings import Settings
 from orchestrator.sources import Source, SourceContext
 from orchestrator.spec import WorkflowSpec
@@ -38,12 +42,15 @@ class Orchestrator:
         sources: Sequence[Source] = (),
         http: bool = False,
         clock: Clock | None = None,
+        prune: bool = False,
     ) -> None:
         self.settings = settings
         self.sources = list(sources)
         self._serve_http = http
         self.clock: Clock = clock or SystemClock()
         self.workflows: dict[str, WorkflowSpec] = {}
+        self._prune = prune
+        self._pruner: asyncio.Task[None] | None = None
         self.intake: Intake | None = None
         self.http: HttpServer | None = None
         self.database_url = database_url
@@ -87,6 +94,17 @@ class Orchestrator:
             for source in self.sources:
                 await source.start()
                 self._started_sources.append(source)
+            if self._prune:
+                self._pruner = asyncio.create_task(
+                    prune_periodically(
+                        self.db,
+                        self.clock,
+                        retention=timedelta(days=s.retention_days),
+                        interval_s=s.prune_interval_s,
+                        batch=s.prune_batch,
+                    ),
+                    name="orchestrator-retention",
+                )
             if s.worker_slots > 0 and s.has_role("worker"):
                 self.worker = Worker(
                     self.engine, self.registry, s, name=self._worker_name, fault=self._fault
@@ -132,6 +150,10 @@ class Orchestrator:
     async def stop(self, grace_s: float = 10.0) -> None:
         # Stop taking events first, then let running work finish.
         await self._stop_sources()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
         if self.http is not None:
             await self.http.stop()
         if self.worker is not None:

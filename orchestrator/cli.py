@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -185,31 +186,46 @@ def validate(path: Path) -> None:
     help="A run param; repeatable. VALUE is JSON when it parses as JSON.",
 )
 @click.option("--params", "params_json", metavar="JSON", help="Params as one JSON object.")
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="Triggering again with the same key starts nothing and prints the same run.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the run to end; exit 0 on success, 1 if not.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after N seconds.")
 def trigger(
     workflow: str,
     pairs: tuple[str, ...],
     params_json: str | None,
+    idempotency_key: str | None,
     wait: bool,
     timeout: float | None,
 ) -> None:
-    """Start a run of WORKFLOW and print its id."""
+    """Start a run of WORKFLOW and print its id (recorded as a manual event)."""
+    from orchestrator.api import manual_event
     from orchestrator.engine import Engine
+    from orchestrator.intake import Intake
     from orchestrator.waiting import RunWaiter
 
     settings = _settings()
     params = parse_params(pairs, params_json)
+    actor = f"cli:{getpass.getuser()}"
 
     async def go() -> RunState | None:
         db = await _database(settings)
         try:
-            engine = Engine(db, lease_s=settings.lease_s)
+            intake = Intake(Engine(db, lease_s=settings.lease_s))
+            event = manual_event(workflow, params, actor=actor, idempotency_key=idempotency_key)
+
+            async def start() -> int:
+                [accepted] = await intake.ingest([event], actor=actor)
+                return accepted.run_ids[0]
+
             if not wait:
-                click.echo(await engine.trigger(workflow, params, actor="cli"))
+                click.echo(await start())
                 return None
             async with RunWaiter(db) as waiter:
-                run_id = await engine.trigger(workflow, params, actor="cli")
+                run_id = await start()
                 click.echo(run_id)
                 try:
                     states = await waiter.wait([run_id], timeout=timeout)
@@ -225,6 +241,39 @@ def trigger(
     if final is not None:
         click.echo(final.value)
         sys.exit(0 if final == RunState.SUCCESS else 1)
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    "days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Age in days (default: ORCHESTRATOR_RETENTION_DAYS).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+def prune(days: float | None, dry_run: bool) -> None:
+    """Delete ended runs, events and dead letters older than the retention period
+    (in batches; never anything a live run still needs)."""
+    from datetime import UTC, datetime, timedelta
+
+    from orchestrator.retention import count_prunable
+    from orchestrator.retention import prune as prune_history
+
+    settings = _settings()
+    cutoff = datetime.now(UTC) - timedelta(days=days or settings.retention_days)
+
+    async def go() -> str:
+        db = await _database(settings)
+        try:
+            if dry_run:
+                counts = await count_prunable(db, cutoff)
+                return f"would prune {counts} (older than {cutoff:%Y-%m-%d %H:%M} UTC)"
+            return f"pruned {await prune_history(db, cutoff, batch=settings.prune_batch)}"
+        finally:
+            await db.close()
+
+    click.echo(_run(go))
 
 
 @main.command()
