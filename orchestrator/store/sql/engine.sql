@@ -102,7 +102,7 @@ WITH picked AS (
 ), claimed AS (
     UPDATE task_instances t
     SET state = 'running', attempt = t.attempt + 1, lease_owner = $1,
-        lease_until = now() + make_interval(secs => $3), started_at = now(), not_before = NULL
+        lease_until = clock_timestamp() + make_interval(secs => $3), started_at = now(), not_before = NULL
     FROM picked p WHERE t.id = p.id
     RETURNING t.id, t.run_id, t.task_id, t.attempt, t.handler, t.needs
 ), logged AS (
@@ -153,7 +153,7 @@ WITH running_pools AS (
 ), claimed AS (
     UPDATE task_instances t
     SET state = 'running', attempt = t.attempt + 1, lease_owner = $1,
-        lease_until = now() + make_interval(secs => $3), started_at = now(), not_before = NULL
+        lease_until = clock_timestamp() + make_interval(secs => $3), started_at = now(), not_before = NULL
     FROM picked p WHERE t.id = p.id
     RETURNING t.id, t.run_id, t.task_id, t.attempt, t.handler, t.needs
 ), logged AS (
