@@ -44,10 +44,6 @@ class CompiledWorkflow:
     timeout_s: dict[str, float]
 
     @property
-    def limited(self) -> bool:
-        return any(r.limited for r in self.rows)
-
-    @property
     def pools(self) -> set[str]:
         return {r.pool for r in self.rows if r.pool != "default"}
 
@@ -105,7 +101,3 @@ class SpecCache:
         spec = WorkflowSpec.model_validate_json(row["spec"])
         found = self._by_version[version] = compile_workflow(spec, version)
         return found
-
-    @property
-    def any_limited(self) -> bool:
-        return any(c.limited for c in self._by_version.values())

@@ -261,24 +261,23 @@ class Engine:
 
     # -- claims and completions ------------------------------------------------
 
-    async def claim(self, owner: str, limit: int, *, limited: bool = False) -> list[Claimed]:
-        if limit <= 0:
-            return []
+    async def claim(self, owner: str, limit: int) -> tuple[list[Claimed], bool]:
+        """Claim up to ``limit`` tasks. Returns them and whether limited work
+        (named pools, per-task caps) is waiting: while it is, claims go through
+        one serialised statement that orders both kinds by priority; otherwise
+        through the lock-free fast path."""
         async with self.db.pool.acquire() as conn:
-            claimed = _claimed(await conn.fetch(SQL.claim, owner, limit, self.lease_s))
-            if limited and len(claimed) < limit:
-                async with conn.transaction():
-                    await conn.execute(SQL.lock_limited_claims)
-                    claimed += _claimed(
-                        await conn.fetch(
-                            SQL.claim_limited,
-                            owner,
-                            limit - len(claimed),
-                            self.lease_s,
-                            self.default_pool_slots,
-                        )
-                    )
-            return claimed
+            waiting: bool = await conn.fetchval(SQL.limited_waiting)
+            if limit <= 0:
+                return [], waiting
+            if not waiting:
+                return _claimed(await conn.fetch(SQL.claim, owner, limit, self.lease_s)), False
+            async with conn.transaction():
+                await conn.execute(SQL.lock_limited_claims)
+                rows = await conn.fetch(
+                    SQL.claim_mixed, owner, limit, self.lease_s, self.default_pool_slots
+                )
+            return _claimed(rows), True
 
     async def complete(
         self,
@@ -305,8 +304,9 @@ class Engine:
                 }
             )
             accepted_ids, states = await self._record_attempts(conn, outcomes, actor, deciding)
-            accepted = [o for o in outcomes if o.id in accepted_ids]
-            rejected = [o for o in outcomes if o.id not in accepted_ids]
+            # By attempt too: a late result of an older attempt may share the batch.
+            accepted = [o for o in outcomes if (o.id, o.attempt) in accepted_ids]
+            rejected = [o for o in outcomes if (o.id, o.attempt) not in accepted_ids]
             changed: dict[int, list[str]] = defaultdict(list)
             for o in accepted:
                 if o.run_id in states:
@@ -331,8 +331,8 @@ class Engine:
         outcomes: Sequence[Outcome],
         actor: str,
         deciding: list[int],
-    ) -> tuple[set[int], dict[int, dict[str, TaskState]]]:
-        """Returns the accepted outcome ids and the task states of ``deciding``
+    ) -> tuple[set[tuple[int, int]], dict[int, dict[str, TaskState]]]:
+        """Returns the accepted (id, attempt) pairs and the task states of ``deciding``
         runs as they were before this batch (the caller overlays the batch)."""
         rows = await conn.fetch(
             SQL.record_attempts,
@@ -350,11 +350,11 @@ class Engine:
             bool(deciding),
             deciding,
         )
-        accepted: set[int] = set()
+        accepted: set[tuple[int, int]] = set()
         states: dict[int, dict[str, TaskState]] = defaultdict(dict)
         for r in rows:
             if r["id"] is not None:
-                accepted.add(r["id"])
+                accepted.add((r["id"], r["attempt"]))
             else:
                 states[r["run_id"]][r["task_id"]] = TaskState(r["state"])
         return accepted, states

@@ -51,7 +51,6 @@ class Worker:
         settings: Settings,
         *,
         name: str | None = None,
-        limited: bool | None = None,
         fault: FaultHook | None = None,
     ) -> None:
         self.engine = engine
@@ -59,7 +58,9 @@ class Worker:
         self.settings = settings
         self.slots = settings.worker_slots
         self.owner = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._limited = limited
+        # Set while limited work (named pools, per-task caps) waits: the flusher
+        # then leaves claiming to the claim loop, which orders both kinds by priority.
+        self._limited_waiting = False
         self._fault = fault
         self._busy = 0  # slots running a handler or waiting for their result to commit
         self._reserved = 0  # slots promised to a claim in flight
@@ -129,24 +130,19 @@ class Worker:
     def free(self) -> int:
         return self.slots - self._busy - self._reserved
 
-    @property
-    def limited(self) -> bool:
-        return self._limited if self._limited is not None else self.engine.specs.any_limited
-
     async def _claim_loop(self) -> None:
         poll = self.settings.poll_interval_s
         while not self._stopping:
             self._wake.clear()
             want = min(self.free, self.settings.claim_batch)
-            if want > 0:
-                self._reserved += want
-                try:
-                    claimed = await self.engine.claim(self.owner, want, limited=self.limited)
-                finally:
-                    self._reserved -= want
-                self._launch(claimed)
-                if len(claimed) == want and self.free > 0:
-                    continue  # there may be more right away
+            self._reserved += want
+            try:
+                claimed, self._limited_waiting = await self.engine.claim(self.owner, want)
+            finally:
+                self._reserved -= want
+            self._launch(claimed)
+            if want and len(claimed) == want and self.free > 0:
+                continue  # there may be more right away
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(poll):
                     await self._wake.wait()
@@ -314,7 +310,7 @@ class Worker:
 
     async def _flush(self, batch: list[Outcome]) -> None:
         want = 0
-        if not self._stopping:
+        if not self._stopping and not self._limited_waiting:
             # The slots of this batch free up when it commits: claim into them now.
             want = max(0, min(self.free + len(batch), self.settings.claim_batch))
         self._reserved += want

@@ -121,9 +121,18 @@ ORDER BY c.id;
 -- name: lock_limited_claims
 SELECT pg_advisory_xact_lock(8675309);
 
--- name: claim_limited
--- Like claim, for instances in a named pool or under a per-task cap. Runs
--- under lock_limited_claims so the running counts cannot be overtaken.
+-- name: limited_waiting
+-- Is any task in a named pool or under a per-task cap waiting to run?
+SELECT EXISTS (
+    SELECT 1 FROM task_instances
+    WHERE state IN ('queued', 'up_for_retry') AND limited
+      AND (not_before IS NULL OR not_before <= now())
+);
+
+-- name: claim_mixed
+-- Used while limited work waits, under lock_limited_claims so the running
+-- counts cannot be overtaken: limited candidates within their pool and task
+-- caps, merged with unlimited ones, taken strictly by priority.
 WITH running_pools AS (
     SELECT pool, count(*) AS n FROM task_instances
     WHERE state = 'running' AND limited GROUP BY pool
@@ -139,21 +148,28 @@ WITH running_pools AS (
     WHERE t.state IN ('queued', 'up_for_retry') AND t.limited
       AND (t.not_before IS NULL OR t.not_before <= now())
 ), allowed AS (
-    SELECT c.id FROM candidates c
+    SELECT c.id, c.priority FROM candidates c
     LEFT JOIN pools p ON p.name = c.pool
     LEFT JOIN running_pools rp ON rp.pool = c.pool
     LEFT JOIN running_keys rk ON rk.concurrency_key = c.concurrency_key
     WHERE (c.pool = 'default' OR c.pool_rank <= coalesce(p.slots, $4) - coalesce(rp.n, 0))
       AND (c.max_concurrency IS NULL OR c.key_rank <= c.max_concurrency - coalesce(rk.n, 0))
-    ORDER BY c.priority DESC, c.id
-    LIMIT $2
+    UNION ALL
+    (SELECT id, priority FROM task_instances
+     WHERE state IN ('queued', 'up_for_retry') AND NOT limited
+       AND (not_before IS NULL OR not_before <= now())
+     ORDER BY priority DESC, id
+     LIMIT $2)
+), best AS (
+    SELECT id FROM allowed ORDER BY priority DESC, id LIMIT $2
 ), picked AS (
-    SELECT t.id, t.state FROM task_instances t JOIN allowed a ON a.id = t.id
+    SELECT t.id, t.state FROM task_instances t JOIN best b ON b.id = t.id
     FOR UPDATE OF t SKIP LOCKED
 ), claimed AS (
     UPDATE task_instances t
     SET state = 'running', attempt = t.attempt + 1, lease_owner = $1,
-        lease_until = clock_timestamp() + make_interval(secs => $3), started_at = now(), not_before = NULL
+        lease_until = clock_timestamp() + make_interval(secs => $3), started_at = now(),
+        not_before = NULL
     FROM picked p WHERE t.id = p.id
     RETURNING t.id, t.run_id, t.task_id, t.attempt, t.handler, t.needs
 ), logged AS (
@@ -203,9 +219,10 @@ WITH input AS (
 )
 -- Accepted ids, then every task state of the (already locked) runs as of
 -- this statement's snapshot: the caller overlays the accepted targets.
-SELECT id, NULL::bigint AS run_id, NULL::text AS task_id, NULL::text AS state FROM updated
+SELECT id, attempt, NULL::bigint AS run_id, NULL::text AS task_id, NULL::text AS state
+FROM updated
 UNION ALL
-SELECT NULL, t.run_id, t.task_id, t.state::text FROM task_instances t
+SELECT NULL, NULL, t.run_id, t.task_id, t.state::text FROM task_instances t
 WHERE $12 AND t.run_id = ANY($13::bigint[]);
 
 -- name: apply_decisions

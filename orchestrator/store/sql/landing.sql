@@ -1,0 +1,42 @@
+-- Named queries of the landing zone (triggers/files.py).
+
+-- name: landing_last_recorded
+-- The last recorded file event of each path, with the move state of its file:
+-- a file moved to processed/ or failed/ is gone, so the same content dropped
+-- again is new.
+-- $1 relative paths
+SELECT DISTINCT ON (e.channel) e.channel, e.dedup_key, m.state AS move_state
+FROM events e
+LEFT JOIN landing_moves m ON m.event_id = e.id
+WHERE e.source = 'file' AND e.channel = ANY($1::text[])
+ORDER BY e.channel, e.id DESC;
+
+-- name: insert_landing_moves
+-- $1 event_id[], $2 path[], $3 sha256[]
+INSERT INTO landing_moves (event_id, path, sha256)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])
+ON CONFLICT (event_id) DO NOTHING;
+
+-- name: landing_moves_due
+-- Pending moves whose event's runs have all ended; `succeeded` when every one
+-- of them succeeded. $1 terminal run states, $2 limit
+SELECT m.event_id, m.path, m.sha256, m.target, bool_and(r.state = 'success') AS succeeded
+FROM landing_moves m
+JOIN events e ON e.id = m.event_id
+JOIN runs r ON r.id = ANY (e.run_ids)
+WHERE m.state = 'pending'
+GROUP BY m.event_id
+HAVING bool_and(r.state = ANY ($1::run_state[]))
+ORDER BY m.event_id
+LIMIT $2;
+
+-- name: landing_move_target
+-- Keeps a target chosen before a crash; $1 event_id, $2 proposed target
+UPDATE landing_moves SET target = coalesce(target, $2)
+WHERE event_id = $1 AND state = 'pending'
+RETURNING target;
+
+-- name: landing_move_done
+-- $1 event_id, $2 state ('processed', 'failed' or 'skipped')
+UPDATE landing_moves SET state = $2, moved_at = now()
+WHERE event_id = $1 AND state = 'pending';
