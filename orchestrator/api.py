@@ -12,10 +12,10 @@ import orjson
 from aiohttp import web
 
 from orchestrator.engine import Engine
-from orchestrator.errors import DuplicateRunError, StoreError, UnknownWorkflowError
+from orchestrator.errors import DuplicateRunError, UnknownWorkflowError
 from orchestrator.intake import Accepted, Event, Intake
 from orchestrator.states import RunState
-from orchestrator.store import SQL
+from orchestrator.store import SQL, UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ async def trigger_run(
         return problem(404, str(exc))
     except DuplicateRunError as exc:
         return problem(409, str(exc))
-    except (OSError, asyncpg.PostgresConnectionStatusError, StoreError, asyncpg.InterfaceError):
+    except UNAVAILABLE:
         return unavailable()
     return json_response(_answer(accepted), 200 if accepted.duplicate else 201)
 
@@ -106,7 +106,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with engine.db.pool.acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1")
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except (*UNAVAILABLE, asyncpg.PostgresError):
         return unavailable()
     return json_response({"status": "ready"})
 

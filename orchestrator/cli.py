@@ -346,6 +346,84 @@ def backfill_cmd(workflow: str, start: str, end: str, max_active: int, dry_run: 
 
 
 @main.command()
+@click.argument("topic")
+@click.argument("values", nargs=-1, required=True, metavar="JSON...")
+@click.option("--key", "-k", default=None, help="Message key: one key keeps its messages in order.")
+def publish(topic: str, values: tuple[str, ...], key: str | None) -> None:
+    """Publish each JSON value as one message on Kafka TOPIC and print where it
+    landed (TOPIC[PARTITION]@OFFSET). Kafka is ORCHESTRATOR_KAFKA_BOOTSTRAP, else
+    the embedded broker of `orchestrator dev` running in this directory."""
+    from orchestrator.devmode import resolve_kafka_settings
+    from triggers.kafka import publish as publish_json
+
+    settings = _settings()
+    documents = []
+    for number, raw in enumerate(values, 1):
+        try:
+            documents.append(json.loads(raw))
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(
+                f"value {number} is not valid JSON: {exc}", param_hint="JSON"
+            ) from None
+    try:
+        kafka = resolve_kafka_settings(settings)
+    except OrchestratorError as exc:
+        _fail(str(exc))
+        return
+    sent = _run(lambda: publish_json(kafka, topic, documents, key=key))
+    for partition, offset in sent:
+        click.echo(f"{topic}[{partition}]@{offset}")
+
+
+@main.command("hook-send")
+@click.argument("hook")
+@click.argument("body", required=False)
+@click.option("--url", default=None, help="Server base URL (default: http://HTTP_HOST:HTTP_PORT).")
+@click.option("--id", "delivery_id", default=None, help="webhook-id; send one twice to see dedup.")
+def hook_send(hook: str, body: str | None, url: str | None, delivery_id: str | None) -> None:
+    """POST BODY (JSON text; default: stdin) to /hooks/HOOK, signed the Standard
+    Webhooks way with the secret in ORCHESTRATOR_WEBHOOK_SECRET_<HOOK>."""
+    import time
+    import uuid
+
+    import aiohttp
+
+    from orchestrator.settings import webhook_secret_variable
+    from triggers.signatures import SecretFormatError, standard_headers
+
+    settings = _settings()
+    secret = settings.webhook_secret(hook)
+    if secret is None:
+        _fail(f"set {webhook_secret_variable(hook)} to the hook's whsec_ secret")
+        return
+    data = (body if body is not None else click.get_text_stream("stdin").read()).encode()
+    msg_id = delivery_id or f"msg_{uuid.uuid4().hex}"
+    try:
+        headers = standard_headers(secret.get_secret_value(), msg_id, int(time.time()), data)
+    except SecretFormatError as exc:
+        _fail(f"{webhook_secret_variable(hook)}: {exc}")
+        return
+    headers["Content-Type"] = "application/json"
+    base = url or f"http://{settings.http_host}:{settings.http_port}"
+    target = f"{base}/hooks/{hook}"
+
+    async def go() -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(target, data=data, headers=headers) as resp,
+        ):
+            return resp.status, await resp.text()
+
+    try:
+        status, text = _run(go)
+    except aiohttp.ClientError as exc:
+        _fail(f"cannot reach {target}: {exc}")
+        return
+    click.echo(f"{status} {text}")
+    sys.exit(0 if 200 <= status < 300 else 1)
+
+
+@main.command()
 @click.option("--workflow", "-w", default=None)
 @click.option("--state", "-s", type=click.Choice([s.value for s in RunState]), default=None)
 @click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)

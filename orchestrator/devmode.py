@@ -20,11 +20,11 @@ from typing import Any
 import asyncpg
 import click
 
-from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.embedded import EmbeddedPostgres
 from orchestrator.errors import ConfigError
 from orchestrator.loader import LoadResult, format_errors, load_path
+from orchestrator.plugins import create_sources, handler_registry, prepare_dev
 from orchestrator.registry import HandlerRegistry
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
@@ -38,17 +38,36 @@ def dev_state_path(settings: Settings) -> Path:
     return settings.data_dir / DEV_STATE_FILE
 
 
-def discover_dev_url(settings: Settings) -> str | None:
-    """The database URL of an ``orchestrator dev`` running from this directory."""
+def _dev_state(settings: Settings) -> dict[str, object]:
+    """What a running ``orchestrator dev`` in this directory recorded, if alive."""
     path = dev_state_path(settings)
     try:
         state = json.loads(path.read_text())
-        pid = int(state["pid"])
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError):
-        return None
-    url = state.get("database_url")
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def discover_dev_url(settings: Settings) -> str | None:
+    """The database URL of an ``orchestrator dev`` running from this directory."""
+    url = _dev_state(settings).get("database_url")
     return url if isinstance(url, str) else None
+
+
+def resolve_kafka_settings(settings: Settings) -> Settings:
+    """Settings with Kafka: configured, or the embedded broker of a running dev."""
+    if settings.kafka_bootstrap:
+        return settings
+    bootstrap = _dev_state(settings).get("kafka_bootstrap")
+    if not isinstance(bootstrap, str):
+        raise ConfigError(
+            "no Kafka: set ORCHESTRATOR_KAFKA_BOOTSTRAP, or start `orchestrator dev` in this "
+            "directory (it runs an embedded broker)"
+        )
+    return settings.model_copy(
+        update={"kafka_bootstrap": bootstrap, "kafka_idempotent_producer": False}
+    )
 
 
 def resolve_database_url(settings: Settings) -> str:
@@ -66,7 +85,7 @@ def resolve_database_url(settings: Settings) -> str:
 def load_workflows(path: Path) -> LoadResult:
     if not path.exists():
         raise ConfigError(f"workflows path {path} does not exist")
-    return load_path(path, base=builtin_registry())
+    return load_path(path, base=handler_registry())
 
 
 class Reloader:
@@ -118,6 +137,8 @@ async def serve(
     reload: bool,
     banner: str = "",
 ) -> None:
+    """Run until SIGINT/SIGTERM: the engine, a worker, and every event source
+    the settings' roles enable (found through entry points)."""
     first = await asyncio.to_thread(load_workflows, path)
     if first.errors:
         click.secho(format_errors(first.errors), fg="red", err=True)
@@ -128,7 +149,13 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     orch = Orchestrator(
-        settings, database_url, registry=first.handlers, workflows=first.workflows.values()
+        settings,
+        database_url,
+        registry=first.handlers,
+        workflows=first.workflows.values(),
+        sources=create_sources(settings),
+        http=settings.has_role("api"),
+        prune=True,
     )
     await orch.start()
     watcher: asyncio.Task[None] | None = None
@@ -137,6 +164,8 @@ async def serve(
             click.echo(f"workflow {name} (version {spec.version}, {len(spec.tasks)} tasks)")
         if reload:
             watcher = asyncio.create_task(Reloader(orch, path, first).watch())
+        if orch.http is not None:
+            click.echo(f"HTTP API and webhooks on http://{orch.http.host}:{orch.http.port}")
         if banner:
             click.echo(banner)
         await stop.wait()
@@ -166,7 +195,6 @@ async def _ensure_database(admin_url: str, name: str) -> str:
 def run_dev(settings: Settings, path: Path) -> None:
     """``orchestrator dev``: everything in one process, zero setup."""
     server: EmbeddedPostgres | None = None
-    state_file = dev_state_path(settings)
     if settings.database_url is not None:
         url = settings.database_url.get_secret_value()
     else:
@@ -174,22 +202,45 @@ def run_dev(settings: Settings, path: Path) -> None:
         server = EmbeddedPostgres(settings.data_dir / "pg")
         click.echo(f"starting embedded PostgreSQL in {server.data_dir} ...")
         url = asyncio.run(_ensure_database(server.start(), "orchestrator"))
-        state_file.write_text(json.dumps({"pid": os.getpid(), "database_url": url}))
-    banner = (
-        "\norchestrator dev is running; Ctrl-C stops it. In another terminal:\n"
-        "  orchestrator trigger daily_sales --param date=2026-02-01 --wait\n"
-        "  orchestrator runs\n"
-        "  orchestrator show RUN_ID\n"
-        f"Edit files under {path}/ and they are reloaded.\n"
-    )
     try:
-        _run_loop(serve(settings, url, path, reload=True, banner=banner))
+        _run_loop(_dev_main(settings, url, path))
     finally:
         if server is not None:
-            with contextlib.suppress(FileNotFoundError):
-                state_file.unlink()
             server.stop()
             click.echo("embedded PostgreSQL stopped", err=True)
+
+
+async def _dev_main(settings: Settings, url: str, path: Path) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    state_file = dev_state_path(settings)
+    settings, preparations = await prepare_dev(settings)
+    try:
+        state = {
+            "pid": os.getpid(),
+            "database_url": url,
+            "kafka_bootstrap": settings.kafka_bootstrap,
+        }
+        state_file.write_text(json.dumps(state))
+        lines = [
+            "",
+            "orchestrator dev is running; Ctrl-C stops it. In another terminal:",
+            "  orchestrator trigger daily_sales --param date=2026-02-01 --wait",
+            "  orchestrator runs",
+            "  orchestrator show RUN_ID",
+        ]
+        for prep in preparations:
+            lines += prep.banner
+        lines.append(f"Edit files under {path}/ and they are reloaded.")
+        await serve(settings, url, path, reload=True, banner="\n".join(lines) + "\n")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            state_file.unlink()
+        for prep in reversed(preparations):
+            if prep.cleanup is not None:
+                try:
+                    await prep.cleanup()
+                except Exception:
+                    log.exception("a dev-mode service did not stop cleanly")
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:

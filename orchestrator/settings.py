@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: Path | None = None
     kafka_idempotent_producer: bool = True
     """Turn off for brokers without the idempotent producer (e.g. the embedded one)."""
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000)
+    """Consumer session; heartbeats at a quarter of it. A shorter session also
+    makes group joins quicker on brokers that wait half of it for members."""
     kafka_batch_max: int = Field(default=1000, ge=1, le=100_000)
     """Most messages recorded in one transaction."""
 

@@ -1,8 +1,8 @@
 """PostgreSQL access: one asyncpg pool, named queries, migrations, LISTEN."""
 
-from orchestrator.store.database import Database, connect
+from orchestrator.store.database import UNAVAILABLE, Database, connect
 from orchestrator.store.listener import Listener
 from orchestrator.store.migrate import migrate, pending
 from orchestrator.store.queries import SQL
 
-__all__ = ["SQL", "Database", "Listener", "connect", "migrate", "pending"]
+__all__ = ["SQL", "UNAVAILABLE", "Database", "Listener", "connect", "migrate", "pending"]

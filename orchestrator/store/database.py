@@ -11,6 +11,21 @@ import asyncpg
 from orchestrator.errors import StoreError
 from orchestrator.store.migrate import migrate
 
+#: Errors meaning "the database cannot be used right now": callers answer 503
+#: (HTTP) or keep the work and retry (Kafka), rather than fail it.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    StoreError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,  # 08: connection lost or refused
+    asyncpg.OperatorInterventionError,  # 57: admin shutdown, cannot connect now
+    asyncpg.InsufficientResourcesError,  # 53: too many connections, disk full
+    asyncpg.ObjectNotInPrerequisiteStateError,  # 55: database not accepting connections
+    asyncpg.TransactionRollbackError,  # 40: serialization failure, deadlock
+)
+
 
 def redact(url: str) -> str:
     """The URL without its password, for logs and errors."""

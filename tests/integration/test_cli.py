@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -131,7 +132,11 @@ def test_migrate_is_idempotent(db_url: str, tmp_path: Path) -> None:
 def test_run_then_trigger_wait_runs_the_example_end_to_end(
     db_url: str, tmp_path: Path, server_cleanup: list[Server]
 ) -> None:
-    env = base_env(ORCHESTRATOR_DATABASE_URL=db_url, ORCHESTRATOR_POLL_INTERVAL_S="0.2")
+    env = base_env(
+        ORCHESTRATOR_DATABASE_URL=db_url,
+        ORCHESTRATOR_POLL_INTERVAL_S="0.2",
+        ORCHESTRATOR_HTTP_PORT="0",
+    )
     examples = tmp_path / "wf"
     shutil.copytree(ROOT / "examples", examples)
     (examples / "broken_on_purpose.yaml").write_text(
@@ -182,7 +187,7 @@ def test_run_then_trigger_wait_runs_the_example_end_to_end(
 def test_dev_starts_with_zero_setup_reloads_and_stops_cleanly(
     tmp_path: Path, server_cleanup: list[Server]
 ) -> None:
-    env = base_env(ORCHESTRATOR_POLL_INTERVAL_S="0.2")
+    env = base_env(ORCHESTRATOR_POLL_INTERVAL_S="0.2", ORCHESTRATOR_HTTP_PORT="0")
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     dev = Server(["dev"], env, tmp_path, tmp_path / "dev.log")
     server_cleanup.append(dev)
@@ -207,6 +212,31 @@ def test_dev_starts_with_zero_setup_reloads_and_stops_cleanly(
     assert again.returncode == 0, again.stderr
     shown = cli("show", again.stdout.split()[0], env=env, cwd=tmp_path)
     assert '"v": 1' in shown.stdout
+
+    # Every source works with zero setup: embedded Kafka, a signed webhook, a file.
+    published = cli("publish", "orders", '{"order_id": "A-1"}', env=env, cwd=tmp_path)
+    assert published.returncode == 0, published.stderr
+    port = re.search(r"HTTP API and webhooks on http://127\.0\.0\.1:(\d+)", dev.output())
+    secret = re.search(r"(whsec_\S+)", dev.output())
+    assert port and secret
+    sent = cli(
+        "hook-send",
+        "sales",
+        '{"type": "sale.created", "sale": {"id": "S-1"}}',
+        "--url",
+        f"http://127.0.0.1:{port.group(1)}",
+        env={**env, "ORCHESTRATOR_WEBHOOK_SECRET_SALES": secret.group(1)},
+        cwd=tmp_path,
+    )
+    assert sent.returncode == 0 and sent.stdout.startswith("202 "), sent.stdout + sent.stderr
+    (tmp_path / "landing" / "crm").mkdir(parents=True)
+    (tmp_path / "landing" / "crm" / "contacts.csv").write_text("id,name\n1,Ada\n")
+
+    def all_sources_ran() -> bool:
+        listed = cli("runs", "-s", "success", env=env, cwd=tmp_path).stdout
+        return all(w in listed for w in ("orders", "sales_hook", "crm_files"))
+
+    wait_until(all_sources_ran, timeout=60, interval=0.5, what="kafka, webhook and file runs")
 
     assert dev.stop(signal.SIGINT) == 0
     assert "embedded PostgreSQL stopped" in dev.output()

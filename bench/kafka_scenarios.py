@@ -1,0 +1,152 @@
+"""Kafka intake scenario: kafka_intake.
+
+The events are produced before the clock starts; the clock runs from starting
+the source (so the consumer group join is included) until every event is
+recorded in PostgreSQL with its run. Runs are created, not executed
+(``worker_slots=0``). Kafka is ``ORCHESTRATOR_KAFKA_BOOTSTRAP`` when set, else
+the embedded broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from bench.harness import Figure, scratch_database
+from bench.registry import option, scenario
+from orchestrator.app import Orchestrator
+from orchestrator.settings import Settings
+from orchestrator.sources import SourceContext
+from orchestrator.spec import TaskSpec, WorkflowSpec
+from orchestrator.trigger_spec import KafkaTrigger
+from triggers.kafka import EMBEDDED_CONSUMER_OPTIONS, KafkaSource
+from triggers.kafka_broker import EmbeddedKafka, ensure_topics
+from triggers.kafka_config import make_producer
+
+PARTITIONS = 6
+
+option("--events", type=int, default=100_000, help="kafka_intake: events produced (default 100000)")
+
+
+@contextlib.asynccontextmanager
+async def _kafka() -> AsyncIterator[tuple[str, bool]]:
+    """(bootstrap, embedded?)"""
+    external = os.environ.get("ORCHESTRATOR_KAFKA_BOOTSTRAP")
+    if external:
+        yield external, False
+        return
+    async with EmbeddedKafka() as broker:
+        yield broker.bootstrap, True
+
+
+def _payload(i: int) -> dict[str, Any]:
+    # About 1 KB of JSON, shaped like an order.
+    return {
+        "order_id": f"ord-{i:08d}",
+        "customer": {"id": f"cust-{i % 5000:05d}", "tier": ("gold", "silver", "bronze")[i % 3]},
+        "items": [
+            {"sku": f"sku-{(i * 7 + k) % 10_000:05d}", "qty": 1 + k, "price": 9.99 + k}
+            for k in range(4)
+        ],
+        "note": "x" * 700,
+    }
+
+
+async def _produce(settings: Settings, topic: str, count: int) -> int:
+    producer = make_producer(settings, linger_ms=5, max_batch_size=256 * 1024)
+    await producer.start()
+    size = 0
+    try:
+        futures = []
+        for i in range(count):
+            value = orjson.dumps(_payload(i))
+            size += len(value)
+            futures.append(await producer.send(topic, value, key=str(i).encode()))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return size // max(count, 1)
+
+
+async def kafka_intake(url: str, *, events: int = 100_000) -> list[Figure]:
+    run_id = uuid.uuid4().hex[:8]
+    topic = f"bench_orders_{run_id}"
+    spec = WorkflowSpec(
+        name="bench_orders",
+        tasks=(TaskSpec(id="accept", handler="noop"),),
+        triggers=(KafkaTrigger(topic=topic, params={"order_id": "{{ payload.order_id }}"}),),
+    )
+    async with _kafka() as (bootstrap, embedded):
+        overrides: dict[str, Any] = {
+            "kafka_bootstrap": bootstrap,
+            "kafka_group_id": f"bench_{run_id}",
+            "worker_slots": 0,
+        }
+        if embedded:
+            overrides["kafka_idempotent_producer"] = False  # the embedded broker lacks it
+        settings = Settings(**overrides)
+        await ensure_topics(settings, {topic: PARTITIONS})
+        payload_bytes = await _produce(settings, topic, events)
+        options = dict(EMBEDDED_CONSUMER_OPTIONS) if embedded else {}
+        source = KafkaSource(consumer_options=options)
+        async with (
+            scratch_database(url) as (db_url, db),
+            Orchestrator(settings, db_url, workflows=[spec]) as orch,
+        ):
+            assert orch.engine is not None and orch.intake is not None
+            source.setup(SourceContext(settings, orch.engine, orch.intake, orch.clock, None))
+            source.use_router(orch.intake.router)
+            started = time.perf_counter()
+            first: float | None = None
+            await source.start()
+            try:
+                deadline = started + 600
+                while source.stats.messages < events:
+                    if first is None and source.stats.messages:
+                        first = time.perf_counter()
+                    if time.perf_counter() > deadline:
+                        raise TimeoutError(
+                            f"only {source.stats.messages} of {events} events recorded in 600 s"
+                        )
+                    await asyncio.sleep(0.005)
+                elapsed = time.perf_counter() - started
+            finally:
+                await source.stop()
+            async with db.pool.acquire() as conn:
+                recorded = await conn.fetchval("SELECT count(*) FROM events")
+                runs = await conn.fetchval("SELECT count(*) FROM runs")
+    if recorded != events or runs != events:
+        raise AssertionError(f"expected {events} events and runs, found {recorded} and {runs}")
+    first = first or started
+    ctx: dict[str, Any] = {
+        "events": events,
+        "partitions": PARTITIONS,
+        "payload_bytes": payload_bytes,
+        "seconds": round(elapsed, 3),
+        "first_batch_s": round(first - started, 3),
+        "after_first_batch_events_per_s": round(events / max(elapsed - (first - started), 1e-9)),
+        "batch_max": settings.kafka_batch_max,
+        "pipeline": source.pipeline,
+        "broker": "embedded" if embedded else "external",
+        "consumer_options": options,
+    }
+    return [
+        Figure("kafka_intake", "events_per_s", events / elapsed, "events/s", ">= 10000", ctx),
+        Figure("kafka_intake", "runs_per_s", runs / elapsed, "runs/s", ">= 5000", ctx),
+    ]
+
+
+@scenario(
+    "kafka_intake",
+    "100,000 ~1 KB JSON events on a 6-partition topic, one 1-task run each: events/s recorded",
+)
+async def _kafka_intake(url: str, args: argparse.Namespace, _tx: float) -> list[Figure]:
+    return await kafka_intake(url, events=args.events)

@@ -1,0 +1,178 @@
+"""Webhook intake scenario: signed deliveries over loopback HTTP -> durable 202s.
+
+The orchestrator (webhook source, group commit, no worker: ``worker_slots=0``,
+so intake is what is measured) runs in this process; the load generator
+(``bench.webhook_load``) runs as a second process with 64 keep-alive
+connections, pre-signed Standard Webhooks requests and unique delivery ids.
+Each 202 means an event row and a 1-task run were committed; afterwards the
+rows are counted to check that every 202 is in the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import secrets
+import sys
+from typing import Any
+
+import orjson
+
+from bench.harness import Figure, scratch_database
+from bench.registry import option, scenario
+from bench.webhook_load import SECRET_ENV
+from handlers import builtin_registry
+from orchestrator.app import Orchestrator
+from orchestrator.settings import Settings, webhook_secret_variable
+from orchestrator.spec import TaskSpec, WorkflowSpec
+from orchestrator.trigger_spec import WebhookTrigger
+from triggers.webhook import WebhookSource
+
+HOOK = "bench_sales"
+
+option(
+    "--requests",
+    type=int,
+    default=20_000,
+    help="webhook_intake: measured requests, at most (default 20000)",
+)
+option(
+    "--webhook-seconds",
+    type=float,
+    default=20.0,
+    help="webhook_intake: measured seconds, at most (default 20)",
+)
+option(
+    "--webhook-connections",
+    type=int,
+    default=64,
+    help="webhook_intake: load generator connections (default 64)",
+)
+option(
+    "--webhook-batch-delay",
+    type=float,
+    default=None,
+    help="webhook_intake: group commit window in seconds (default: the setting, 0.002)",
+)
+option(
+    "--webhook-max-batch",
+    type=int,
+    default=256,
+    help="webhook_intake: most requests per commit; 1 = no group commit (default 256)",
+)
+option(
+    "--webhook-flushers",
+    type=int,
+    default=3,
+    help="webhook_intake: commits in flight at once (default 3)",
+)
+
+SPEC = WorkflowSpec(
+    name="bench_hook",
+    tasks=(TaskSpec(id="record", handler="noop"),),
+    triggers=(
+        WebhookTrigger(
+            hook=HOOK,
+            params={"order_id": "{{ payload.order.id }}", "amount": "{{ payload.order.amount }}"},
+        ),
+    ),
+)
+
+
+async def webhook_intake(url: str, args: argparse.Namespace) -> list[Figure]:
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    variable = webhook_secret_variable(HOOK)
+    previous = os.environ.get(variable)
+    os.environ[variable] = secret
+    overrides: dict[str, Any] = {"http_port": 0, "worker_slots": 0, "db_pool_size": 8}
+    if args.webhook_batch_delay is not None:
+        overrides["intake_batch_delay_s"] = args.webhook_batch_delay
+    settings = Settings(**overrides)
+    source = WebhookSource(max_batch=args.webhook_max_batch, flushers=args.webhook_flushers)
+    try:
+        async with (
+            scratch_database(url) as (db_url, db),
+            Orchestrator(
+                settings,
+                db_url,
+                registry=builtin_registry(),
+                workflows=[SPEC],
+                sources=[source],
+                http=True,
+            ) as orch,
+        ):
+            assert orch.http is not None
+            result = await _load(orch.http.port, secret, args)
+            assert source.batcher is not None
+            batches, events = source.batcher.batches, source.batcher.events
+            async with db.pool.acquire() as conn:
+                stored_events = await conn.fetchval("SELECT count(*) FROM events")
+                stored_runs = await conn.fetchval("SELECT count(*) FROM runs")
+    finally:
+        if previous is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = previous
+    accepted = result["accepted"] + result["warmup_accepted"]
+    if stored_events != accepted or stored_runs != accepted:
+        raise AssertionError(
+            f"{accepted} requests were answered 202 but {stored_events} events and "
+            f"{stored_runs} runs are stored"
+        )
+    ctx: dict[str, Any] = {
+        "requests_sent": result["sent"],
+        "accepted": result["accepted"],
+        "statuses": result["statuses"],
+        "client_errors": result["errors"],
+        "seconds": result["elapsed_s"],
+        "connections": result["connections"],
+        "p50_ms": round(result["p50_ms"], 2),
+        "max_ms": round(result["max_ms"], 2),
+        "batch_delay_s": settings.intake_batch_delay_s,
+        "max_batch": args.webhook_max_batch,
+        "flushers": args.webhook_flushers,
+        "mean_batch": round(events / batches, 1) if batches else 0,
+        "stored_events": stored_events,
+        "db_pool_size": settings.db_pool_size,
+    }
+    return [
+        Figure("webhook_intake", "req_per_s", result["req_per_s"], "req/s", ">= 2500", ctx),
+        Figure("webhook_intake", "p99_ms", result["p99_ms"], "ms", "<= 50", ctx),
+    ]
+
+
+async def _load(port: int, secret: str, args: argparse.Namespace) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.webhook_load",
+        "--port",
+        str(port),
+        "--hook",
+        HOOK,
+        "--requests",
+        str(args.requests),
+        "--seconds",
+        str(args.webhook_seconds),
+        "--connections",
+        str(args.webhook_connections),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        # In the environment, not on the command line where `ps` shows it.
+        env={**os.environ, SECRET_ENV: secret},
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed ({proc.returncode}): {err.decode()[-2000:]}")
+    result: dict[str, Any] = orjson.loads(out.splitlines()[-1])
+    return result
+
+
+@scenario(
+    "webhook_intake",
+    "signed webhook deliveries from a second process, 64 connections: durable 202/s, p99",
+)
+async def _webhook_intake(url: str, args: argparse.Namespace, _tx: float) -> list[Figure]:
+    return await webhook_intake(url, args)

@@ -1,0 +1,81 @@
+"""Kafka fixtures for the integration tests.
+
+The broker is ``ORCHESTRATOR_TEST_KAFKA`` (host:port) when set, else an
+embedded Tansu broker started once for the session on a free port. Each test
+gets its own topic and consumer-group names from :class:`KafkaEnv`, so tests
+never see each other's messages or offsets.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from orchestrator.settings import Settings
+from triggers.kafka import EMBEDDED_CONSUMER_OPTIONS
+from triggers.kafka_broker import EmbeddedKafka, ensure_topics
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    explicit = os.environ.get("ORCHESTRATOR_TEST_KAFKA")
+    if explicit:
+        yield explicit
+        return
+    broker = EmbeddedKafka()
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@dataclass
+class KafkaEnv:
+    """Unique names and matching settings for one test."""
+
+    bootstrap: str
+    prefix: str
+    embedded: bool
+
+    def topic(self, name: str = "t") -> str:
+        return f"{self.prefix}_{name}"
+
+    def group(self, name: str = "g") -> str:
+        return f"{self.prefix}_{name}"
+
+    def settings(self, group: str = "g", **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "kafka_bootstrap": self.bootstrap,
+            "kafka_group_id": self.group(group),
+            "worker_slots": 0,
+            "http_port": 0,
+        }
+        if self.embedded:
+            values["kafka_idempotent_producer"] = False  # the embedded broker lacks it
+        values.update(overrides)
+        return Settings(**values)
+
+    @property
+    def consumer_options(self) -> dict[str, Any]:
+        """Short sessions: group joins and rebalances take about a second."""
+        return dict(EMBEDDED_CONSUMER_OPTIONS)
+
+    async def create_topic(self, name: str = "t", partitions: int = 1) -> str:
+        topic = self.topic(name)
+        await ensure_topics(self.bootstrap, {topic: partitions})
+        return topic
+
+
+@pytest.fixture
+def kafka_env(kafka_bootstrap: str) -> KafkaEnv:
+    return KafkaEnv(
+        bootstrap=kafka_bootstrap,
+        prefix=f"it_{uuid.uuid4().hex[:10]}",
+        embedded="ORCHESTRATOR_TEST_KAFKA" not in os.environ,
+    )

@@ -1,0 +1,574 @@
+"""Kafka intake: JSON messages on the topics that workflows' Kafka triggers name.
+
+One consumer in the group ``settings.kafka_group_id`` reads every such topic.
+Each ``getmany`` batch (up to ``kafka_batch_max`` messages, across partitions)
+becomes ONE ``Intake.ingest`` call, so one PostgreSQL transaction; only after it
+commits are the partitions' offsets committed (``enable_auto_commit=False``).
+A message's dedup key is ``kafka:{topic}:{partition}:{offset}``, so a message
+delivered again (after a crash, a rebalance, a second group) starts nothing new.
+
+A message that is not UTF-8 JSON is dead-lettered in the same transaction and
+its offset committed like any other: a poison message never blocks a partition.
+While PostgreSQL is down the batches are kept and retried with backoff; nothing
+is committed meanwhile.
+
+A few batches are recorded at once (``pipeline``), so PostgreSQL works on one
+while the next is parsed; offsets are committed in fetch order, never past a
+batch that is not recorded. Rebalances: the listener's ``on_partitions_revoked``
+waits for the batches being recorded and commits their offsets before the
+partitions can go to another member; batches not recorded by then are given up
+uncommitted, so the partitions' next owner (maybe this consumer again, from the
+committed offsets) reads them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.intake import Accepted, DeadLetter, Event, Intake, Router
+from orchestrator.settings import Settings
+from orchestrator.sources import SourceContext
+from triggers.kafka_config import (
+    AIOKafkaConsumer,
+    ConsumerRebalanceListener,
+    KafkaError,
+    TopicPartition,
+    describe,
+    make_consumer,
+    make_producer,
+)
+
+log = logging.getLogger(__name__)
+
+#: How much of a poison message is kept in its dead letter.
+RAW_LIMIT = 8192
+
+#: Consumer options for the embedded broker (dev mode, tests, bench). It holds
+#: every group join for half the session timeout, so the default 10 s session
+#: would delay the first event and every rebalance by 5 s. A loop stalled for
+#: longer than 2 s costs a rebalance, which redelivery makes harmless.
+EMBEDDED_CONSUMER_OPTIONS: dict[str, Any] = {
+    "session_timeout_ms": 2000,
+    "heartbeat_interval_ms": 500,
+}
+
+
+def session_options(settings: Settings) -> dict[str, Any]:
+    """Consumer session options from ``kafka_session_timeout_ms`` when the
+    settings have it (heartbeats at a quarter of it); else aiokafka's defaults."""
+    session = settings.kafka_session_timeout_ms
+    if not isinstance(session, int):
+        return {}
+    return {"session_timeout_ms": session, "heartbeat_interval_ms": max(100, session // 4)}
+
+
+@dataclass
+class KafkaIntakeStats:
+    """What the source has done since it started (for tests, metrics and logs)."""
+
+    batches: int = 0
+    messages: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    runs: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    ingest_failures: int = 0
+    dropped_batches: int = 0
+    """Batches given up at a revocation or at stop: their offsets stay uncommitted."""
+    rebalances: int = 0
+    last_error: str | None = None
+    assigned: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+
+
+def _text(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    # PostgreSQL text and jsonb cannot hold NUL.
+    return value.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
+def _raw(value: bytes) -> str:
+    text = _text(value[:RAW_LIMIT]) or ""
+    if len(value) > RAW_LIMIT:
+        text += f"... [truncated: {len(value)} bytes in all]"
+    return text
+
+
+def message_event(record: Any) -> Event | DeadLetter:
+    """A consumed record as an :class:`Event`, or a :class:`DeadLetter` naming
+    why it cannot be one."""
+    topic, partition, offset = record.topic, record.partition, record.offset
+    key = f"kafka:{topic}:{partition}:{offset}"
+    headers = {k: _text(v) or "" for k, v in record.headers or ()}
+    meta = {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": _text(record.key),
+        "timestamp": record.timestamp,
+    }
+    value: bytes | None = record.value
+    if value is None:
+        reason = "message has no value (a tombstone); expected a JSON document"
+        return DeadLetter("kafka", topic, key, reason, headers=headers, meta=meta)
+    try:
+        payload = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            reason = f"message is not UTF-8 text: {bad}"
+        else:
+            reason = f"message is not JSON: {exc}"
+        return DeadLetter("kafka", topic, key, reason, raw=_raw(value), headers=headers, meta=meta)
+    if b"\\u0000" in value and b"\\u0000" in orjson.dumps(payload):
+        reason = "message contains a NUL character (\\u0000), which PostgreSQL cannot store"
+        return DeadLetter("kafka", topic, key, reason, raw=_raw(value), headers=headers, meta=meta)
+    return Event("kafka", topic, key, payload, headers, meta, actor="kafka")
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        await self.source._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[Any]) -> None:
+        self.source._assigned(assigned)
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One ``getmany`` result on its way into PostgreSQL."""
+
+    generation: int
+    events: list[Event]
+    letters: list[DeadLetter]
+    offsets: dict[Any, int]
+    """Per partition, the offset to commit once this batch (and every earlier one) is recorded."""
+    size: int
+    state: str = "recording"  # -> "recorded" | "dropped"
+    task: asyncio.Task[None] | None = None
+
+
+class KafkaSource:
+    """The ``kafka`` event source (see the module docstring).
+
+    ``consumer_options`` are extra aiokafka consumer arguments (e.g.
+    ``session_timeout_ms``); they override :func:`session_options`. Up to
+    ``pipeline`` batches are recorded at once (each in its own transaction, so
+    PostgreSQL works on one while the next is prepared); offsets are committed
+    in fetch order, only for batches whose predecessors are all recorded.
+    ``poll_s`` bounds how long a reload waits to be seen; a failed batch is
+    retried after ``retry_initial_s``, doubling up to ``retry_max_s``.
+    """
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        *,
+        consumer_options: Mapping[str, Any] | None = None,
+        pipeline: int = 3,
+        poll_s: float = 0.5,
+        retry_initial_s: float = 0.1,
+        retry_max_s: float = 5.0,
+        commit_timeout_s: float = 30.0,
+    ) -> None:
+        if pipeline < 1:
+            raise ValueError("pipeline must be at least 1")
+        self.consumer_options = dict(consumer_options or {})
+        self.pipeline = pipeline
+        self.poll_s = poll_s
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.commit_timeout_s = commit_timeout_s
+        self.stats = KafkaIntakeStats()
+        self.consumer: AIOKafkaConsumer | None = None
+        self._ctx: SourceContext | None = None
+        self._topics: tuple[str, ...] = ()
+        self._subscribed: tuple[str, ...] = ()
+        self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._interrupt = asyncio.Event()
+        """Set at a revocation or stop: batches waiting to retry give up."""
+        self._commit_lock = asyncio.Lock()
+        self._generation = 0
+        self._broken_generation = -1
+        self._inflight: deque[_Batch] = deque()
+        self._pending: dict[Any, int] = {}
+        """Offsets recorded in PostgreSQL and not yet committed to Kafka."""
+        self._task: asyncio.Task[None] | None = None
+        self._listener = _Listener(self)
+
+    # -- Source protocol ------------------------------------------------------
+
+    def setup(self, ctx: SourceContext) -> None:
+        self._ctx = ctx
+
+    def use_router(self, router: Router) -> None:
+        topics = tuple(router.topics)
+        if topics != self._topics:
+            self._topics = topics
+            self._changed.set()
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return self._topics
+
+    async def start(self) -> None:
+        assert self._ctx is not None, "setup() first"
+        if self._task is None:
+            self._stopping.clear()
+            self._interrupt.clear()
+            self._task = asyncio.create_task(self._run(), name="kafka-intake")
+
+    async def stop(self) -> None:
+        """Let the batches being recorded finish and commit their offsets, then
+        close the consumer. What was fetched and not recorded is not committed,
+        so it is read again at the next start."""
+        self._stopping.set()
+        self._interrupt.set()
+        self._changed.set()
+        task, self._task = self._task, None
+        if task is not None:
+            # The loop only fetches and hands batches over: cancelling it loses nothing.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._drain()
+        await self._close_consumer()
+
+    # -- the consume loop -----------------------------------------------------
+
+    @property
+    def _settings(self) -> Settings:
+        assert self._ctx is not None
+        return self._ctx.settings
+
+    @property
+    def _intake(self) -> Intake:
+        assert self._ctx is not None
+        return self._ctx.intake
+
+    async def _run(self) -> None:
+        delay = self.retry_initial_s
+        while not self._stopping.is_set():
+            try:
+                if not self._topics:
+                    await self._drain()
+                    await self._close_consumer()
+                    self._changed.clear()
+                    if not self._topics and not self._stopping.is_set():
+                        await self._changed.wait()
+                    continue
+                consumer = await self._consumer_for(self._topics)
+                fetched = await consumer.getmany(
+                    timeout_ms=int(self.poll_s * 1000), max_records=self._settings.kafka_batch_max
+                )
+                # Taken before any await: the records belong to this generation.
+                generation = self._generation
+                if fetched:
+                    batch = _to_batch(fetched, generation)
+                    while len(self._inflight) >= self.pipeline:
+                        oldest = self._inflight[0].task
+                        assert oldest is not None
+                        await asyncio.wait([oldest])
+                    self._inflight.append(batch)
+                    batch.task = asyncio.create_task(self._record_batch(batch))
+                delay = self.retry_initial_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, KafkaError):
+                    log.warning("Kafka: %s; trying again in %.1fs", self.stats.last_error, delay)
+                else:
+                    log.exception("Kafka intake failed; trying again in %.1fs", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+    async def _consumer_for(self, topics: tuple[str, ...]) -> AIOKafkaConsumer:
+        if self.consumer is None:
+            options = {**session_options(self._settings), **self.consumer_options}
+            consumer = make_consumer(self._settings, **options)
+            try:
+                await consumer.start()
+            except BaseException:
+                await consumer.stop()
+                raise
+            self.consumer = consumer
+            consumer.subscribe(list(topics), listener=self._listener)
+            self._subscribed = topics
+            log.info(
+                "Kafka intake: group %s on %s reads %s",
+                self._settings.kafka_group_id,
+                describe(self._settings),
+                ", ".join(topics),
+            )
+        elif topics != self._subscribed:
+            # A rebalance follows; the listener lets the batches in flight finish first.
+            self.consumer.subscribe(list(topics), listener=self._listener)
+            self._subscribed = topics
+            log.info("Kafka intake now reads %s", ", ".join(topics))
+        return self.consumer
+
+    async def _close_consumer(self) -> None:
+        consumer, self.consumer = self.consumer, None
+        self._subscribed = ()
+        if consumer is not None:
+            self._generation += 1
+            await consumer.stop()
+            self.stats.assigned = frozenset()
+
+    async def _drain(self) -> None:
+        """Wait for every batch in flight, then commit what was recorded."""
+        tasks = [b.task for b in self._inflight if b.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+        await self._commit_recorded()
+
+    # -- recording a batch ------------------------------------------------------
+
+    async def _record_batch(self, batch: _Batch) -> None:
+        delay = self.retry_initial_s
+        attempt = 0
+        while batch.state == "recording":
+            if batch.generation != self._generation:
+                batch.state = "dropped"
+                self.stats.dropped_batches += 1
+                log.info(
+                    "Kafka partitions were reassigned before %d fetched messages were "
+                    "recorded; they are read again from the committed offsets",
+                    batch.size,
+                )
+                break
+            try:
+                await self._record(batch.events, batch.letters)
+            except Exception as exc:
+                attempt += 1
+                self._ingest_failed(exc, batch.size, attempt, delay)
+                if self._interrupt.is_set():
+                    batch.state = "dropped"
+                    self.stats.dropped_batches += 1
+                    log.warning(
+                        "giving up %d unrecorded Kafka messages (stopping or rebalancing); "
+                        "their offsets are not committed, so they are read again",
+                        batch.size,
+                    )
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._interrupt.wait(), delay)
+                delay = min(delay * 2, self.retry_max_s)
+            else:
+                batch.state = "recorded"
+                self.stats.batches += 1
+                self.stats.messages += batch.size
+        await self._commit_recorded()
+
+    async def _record(self, events: list[Event], letters: list[DeadLetter]) -> None:
+        refused = 0
+        try:
+            answers = await self._intake.ingest(events, dead_letters=letters, actor="kafka")
+        except asyncpg.DataError:
+            # Something in the batch PostgreSQL refuses for good: find it, one by one.
+            answers, refused = await self._record_one_by_one(events, letters)
+        for answer in answers:
+            if answer.duplicate:
+                self.stats.duplicates += 1
+            else:
+                self.stats.runs += len(answer.run_ids)
+                self.stats.dead_letters += len(answer.dead_letters)
+        self.stats.dead_letters += len(letters) + refused
+
+    async def _record_one_by_one(
+        self, events: list[Event], letters: list[DeadLetter]
+    ) -> tuple[list[Accepted], int]:
+        """Each event in its own transaction; those PostgreSQL refuses become
+        dead letters. Each step is idempotent, so a failure part-way is retried
+        as a whole."""
+        if letters:
+            await self._intake.ingest([], dead_letters=letters, actor="kafka")
+        answers: list[Accepted] = []
+        refused = 0
+        for event in events:
+            try:
+                answers += await self._intake.ingest([event], actor="kafka")
+            except asyncpg.DataError as exc:
+                letter = DeadLetter(
+                    "kafka",
+                    event.channel,
+                    event.dedup_key,
+                    f"PostgreSQL cannot store this message: {exc}",
+                    raw=_raw(orjson.dumps(event.payload)),
+                    headers=event.headers,
+                    meta=event.meta,
+                )
+                await self._intake.ingest([], dead_letters=[letter], actor="kafka")
+                refused += 1
+        return answers, refused
+
+    def _ingest_failed(self, exc: Exception, count: int, attempt: int, delay: float) -> None:
+        self.stats.ingest_failures += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        down = isinstance(
+            exc, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError
+        ) or getattr(exc, "sqlstate", "") in ("55000", "57P01", "57P02", "57P03", "53300")
+        what = "PostgreSQL is unavailable" if down else "recording failed"
+        log.warning(
+            "%s: %d Kafka messages are not recorded and their offsets not committed "
+            "(attempt %d, trying again in %.2fs): %s",
+            what,
+            count,
+            attempt,
+            delay,
+            self.stats.last_error,
+            exc_info=not down,
+        )
+
+    # -- committing offsets -----------------------------------------------------
+
+    async def _commit_recorded(self) -> None:
+        """Commit the offsets of the recorded batches at the head of the queue,
+        in fetch order: never past a batch that is still being recorded, and
+        never past one that was given up."""
+        async with self._commit_lock:
+            while self._inflight and self._inflight[0].state != "recording":
+                batch = self._inflight.popleft()
+                if batch.state == "dropped":
+                    self._broken_generation = batch.generation
+                elif batch.generation not in (self._broken_generation,):
+                    self._pending.update(batch.offsets)
+            if self._pending and self.consumer is not None:
+                await self._commit(self.consumer)
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        offsets = dict(self._pending)
+        try:
+            await asyncio.wait_for(consumer.commit(offsets), self.commit_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stats.commit_failures += 1
+            log.warning(
+                "Kafka offsets %s not committed (%s: %s); the events are recorded, so a "
+                "redelivery starts nothing new",
+                _describe_offsets(offsets),
+                type(exc).__name__,
+                exc,
+            )
+            if isinstance(exc, KafkaError):
+                # Rebalanced, or refused: these partitions may be another member's now.
+                self._pending.clear()
+        else:
+            self.stats.commits += 1
+            for tp, offset in offsets.items():
+                if self._pending.get(tp) == offset:
+                    del self._pending[tp]
+
+    async def _revoked(self, revoked: set[Any]) -> None:
+        # Runs before the partitions can go to another member: batches being
+        # recorded finish and their offsets are committed; batches not started
+        # yet, or waiting to retry, are given up (not committed).
+        self._generation += 1
+        self.stats.rebalances += 1
+        self._interrupt.set()
+        try:
+            await self._drain()
+        finally:
+            if not self._stopping.is_set():
+                self._interrupt.clear()
+        self._pending.clear()
+        if revoked:
+            log.info("Kafka partitions revoked: %s", _describe_partitions(revoked))
+
+    def _assigned(self, assigned: set[Any]) -> None:
+        # The consumer resumes each partition at its committed offset (the
+        # earliest one for a new group): nothing to seek here.
+        self.stats.assigned = frozenset((tp.topic, tp.partition) for tp in assigned)
+        log.info("Kafka partitions assigned: %s", _describe_partitions(assigned) or "none")
+
+
+def _to_batch(fetched: Mapping[Any, Sequence[Any]], generation: int) -> _Batch:
+    events: list[Event] = []
+    letters: list[DeadLetter] = []
+    offsets: dict[Any, int] = {}
+    size = 0
+    # Partition order: two consumers recording overlapping batches (during a
+    # rebalance) insert the same keys in the same order, so they cannot deadlock.
+    for tp in sorted(fetched):
+        records = fetched[tp]
+        if not records:
+            continue
+        size += len(records)
+        offsets[tp] = records[-1].offset + 1
+        for record in records:
+            item = message_event(record)
+            if isinstance(item, Event):
+                events.append(item)
+            else:
+                letters.append(item)
+    return _Batch(generation, events, letters, offsets, size)
+
+
+def _describe_partitions(tps: set[Any]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps))
+
+
+def _describe_offsets(offsets: Mapping[Any, int]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]@{o}" for tp, o in sorted(offsets.items()))
+
+
+async def publish(
+    settings: Settings, topic: str, values: Sequence[Any], key: str | bytes | None = None
+) -> list[tuple[int, int]]:
+    """Publish each value as a JSON message on ``topic``; returns (partition,
+    offset) of each, once the broker has acknowledged them all.
+
+    Raises :class:`KafkaPublishError` naming the broker when it cannot."""
+    encoded_key = key.encode() if isinstance(key, str) else key
+    try:
+        encoded = [orjson.dumps(value) for value in values]
+    except TypeError as exc:
+        raise KafkaPublishError(f"cannot encode a message as JSON: {exc}") from None
+    producer = make_producer(settings)
+    try:
+        await producer.start()
+        futures = [await producer.send(topic, value, key=encoded_key) for value in encoded]
+        sent = await asyncio.gather(*futures)
+    except KafkaError as exc:
+        raise KafkaPublishError(
+            f"cannot publish to topic {topic!r} at {describe(settings)}: {exc}"
+        ) from None
+    finally:
+        await producer.stop()
+    return [(meta.partition, meta.offset) for meta in sent]
+
+
+class KafkaPublishError(OrchestratorError):
+    """Messages could not be published (broker unreachable, topic refused, ...)."""
+
+
+__all__ = [
+    "EMBEDDED_CONSUMER_OPTIONS",
+    "KafkaIntakeStats",
+    "KafkaPublishError",
+    "KafkaSource",
+    "TopicPartition",
+    "message_event",
+    "publish",
+    "session_options",
+]
