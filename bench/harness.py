@@ -15,10 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from orchestrator.embedded import EmbeddedPostgres
-from orchestrator.store import Database, connect
+from orchestrator.store import Database, connect, create_database, drop_database
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -55,24 +53,13 @@ def server_url() -> tuple[str, EmbeddedPostgres | None]:
     return server.start(), server
 
 
-def _with_database(url: str, name: str) -> str:
-    base, _, query = url.partition("?")
-    head, _, _ = base.rpartition("/")
-    return f"{head}/{name}" + (f"?{query}" if query else "")
-
-
 @asynccontextmanager
 async def scratch_database(
     url: str, *, migrate: bool = True
 ) -> AsyncIterator[tuple[str, Database]]:
     """A fresh database on the server at ``url``, dropped afterwards."""
     name = f"orch_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    db_url = _with_database(url, name)
+    db_url = await create_database(url, name)
     db = await connect(db_url, size=4)
     try:
         if migrate:
@@ -80,11 +67,7 @@ async def scratch_database(
         yield db_url, db
     finally:
         await db.close()
-        admin = await asyncpg.connect(url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(url, name)
 
 
 def machine_context() -> dict[str, Any]:

@@ -17,7 +17,6 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import click
 
 from orchestrator.app import Orchestrator
@@ -28,6 +27,7 @@ from orchestrator.plugins import create_sources, handler_registry, prepare_dev
 from orchestrator.registry import HandlerRegistry
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
+from orchestrator.store import create_database
 
 log = logging.getLogger(__name__)
 
@@ -180,18 +180,6 @@ async def serve(
             loop.remove_signal_handler(sig)
 
 
-async def _ensure_database(admin_url: str, name: str) -> str:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base, _, query = admin_url.partition("?")
-    head, _, _ = base.rpartition("/")
-    return f"{head}/{name}" + (f"?{query}" if query else "")
-
-
 def run_dev(settings: Settings, path: Path) -> None:
     """``orchestrator dev``: everything in one process, zero setup."""
     server: EmbeddedPostgres | None = None
@@ -201,7 +189,7 @@ def run_dev(settings: Settings, path: Path) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         server = EmbeddedPostgres(settings.data_dir / "pg")
         click.echo(f"starting embedded PostgreSQL in {server.data_dir} ...")
-        url = asyncio.run(_ensure_database(server.start(), "orchestrator"))
+        url = asyncio.run(create_database(server.start(), "orchestrator", exist_ok=True))
     try:
         _run_loop(_dev_main(settings, url, path))
     finally:

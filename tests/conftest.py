@@ -20,15 +20,9 @@ import pytest
 
 from orchestrator.embedded import EmbeddedPostgres
 from orchestrator.engine import Engine
-from orchestrator.store import Database, connect
+from orchestrator.store import Database, connect, create_database, drop_database
 
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _with_database(url: str, name: str) -> str:
-    base, _, query = url.partition("?")
-    head, _, _old = base.rpartition("/")
-    return f"{head}/{name}" + (f"?{query}" if query else "")
 
 
 async def _reachable(url: str) -> bool:
@@ -60,44 +54,23 @@ def template_db(pg_admin_url: str) -> Iterator[str]:
     name = f"orch_tmpl_{uuid.uuid4().hex[:10]}"
 
     async def create() -> None:
-        admin = await asyncpg.connect(pg_admin_url)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        db = await connect(_with_database(pg_admin_url, name), size=2)
+        db = await connect(await create_database(pg_admin_url, name), size=2)
         try:
             await db.migrate()
         finally:
             await db.close()
 
-    async def drop() -> None:
-        admin = await asyncpg.connect(pg_admin_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
     asyncio.run(create())
     yield name
-    asyncio.run(drop())
+    asyncio.run(drop_database(pg_admin_url, name))
 
 
 @pytest.fixture
 async def db_url(pg_admin_url: str, template_db: str) -> AsyncIterator[str]:
     """A fresh, migrated database for this test only."""
     name = f"orch_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await admin.close()
-    yield _with_database(pg_admin_url, name)
-    admin = await asyncpg.connect(pg_admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    yield await create_database(pg_admin_url, name, template=template_db)
+    await drop_database(pg_admin_url, name)
 
 
 @pytest.fixture

@@ -37,6 +37,36 @@ def redact(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
 
 
+def with_database(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` instead (query string kept)."""
+    base, _, query = url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+async def create_database(
+    admin_url: str, name: str, *, template: str | None = None, exist_ok: bool = False
+) -> str:
+    """Create database ``name`` on the server of ``admin_url``; returns its URL."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not (exists and exist_ok):
+            clause = f' TEMPLATE "{template}"' if template else ""
+            await conn.execute(f'CREATE DATABASE "{name}"{clause}')
+    finally:
+        await conn.close()
+    return with_database(admin_url, name)
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 @dataclass
 class Database:
     url: str

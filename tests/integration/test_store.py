@@ -18,7 +18,7 @@ from orchestrator.engine import Claimed, Engine, Outcome
 from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.states import RunState, TaskState
-from orchestrator.store import SQL, Database
+from orchestrator.store import SQL, Database, create_database, drop_database
 from orchestrator.store.migrate import available, migrate, pending
 from orchestrator.store.queries import queries
 from orchestrator.waiting import wait_for_runs
@@ -28,27 +28,12 @@ pytestmark = pytest.mark.timeout(30)
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay_s=0.01, max_delay_s=0.05, jitter=0)
 
 
-def _with_database(url: str, name: str) -> str:
-    base, _, query = url.partition("?")
-    head, _, _old = base.rpartition("/")
-    return f"{head}/{name}" + (f"?{query}" if query else "")
-
-
 @pytest.fixture
 async def empty_db_url(pg_admin_url: str) -> AsyncIterator[str]:
     """A database with nothing in it, not even schema_migrations."""
     name = f"orch_empty_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield _with_database(pg_admin_url, name)
-    admin = await asyncpg.connect(pg_admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    yield await create_database(pg_admin_url, name)
+    await drop_database(pg_admin_url, name)
 
 
 async def fetchval(db: Database, sql: str, *args: Any) -> Any:
