@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from handlers import basic, http, shell
+from handlers import basic, http, sensors, shell
 from orchestrator.registry import HandlerRegistry
 
 __all__ = ["builtin_registry"]
 
-_BUILTIN_MODULES = (basic, http, shell)
+_BUILTIN_MODULES = (basic, http, shell, sensors)
 
 
 def builtin_registry() -> HandlerRegistry:

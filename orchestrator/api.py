@@ -11,6 +11,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from orchestrator.deferral import callback_key
 from orchestrator.engine import Engine
 from orchestrator.errors import DuplicateRunError, UnknownWorkflowError
 from orchestrator.intake import Accepted, Event, Intake
@@ -97,6 +98,44 @@ def _answer(accepted: Accepted) -> dict[str, Any]:
     return {"event_id": accepted.event_id, "run_ids": accepted.run_ids}
 
 
+async def complete_callback(request: web.Request) -> web.Response:
+    """``POST /api/v1/callbacks/{token}`` with ``{"status": "success"|"failed",
+    "output": ..., "error": "..."}`` ends the wait of a ``sensor.callback`` task."""
+    intake = request.app[INTAKE_KEY]
+    key = callback_key(request.match_info["token"])
+    try:
+        body = await request.json(loads=orjson.loads) if request.can_read_body else {}
+    except orjson.JSONDecodeError as exc:
+        return problem(400, f"body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return problem(400, "body must be a JSON object")
+    status = body.get("status", "success")
+    if status not in ("success", "failed"):
+        return problem(400, f"'status' must be 'success' or 'failed', not {status!r}")
+    gone = "no wait for this callback token (unknown, used or expired)"
+    actor = request.headers.get("X-Actor") or f"callback:{request.remote or 'unknown'}"
+    try:
+        async with intake.engine.db.pool.acquire() as conn:
+            waiting = await conn.fetch(SQL.waiting_for_keys, [key])
+        if not waiting:
+            # Unknown, already used and expired tokens look the same to the caller.
+            return problem(404, gone)
+        event = Event(
+            source="callback",
+            channel="callbacks",
+            dedup_key=key,
+            payload=body,
+            keys=[key],
+            actor=actor,
+        )
+        [accepted] = await intake.ingest([event], actor=actor)
+    except UNAVAILABLE:
+        return unavailable()
+    if accepted.duplicate:
+        return problem(404, gone)
+    return json_response({"event_id": accepted.event_id, "status": status}, 202)
+
+
 async def healthz(_request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -155,6 +194,7 @@ def build_app(engine: Engine, intake: Intake, *, max_body_bytes: int) -> web.App
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/api/v1/workflows/{name}/runs", trigger_run)
+    app.router.add_post("/api/v1/callbacks/{token}", complete_callback)
     app.router.add_get("/api/v1/runs", list_runs)
     app.router.add_get("/api/v1/runs/{run_id}", get_run)
     return app

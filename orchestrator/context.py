@@ -23,6 +23,9 @@ class TaskContext:
     upstream: dict[str, Any]
     """Outputs of the direct upstream tasks, by task id (None for a task with no output)."""
     logical_date: str | None = None
+    resumed: Any = None
+    """When this handler deferred earlier (``raise Defer(..., resume="handler")``):
+    what ended the wait (an event, a callback body)."""
     _logger: logging.LoggerAdapter[logging.Logger] | None = field(default=None, repr=False)
 
     @property

@@ -27,6 +27,7 @@ import jmespath
 import orjson
 from jmespath.exceptions import JMESPathError
 
+from orchestrator.deferral import Resolution, file_key, kafka_key
 from orchestrator.engine import Engine, RunRequest
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import SQL
@@ -40,6 +41,9 @@ from orchestrator.trigger_spec import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The built-in sensor whose correlation expressions intake must compute.
+KAFKA_SENSOR = "sensor.kafka"
 
 
 @dataclass(slots=True)
@@ -61,6 +65,8 @@ class Event:
     """Manual events: the params as given (no mapping)."""
     logical_date: datetime | None = None
     interval_end: datetime | None = None
+    keys: list[str] = field(default_factory=list)
+    """Correlation keys the source already knows (e.g. a callback token's)."""
 
 
 @dataclass(slots=True)
@@ -125,7 +131,7 @@ class _Unmatched(Exception):
     """The trigger's filter said no: not an error."""
 
 
-def _glob_regex(pattern: str) -> re.Pattern[str]:
+def glob_regex(pattern: str) -> re.Pattern[str]:
     """``*`` stays within a directory, ``**/`` spans any number of them."""
     out = []
     i = 0
@@ -156,7 +162,14 @@ class Router:
         self.webhooks: dict[str, list[Route]] = defaultdict(list)
         self.files: list[tuple[re.Pattern[str], Route]] = []
         self.schedules: list[Route] = []
+        #: topic -> correlation expressions that Kafka sensors wait on
+        self.sensor_exprs: dict[str, set[str]] = defaultdict(set)
         for spec in workflows:
+            for task in spec.tasks:
+                if task.handler == KAFKA_SENSOR:
+                    topic, expr = task.inputs.get("topic"), task.inputs.get("correlation")
+                    if isinstance(topic, str) and isinstance(expr, str):
+                        self.sensor_exprs[topic].add(expr)
             for trigger in spec.triggers:
                 route = Route(spec.name, trigger)
                 if isinstance(trigger, KafkaTrigger):
@@ -164,7 +177,7 @@ class Router:
                 elif isinstance(trigger, WebhookTrigger):
                     self.webhooks[trigger.hook].append(route)
                 elif isinstance(trigger, FileTrigger):
-                    self.files.append((_glob_regex(trigger.glob), route))
+                    self.files.append((glob_regex(trigger.glob), route))
                 elif isinstance(trigger, ScheduleTrigger):
                     self.schedules.append(route)
 
@@ -186,7 +199,24 @@ class Router:
 
     @property
     def topics(self) -> list[str]:
-        return sorted(self.kafka)
+        """Every topic to consume: those of triggers and those sensors wait on."""
+        return sorted(set(self.kafka) | set(self.sensor_exprs))
+
+    def event_keys(self, event: Event) -> list[str]:
+        """Correlation keys of an event, for waits now or later."""
+        keys = list(event.keys)
+        if event.source == "file":
+            keys.append(file_key(event.channel))
+        elif event.source == "kafka":
+            scope = scope_of(event)
+            for expr in self.sensor_exprs.get(event.channel, ()):
+                try:
+                    value = _compiled_filter(expr).search(scope)
+                except JMESPathError:
+                    continue
+                if value is not None:
+                    keys.append(kafka_key(event.channel, expr, value))
+        return keys
 
     @property
     def hooks(self) -> dict[str, list[WebhookTrigger]]:
@@ -197,7 +227,7 @@ class Router:
 
 
 def glob_matches(pattern: str, relative_path: str) -> bool:
-    return bool(_glob_regex(pattern).match(relative_path)) or fnmatch.fnmatchcase(
+    return bool(glob_regex(pattern).match(relative_path)) or fnmatch.fnmatchcase(
         relative_path, pattern
     )
 
@@ -295,6 +325,9 @@ class Intake:
             await self.engine.create_runs_in(conn, new_requests, new_ids, actor=actor)
         if letters:
             await self._dead_letters(conn, letters, inserted)
+        fresh = [e for e in batch if e.dedup_key in inserted]
+        if fresh:
+            await self._wake_waits(conn, fresh, inserted, actor)
         results = []
         first_seen: set[str] = set()
         for event in events:
@@ -304,6 +337,53 @@ class Intake:
             first_seen.add(event.dedup_key)
             results.append(answer)
         return results
+
+    async def _wake_waits(
+        self,
+        conn: asyncpg.Connection,
+        events: Sequence[Event],
+        event_ids: Mapping[str, int],
+        actor: str,
+    ) -> None:
+        """Record the events' correlation keys and end the waits they satisfy,
+        in this same transaction (so each wait ends once, with its event)."""
+        keys: list[str] = []
+        key_events: list[int] = []
+        by_id: dict[int, Event] = {}
+        for event in events:
+            event_id = event_ids[event.dedup_key]
+            for key in self.router.event_keys(event):
+                keys.append(key)
+                key_events.append(event_id)
+                by_id[event_id] = event
+        if not keys:
+            return
+        await conn.execute(SQL.lock_keys, keys)
+        await conn.execute(SQL.insert_event_keys, keys, key_events)
+        event_of_key = dict(zip(keys, key_events, strict=True))
+        matches = [
+            (r["id"], event_of_key[r["match_key"]])
+            for r in await conn.fetch(SQL.waiting_for_keys, keys)
+        ]
+        files = [e for e in events if e.source == "file"]
+        if files:
+            rows = await conn.fetch(
+                SQL.waiting_for_paths,
+                [e.channel for e in files],
+                [event_ids[e.dedup_key] for e in files],
+            )
+            matches += [(r["id"], r["event_id"]) for r in rows]
+        if not matches:
+            return
+        resolutions = [
+            _resolution(deferral_id, event_id, by_id[event_id])
+            for deferral_id, event_id in dict(matches).items()
+        ]
+        queued, finished = await self.engine.resolve_in(conn, resolutions, actor=actor)
+        if queued:
+            await conn.execute(SQL.notify_tasks)
+        if finished:
+            await conn.execute(SQL.notify_runs, "")
 
     def _plan(self, event: Event) -> tuple[list[RunRequest], list[tuple[str, str]]]:
         """Run requests for an event, and (workflow, reason) for each failure."""
@@ -353,3 +433,31 @@ class Intake:
 
 def _with_event(req: RunRequest, event_id: int) -> RunRequest:
     return RunRequest(req.workflow, req.params, req.logical_date, req.interval_end, event_id)
+
+
+def _resolution(deferral_id: int, event_id: int, event: Event) -> Resolution:
+    if event.source == "callback":
+        # The caller says how the task ends: {"status": "success"|"failed", ...}.
+        body = event.payload if isinstance(event.payload, dict) else {}
+        if body.get("status") == "failed":
+            return Resolution(
+                deferral_id,
+                "failed",
+                reason=f"callback {event_id}: failed",
+                event_id=event_id,
+                error=str(body.get("error") or "the callback reported a failure"),
+            )
+        return Resolution(
+            deferral_id,
+            "success",
+            body.get("output"),
+            reason=f"callback {event_id}: success",
+            event_id=event_id,
+        )
+    return Resolution(
+        deferral_id,
+        "success",
+        {"event_id": event_id, "payload": event.payload, "meta": event.meta},
+        reason=f"event {event_id} arrived",
+        event_id=event_id,
+    )

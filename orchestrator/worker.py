@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from orchestrator.context import TaskContext
+from orchestrator.deferral import Defer
 from orchestrator.engine import Claimed, Engine, Outcome
 from orchestrator.errors import NonRetryableError, OutputNotJSONError, OutputTooLargeError
 from orchestrator.registry import HandlerRegistry
@@ -187,6 +188,7 @@ class Worker:
             params=c.params,
             upstream=c.upstream,
             logical_date=c.logical_date.isoformat() if c.logical_date else None,
+            resumed=c.resumed,
         )
         timeout = compiled.timeout_s[c.task_id]
         try:
@@ -199,6 +201,19 @@ class Worker:
                 await self._fault("after_handler", c)
         except asyncio.CancelledError:
             raise
+        except Defer as wait:
+            # The slot is given back as soon as this outcome is recorded.
+            self.executed += 1
+            return Outcome(
+                id=c.id,
+                run_id=c.run_id,
+                task_id=c.task_id,
+                attempt=c.attempt,
+                owner=self.owner,
+                target=TaskState.DEFERRED,
+                reason=f"waits for {wait.description}",
+                deferral=wait,
+            )
         except Exception as exc:
             return self._failure(c, exc, compiled=compiled)
         self.executed += 1

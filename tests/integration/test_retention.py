@@ -57,3 +57,28 @@ async def test_prune_keeps_live_runs_and_the_events_they_need(engine: Engine, db
     assert await scalar(db, TRANSITIONS_OF, live) > 0
     again = await prune(db, cutoff)
     assert (again.runs, again.events, again.dead_letters) == (0, 0, 0)
+
+
+async def test_prune_keeps_events_a_waiting_sensor_may_still_need(
+    engine: Engine, db: Database
+) -> None:
+    from orchestrator.intake import Event
+
+    await engine.register([SPEC])
+    intake = Intake(engine, Router([SPEC]))
+    [live] = await intake.ingest([manual_event("kept", {}, actor="test")])
+    long_ago = datetime.now(UTC) - timedelta(days=40)
+    await intake.ingest(
+        [Event(source="file", channel="in/a.csv", dedup_key="file:a", meta={"path": "in/a.csv"})]
+    )
+    async with db.pool.acquire() as conn:
+        # The live run began long ago; the file (with a correlation key) came after it.
+        await conn.execute("UPDATE runs SET created_at = $1", long_ago - timedelta(days=1))
+        await conn.execute("UPDATE events SET received_at = $1", long_ago)
+    cutoff = datetime.now(UTC) - timedelta(days=30)
+    assert (await prune(db, cutoff)).events == 0
+    async with db.pool.acquire() as conn:
+        await conn.execute("UPDATE runs SET state = 'success', ended_at = $1", long_ago)
+    done = await prune(db, cutoff)
+    assert (done.runs, done.events) == (1, 2)
+    assert live.run_ids

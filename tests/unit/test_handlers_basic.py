@@ -18,7 +18,17 @@ def make_ctx(attempt: int = 1) -> TaskContext:
 
 def test_builtin_registry_holds_every_builtin() -> None:
     registry = handlers.builtin_registry()
-    assert registry.names() == ["echo", "fail", "http.request", "noop", "shell", "sleep"]
+    assert registry.names() == [
+        "echo",
+        "fail",
+        "http.request",
+        "noop",
+        "sensor.callback",
+        "sensor.file",
+        "sensor.kafka",
+        "shell",
+        "sleep",
+    ]
     assert all(registry.is_async(name) for name in registry.names())
     assert registry.get("noop") is basic.noop
 

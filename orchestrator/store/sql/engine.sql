@@ -104,13 +104,14 @@ WITH picked AS (
     SET state = 'running', attempt = t.attempt + 1, lease_owner = $1,
         lease_until = clock_timestamp() + make_interval(secs => $3), started_at = now(), not_before = NULL
     FROM picked p WHERE t.id = p.id
-    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.handler, t.needs
+    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.handler, t.needs, t.resume_payload
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
     SELECT c.run_id, c.task_id, p.state::text, 'running', c.attempt, $1, 'claimed'
     FROM claimed c JOIN picked p ON p.id = c.id
 )
 SELECT c.id, c.run_id, c.task_id, c.attempt, c.handler, r.workflow, r.version,
+       c.resume_payload::text AS resume_payload,
        r.params::text AS params, r.logical_date, r.interval_end,
        CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
            (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
@@ -171,13 +172,14 @@ WITH running_pools AS (
         lease_until = clock_timestamp() + make_interval(secs => $3), started_at = now(),
         not_before = NULL
     FROM picked p WHERE t.id = p.id
-    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.handler, t.needs
+    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.handler, t.needs, t.resume_payload
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
     SELECT c.run_id, c.task_id, p.state::text, 'running', c.attempt, $1, 'claimed'
     FROM claimed c JOIN picked p ON p.id = c.id
 )
 SELECT c.id, c.run_id, c.task_id, c.attempt, c.handler, r.workflow, r.version,
+       c.resume_payload::text AS resume_payload,
        r.params::text AS params, r.logical_date, r.interval_end,
        CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
            (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
@@ -207,7 +209,7 @@ WITH input AS (
         lease_owner = NULL, lease_until = NULL,
         not_before = CASE WHEN i.delay_s IS NULL THEN NULL
                           ELSE now() + make_interval(secs => i.delay_s) END,
-        ended_at = CASE WHEN i.target = 'up_for_retry' THEN NULL ELSE now() END
+        ended_at = CASE WHEN i.target IN ('up_for_retry', 'deferred') THEN NULL ELSE now() END
     FROM input i
     WHERE t.id = i.id AND t.state = $10::task_state AND t.attempt = i.attempt
       AND t.lease_owner = i.owner

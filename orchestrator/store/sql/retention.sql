@@ -22,6 +22,13 @@ WITH doomed AS (
       AND NOT EXISTS (
           SELECT 1 FROM runs r
           WHERE r.id = ANY(e.run_ids) AND r.state IN ('queued', 'running'))
+      -- A sensor of a live run may not have started yet: keep the events it
+      -- could be waiting for (those with correlation keys since that run began).
+      AND NOT (
+          EXISTS (SELECT 1 FROM event_keys k WHERE k.event_id = e.id)
+          AND e.received_at >= coalesce(
+              (SELECT min(created_at) FROM runs WHERE state IN ('queued', 'running')),
+              'infinity'))
     ORDER BY e.received_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -42,6 +49,11 @@ SELECT
     (SELECT count(*) FROM events e
       WHERE e.received_at < $1
         AND NOT EXISTS (SELECT 1 FROM runs r
-                        WHERE r.id = ANY(e.run_ids) AND r.state IN ('queued', 'running')))
+                        WHERE r.id = ANY(e.run_ids) AND r.state IN ('queued', 'running'))
+        AND NOT (
+            EXISTS (SELECT 1 FROM event_keys k WHERE k.event_id = e.id)
+            AND e.received_at >= coalesce(
+                (SELECT min(created_at) FROM runs WHERE state IN ('queued', 'running')),
+                'infinity')))
         AS events,
     (SELECT count(*) FROM dead_letter_events WHERE received_at < $1) AS dead_letters;

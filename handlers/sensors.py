@@ -1,0 +1,114 @@
+"""Event-driven sensors: they raise :class:`~orchestrator.deferral.Defer` and
+hold no worker slot while they wait. The wait ends when intake records the
+matching event (found by correlation key), or at its timeout.
+
+An event recorded *before* the sensor starts still satisfies it, as long as it
+arrived after the run was created (``since`` moves that window).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Any
+
+from orchestrator.context import TaskContext
+from orchestrator.deferral import Defer, TimeoutOutcome, callback_key, file_key, kafka_key
+from orchestrator.errors import NonRetryableError
+from orchestrator.intake import glob_regex
+from orchestrator.registry import handler
+
+CALLBACK_PATH = "/api/v1/callbacks/"
+
+
+def _outcome(on_timeout: str) -> TimeoutOutcome:
+    if on_timeout not in ("failed", "skipped"):
+        raise NonRetryableError(f"on_timeout must be 'failed' or 'skipped', not {on_timeout!r}")
+    return "failed" if on_timeout == "failed" else "skipped"
+
+
+def _since(since: str | None) -> datetime | None:
+    if since is None:
+        return None
+    try:
+        when = datetime.fromisoformat(since)
+    except ValueError:
+        raise NonRetryableError(f"since {since!r} is not an ISO 8601 date-time") from None
+    if when.tzinfo is None:
+        raise NonRetryableError(f"since {since!r} needs a time zone offset")
+    return when
+
+
+@handler("sensor.kafka")
+async def kafka(
+    ctx: TaskContext,
+    *,
+    topic: str,
+    correlation: str,
+    equals: Any,
+    timeout_s: float | None = None,
+    on_timeout: str = "failed",
+    since: str | None = None,
+) -> None:
+    """Wait for a message on ``topic`` whose ``correlation`` (JMESPath over
+    ``payload``/``headers``/``meta``, e.g. ``payload.order_id``) equals
+    ``equals`` (usually a template such as ``{{ params.order_id }}``).
+    ``topic`` and ``correlation`` must be literal: intake computes the keys."""
+    if equals is None:
+        raise NonRetryableError("sensor.kafka: 'equals' rendered to null; nothing could match")
+    raise Defer(
+        "kafka",
+        f"a message on {topic} with {correlation} = {equals!r}",
+        match_key=kafka_key(topic, correlation, equals),
+        timeout_s=timeout_s,
+        on_timeout=_outcome(on_timeout),
+        since=_since(since),
+        config={"topic": topic, "correlation": correlation, "equals": equals},
+    )
+
+
+@handler("sensor.file")
+async def file(
+    ctx: TaskContext,
+    *,
+    path: str,
+    timeout_s: float | None = None,
+    on_timeout: str = "failed",
+    since: str | None = None,
+) -> None:
+    """Wait for a complete file in the landing zone whose relative path matches
+    ``path`` (a glob: ``*`` within a directory, ``**`` across). Completeness is
+    the landing zone's: the sensor sees a file once intake records it."""
+    if path.startswith("/") or ".." in path.split("/"):
+        raise NonRetryableError(f"sensor.file: {path!r} must be relative to the landing zone")
+    exact = not any(c in path for c in "*?[")
+    raise Defer(
+        "file",
+        f"a file {path} in the landing zone",
+        match_key=file_key(path) if exact else None,
+        match_pattern=None if exact else glob_regex(path).pattern,
+        timeout_s=timeout_s,
+        on_timeout=_outcome(on_timeout),
+        since=_since(since),
+        config={"path": path},
+    )
+
+
+@handler("sensor.callback")
+async def callback(
+    ctx: TaskContext, *, timeout_s: float | None = None, on_timeout: str = "failed"
+) -> None:
+    """Wait for ``POST /api/v1/callbacks/{token}`` with ``{"status": "success" |
+    "failed", "output": ...}``. The token is random (256 bits), works once, and
+    expires with the timeout. Its URL is logged and shown by ``orchestrator show``."""
+    token = secrets.token_urlsafe(32)
+    url = CALLBACK_PATH + token
+    ctx.log.info("waiting for a callback: POST %s", url)
+    raise Defer(
+        "callback",
+        f"a callback to {url}",
+        match_key=callback_key(token),
+        timeout_s=timeout_s,
+        on_timeout=_outcome(on_timeout),
+        config={"url": url},
+    )

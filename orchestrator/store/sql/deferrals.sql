@@ -1,0 +1,113 @@
+-- Named queries of deferrals: recording waits, matching events, resolving.
+
+-- name: insert_deferrals
+-- $1 task_instance_id[], $2 run_id[], $3 task_id[], $4 attempt[], $5 kind[],
+-- $6 match_key[], $7 match_pattern[], $8 since[] (NULL: the run's creation),
+-- $9 config json[], $10 description[], $11 wake_at[], $12 timeout_s[],
+-- $13 on_timeout[], $14 resume[]
+INSERT INTO deferrals (task_instance_id, run_id, task_id, attempt, kind, match_key,
+                       match_pattern, since, config, description, wake_at, timeout_at,
+                       on_timeout, resume)
+SELECT i.ti, i.run_id, i.task_id, i.attempt, i.kind, i.match_key, i.match_pattern,
+       coalesce(i.since, r.created_at), i.config::jsonb, i.description, i.wake_at,
+       CASE WHEN i.timeout_s IS NULL THEN NULL
+            ELSE now() + make_interval(secs => i.timeout_s) END,
+       i.on_timeout, i.resume
+FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[],
+            $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::timestamptz[],
+            $12::float8[], $13::text[], $14::text[])
+    AS i(ti, run_id, task_id, attempt, kind, match_key, match_pattern, since, config,
+         description, wake_at, timeout_s, on_timeout, resume)
+JOIN runs r ON r.id = i.run_id
+RETURNING id, match_key, match_pattern, since;
+
+-- name: lock_keys
+-- Recording a wait and recording its event both take the key's lock before
+-- looking for the other side, so neither can miss the other.
+SELECT pg_advisory_xact_lock(hashtextextended(k, 0))
+FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) keys;
+
+-- name: events_for_keys
+-- Events already recorded for waits that are just starting ($1 deferral ids).
+SELECT DISTINCT ON (d.id) d.id AS deferral_id, e.id AS event_id, e.payload::text AS payload,
+       e.meta::text AS meta
+FROM deferrals d
+JOIN event_keys k ON k.key = d.match_key AND k.received_at >= d.since
+JOIN events e ON e.id = k.event_id
+WHERE d.id = ANY($1::bigint[]) AND d.state = 'waiting'
+ORDER BY d.id, e.id;
+
+-- name: events_for_patterns
+SELECT DISTINCT ON (d.id) d.id AS deferral_id, e.id AS event_id, e.payload::text AS payload,
+       e.meta::text AS meta
+FROM deferrals d
+JOIN events e ON e.source = 'file' AND e.channel ~ d.match_pattern
+                 AND e.received_at >= d.since
+WHERE d.id = ANY($1::bigint[]) AND d.state = 'waiting'
+ORDER BY d.id, e.id;
+
+-- name: insert_event_keys
+INSERT INTO event_keys (key, event_id)
+SELECT * FROM unnest($1::text[], $2::bigint[])
+ON CONFLICT DO NOTHING;
+
+-- name: waiting_for_keys
+SELECT id, match_key FROM deferrals
+WHERE state = 'waiting' AND match_key = ANY($1::text[]);
+
+-- name: waiting_for_paths
+-- $1 relative path[], $2 event id[]: file waits whose glob matches a new file.
+SELECT DISTINCT ON (d.id) d.id, p.event_id
+FROM deferrals d
+JOIN unnest($1::text[], $2::bigint[]) AS p(path, event_id) ON p.path ~ d.match_pattern
+WHERE d.state = 'waiting' AND d.match_pattern IS NOT NULL
+ORDER BY d.id, p.event_id;
+
+-- name: deferral_runs
+SELECT DISTINCT run_id FROM deferrals WHERE id = ANY($1::bigint[]);
+
+-- name: resolve_deferrals
+-- $1 id[], $2 outcome[], $3 event_id[], $4 actor. Guarded: a wait ends once.
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS i(id, outcome, event_id)
+)
+UPDATE deferrals d
+SET state = 'resolved', outcome = i.outcome, event_id = i.event_id, resolved_by = $4,
+    resolved_at = now()
+FROM input i
+WHERE d.id = i.id AND d.state = 'waiting'
+RETURNING d.id, d.task_instance_id, d.run_id, d.task_id, d.attempt, d.resume;
+
+-- name: end_deferred_tasks
+-- $1 task_instance_id[], $2 attempt[], $3 target[], $4 output json[], $5 error[],
+-- $6 resume payload json[], $7 reason[], $8 actor
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::integer[], $3::task_state[], $4::text[],
+                         $5::text[], $6::text[], $7::text[])
+        AS i(id, attempt, target, output, error, resume_payload, reason)
+), updated AS (
+    UPDATE task_instances t
+    SET state = i.target, output = coalesce(i.output::jsonb, t.output), error = i.error,
+        resume_payload = i.resume_payload::jsonb,
+        queued_at = CASE WHEN i.target = 'queued' THEN now() ELSE t.queued_at END,
+        ended_at = CASE WHEN i.target = 'queued' THEN NULL ELSE now() END
+    FROM input i
+    WHERE t.id = i.id AND t.state = 'deferred' AND t.attempt = i.attempt
+    RETURNING t.run_id, t.task_id, t.attempt, t.state, i.reason
+), logged AS (
+    INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
+    SELECT run_id, task_id, 'deferred', state::text, attempt, $8, reason FROM updated
+)
+SELECT run_id, task_id, state::text AS state FROM updated;
+
+-- name: run_task_states
+SELECT run_id, task_id, state::text AS state FROM task_instances
+WHERE run_id = ANY($1::bigint[]);
+
+-- name: notify_deferrals
+SELECT pg_notify('orchestrator_deferrals', '');
+
+-- name: deferrals_of_run
+SELECT id, task_id, attempt, kind, state, description, wake_at, timeout_at, on_timeout,
+       outcome, resolved_by, created_at, resolved_at
+FROM deferrals WHERE run_id = $1 ORDER BY id;
