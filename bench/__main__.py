@@ -13,7 +13,13 @@ from bench.harness import RESULTS_DIR, Figure, record, server_url, table
 from bench.registry import OPTIONS, SCENARIOS
 
 #: Every module whose import registers scenarios.
-SCENARIO_MODULES = ("engine_scenarios", "kafka_scenarios", "webhook_scenarios", "file_scenarios")
+SCENARIO_MODULES = (
+    "engine_scenarios",
+    "kafka_scenarios",
+    "webhook_scenarios",
+    "file_scenarios",
+    "wait_scenarios",
+)
 
 
 def _load_scenarios() -> None:
