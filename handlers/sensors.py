@@ -13,7 +13,14 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.context import TaskContext
-from orchestrator.deferral import Defer, TimeoutOutcome, callback_key, file_key, kafka_key
+from orchestrator.deferral import (
+    Defer,
+    TimeoutOutcome,
+    callback_key,
+    file_key,
+    kafka_key,
+    run_key,
+)
 from orchestrator.errors import NonRetryableError
 from orchestrator.intake import glob_regex
 from orchestrator.registry import handler
@@ -111,4 +118,44 @@ async def callback(
         timeout_s=timeout_s,
         on_timeout=_outcome(on_timeout),
         config={"url": url},
+    )
+
+
+@handler("sensor.run")
+async def run(
+    ctx: TaskContext,
+    *,
+    workflow: str,
+    state: str = "success",
+    same_logical_date: bool = True,
+    timeout_s: float | None = None,
+    on_timeout: str = "failed",
+) -> None:
+    """Wait for a run of ``workflow`` to end in ``state``: the one with this
+    run's logical date (``same_logical_date``, the default for scheduled runs),
+    or else its latest run. A run that ended so already satisfies it."""
+    if state not in ("success", "failed", "cancelled"):
+        raise NonRetryableError(
+            f"sensor.run: state must be success, failed or cancelled, not {state!r}"
+        )
+    when: datetime | None = None
+    if same_logical_date:
+        if ctx.logical_date is None:
+            raise NonRetryableError(
+                "sensor.run: this run has no logical date; set same_logical_date: false "
+                "to wait for the latest run instead"
+            )
+        when = datetime.fromisoformat(ctx.logical_date)
+    which = f"for {when.isoformat()}" if when else "(latest)"
+    raise Defer(
+        "run",
+        f"a run of {workflow} {which} to end {state}",
+        match_key=run_key(workflow, when, state),
+        timeout_s=timeout_s,
+        on_timeout=_outcome(on_timeout),
+        config={
+            "workflow": workflow,
+            "state": state,
+            "logical_date": when.isoformat() if when else None,
+        },
     )

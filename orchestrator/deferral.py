@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -91,5 +91,7 @@ def callback_key(token: str) -> str:
 
 
 def run_key(workflow: str, logical_date: datetime | None, state: str) -> str:
-    when = logical_date.isoformat() if logical_date is not None else "latest"
+    """A run of ``workflow`` ending in ``state``: for its logical date, or for
+    "the latest run" when ``logical_date`` is None."""
+    when = logical_date.astimezone(UTC).isoformat() if logical_date is not None else "latest"
     return f"run:{workflow}:{when}:{state}"

@@ -21,7 +21,7 @@ import orjson
 
 from orchestrator.compiled import CompiledWorkflow, SpecCache
 from orchestrator.decisions import decide, run_outcome
-from orchestrator.deferral import Defer, Resolution
+from orchestrator.deferral import Defer, Resolution, run_key
 from orchestrator.errors import DuplicateRunError, OrchestratorError, UnknownWorkflowError
 from orchestrator.spec import WorkflowSpec
 from orchestrator.states import TERMINAL_TASK_STATES, RunState, TaskState, legal_run_sources
@@ -411,7 +411,9 @@ class Engine:
                     len(moves[0]),
                 )
         if finished:
-            queued += await self._finish_runs(conn, runs, finished, actor)
+            more, also_finished = await self._finish_runs(conn, runs, finished, actor)
+            queued += more
+            finished = {**finished, **also_finished}
         return queued, finished
 
     async def _finish_runs(
@@ -420,9 +422,10 @@ class Engine:
         runs: Mapping[int, asyncpg.Record],
         finished: Mapping[int, RunState],
         actor: str,
-    ) -> int:
-        """End runs; start runs that waited for their workflow's max_active_runs.
-        Returns the number of task instances queued by runs started here."""
+    ) -> tuple[int, dict[int, RunState]]:
+        """End runs; start runs that waited for their workflow's max_active_runs;
+        end waits on these runs (sensor.run). Returns the number of task
+        instances queued, and other runs that ended because of that."""
         ids = list(finished)
         done = await conn.fetch(
             SQL.finish_runs,
@@ -436,7 +439,31 @@ class Engine:
         queued = 0
         for name in sorted(workflows):
             queued += await self._start_waiting_runs(conn, name, actor)
-        return queued
+        # Runs that others wait for (sensor.run): end those waits in this commit.
+        keys = sorted(
+            {run_key(r["workflow"], r["logical_date"], r["state"]) for r in done}
+            | {run_key(r["workflow"], None, r["state"]) for r in done}
+        )
+        waiting = await conn.fetch(SQL.waiting_for_keys, keys) if keys else []
+        also_finished: dict[int, RunState] = {}
+        if waiting:
+            ended = {run_key(r["workflow"], r["logical_date"], r["state"]): r["id"] for r in done}
+            ended.update({run_key(r["workflow"], None, r["state"]): r["id"] for r in done})
+            more, also_finished = await self.resolve_in(
+                conn,
+                [
+                    Resolution(
+                        w["id"],
+                        "success",
+                        {"run_id": ended[w["match_key"]]},
+                        reason=f"run {ended[w['match_key']]} ended",
+                    )
+                    for w in waiting
+                ],
+                actor=actor,
+            )
+            queued += more
+        return queued, also_finished
 
     async def _start_waiting_runs(self, conn: asyncpg.Connection, workflow: str, actor: str) -> int:
         rows = await conn.fetch(SQL.current_versions, [workflow])
@@ -506,7 +533,18 @@ class Engine:
         patterned = [r["id"] for r in rows if r["match_pattern"]]
         if patterned:
             found += await conn.fetch(SQL.events_for_patterns, patterned)
-        return [
+        ended_runs: list[Resolution] = []
+        if any(d.kind == "run" for _, d in waits):
+            ended_runs = [
+                Resolution(
+                    r["deferral_id"],
+                    "success",
+                    {"run_id": r["run_id"]},
+                    reason=f"run {r['run_id']} had already ended",
+                )
+                for r in await conn.fetch(SQL.runs_for_waits, [r["id"] for r in rows])
+            ]
+        return ended_runs + [
             Resolution(
                 deferral_id=f["deferral_id"],
                 outcome="success",

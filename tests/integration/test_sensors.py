@@ -227,3 +227,65 @@ async def test_a_handler_can_defer_mid_work_and_resume_with_the_event(db_url: st
 
 async def _state_is(o: Orchestrator, run: int, state: str) -> bool:
     return (await states_of(o, run))["run"] == state
+
+
+EXTRACT = WorkflowSpec(name="extract", tasks=(TaskSpec(id="pull", handler="noop"),))
+REPORT_LATEST = WorkflowSpec(
+    name="report_latest",
+    tasks=(
+        TaskSpec(
+            id="after",
+            handler="sensor.run",
+            inputs={"workflow": "extract", "same_logical_date": False},
+        ),
+    ),
+)
+REPORT_DAILY = WorkflowSpec(
+    name="report_daily",
+    tasks=(TaskSpec(id="after", handler="sensor.run", inputs={"workflow": "extract"}),),
+)
+
+
+def dated(workflow: str, day: int) -> Event:
+    from datetime import UTC, datetime
+
+    when = datetime(2026, 1, day, tzinfo=UTC)
+    return Event(
+        source="schedule",
+        channel=workflow,
+        dedup_key=f"schedule:{workflow}:{day}",
+        workflow=workflow,
+        logical_date=when,
+    )
+
+
+async def test_a_run_sensor_waits_for_another_workflows_run(db_url: str) -> None:
+    specs = [EXTRACT, REPORT_LATEST, REPORT_DAILY]
+    async with Orchestrator(settings(), db_url, registry=builtin_registry(), workflows=specs) as o:
+        assert o.engine is not None and o.intake is not None and o.db is not None
+        waiting = await o.engine.trigger("report_latest")
+        daily = (await o.intake.ingest([dated("report_daily", 2)]))[0].run_ids[0]
+        await eventually(
+            lambda: _state_is_task(o, waiting, "after", "deferred"), what="run sensor deferred"
+        )
+        # Another date's extract does not satisfy the daily report.
+        other = (await o.intake.ingest([dated("extract", 1)]))[0].run_ids[0]
+        assert (await wait_for_runs(o.db, [waiting, other], timeout=20)) == {
+            waiting: RunState.SUCCESS,
+            other: RunState.SUCCESS,
+        }
+        assert await _state_is_task(o, daily, "after", "deferred")
+        await o.intake.ingest([dated("extract", 2)])
+        assert (await wait_for_runs(o.db, [daily], timeout=20))[daily] == RunState.SUCCESS
+        # The latest extract already succeeded: a new wait ends at once.
+        late = await o.engine.trigger("report_latest")
+        assert (await wait_for_runs(o.db, [late], timeout=20))[late] == RunState.SUCCESS
+        async with o.db.pool.acquire() as conn:
+            reason = await conn.fetchval(
+                "SELECT reason FROM transitions WHERE run_id=$1 AND from_state='deferred'", late
+            )
+        assert reason.endswith("had already ended")
+
+
+async def _state_is_task(o: Orchestrator, run: int, task: str, state: str) -> bool:
+    return (await states_of(o, run)).get(task) == state

@@ -111,3 +111,17 @@ SELECT pg_notify('orchestrator_deferrals', '');
 SELECT id, task_id, attempt, kind, state, description, wake_at, timeout_at, on_timeout,
        outcome, resolved_by, created_at, resolved_at
 FROM deferrals WHERE run_id = $1 ORDER BY id;
+
+-- name: runs_for_waits
+-- Run waits that are just starting: has the awaited run already ended so?
+-- Same logical date, or (no date in the wait) the workflow's latest run.
+SELECT d.id AS deferral_id, r.id AS run_id
+FROM deferrals d
+JOIN LATERAL (
+    SELECT id, state FROM runs r
+    WHERE r.workflow = d.config->>'workflow' AND r.id <> d.run_id
+      AND (d.config->>'logical_date' IS NULL
+           OR r.logical_date = (d.config->>'logical_date')::timestamptz)
+    ORDER BY r.id DESC LIMIT 1
+) r ON r.state::text = d.config->>'state'
+WHERE d.id = ANY($1::bigint[]) AND d.state = 'waiting' AND d.kind = 'run';
