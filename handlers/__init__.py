@@ -1,13 +1,15 @@
-"""Built-in handlers: ``noop``, ``echo``, ``fail``, ``sleep``, ``http.request``, ``shell``."""
+"""Built-in handlers: ``noop``, ``echo``, ``fail``, ``sleep``, ``http.request``, ``shell``,
+and the sensors ``sensor.kafka``, ``sensor.file``, ``sensor.callback``, ``sensor.run``,
+``sensor.time``."""
 
 from __future__ import annotations
 
-from handlers import basic, http, sensors, shell
+from handlers import basic, http, sensors, sensors_time, shell
 from orchestrator.registry import HandlerRegistry
 
 __all__ = ["builtin_registry"]
 
-_BUILTIN_MODULES = (basic, http, shell, sensors)
+_BUILTIN_MODULES = (basic, http, shell, sensors, sensors_time)
 
 
 def builtin_registry() -> HandlerRegistry:

@@ -113,7 +113,7 @@ async def callback(
     ctx.log.info("waiting for a callback: POST %s", url)
     raise Defer(
         "callback",
-        f"a callback to {url}",
+        "a callback",  # the URL (it holds the token) stays out of logs and history
         match_key=callback_key(token),
         timeout_s=timeout_s,
         on_timeout=_outcome(on_timeout),

@@ -23,6 +23,7 @@ from orchestrator.settings import Settings
 from orchestrator.sources import Source, SourceContext
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import Database, Listener, connect
+from orchestrator.triggerer import Triggerer
 from orchestrator.worker import FaultHook, Worker
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Orchestrator:
         self.worker: Worker | None = None
         self._listener: Listener | None = None
         self._started_sources: list[Source] = []
+        self.triggerer: Triggerer | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -105,6 +107,9 @@ class Orchestrator:
                     ),
                     name="orchestrator-retention",
                 )
+            if s.has_role("triggerer"):
+                self.triggerer = Triggerer(self.engine, self.clock, poll_s=s.poll_interval_s)
+                self.triggerer.start()
             if s.worker_slots > 0 and s.has_role("worker"):
                 self.worker = Worker(
                     self.engine, self.registry, s, name=self._worker_name, fault=self._fault
@@ -113,6 +118,8 @@ class Orchestrator:
                 self._listener.start()
                 self.worker.start()
         except BaseException:
+            if self.triggerer is not None:
+                await self.triggerer.stop()
             await self._stop_sources()
             if self.http is not None:
                 await self.http.stop()
@@ -150,6 +157,8 @@ class Orchestrator:
     async def stop(self, grace_s: float = 10.0) -> None:
         # Stop taking events first, then let running work finish.
         await self._stop_sources()
+        if self.triggerer is not None:
+            await self.triggerer.stop()
         if self._pruner is not None:
             self._pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -86,7 +86,9 @@ def file_key(relative_path: str) -> str:
 
 
 def callback_key(token: str) -> str:
-    """Keys and indexes hold a hash of the token, never the token itself."""
+    """Keys and indexes hold a hash of the token. The token itself is kept only
+    in the wait's config (for ``orchestrator show``), never in its description,
+    the transition log or the API."""
     return "callback:" + hashlib.sha256(token.encode()).hexdigest()
 
 

@@ -297,6 +297,17 @@ class Engine:
         one transaction; optionally claim up to ``claim_limit`` new tasks for
         ``claim_for`` in the same commit."""
         async with self.db.transaction() as conn:
+            # Same lock order as intake (correlation keys, then runs): a sensor
+            # deferring while its event arrives cannot deadlock with it.
+            keys = sorted(
+                {
+                    o.deferral.match_key
+                    for o in outcomes
+                    if o.deferral is not None and o.deferral.match_key
+                }
+            )
+            if keys:
+                await conn.execute(SQL.lock_keys, keys)
             run_rows = await conn.fetch(SQL.lock_runs, sorted({o.run_id for o in outcomes}))
             runs = {r["id"]: r for r in run_rows}
             # Only runs still running can have successors to decide.

@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     prune_interval_s: float = Field(default=3600.0, gt=0)
     prune_batch: int = Field(default=5000, ge=1)
 
-    roles: str = "api,kafka,files,scheduler,worker"
+    roles: str = "api,kafka,files,scheduler,worker,triggerer"
     """Comma-separated components this process runs."""
 
     workflows_path: Path = Path("examples")
@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     @field_validator("roles")
     @classmethod
     def _roles_known(cls, value: str) -> str:
-        known = {"api", "kafka", "files", "scheduler", "worker"}
+        known = {"api", "kafka", "files", "scheduler", "worker", "triggerer"}
         given = {r.strip() for r in value.split(",") if r.strip()}
         unknown = given - known
         if unknown:

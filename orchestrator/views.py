@@ -1,4 +1,9 @@
-"""Read-side queries and their plain-text rendering for ``runs`` and ``show``."""
+"""Read-side queries and their plain-text rendering for ``runs`` and ``show``.
+
+Deferred tasks hold no worker slot, so nothing else tells an operator what a
+run is waiting for: ``runs`` counts them per run (WAITING) and ``show`` says,
+for each wait, what would end it and until when.
+"""
 
 from __future__ import annotations
 
@@ -31,15 +36,18 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 async def runs_table(db: Database, *, workflow: str | None, state: str | None, limit: int) -> str:
     async with db.pool.acquire() as conn:
         rows = await conn.fetch(SQL.list_runs, workflow, state, limit)
+        counts = await conn.fetch(SQL.deferred_counts, [r["id"] for r in rows]) if rows else []
     if not rows:
         return "no runs"
+    waiting = {c["run_id"]: c["deferred"] for c in counts}
     return render_table(
-        ("RUN", "WORKFLOW", "STATE", "VERSION", "CREATED", "DURATION", "ACTOR"),
+        ("RUN", "WORKFLOW", "STATE", "WAITING", "VERSION", "CREATED", "DURATION", "ACTOR"),
         [
             (
                 r["id"],
                 r["workflow"],
                 r["state"],
+                waiting.get(r["id"], 0),
                 r["version"],
                 _when(r["created_at"]),
                 _duration(r["started_at"], r["ended_at"]),
@@ -56,7 +64,10 @@ async def show_run(db: Database, run_id: int) -> str:
         if run is None:
             raise UnknownRunError(run_id)
         tasks = await conn.fetch(SQL.task_instances_of_run, run_id)
+        waits = await conn.fetch(SQL.deferrals_of_run, run_id)
         steps = await conn.fetch(SQL.transitions_of_run, run_id)
+    # A deferred task's current wait is the one recorded by its current attempt.
+    current = {(w["task_id"], w["attempt"]): w for w in waits if w["state"] == "waiting"}
     out = [
         f"run {run['id']}  {run['workflow']}  version {run['version']}  {run['state'].upper()}",
         f"params {run['params']}",
@@ -72,11 +83,15 @@ async def show_run(db: Database, run_id: int) -> str:
                     t["attempt"],
                     t["handler"],
                     _duration(t["started_at"], t["ended_at"]),
-                    _detail(t),
+                    _detail(t, current.get((t["task_id"], t["attempt"]))),
                 )
                 for t in tasks
             ],
         ),
+    ]
+    if waits:
+        out += ["", "waits:", _waits_table(waits)]
+    out += [
         "",
         "timeline:",
         render_table(
@@ -98,7 +113,43 @@ async def show_run(db: Database, run_id: int) -> str:
     return "\n".join(out)
 
 
-def _detail(task: Any) -> str:
+def _until(wait: Any) -> str:
+    if wait["timeout_at"] is None:
+        return "no timeout"
+    return f"until {_when(wait['timeout_at'])} (then {wait['on_timeout']})"
+
+
+def _waits_table(waits: Sequence[Any]) -> str:
+    """Every wait of the run, current and ended: what it waited for and how it ended."""
+    return render_table(
+        ("TASK", "ATTEMPT", "KIND", "STATE", "WAITING FOR", "WAKE AT", "TIMEOUT", "ENDED"),
+        [
+            (
+                w["task_id"],
+                w["attempt"],
+                w["kind"],
+                w["state"],
+                w["description"],
+                _when(w["wake_at"]),
+                _until(w),
+                _ended(w),
+            )
+            for w in waits
+        ],
+    )
+
+
+def _ended(wait: Any) -> str:
+    if wait["state"] == "waiting":
+        return "-"
+    by = f" by {wait['resolved_by']}" if wait["resolved_by"] else ""
+    return f"{wait['outcome'] or 'ended'} at {_when(wait['resolved_at'])}{by}"
+
+
+def _detail(task: Any, wait: Any = None) -> str:
+    if task["state"] == "deferred" and wait is not None:
+        wake = f", wake at {_when(wait['wake_at'])}" if wait["wake_at"] else ""
+        return f"waiting for {wait['description']}, {_until(wait)}{wake}"
     if task["error"]:
         error: str = task["error"]
         first = error.splitlines()[0] if error else ""

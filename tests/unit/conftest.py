@@ -16,6 +16,18 @@ async def _dummy(ctx: Any, **inputs: Any) -> Any:
 @pytest.fixture
 def base() -> HandlerRegistry:
     reg = HandlerRegistry()
-    for name in ("noop", "echo", "fail", "shell", "http.request"):
+    for name in (
+        "noop",
+        "echo",
+        "fail",
+        "shell",
+        "http.request",
+        "sensor.kafka",
+        "sensor.file",
+        "sensor.callback",
+        "sensor.run",
+        "sensor.time",
+        "sensor.poll",
+    ):
         reg.register(name, _dummy, origin="builtin")
     return reg

@@ -27,6 +27,7 @@ def test_builtin_registry_holds_every_builtin() -> None:
         "sensor.file",
         "sensor.kafka",
         "sensor.run",
+        "sensor.time",
         "shell",
         "sleep",
     ]

@@ -136,7 +136,8 @@ def test_format_errors(tmp_path: Path, base: HandlerRegistry) -> None:
     result = load_path(tmp_path, base=base)
     assert format_errors(result.errors).splitlines() == [
         f"{tmp_path / 'a.yaml'}, workflow 'a', task 't': unknown handler 'ecko'; "
-        "did you mean 'echo'? (registered: echo, fail, http.request, noop, shell)",
+        "did you mean 'echo'? (registered: echo, fail, http.request, noop, sensor.callback, "
+        "sensor.file, sensor.kafka, sensor.poll, sensor.run, sensor.time, ... (11 in all))",
         f"{tmp_path / 'b.py'}: line 1: ValueError: nope",
     ]
     assert format_errors([]) == ""
