@@ -9,7 +9,7 @@ arrived after the run was created (``since`` moves that window).
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.context import TaskContext
@@ -157,5 +157,47 @@ async def run(
             "workflow": workflow,
             "state": state,
             "logical_date": when.isoformat() if when else None,
+        },
+    )
+
+
+@handler("sensor.poll")
+async def poll(
+    ctx: TaskContext,
+    *,
+    check: str,
+    inputs: dict[str, Any] | None = None,
+    interval_s: float = 30.0,
+    jitter: float = 0.1,
+    backoff: float = 1.0,
+    max_interval_s: float | None = None,
+    check_timeout_s: float = 30.0,
+    timeout_s: float | None = None,
+    on_timeout: str = "failed",
+) -> None:
+    """Wait until the registered handler ``check`` (called with ``inputs``)
+    returns something truthy, which becomes this task's output. The triggerer
+    calls it every ``interval_s`` (times ``backoff`` per check, up to
+    ``max_interval_s``, spread by ``jitter``); no worker slot is held."""
+    if interval_s <= 0 or check_timeout_s <= 0 or backoff < 1 or not 0 <= jitter <= 1:
+        raise NonRetryableError(
+            "sensor.poll: interval_s and check_timeout_s must be positive, backoff >= 1 "
+            "and 0 <= jitter <= 1"
+        )
+    raise Defer(
+        "poll",
+        f"{check} to return a truthy result (every {interval_s:g}s)",
+        wake_at=datetime.now(UTC),
+        timeout_s=timeout_s,
+        on_timeout=_outcome(on_timeout),
+        config={
+            "check": check,
+            "inputs": inputs or {},
+            "interval_s": interval_s,
+            "jitter": jitter,
+            "backoff": backoff,
+            "max_interval_s": max_interval_s or interval_s,
+            "check_timeout_s": check_timeout_s,
+            "checks": 0,
         },
     )

@@ -108,7 +108,9 @@ class Orchestrator:
                     name="orchestrator-retention",
                 )
             if s.has_role("triggerer"):
-                self.triggerer = Triggerer(self.engine, self.clock, poll_s=s.poll_interval_s)
+                self.triggerer = Triggerer(
+                    self.engine, self.clock, poll_s=s.poll_interval_s, registry=self.registry
+                )
                 self.triggerer.start()
             if s.worker_slots > 0 and s.has_role("worker"):
                 self.worker = Worker(
@@ -145,6 +147,8 @@ class Orchestrator:
         self.registry = registry
         if self.worker is not None:
             self.worker.registry = registry
+        if self.triggerer is not None and self.triggerer.polls is not None:
+            self.triggerer.polls.registry = registry
 
     async def _stop_sources(self) -> None:
         while self._started_sources:

@@ -47,6 +47,8 @@ import asyncpg
 from orchestrator.clock import Clock
 from orchestrator.deferral import Resolution
 from orchestrator.engine import Engine
+from orchestrator.polls import PollRunner
+from orchestrator.registry import HandlerRegistry
 from orchestrator.store import SQL, Listener
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,8 @@ class Triggerer:
         horizon_s: float = 300.0,
         max_armed: int = 100_000,
         listen: bool = True,
+        registry: HandlerRegistry | None = None,
+        poll_concurrency: int = 32,
     ) -> None:
         """
         :param name: recorded as ``resolved_by`` and as the transitions' actor.
@@ -85,6 +89,9 @@ class Triggerer:
         :param max_armed: most waits loaded by one bulk read (a backlog after a
             long outage is worked through in due order, this many at a time).
         :param listen: LISTEN for new deferrals (off: polling only).
+        :param registry: handlers that ``sensor.poll`` waits may check (without
+            one, poll waits only time out).
+        :param poll_concurrency: most poll checks running at once.
         """
         for label, value in (
             ("batch", batch),
@@ -120,6 +127,13 @@ class Triggerer:
         self._listener = (
             Listener(engine.db.url, {DEFERRALS_CHANNEL: self._on_notify}) if listen else None
         )
+        self.polls = (
+            PollRunner(
+                engine, registry, actor=self.name, concurrency=poll_concurrency, rearm=self._arm
+            )
+            if registry is not None
+            else None
+        )
         self.loaded = asyncio.Event()
         """Set once the waits have been read from the database at start."""
         self.fired = 0
@@ -149,6 +163,8 @@ class Triggerer:
             self._task = None
         if self._listener is not None:
             await self._listener.stop()
+        if self.polls is not None:
+            await self.polls.stop()
 
     async def __aenter__(self) -> Triggerer:
         self.start()
@@ -296,6 +312,9 @@ class Triggerer:
             ids.append(deferral_id)
         resolutions = []
         for r in await self._fetch(SQL.triggerer_waits, ids):
+            if r["kind"] == "poll" and self.polls is not None and _poll_due(r, now):
+                self.polls.submit(r)  # the check decides; it re-arms or ends the wait
+                continue
             resolution = _resolution(r, now)
             if resolution is not None:
                 resolutions.append(resolution)
@@ -308,6 +327,13 @@ class Triggerer:
             await self.engine.resolve(resolutions, actor=self.name)
             self.fired += len(resolutions)
             log.debug("triggerer %s ended %d waits", self.name, len(resolutions))
+
+
+def _poll_due(row: asyncpg.Record, now: datetime) -> bool:
+    """A poll's check is due (and comes before its timeout)."""
+    wake: datetime | None = row["wake_at"]
+    timeout: datetime | None = row["timeout_at"]
+    return wake is not None and wake <= now and (timeout is None or wake <= timeout)
 
 
 def _resolution(row: asyncpg.Record, now: datetime) -> Resolution | None:

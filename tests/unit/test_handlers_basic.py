@@ -26,6 +26,7 @@ def test_builtin_registry_holds_every_builtin() -> None:
         "sensor.callback",
         "sensor.file",
         "sensor.kafka",
+        "sensor.poll",
         "sensor.run",
         "sensor.time",
         "shell",

@@ -30,6 +30,15 @@ LIMIT $3;
 -- The waits whose time may have come ($1 id[]), read again just before they
 -- are ended: anything resolved meanwhile (by an event, another triggerer) is
 -- left out, and the fresh times decide between waking and timing out.
-SELECT id, wake_at, timeout_at, on_timeout, created_at, description
+SELECT id, wake_at, timeout_at, on_timeout, created_at, description, kind,
+       config::text AS config, run_id, task_id, attempt
 FROM deferrals
 WHERE id = ANY($1::bigint[]) AND state = 'waiting';
+
+-- name: poll_again
+-- A poll said "not yet": its next check, guarded so an ended wait stays ended.
+UPDATE deferrals
+SET wake_at = now() + make_interval(secs => $2),
+    config = jsonb_set(config, '{checks}', to_jsonb($3::integer))
+WHERE id = $1 AND state = 'waiting'
+RETURNING wake_at;
