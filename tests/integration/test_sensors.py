@@ -289,3 +289,62 @@ async def test_a_run_sensor_waits_for_another_workflows_run(db_url: str) -> None
 
 async def _state_is_task(o: Orchestrator, run: int, task: str, state: str) -> bool:
     return (await states_of(o, run)).get(task) == state
+
+
+TIMEOUTS = WorkflowSpec(
+    name="timeouts",
+    tasks=(
+        TaskSpec(
+            id="kafka",
+            handler="sensor.kafka",
+            inputs={
+                "topic": "shipments",
+                "correlation": "payload.order_id",
+                "equals": "never",
+                "timeout_s": 0.3,
+            },
+        ),
+        TaskSpec(
+            id="file",
+            handler="sensor.file",
+            inputs={"path": "nothing/*.csv", "timeout_s": 0.3, "on_timeout": "skipped"},
+        ),
+        TaskSpec(
+            id="callback",
+            handler="sensor.callback",
+            inputs={"timeout_s": 0.3, "on_timeout": "skipped"},
+        ),
+        TaskSpec(
+            id="run",
+            handler="sensor.run",
+            inputs={"workflow": "extract", "same_logical_date": False, "timeout_s": 0.3},
+        ),
+    ),
+)
+
+
+async def test_every_event_sensor_times_out_to_failed_or_skipped(db_url: str) -> None:
+    async with Orchestrator(
+        settings(), db_url, registry=builtin_registry(), workflows=[TIMEOUTS, EXTRACT], http=True
+    ) as o:
+        assert o.engine is not None and o.db is not None and o.http is not None
+        run = await o.engine.trigger("timeouts")
+        assert (await wait_for_runs(o.db, [run], timeout=20))[run] == RunState.FAILED
+        assert await states_of(o, run) == {
+            "kafka": "failed",
+            "file": "skipped",
+            "callback": "skipped",
+            "run": "failed",
+        }
+        async with o.db.pool.acquire() as conn:
+            url = await conn.fetchval("SELECT config->>'url' FROM deferrals WHERE kind='callback'")
+            error = await conn.fetchval(
+                "SELECT error FROM task_instances WHERE run_id=$1 AND task_id='kafka'", run
+            )
+        assert error.startswith("timed out after 0.3s waiting for a message on shipments")
+        # The token expired with its wait.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"http://127.0.0.1:{o.http.port}{url}", json={}) as resp,
+        ):
+            assert resp.status == 404
