@@ -41,6 +41,8 @@ class KafkaPlugin:
             banner=[
                 f"Publish a Kafka event (embedded broker at {broker.bootstrap}):",
                 '  orchestrator publish orders \'{"order_id": "A-1001", "customer": "c-42"}\'',
+                "then end order_fulfillment's wait for the shipment:",
+                '  orchestrator publish shipments \'{"order_id": "A-1001", "carrier": "dhl"}\'',
             ],
             cleanup=cleanup,
         )
