@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000)
     """Consumer session; heartbeats at a quarter of it. A shorter session also
     makes group joins quicker on brokers that wait half of it for members."""
+    kafka_fetch_max_wait_ms: int = Field(default=500, ge=1, le=60_000)
+    """How long a fetch may wait for data. Kafka answers as soon as data comes;
+    some brokers (the embedded one) hold the full wait, so dev lowers it."""
     kafka_batch_max: int = Field(default=1000, ge=1, le=100_000)
     """Most messages recorded in one transaction."""
 

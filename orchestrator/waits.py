@@ -49,9 +49,14 @@ async def record(
     if any(d.wake_at is not None or d.timeout_s is not None for _, d in waits):
         await conn.execute(SQL.notify_deferrals)
     found = []
-    keyed = [r["id"] for r in rows if r["match_key"]]
+    keyed = [r for r in rows if r["match_key"]]
     if keyed:
-        found += await conn.fetch(SQL.events_for_keys, keyed)
+        found += await conn.fetch(
+            SQL.events_for_keys,
+            [r["id"] for r in keyed],
+            [r["match_key"] for r in keyed],
+            [r["since"] for r in keyed],
+        )
     patterned = [r["id"] for r in rows if r["match_pattern"]]
     if patterned:
         found += await conn.fetch(SQL.events_for_patterns, patterned)

@@ -60,6 +60,9 @@ RAW_LIMIT = 8192
 EMBEDDED_CONSUMER_OPTIONS: dict[str, Any] = {
     "session_timeout_ms": 2000,
     "heartbeat_interval_ms": 500,
+    # It holds a fetch for the whole wait even when data arrives: keep it short
+    # so a message wakes its sensor in milliseconds, not half a second.
+    "fetch_max_wait_ms": 5,
 }
 
 
@@ -69,7 +72,11 @@ def session_options(settings: Settings) -> dict[str, Any]:
     session = settings.kafka_session_timeout_ms
     if not isinstance(session, int):
         return {}
-    return {"session_timeout_ms": session, "heartbeat_interval_ms": max(100, session // 4)}
+    return {
+        "session_timeout_ms": session,
+        "heartbeat_interval_ms": max(100, session // 4),
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+    }
 
 
 @dataclass

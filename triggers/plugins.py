@@ -37,6 +37,7 @@ class KafkaPlugin:
                 "kafka_bootstrap": broker.bootstrap,
                 "kafka_idempotent_producer": False,  # the embedded broker lacks it
                 "kafka_session_timeout_ms": EMBEDDED_CONSUMER_OPTIONS["session_timeout_ms"],
+                "kafka_fetch_max_wait_ms": EMBEDDED_CONSUMER_OPTIONS["fetch_max_wait_ms"],
             },
             banner=[
                 f"Publish a Kafka event (embedded broker at {broker.bootstrap}):",

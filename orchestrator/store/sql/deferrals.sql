@@ -28,14 +28,17 @@ SELECT pg_advisory_xact_lock(hashtextextended(k, 0))
 FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) keys;
 
 -- name: events_for_keys
--- Events already recorded for waits that are just starting ($1 deferral ids).
-SELECT DISTINCT ON (d.id) d.id AS deferral_id, e.id AS event_id, e.payload::text AS payload,
-       e.meta::text AS meta
-FROM deferrals d
-JOIN event_keys k ON k.key = d.match_key AND k.received_at >= d.since
-JOIN events e ON e.id = k.event_id
-WHERE d.id = ANY($1::bigint[]) AND d.state = 'waiting'
-ORDER BY d.id, e.id;
+-- Events already recorded for waits that are just starting: $1 deferral id[],
+-- $2 key[], $3 since[] (as insert_deferrals returned them; the waits are new,
+-- so deferrals itself need not be read).
+SELECT w.deferral_id, e.id AS event_id, e.payload::text AS payload, e.meta::text AS meta
+FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS w(deferral_id, key, since)
+CROSS JOIN LATERAL (
+    SELECT k.event_id FROM event_keys k
+    WHERE k.key = w.key AND k.received_at >= w.since
+    ORDER BY k.event_id LIMIT 1
+) k
+JOIN events e ON e.id = k.event_id;
 
 -- name: events_for_patterns
 SELECT DISTINCT ON (d.id) d.id AS deferral_id, e.id AS event_id, e.payload::text AS payload,
