@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from eventually import eventually
 
 from handlers import builtin_registry
@@ -291,57 +292,77 @@ async def _state_is_task(o: Orchestrator, run: int, task: str, state: str) -> bo
     return (await states_of(o, run)).get(task) == state
 
 
-TIMEOUTS = WorkflowSpec(
-    name="timeouts",
-    tasks=(
-        TaskSpec(
-            id="kafka",
-            handler="sensor.kafka",
-            inputs={
-                "topic": "shipments",
-                "correlation": "payload.order_id",
-                "equals": "never",
-                "timeout_s": 0.3,
-            },
+def timeouts(first: str, second: str) -> WorkflowSpec:
+    """Every event sensor with a short timeout; kafka and run end as ``first``,
+    file and callback as ``second``."""
+    return WorkflowSpec(
+        name="timeouts",
+        tasks=(
+            TaskSpec(
+                id="kafka",
+                handler="sensor.kafka",
+                inputs={
+                    "topic": "shipments",
+                    "correlation": "payload.order_id",
+                    "equals": "never",
+                    "timeout_s": 0.3,
+                    "on_timeout": first,
+                },
+            ),
+            TaskSpec(
+                id="file",
+                handler="sensor.file",
+                inputs={"path": "nothing/*.csv", "timeout_s": 0.3, "on_timeout": second},
+            ),
+            TaskSpec(
+                id="callback",
+                handler="sensor.callback",
+                inputs={"timeout_s": 0.3, "on_timeout": second},
+            ),
+            TaskSpec(
+                id="run",
+                handler="sensor.run",
+                inputs={
+                    "workflow": "extract",
+                    "same_logical_date": False,
+                    "timeout_s": 0.3,
+                    "on_timeout": first,
+                },
+            ),
         ),
-        TaskSpec(
-            id="file",
-            handler="sensor.file",
-            inputs={"path": "nothing/*.csv", "timeout_s": 0.3, "on_timeout": "skipped"},
-        ),
-        TaskSpec(
-            id="callback",
-            handler="sensor.callback",
-            inputs={"timeout_s": 0.3, "on_timeout": "skipped"},
-        ),
-        TaskSpec(
-            id="run",
-            handler="sensor.run",
-            inputs={"workflow": "extract", "same_logical_date": False, "timeout_s": 0.3},
-        ),
-    ),
-)
+    )
 
 
-async def test_every_event_sensor_times_out_to_failed_or_skipped(db_url: str) -> None:
+@pytest.mark.parametrize(("first", "second"), [("failed", "skipped"), ("skipped", "failed")])
+async def test_every_event_sensor_times_out_to_failed_or_skipped(
+    db_url: str, first: str, second: str
+) -> None:
+    spec = timeouts(first, second)
     async with Orchestrator(
-        settings(), db_url, registry=builtin_registry(), workflows=[TIMEOUTS, EXTRACT], http=True
+        settings(), db_url, registry=builtin_registry(), workflows=[spec, EXTRACT], http=True
     ) as o:
         assert o.engine is not None and o.db is not None and o.http is not None
         run = await o.engine.trigger("timeouts")
         assert (await wait_for_runs(o.db, [run], timeout=20))[run] == RunState.FAILED
         assert await states_of(o, run) == {
-            "kafka": "failed",
-            "file": "skipped",
-            "callback": "skipped",
-            "run": "failed",
+            "kafka": first,
+            "file": second,
+            "callback": second,
+            "run": first,
         }
         async with o.db.pool.acquire() as conn:
             url = await conn.fetchval("SELECT config->>'url' FROM deferrals WHERE kind='callback'")
-            error = await conn.fetchval(
-                "SELECT error FROM task_instances WHERE run_id=$1 AND task_id='kafka'", run
+            reason = await conn.fetchval(
+                "SELECT reason FROM transitions WHERE run_id=$1 AND task_id='kafka' "
+                "AND from_state='deferred'",
+                run,
             )
-        assert error.startswith("timed out after 0.3s waiting for a message on shipments")
+            error = await conn.fetchval(
+                "SELECT error FROM task_instances WHERE run_id=$1 AND task_id='file'", run
+            )
+        assert reason.startswith("timed out after 0.3s waiting for a message on shipments")
+        # Only a wait that ends as failed records an error.
+        assert (error is not None) == (second == "failed")
         # The token expired with its wait.
         async with (
             aiohttp.ClientSession() as http,
