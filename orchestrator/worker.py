@@ -135,7 +135,8 @@ class Worker:
         poll = self.settings.poll_interval_s
         while not self._stopping:
             self._wake.clear()
-            want = min(self.free, self.settings.claim_batch)
+            # free can be negative while a flush holds a reservation: never reserve less.
+            want = max(0, min(self.free, self.settings.claim_batch))
             self._reserved += want
             try:
                 claimed, self._limited_waiting = await self.engine.claim(self.owner, want)
