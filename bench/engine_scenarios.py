@@ -24,8 +24,8 @@ from orchestrator.waiting import RunWaiter
 
 def bench_settings(**kw: Any) -> Settings:
     base: dict[str, Any] = {
-        "worker_slots": 64,
-        "claim_batch": 64,
+        "worker_slots": 128,
+        "claim_batch": 128,
         "db_pool_size": 8,
         "poll_interval_s": 1.0,
         "lease_s": 60.0,
