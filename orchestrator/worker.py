@@ -205,29 +205,13 @@ class Worker:
         except Defer as wait:
             # The slot is given back as soon as this outcome is recorded.
             self.executed += 1
-            return Outcome(
-                id=c.id,
-                run_id=c.run_id,
-                task_id=c.task_id,
-                attempt=c.attempt,
-                owner=self.owner,
-                target=TaskState.DEFERRED,
-                reason=f"waits for {wait.description}",
-                deferral=wait,
+            return self._outcome(
+                c, TaskState.DEFERRED, reason=f"waits for {wait.description}", deferral=wait
             )
         except Exception as exc:
             return self._failure(c, exc, compiled=compiled)
         self.executed += 1
-        return Outcome(
-            id=c.id,
-            run_id=c.run_id,
-            task_id=c.task_id,
-            attempt=c.attempt,
-            owner=self.owner,
-            target=TaskState.SUCCESS,
-            output=output,
-            reason="handler returned",
-        )
+        return self._outcome(c, TaskState.SUCCESS, output=output, reason="handler returned")
 
     async def _call(
         self, name: str, ctx: TaskContext, inputs: dict[str, Any], timeout: float
@@ -289,6 +273,16 @@ class Worker:
             target.value,
             error,
         )
+        return self._outcome(
+            c,
+            target,
+            error=error,
+            delay_s=delay if target == TaskState.UP_FOR_RETRY else None,
+            reason=reason or ("retry scheduled" if target == TaskState.UP_FOR_RETRY else "failed"),
+        )
+
+    def _outcome(self, c: Claimed, target: TaskState, **fields: Any) -> Outcome:
+        """The end of attempt ``c`` under this worker's lease."""
         return Outcome(
             id=c.id,
             run_id=c.run_id,
@@ -296,9 +290,7 @@ class Worker:
             attempt=c.attempt,
             owner=self.owner,
             target=target,
-            error=error,
-            delay_s=delay if target == TaskState.UP_FOR_RETRY else None,
-            reason=reason or ("retry scheduled" if target == TaskState.UP_FOR_RETRY else "failed"),
+            **fields,
         )
 
     def _wake_later(self, delay: float) -> None:
