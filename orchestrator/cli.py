@@ -396,7 +396,8 @@ def hook_send(hook: str, body: str | None, url: str | None, delivery_id: str | N
     if secret is None:
         _fail(f"set {webhook_secret_variable(hook)} to the hook's whsec_ secret")
         return
-    data = (body if body is not None else click.get_text_stream("stdin").read()).encode()
+    text = body if body is not None else sys.stdin.read()
+    data = text.encode()
     msg_id = delivery_id or f"msg_{uuid.uuid4().hex}"
     try:
         headers = standard_headers(secret.get_secret_value(), msg_id, int(time.time()), data)

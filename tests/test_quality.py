@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
+import re
 import subprocess
 import sys
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,32 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which(name)
-    cmd = [exe, *args] if exe else [sys.executable, "-m", name, *args]
+    # The interpreter's own copy, never another one found on PATH: the pinned
+    # version is the one that judges.
+    cmd = [sys.executable, "-m", name, *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280, check=False)
+
+
+def _pins() -> dict[str, str]:
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["test"]
+    pins = {}
+    for requirement in extra:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^;\s]+)", requirement)
+        if match:
+            pins[match[1]] = match[2]
+    return pins
+
+
+def test_tools_with_changing_verdicts_are_pinned_and_installed_as_pinned() -> None:
+    pins = _pins()
+    assert {"ruff", "mypy"} <= pins.keys(), f"ruff and mypy must be pinned exactly: {pins}"
+    for name, pinned in pins.items():
+        assert version(name) == pinned, (
+            f"{name} {version(name)} is installed but the test extra pins {pinned}: "
+            "run pip install -e '.[test]'"
+        )
 
 
 @pytest.mark.timeout(300)
