@@ -5,6 +5,7 @@ from orchestrator.store.database import (
     Database,
     connect,
     create_database,
+    database_name,
     drop_database,
     with_database,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "Listener",
     "connect",
     "create_database",
+    "database_name",
     "drop_database",
     "migrate",
     "pending",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
@@ -35,6 +36,11 @@ def redact(url: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+
+
+def database_name(url: str) -> str:
+    """The database a URL names: its path, never a socket directory in the query."""
+    return unquote(urlsplit(url).path.lstrip("/"))
 
 
 def with_database(url: str, name: str) -> str:

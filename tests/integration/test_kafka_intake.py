@@ -27,6 +27,7 @@ from eventually import eventually
 from orchestrator.app import Orchestrator
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
+from orchestrator.store import database_name
 from orchestrator.trigger_spec import KafkaTrigger
 from triggers.kafka import KafkaSource, publish
 from triggers.kafka_config import TopicPartition, make_consumer, make_producer
@@ -454,7 +455,7 @@ async def _set_connections(admin_url: str, database: str, allowed: bool) -> None
 async def test_no_offset_is_committed_while_postgres_is_unavailable(
     db_url: str, pg_admin_url: str, kafka_env: Any
 ) -> None:
-    database = db_url.rpartition("/")[2].partition("?")[0]
+    database = database_name(db_url)
     topic = await kafka_env.create_topic("outage", partitions=2)
     settings = kafka_env.settings()
     spec = flow("outage_orders", topic, params={"n": "{{ payload.n }}"})

@@ -28,7 +28,7 @@ from orchestrator.clock import ManualClock
 from orchestrator.loader import load_path
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
-from orchestrator.store import Database
+from orchestrator.store import Database, database_name
 from orchestrator.trigger_spec import WebhookTrigger
 from triggers.signatures import sign_github, sign_standard, standard_headers
 from triggers.webhook import SALES_EXAMPLE, WebhookSource, dev_banner
@@ -387,7 +387,7 @@ async def test_conflicting_auth_and_missing_secret_refuse_the_hook(
 async def test_database_unavailable_is_503_and_nothing_is_stored(
     server: Server, pg_admin_url: str, db_url: str
 ) -> None:
-    name = db_url.rsplit("/", 1)[1]
+    name = database_name(db_url)
     admin = await asyncpg.connect(pg_admin_url)
     try:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
