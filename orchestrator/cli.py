@@ -189,7 +189,8 @@ def validate(path: Path) -> None:
     "pairs",
     multiple=True,
     metavar="KEY=VALUE",
-    help="A run param; repeatable. VALUE is JSON when it parses as JSON.",
+    help="A run param; repeatable. VALUE is JSON when it parses as JSON, "
+    "except for params declared as strings.",
 )
 @click.option("--params", "params_json", metavar="JSON", help="Params as one JSON object.")
 @click.option(

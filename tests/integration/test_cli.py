@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
+from orchestrator.store import Database
 
 EXE = [sys.executable, "-m", "orchestrator.cli"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -279,62 +280,77 @@ BREAKS = WorkflowSpec(
 )
 
 
-async def test_trigger_refuses_undeclared_or_mistyped_params_and_names_them(
-    db_url: str, tmp_path: Path
-) -> None:
+Cli = Callable[..., Awaitable[subprocess.CompletedProcess[str]]]
+
+
+@pytest.fixture
+async def registered(db_url: str, tmp_path: Path) -> AsyncIterator[Cli]:
+    """TYPED, ORDER and BREAKS registered, a worker running in this process, and a
+    function that runs the CLI against the same database (in a thread)."""
     settings = Settings(worker_slots=2, poll_interval_s=0.2)
+    env = base_env(ORCHESTRATOR_DATABASE_URL=db_url)
+
+    async def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(cli, *args, env=env, cwd=tmp_path)
+
     async with Orchestrator(
         settings, db_url, registry=builtin_registry(), workflows=[TYPED, ORDER, BREAKS]
     ) as orch:
         assert orch.db is not None
-        env = base_env(ORCHESTRATOR_DATABASE_URL=db_url)
+        yield run
 
-        def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return cli(*args, env=env, cwd=tmp_path)
 
-        typo = await asyncio.to_thread(run, "trigger", "sales", "--param", "dat=2026-02-01")
-        assert typo.returncode == 2, typo.stderr
-        assert "'dat' is not a declared param (did you mean 'date'?)" in typo.stderr
-        assert "Declared params: date (string, date, required), limit (integer" in typo.stderr
-        wrong = await asyncio.to_thread(
-            run, "trigger", "sales", "-p", "date=2026-02-01", "-p", "limit=ten"
-        )
-        assert wrong.returncode == 2
-        assert "'limit' should be a valid integer, got \"ten\"" in wrong.stderr
-        missing = await asyncio.to_thread(run, "trigger", "sales")
-        assert missing.returncode == 2 and "'date' is required but not given" in missing.stderr
-        async with orch.db.pool.acquire() as conn:
-            assert await conn.fetchval("SELECT count(*) FROM events") == 0
+async def test_trigger_refuses_undeclared_or_mistyped_params_and_names_them(
+    registered: Cli, db: Database
+) -> None:
+    typo = await registered("trigger", "sales", "--param", "dat=2026-02-01")
+    assert typo.returncode == 2, typo.stderr
+    assert "'dat' is not a declared param (did you mean 'date'?)" in typo.stderr
+    assert "Declared params: date (string, date, required), limit (integer" in typo.stderr
+    wrong = await registered("trigger", "sales", "-p", "date=2026-02-01", "-p", "limit=ten")
+    assert wrong.returncode == 2
+    assert "'limit' should be a valid integer, got \"ten\"" in wrong.stderr
+    missing = await registered("trigger", "sales")
+    assert missing.returncode == 2 and "'date' is required but not given" in missing.stderr
+    async with db.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM events") == 0
 
-        # A param declared as a string keeps the text typed, even when it looks like JSON.
-        number_like = await asyncio.to_thread(run, "trigger", "order", "-p", "order_id=1001")
-        assert number_like.returncode == 0, number_like.stderr
-        async with orch.db.pool.acquire() as conn:
-            params = await conn.fetchval("SELECT params::text FROM runs")
-        assert json.loads(params) == {"order_id": "1001"}
+    # A param declared as a string keeps the text typed, even when it looks like JSON.
+    number_like = await registered("trigger", "order", "-p", "order_id=1001")
+    assert number_like.returncode == 0, number_like.stderr
+    async with db.pool.acquire() as conn:
+        params = await conn.fetchval("SELECT params::text FROM runs")
+    assert json.loads(params) == {"order_id": "1001"}
 
-        unknown = await asyncio.to_thread(run, "trigger", "sale")
-        assert unknown.returncode == 2
-        assert "unknown workflow 'sale'" in unknown.stderr
-        assert "did you mean 'sales'?" in unknown.stderr
-        assert "`orchestrator workflows`" in unknown.stderr
-        backfill = await asyncio.to_thread(
-            run, "backfill", "sale", "--start", "2026-01-01", "--end", "2026-01-02"
-        )
-        assert backfill.returncode == 2 and "did you mean 'sales'?" in backfill.stderr
 
-        listed = await asyncio.to_thread(run, "workflows")
-        assert listed.returncode == 0, listed.stderr
-        assert re.search(r"sales\s+\w{16}\s+0\s+date, limit, region\s+Load one day", listed.stdout)
-        shown = await asyncio.to_thread(run, "workflows", "sales")
-        assert "  date: string, date, required - The day." in shown.stdout
-        assert '  region: one of "emea", "amer", default "emea"' in shown.stdout
+async def test_a_mistyped_workflow_name_gets_the_closest_one_and_workflows_lists_them(
+    registered: Cli,
+) -> None:
+    unknown = await registered("trigger", "sale")
+    assert unknown.returncode == 2
+    assert "unknown workflow 'sale'" in unknown.stderr
+    assert "did you mean 'sales'?" in unknown.stderr
+    assert "`orchestrator workflows`" in unknown.stderr
+    backfill = await registered("backfill", "sale", "--start", "2026-01-01", "--end", "2026-01-02")
+    assert backfill.returncode == 2 and "did you mean 'sales'?" in backfill.stderr
 
-        # --wait tells which task failed, how many attempts it had, and why.
-        failed = await asyncio.to_thread(run, "trigger", "breaks", "--wait", "--timeout", "60")
-        assert failed.returncode == 1
-        run_id, state = failed.stdout.split()
-        assert state == "failed"
-        assert "task boom failed on attempt 2: TaskError: disk full" in failed.stderr
-        assert "not run (upstream failed): after" in failed.stderr
-        assert f"orchestrator show {run_id}" in failed.stderr
+    listed = await registered("workflows")
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"sales\s+\w{16}\s+0\s+date, limit, region\s+Load one day", listed.stdout)
+    shown = await registered("workflows", "sales")
+    assert "  date: string, date, required - The day." in shown.stdout
+    assert '  region: one of "emea", "amer", default "emea"' in shown.stdout
+    described = await registered("workflows", "sale")
+    assert described.returncode == 2 and "did you mean 'sales'?" in described.stderr
+
+
+async def test_trigger_wait_names_the_failed_task_its_attempt_and_error(
+    registered: Cli,
+) -> None:
+    failed = await registered("trigger", "breaks", "--wait", "--timeout", "60")
+    assert failed.returncode == 1
+    run_id, state = failed.stdout.split()
+    assert state == "failed"
+    assert "task boom failed on attempt 2: TaskError: disk full" in failed.stderr
+    assert "not run (upstream failed): after" in failed.stderr
+    assert f"orchestrator show {run_id}" in failed.stderr
