@@ -59,7 +59,9 @@ __all__ = [
     "ParamSpec",
     "ParamsSchema",
     "build_schema",
+    "compact",
     "is_schema_entry",
+    "parse_entry",
     "schema_entry_error",
 ]
 
@@ -358,9 +360,15 @@ class ParamsSchema:
         }
         return create_model("Params", __config__=ConfigDict(extra="ignore"), **fields)
 
+    @cached_property
+    def _typed(self) -> bool:
+        return any(spec is not None for spec in self.entries.values())
+
     @property
     def names(self) -> list[str]:
-        return list(self.entries)
+        """Declared params, sorted (a spec read back from the database has lost
+        the order they were written in)."""
+        return sorted(self.entries)
 
     @property
     def string_params(self) -> frozenset[str]:
@@ -374,7 +382,8 @@ class ParamsSchema:
     def describe(self) -> str:
         """``date (string, date, required), region (default "emea")``."""
         out = []
-        for name, spec in self.entries.items():
+        for name in self.names:
+            spec = self.entries[name]
             detail = spec.summary() if spec is not None else f"default {_show(self.defaults[name])}"
             out.append(f"{name} ({detail})")
         return ", ".join(out)
@@ -398,7 +407,7 @@ class ParamsSchema:
             else:
                 typed[name] = given[name]
         checked: dict[str, Any] = {}
-        if any(spec is not None for spec in self.entries.values()):
+        if self._typed:
             try:
                 validated = self._model.model_validate(typed)
             except ValidationError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from enum import StrEnum
-from functools import cached_property
+from functools import lru_cache
 from typing import Annotated, Any
 
 import orjson
@@ -95,6 +95,11 @@ def _valid_entry(value: Any) -> Any:
     return value
 
 
+@lru_cache(maxsize=1024)
+def _schema_of(params_json: bytes) -> ParamsSchema | None:
+    return build_schema(orjson.loads(params_json))
+
+
 ParamEntry = Annotated[Any, BeforeValidator(compact), AfterValidator(_valid_entry)]
 """A declared param: a plain default, or a schema entry (see :mod:`orchestrator.params`)."""
 
@@ -130,10 +135,14 @@ class WorkflowSpec(BaseModel):
     def timeout_for(self, task: TaskSpec) -> float:
         return task.timeout_s or self.default_timeout_s
 
-    @cached_property
+    @property
     def param_schema(self) -> ParamsSchema | None:
         """What ``params`` declares, ready to check run params; None if nothing."""
-        return build_schema(self.params)
+        if not self.params:
+            return None
+        # Cached by content, not on the instance: model_copy() would carry a
+        # cached value over to a copy with other params.
+        return _schema_of(orjson.dumps(self.params, option=orjson.OPT_SORT_KEYS))
 
     @property
     def param_defaults(self) -> dict[str, Any]:

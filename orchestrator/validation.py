@@ -348,7 +348,7 @@ def collect_errors(
         errors.append(err(f"cycle: {' -> '.join(cycle)}", cycle[0]))
 
     upstream_of = ancestors(spec)
-    declared = list(spec.params)
+    declared = sorted(spec.params)
     for task in spec.tasks:
         errors.extend(_template_errors(task, tasks, upstream_of[task.id], declared, err))
     for i, trigger in enumerate(spec.triggers):

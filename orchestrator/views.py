@@ -222,7 +222,7 @@ async def workflows_table(db: Database) -> str:
     out = []
     for r in rows:
         spec = _spec_of(r["spec"])
-        params = "?" if spec is None else ", ".join(spec.params) or "-"
+        params = "?" if spec is None else ", ".join(sorted(spec.params)) or "-"
         described = "" if spec is None else spec.description
         out.append((r["name"], r["current_version"], r["live_runs"], params, described))
     return render_table(("WORKFLOW", "VERSION", "LIVE RUNS", "PARAMS", "DESCRIPTION"), out)
@@ -249,7 +249,8 @@ async def describe_workflow(db: Database, name: str) -> str:
         out.append("params: any (none declared)")
         return "\n".join(out)
     out.append("params:")
-    for param, entry in schema.entries.items():
+    for param in schema.names:
+        entry = schema.entries[param]
         if entry is None:
             out.append(f"  {param}: default {orjson.dumps(schema.defaults[param]).decode()}")
         else:
