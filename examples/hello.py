@@ -2,16 +2,21 @@
 from ``examples/handlers.py``:
 
     orchestrator trigger hello --param name=Ada --wait
+
+Its params are declared as in YAML; ``ParamSpec`` is the typed way to write a
+schema entry (a plain mapping such as ``{"type": "string"}`` works the same).
 """
 
 from __future__ import annotations
 
-from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
+from orchestrator.spec import ParamSpec, RetryPolicy, TaskSpec, WorkflowSpec
 
 hello = WorkflowSpec(
     name="hello",
     description="Greet someone, then echo the greeting.",
-    params={"name": "world"},
+    params={
+        "name": ParamSpec(type="string", default="world", description="Who to greet."),
+    },
     tasks=(
         TaskSpec(
             id="greet",

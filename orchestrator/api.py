@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from orchestrator.deferral import callback_key
 from orchestrator.engine import Engine
-from orchestrator.errors import DuplicateRunError, UnknownWorkflowError
+from orchestrator.errors import DuplicateRunError, ParamsError, UnknownWorkflowError
 from orchestrator.intake import Accepted, Event, Intake
 from orchestrator.states import RunState
 from orchestrator.store import SQL, UNAVAILABLE
@@ -35,8 +36,15 @@ def json_response(
     )
 
 
-def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
-    return json_response({"error": detail, "status": status}, status, headers)
+def problem(
+    status: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    *,
+    extra: Mapping[str, Any] | None = None,
+) -> web.Response:
+    """An error answer; ``extra`` adds fields that name what was wrong."""
+    return json_response({"error": detail, "status": status, **(extra or {})}, status, headers)
 
 
 def unavailable(detail: str = "database unavailable; retry later") -> web.Response:
@@ -64,10 +72,26 @@ def manual_event(
     )
 
 
+#: The keys a manual trigger's body may have.
+TRIGGER_BODY_KEYS = ("params", "idempotency_key")
+
+
+def _unexpected_keys(keys: Sequence[str], *, has_params: bool) -> str:
+    listed = ", ".join(repr(k) for k in keys)
+    where = "" if has_params else ': run params go under "params", e.g. {"params": {"date": ...}}'
+    return (
+        f"unexpected key{'s' if len(keys) > 1 else ''} {listed} in the body{where} "
+        f"(allowed keys: {', '.join(TRIGGER_BODY_KEYS)})"
+    )
+
+
 async def trigger_run(
     request: web.Request,
 ) -> web.Response:
-    """``POST /api/v1/workflows/{name}/runs`` with ``{"params": {...}}``."""
+    """``POST /api/v1/workflows/{name}/runs`` with ``{"params": {...},
+    "idempotency_key": "..."}``, both optional (the key may also come as the
+    ``Idempotency-Key`` header). Params the workflow does not declare, or of
+    the wrong type, get 400 naming each one."""
     intake = request.app[INTAKE_KEY]
     name = request.match_info["name"]
     try:
@@ -76,17 +100,39 @@ async def trigger_run(
         return problem(400, f"body is not valid JSON: {exc}")
     if not isinstance(body, dict):
         return problem(400, "body must be a JSON object")
+    unexpected = [key for key in body if key not in TRIGGER_BODY_KEYS]
+    if unexpected:
+        return problem(
+            400,
+            _unexpected_keys(unexpected, has_params="params" in body),
+            extra={"unexpected_keys": unexpected},
+        )
     params = body.get("params", {})
     if not isinstance(params, dict):
         return problem(400, "'params' must be a JSON object")
+    idempotency_key = body.get("idempotency_key")
+    header_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not idempotency_key
+    ):
+        return problem(400, "'idempotency_key' must be a non-empty string")
+    if idempotency_key and header_key and idempotency_key != header_key:
+        return problem(400, "the Idempotency-Key header and 'idempotency_key' differ")
     actor = request.headers.get("X-Actor") or f"api:{request.remote or 'unknown'}"
-    event = manual_event(
-        name, params, actor=actor, idempotency_key=request.headers.get("Idempotency-Key")
-    )
+    event = manual_event(name, params, actor=actor, idempotency_key=idempotency_key or header_key)
     try:
         [accepted] = await intake.ingest([event], actor=actor)
     except UnknownWorkflowError as exc:
         return problem(404, str(exc))
+    except ParamsError as exc:
+        return problem(
+            400,
+            str(exc),
+            extra={
+                "params": [{"param": p, "error": e} for p, e in exc.problems],
+                "declared": exc.declared,
+            },
+        )
     except DuplicateRunError as exc:
         return problem(409, str(exc))
     except UNAVAILABLE:

@@ -6,7 +6,7 @@ import asyncio
 import getpass
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,8 +50,11 @@ async def _database(settings: Settings) -> Database:
     return await connect(resolve_database_url(settings), size=2, min_size=1)
 
 
-def parse_params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
-    """``k=v`` pairs; a value that parses as JSON keeps its type (7, true, [1])."""
+def parse_params(
+    pairs: tuple[str, ...], params_json: str | None, *, text: Container[str] = ()
+) -> dict[str, Any]:
+    """``k=v`` pairs; a value that parses as JSON keeps its type (7, true, [1]),
+    except for the params in ``text`` (declared ``type: string``): theirs stays text."""
     params: dict[str, Any] = {}
     if params_json:
         try:
@@ -65,6 +68,9 @@ def parse_params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, A
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
+        if key in text:
+            params[key] = raw
+            continue
         try:
             params[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -183,7 +189,8 @@ def validate(path: Path) -> None:
     "pairs",
     multiple=True,
     metavar="KEY=VALUE",
-    help="A run param; repeatable. VALUE is JSON when it parses as JSON.",
+    help="A run param; repeatable. VALUE is JSON when it parses as JSON, "
+    "except for params declared as strings.",
 )
 @click.option("--params", "params_json", metavar="JSON", help="Params as one JSON object.")
 @click.option(
@@ -201,21 +208,30 @@ def trigger(
     wait: bool,
     timeout: float | None,
 ) -> None:
-    """Start a run of WORKFLOW and print its id (recorded as a manual event)."""
+    """Start a run of WORKFLOW and print its id (recorded as a manual event).
+
+    Params the workflow does not declare, or of the wrong type, are refused
+    (exit 2). With --wait, a run that fails has its failed tasks printed."""
     from orchestrator.api import manual_event
     from orchestrator.engine import Engine
     from orchestrator.intake import Intake
+    from orchestrator.views import failure_report
     from orchestrator.waiting import RunWaiter
 
     settings = _settings()
     params = parse_params(pairs, params_json)
     actor = f"cli:{getpass.getuser()}"
 
-    async def go() -> RunState | None:
+    async def go() -> tuple[RunState, str] | None:
         db = await _database(settings)
         try:
             intake = Intake(Engine(db, lease_s=settings.lease_s))
-            event = manual_event(workflow, params, actor=actor, idempotency_key=idempotency_key)
+            async with db.pool.acquire() as conn:
+                schema = (await intake.registered_schemas(conn, [workflow])).get(workflow)
+            typed = (
+                parse_params(pairs, params_json, text=schema.string_params) if schema else params
+            )
+            event = manual_event(workflow, typed, actor=actor, idempotency_key=idempotency_key)
 
             async def start() -> int:
                 [accepted] = await intake.ingest([event], actor=actor)
@@ -233,14 +249,39 @@ def trigger(
                     raise OrchestratorError(
                         f"run {run_id} has not ended after {timeout}s (it goes on)"
                     ) from None
-                return states[run_id]
+            final = states[run_id]
+            return final, "" if final == RunState.SUCCESS else await failure_report(db, run_id)
         finally:
             await db.close()
 
-    final = _run(go)
-    if final is not None:
+    ended = _run(go)
+    if ended is not None:
+        final, report = ended
         click.echo(final.value)
+        if report:
+            click.secho(report, fg="red", err=True)
         sys.exit(0 if final == RunState.SUCCESS else 1)
+
+
+@main.command()
+@click.argument("name", required=False)
+def workflows(name: str | None) -> None:
+    """List the registered workflows (what new runs start with), or show NAME:
+    its triggers and the params it accepts."""
+    from orchestrator.views import describe_workflow, workflows_table
+
+    settings = _settings()
+
+    async def go() -> str:
+        db = await _database(settings)
+        try:
+            if name is not None:
+                return await describe_workflow(db, name)
+            return await workflows_table(db)
+        finally:
+            await db.close()
+
+    click.echo(_run(go))
 
 
 @main.command()

@@ -192,7 +192,8 @@ class Engine:
         current = {row["name"]: row for row in await conn.fetch(SQL.current_versions, names)}
         for name in names:
             if name not in current:
-                raise UnknownWorkflowError(name)
+                known = [r["name"] for r in await conn.fetch(SQL.list_workflows)]
+                raise UnknownWorkflowError(name, known)
         compiled = {n: await self.specs.get(conn, current[n]["current_version"]) for n in names}
         room: dict[str, int] = {}
         for name in names:
@@ -217,7 +218,7 @@ class Engine:
             if start:
                 started.append((run_id, c))
             try:
-                params_json.append(orjson.dumps({**c.spec.params, **req.params}).decode())
+                params_json.append(orjson.dumps({**c.spec.param_defaults, **req.params}).decode())
             except TypeError as exc:
                 raise OrchestratorError(
                     f"params for {req.workflow!r} are not JSON-serialisable: {exc}"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Sequence
+
 
 class OrchestratorError(Exception):
     """Root of every error this project raises on purpose."""
@@ -41,11 +44,23 @@ class SpecError(OrchestratorError):
 
 
 class UnknownWorkflowError(OrchestratorError):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
         self.name = name
+        self.known = sorted(known)
+        """The workflows that are registered, for the suggestion."""
         super().__init__(
             f"unknown workflow {name!r}: it has not been registered with this database"
+            f"{unknown_workflow_hint(name, self.known)}"
         )
+
+
+def unknown_workflow_hint(name: str, known: Sequence[str]) -> str:
+    """``; did you mean 'daily_sales'? (`orchestrator workflows` lists them)``."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    guess = f"; did you mean {match[0]!r}?" if match else ""
+    if not known:
+        return f"{guess} (no workflow is registered yet: `orchestrator run` or `dev` loads them)"
+    return guess + " (`orchestrator workflows` lists the registered ones)"
 
 
 class DuplicateRunError(OrchestratorError):
@@ -99,3 +114,24 @@ class OutputTooLargeError(TaskError):
 class OutputNotJSONError(TaskError):
     def __init__(self, detail: str) -> None:
         super().__init__(f"handler output is not JSON-serialisable: {detail}")
+
+
+class ParamsError(OrchestratorError):
+    """Run params a workflow does not accept; nothing was started with them."""
+
+    def __init__(
+        self,
+        workflow: str,
+        problems: Sequence[tuple[str, str]],
+        declared: Sequence[str],
+        described: str = "",
+    ) -> None:
+        self.workflow = workflow
+        self.problems = list(problems)
+        """``(param, what is wrong)``, e.g. ``("dat", "is not a declared param")``."""
+        self.declared = list(declared)
+        wrong = "; ".join(f"{param!r} {message}" for param, message in self.problems)
+        super().__init__(
+            f"params of workflow {workflow!r} refused: {wrong}. "
+            f"Declared params: {described or ', '.join(self.declared)}"
+        )

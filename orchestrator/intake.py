@@ -8,6 +8,12 @@ events are written (``ON CONFLICT (dedup_key) DO NOTHING``), routed to every
 matching workflow trigger, and their runs created; redelivered events are
 answered from the stored row and start nothing. A source acknowledges (HTTP
 202, Kafka offset commit, file taken) only after ``ingest`` returns.
+
+Params are checked against what each workflow declares
+(:mod:`orchestrator.params`) before anything is written: an event whose
+params one workflow refuses is a dead letter for that workflow only (the
+others it matches still start), except a manual event, whose caller gets the
+:class:`~orchestrator.errors.ParamsError` and nothing is recorded.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from jmespath.exceptions import JMESPathError
 
 from orchestrator.deferral import Resolution, file_key, kafka_key
 from orchestrator.engine import Engine, RunRequest
+from orchestrator.errors import ParamsError
+from orchestrator.params import ParamsSchema
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import SQL
 from orchestrator.templates import TemplateError, render
@@ -108,9 +116,12 @@ def _compiled_filter(expression: str) -> Any:
 class Route:
     workflow: str
     trigger: TriggerSpec
+    schema: ParamsSchema | None = None
+    """The params the workflow declares (None: it accepts any)."""
 
     def params_for(self, event: Event) -> dict[str, Any]:
-        """The run params, or raise ``ValueError`` naming what failed."""
+        """The run params, checked against the workflow's declared params, or
+        raise ``ValueError`` naming what failed."""
         scope = scope_of(event)
         if self.trigger.filter:
             try:
@@ -124,6 +135,11 @@ class Route:
             raise ValueError(f"params mapping failed: {exc}") from None
         if not isinstance(params, dict):
             raise ValueError("params mapping did not give an object")
+        if self.schema is not None:
+            try:
+                return self.schema.check(params, workflow=self.workflow)
+            except ParamsError as exc:
+                raise ValueError(str(exc)) from None
         return params
 
 
@@ -171,7 +187,7 @@ class Router:
                     if isinstance(topic, str) and isinstance(expr, str):
                         self.sensor_exprs[topic].add(expr)
             for trigger in spec.triggers:
-                route = Route(spec.name, trigger)
+                route = Route(spec.name, trigger, spec.param_schema)
                 if isinstance(trigger, KafkaTrigger):
                     self.kafka[trigger.topic].append(route)
                 elif isinstance(trigger, WebhookTrigger):
@@ -273,8 +289,10 @@ class Intake:
         batch = list(unique.values())
         # Route first, so run ids can be allocated and written with the event
         # row itself; a redelivered event only wastes the ids it was given.
+        named = {e.workflow for e in batch if e.workflow is not None}
+        schemas = await self.registered_schemas(conn, named) if named else {}
         planned: list[tuple[list[RunRequest], list[tuple[str, str]]]] = [
-            self._plan(e) for e in batch
+            self._plan(e, schemas) for e in batch
         ]
         total = sum(len(requests) for requests, _ in planned)
         ids = iter(await self.engine.allocate_run_ids(conn, total) if total else [])
@@ -385,10 +403,32 @@ class Intake:
         if finished:
             await conn.execute(SQL.notify_runs, "")
 
-    def _plan(self, event: Event) -> tuple[list[RunRequest], list[tuple[str, str]]]:
+    async def registered_schemas(
+        self, conn: asyncpg.Connection, names: Iterable[str]
+    ) -> dict[str, ParamsSchema | None]:
+        """The declared params of the versions new runs of ``names`` start with
+        (events that name their workflow are checked against those). Unknown
+        names are left out: creating their runs fails with the names known."""
+        schemas: dict[str, ParamsSchema | None] = {}
+        for row in await conn.fetch(SQL.current_versions, sorted(names)):
+            compiled = await self.engine.specs.get(conn, row["current_version"])
+            schemas[row["name"]] = compiled.spec.param_schema
+        return schemas
+
+    def _plan(
+        self, event: Event, schemas: Mapping[str, ParamsSchema | None]
+    ) -> tuple[list[RunRequest], list[tuple[str, str]]]:
         """Run requests for an event, and (workflow, reason) for each failure."""
         if event.workflow is not None:
             params = dict(event.params or {})
+            schema = schemas.get(event.workflow)
+            if schema is not None:
+                try:
+                    params = schema.check(params, workflow=event.workflow)
+                except ParamsError as exc:
+                    if event.source == "manual":
+                        raise  # the person or program that asked is told
+                    return [], [(event.workflow, str(exc))]
             return [RunRequest(event.workflow, params, event.logical_date, event.interval_end)], []
         requests: list[RunRequest] = []
         reasons: list[tuple[str, str]] = []

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import hashlib
 from enum import StrEnum
-from typing import Any
+from functools import lru_cache
+from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from orchestrator.identifiers import IDENTIFIER
+from orchestrator.params import ParamSpec, ParamsSchema, build_schema, compact, schema_entry_error
 from orchestrator.trigger_spec import TriggerSpec
 
-__all__ = ["IDENTIFIER", "RetryPolicy", "TaskSpec", "TriggerRule", "WorkflowSpec"]
+__all__ = ["IDENTIFIER", "ParamSpec", "RetryPolicy", "TaskSpec", "TriggerRule", "WorkflowSpec"]
 
 
 class TriggerRule(StrEnum):
@@ -85,6 +88,22 @@ class TaskSpec(BaseModel):
     """At most this many instances of this task run at once, across all runs."""
 
 
+def _valid_entry(value: Any) -> Any:
+    problem = schema_entry_error(value)
+    if problem is not None:
+        raise PydanticCustomError("param_schema", "{problem}", {"problem": problem})
+    return value
+
+
+@lru_cache(maxsize=1024)
+def _schema_of(params_json: bytes) -> ParamsSchema | None:
+    return build_schema(orjson.loads(params_json))
+
+
+ParamEntry = Annotated[Any, BeforeValidator(compact), AfterValidator(_valid_entry)]
+"""A declared param: a plain default, or a schema entry (see :mod:`orchestrator.params`)."""
+
+
 class WorkflowSpec(BaseModel):
     """A named DAG of tasks. Its content hash is its version."""
 
@@ -97,8 +116,10 @@ class WorkflowSpec(BaseModel):
     """Runs beyond this many wait in ``queued``; None = unlimited."""
     default_retry: RetryPolicy = RetryPolicy()
     default_timeout_s: float = Field(default=3600.0, gt=0, le=7 * 86_400)
-    params: dict[str, Any] = Field(default_factory=dict)
-    """Default run params; trigger params override them key by key."""
+    params: dict[str, ParamEntry] = Field(default_factory=dict)
+    """The params runs accept: each a plain default value, or a schema entry
+    (``{type: integer, default: 10}``, see :mod:`orchestrator.params`). Once
+    any are declared, no others are accepted."""
     triggers: tuple[TriggerSpec, ...] = ()
     """Events that start this workflow (Kafka, webhook, file, schedule)."""
 
@@ -113,6 +134,21 @@ class WorkflowSpec(BaseModel):
 
     def timeout_for(self, task: TaskSpec) -> float:
         return task.timeout_s or self.default_timeout_s
+
+    @property
+    def param_schema(self) -> ParamsSchema | None:
+        """What ``params`` declares, ready to check run params; None if nothing."""
+        if not self.params:
+            return None
+        # Cached by content, not on the instance: model_copy() would carry a
+        # cached value over to a copy with other params.
+        return _schema_of(orjson.dumps(self.params, option=orjson.OPT_SORT_KEYS))
+
+    @property
+    def param_defaults(self) -> dict[str, Any]:
+        """Values of the params a run is not given."""
+        schema = self.param_schema
+        return dict(schema.defaults) if schema else {}
 
     def canonical_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)

@@ -227,6 +227,7 @@ def _template_errors(
     task: TaskSpec,
     task_ids: Container[str],
     upstream_of_task: frozenset[str],
+    declared: Sequence[str],
     err: _Err,
 ) -> Iterator[SpecError]:
     for path, text in _template_strings(task.inputs, "inputs"):
@@ -251,6 +252,13 @@ def _template_errors(
                     )
             elif key is None:
                 continue
+            elif root == "params" and declared and key not in declared:
+                # Declared params are the only ones a run can have: this one is always null.
+                yield err(
+                    f"{path}: template uses param {key!r}, which is not declared"
+                    f"{_suggest(key, declared)} (declared: {_listing(declared)})",
+                    task.id,
+                )
             elif root in ROOT_FIELDS and key not in ROOT_FIELDS[root]:
                 known = sorted(ROOT_FIELDS[root])
                 yield err(
@@ -340,11 +348,37 @@ def collect_errors(
         errors.append(err(f"cycle: {' -> '.join(cycle)}", cycle[0]))
 
     upstream_of = ancestors(spec)
+    declared = sorted(spec.params)
     for task in spec.tasks:
-        errors.extend(_template_errors(task, tasks, upstream_of[task.id], err))
+        errors.extend(_template_errors(task, tasks, upstream_of[task.id], declared, err))
     for i, trigger in enumerate(spec.triggers):
         errors.extend(_trigger_errors(i, trigger, err))
+        errors.extend(_trigger_params_errors(i, trigger, spec, err))
     return errors
+
+
+def _trigger_params_errors(
+    index: int, trigger: TriggerSpec, spec: WorkflowSpec, err: _Err
+) -> Iterator[SpecError]:
+    """A trigger maps only declared params and every required one; otherwise
+    each of its events would be refused."""
+    schema = spec.param_schema
+    if schema is None:
+        return
+    where = f"triggers[{index}] ({trigger.source}) params"
+    declared = schema.names
+    for key in trigger.params:
+        if key not in schema.entries:
+            yield err(
+                f"{where}: {key!r} is not a declared param{_suggest(key, declared)} "
+                f"(declared: {_listing(declared)}; add it to the workflow's params)"
+            )
+    for name, entry in schema.entries.items():
+        if entry is not None and entry.required and name not in trigger.params:
+            yield err(
+                f"{where}: required param {name!r} is not mapped, so every event would be "
+                "refused; map it from the event or make it optional"
+            )
 
 
 def _trigger_errors(index: int, trigger: TriggerSpec, err: _Err) -> Iterator[SpecError]:

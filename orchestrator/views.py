@@ -1,4 +1,5 @@
-"""Read-side queries and their plain-text rendering for ``runs`` and ``show``.
+"""Read-side queries and their plain-text rendering for ``runs``, ``show``,
+``workflows`` and the failure report of ``trigger --wait``.
 
 Deferred tasks hold no worker slot, so nothing else tells an operator what a
 run is waiting for: ``runs`` counts them per run (WAITING) and ``show`` says,
@@ -11,8 +12,19 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from orchestrator.errors import UnknownRunError
+import orjson
+from pydantic import ValidationError
+
+from orchestrator.errors import UnknownRunError, UnknownWorkflowError
+from orchestrator.spec import WorkflowSpec
 from orchestrator.store import SQL, Database
+from orchestrator.trigger_spec import (
+    FileTrigger,
+    KafkaTrigger,
+    ScheduleTrigger,
+    TriggerSpec,
+    WebhookTrigger,
+)
 
 
 def _when(value: datetime | None) -> str:
@@ -161,4 +173,99 @@ def _detail(task: Any, wait: Any = None) -> str:
     if task["output"] is not None:
         output: str = task["output"]
         return "output " + (output if len(output) <= 100 else output[:97] + "...")
+    return ""
+
+
+def _error_line(error: str | None, width: int = 160) -> str:
+    first = (error or "").strip().splitlines()[0] if (error or "").strip() else ""
+    return first if len(first) <= width else first[: width - 3] + "..."
+
+
+async def failure_report(db: Database, run_id: int) -> str:
+    """Why a run did not succeed: each failed task with its last attempt and
+    error, then the tasks that did not run because of them."""
+    async with db.pool.acquire() as conn:
+        run = await conn.fetchrow(SQL.get_run, run_id)
+        if run is None:
+            raise UnknownRunError(run_id)
+        tasks = await conn.fetch(SQL.failed_tasks_of_run, run_id)
+    lines = []
+    for t in tasks:
+        if t["state"] == "upstream_failed":
+            continue
+        lines.append(
+            f"task {t['task_id']} {t['state']} on attempt {t['attempt']}: "
+            f"{_error_line(t['error']) or 'no error recorded'}"
+        )
+    blocked = [t["task_id"] for t in tasks if t["state"] == "upstream_failed"]
+    if blocked:
+        lines.append(f"not run (upstream failed): {', '.join(blocked)}")
+    if not lines:
+        lines.append(f"run {run_id} is {run['state']}; no task failed")
+    lines.append(f"the whole history: orchestrator show {run_id}")
+    return "\n".join(lines)
+
+
+def _spec_of(text: str) -> WorkflowSpec | None:
+    try:
+        return WorkflowSpec.model_validate_json(text)
+    except ValidationError:  # stored by an older release under rules since changed
+        return None
+
+
+async def workflows_table(db: Database) -> str:
+    """Every registered workflow: version, live runs, params and description."""
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(SQL.registered_workflows, None)
+    if not rows:
+        return "no workflows registered (they are registered by `orchestrator run` or `dev`)"
+    out = []
+    for r in rows:
+        spec = _spec_of(r["spec"])
+        params = "?" if spec is None else ", ".join(sorted(spec.params)) or "-"
+        described = "" if spec is None else spec.description
+        out.append((r["name"], r["current_version"], r["live_runs"], params, described))
+    return render_table(("WORKFLOW", "VERSION", "LIVE RUNS", "PARAMS", "DESCRIPTION"), out)
+
+
+async def describe_workflow(db: Database, name: str) -> str:
+    """One registered workflow: what starts it and the params it accepts."""
+    async with db.pool.acquire() as conn:
+        row = await conn.fetchrow(SQL.registered_workflows, name)
+        if row is None:
+            known = [r["name"] for r in await conn.fetch(SQL.registered_workflows, None)]
+            raise UnknownWorkflowError(name, known)
+    spec = _spec_of(row["spec"])
+    out = [f"workflow {name}  version {row['current_version']}  live runs {row['live_runs']}"]
+    if spec is None:
+        return out[0] + "\n(its stored spec cannot be read by this release)"
+    if spec.description:
+        out.append(spec.description)
+    out.append(f"tasks: {', '.join(t.id for t in spec.tasks)}")
+    for trigger in spec.triggers:
+        out.append(f"trigger: {trigger.source} {_trigger_target(trigger)}")
+    schema = spec.param_schema
+    if schema is None:
+        out.append("params: any (none declared)")
+        return "\n".join(out)
+    out.append("params:")
+    for param in schema.names:
+        entry = schema.entries[param]
+        if entry is None:
+            out.append(f"  {param}: default {orjson.dumps(schema.defaults[param]).decode()}")
+        else:
+            about = f" - {entry.description}" if entry.description else ""
+            out.append(f"  {param}: {entry.summary()}{about}")
+    return "\n".join(out)
+
+
+def _trigger_target(trigger: TriggerSpec) -> str:
+    if isinstance(trigger, KafkaTrigger):
+        return f"topic {trigger.topic}"
+    if isinstance(trigger, WebhookTrigger):
+        return f"hook {trigger.hook}"
+    if isinstance(trigger, FileTrigger):
+        return f"glob {trigger.glob}"
+    if isinstance(trigger, ScheduleTrigger):
+        return f"cron {trigger.cron!r} {trigger.timezone}"
     return ""

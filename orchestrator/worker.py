@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
+import inspect
 import logging
 import os
 import random
@@ -42,6 +44,38 @@ FaultHook = Callable[[str, Claimed], Awaitable[None]]
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _binding_error(fn: Callable[..., Any], ctx: TaskContext, inputs: dict[str, Any]) -> str | None:
+    """Why ``fn(ctx, **inputs)`` cannot be called (naming the arguments), or None."""
+    try:
+        signature = inspect.signature(fn)
+        signature.bind(ctx, **inputs)
+    except ValueError:  # no signature to inspect (some builtins): assume it binds
+        return None
+    except TypeError as exc:
+        problem = str(exc)
+    else:
+        return None
+    named = [
+        p
+        for p in list(signature.parameters.values())[1:]
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    names = [p.name for p in named]
+    found = []
+    if all(p.kind is not p.VAR_KEYWORD for p in signature.parameters.values()):
+        for key in inputs:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                found.append(f"unexpected argument {key!r}{hint}")
+    found += [
+        f"missing argument {p.name!r}"
+        for p in named
+        if p.default is p.empty and p.name not in inputs
+    ]
+    return "; ".join(found) or problem
 
 
 class Worker:
@@ -224,6 +258,16 @@ class Worker:
                 return await asyncio.to_thread(fn, ctx, **inputs)
         except TimeoutError as exc:
             raise TimeoutError(f"attempt timed out after {timeout:g}s") from exc
+        except TypeError as exc:
+            # Checked only after a TypeError, so the hot path pays nothing: if the
+            # arguments do not bind, the call itself failed and no retry can help.
+            unbound = _binding_error(fn, ctx, inputs)
+            if unbound is None:
+                raise
+            given = ", ".join(sorted(inputs)) or "none"
+            raise NonRetryableError(
+                f"handler {name!r} cannot be called with the task's inputs ({given}): {unbound}"
+            ) from exc
 
     def _encode(self, result: Any) -> str | None:
         if result is None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from orchestrator.engine import RUNS_CHANNEL
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, unknown_workflow_hint
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake
 from orchestrator.spec import WorkflowSpec
 from orchestrator.states import TERMINAL_RUN_STATES, RunState
@@ -52,7 +52,8 @@ class BackfillResult:
     final: dict[int, RunState] = field(default_factory=dict)
     """How each created run ended."""
     dead_letters: list[str] = field(default_factory=list)
-    """Intervals whose trigger params could not be rendered."""
+    """Intervals whose trigger params could not be rendered, or were refused
+    by the params the workflow declares."""
 
     @property
     def failed(self) -> list[int]:
@@ -73,9 +74,10 @@ async def registered_spec(intake: Intake, workflow: str) -> WorkflowSpec:
     async with engine.db.pool.acquire() as conn:
         row = await conn.fetchrow(SQL.current_versions, [workflow])
         if row is None:
+            known = [r["name"] for r in await conn.fetch(SQL.list_workflows)]
             raise BackfillError(
-                f"unknown workflow {workflow!r}: it has not been registered with this database "
-                "(start `orchestrator dev` or `orchestrator run` with it loaded first)"
+                f"unknown workflow {workflow!r}: it has not been registered with this database"
+                f"{unknown_workflow_hint(workflow, known)}"
             )
         compiled = await engine.specs.get(conn, row["current_version"])
     return compiled.spec
@@ -254,6 +256,10 @@ async def _create(
             run_id = answer.run_ids[0] if answer and answer.run_ids else None
             result.existed[event.logical_date] = run_id or other.get(event.logical_date)
             progress(f"already existed: {local} (run {result.existed[event.logical_date]})")
+        elif not answer.run_ids:  # the workflow refused the params: a dead letter
+            result.dead_letters.extend(answer.dead_letters)
+            for reason in answer.dead_letters:
+                progress(f"not created: {local}: {reason}")
         else:
             [run_id] = answer.run_ids
             result.created[event.logical_date] = run_id

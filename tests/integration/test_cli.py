@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from eventually import wait_until
+
+from handlers import builtin_registry
+from orchestrator.app import Orchestrator
+from orchestrator.settings import Settings
+from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
+from orchestrator.store import Database
 
 EXE = [sys.executable, "-m", "orchestrator.cli"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -241,3 +249,108 @@ def test_dev_starts_with_zero_setup_reloads_and_stops_cleanly(
     assert dev.stop(signal.SIGINT) == 0
     assert "embedded PostgreSQL stopped" in dev.output()
     assert not (tmp_path / ".orchestrator" / "dev.json").exists()
+
+
+TYPED = WorkflowSpec(
+    name="sales",
+    description="Load one day of sales.",
+    params={
+        "date": {"type": "string", "format": "date", "required": True, "description": "The day."},
+        "limit": {"type": "integer", "default": 10, "minimum": 1},
+        "region": {"enum": ["emea", "amer"], "default": "emea"},
+    },
+    tasks=(TaskSpec(id="load", handler="echo", inputs={"date": "{{ params.date }}"}),),
+)
+ORDER = WorkflowSpec(
+    name="order",
+    params={"order_id": {"type": "string", "required": True}},
+    tasks=(TaskSpec(id="t", handler="echo", inputs={"id": "{{ params.order_id }}"}),),
+)
+BREAKS = WorkflowSpec(
+    name="breaks",
+    tasks=(
+        TaskSpec(
+            id="boom",
+            handler="fail",
+            inputs={"message": "disk full"},
+            retry=RetryPolicy(max_attempts=2, initial_delay_s=0.01, jitter=0),
+        ),
+        TaskSpec(id="after", handler="noop", upstream=("boom",)),
+    ),
+)
+
+
+Cli = Callable[..., Awaitable[subprocess.CompletedProcess[str]]]
+
+
+@pytest.fixture
+async def registered(db_url: str, tmp_path: Path) -> AsyncIterator[Cli]:
+    """TYPED, ORDER and BREAKS registered, a worker running in this process, and a
+    function that runs the CLI against the same database (in a thread)."""
+    settings = Settings(worker_slots=2, poll_interval_s=0.2)
+    env = base_env(ORCHESTRATOR_DATABASE_URL=db_url)
+
+    async def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(cli, *args, env=env, cwd=tmp_path)
+
+    async with Orchestrator(
+        settings, db_url, registry=builtin_registry(), workflows=[TYPED, ORDER, BREAKS]
+    ) as orch:
+        assert orch.db is not None
+        yield run
+
+
+async def test_trigger_refuses_undeclared_or_mistyped_params_and_names_them(
+    registered: Cli, db: Database
+) -> None:
+    typo = await registered("trigger", "sales", "--param", "dat=2026-02-01")
+    assert typo.returncode == 2, typo.stderr
+    assert "'dat' is not a declared param (did you mean 'date'?)" in typo.stderr
+    assert "Declared params: date (string, date, required), limit (integer" in typo.stderr
+    wrong = await registered("trigger", "sales", "-p", "date=2026-02-01", "-p", "limit=ten")
+    assert wrong.returncode == 2
+    assert "'limit' should be a valid integer, got \"ten\"" in wrong.stderr
+    missing = await registered("trigger", "sales")
+    assert missing.returncode == 2 and "'date' is required but not given" in missing.stderr
+    async with db.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM events") == 0
+
+    # A param declared as a string keeps the text typed, even when it looks like JSON.
+    number_like = await registered("trigger", "order", "-p", "order_id=1001")
+    assert number_like.returncode == 0, number_like.stderr
+    async with db.pool.acquire() as conn:
+        params = await conn.fetchval("SELECT params::text FROM runs")
+    assert json.loads(params) == {"order_id": "1001"}
+
+
+async def test_a_mistyped_workflow_name_gets_the_closest_one_and_workflows_lists_them(
+    registered: Cli,
+) -> None:
+    unknown = await registered("trigger", "sale")
+    assert unknown.returncode == 2
+    assert "unknown workflow 'sale'" in unknown.stderr
+    assert "did you mean 'sales'?" in unknown.stderr
+    assert "`orchestrator workflows`" in unknown.stderr
+    backfill = await registered("backfill", "sale", "--start", "2026-01-01", "--end", "2026-01-02")
+    assert backfill.returncode == 2 and "did you mean 'sales'?" in backfill.stderr
+
+    listed = await registered("workflows")
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"sales\s+\w{16}\s+0\s+date, limit, region\s+Load one day", listed.stdout)
+    shown = await registered("workflows", "sales")
+    assert "  date: string, date, required - The day." in shown.stdout
+    assert '  region: one of "emea", "amer", default "emea"' in shown.stdout
+    described = await registered("workflows", "sale")
+    assert described.returncode == 2 and "did you mean 'sales'?" in described.stderr
+
+
+async def test_trigger_wait_names_the_failed_task_its_attempt_and_error(
+    registered: Cli,
+) -> None:
+    failed = await registered("trigger", "breaks", "--wait", "--timeout", "60")
+    assert failed.returncode == 1
+    run_id, state = failed.stdout.split()
+    assert state == "failed"
+    assert "task boom failed on attempt 2: TaskError: disk full" in failed.stderr
+    assert "not run (upstream failed): after" in failed.stderr
+    assert f"orchestrator show {run_id}" in failed.stderr

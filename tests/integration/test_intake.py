@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from orchestrator.engine import Engine
-from orchestrator.errors import UnknownWorkflowError
+from orchestrator.errors import ParamsError, UnknownWorkflowError
 from orchestrator.intake import DeadLetter, Event, Intake, Router
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.store import Database
@@ -168,3 +168,89 @@ async def test_file_globs_and_logical_dates(intake: Intake, db: Database) -> Non
             )
             == 1
         )
+
+
+DAILY = WorkflowSpec(
+    name="daily",
+    params={
+        "date": {"type": "string", "format": "date", "required": True},
+        "limit": {"type": "integer", "default": 10},
+    },
+    tasks=(TaskSpec(id="t", handler="noop"),),
+    triggers=(KafkaTrigger(topic="orders", params={"date": "{{ payload.date }}"}),),
+)
+
+
+@pytest.fixture
+async def typed_intake(engine: Engine) -> Intake:
+    await engine.register([ORDERS, DAILY])
+    return Intake(engine, Router([ORDERS, DAILY]))
+
+
+async def dead_letters(db: Database) -> list[dict[str, Any]]:
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT source, workflow, reason, event_id FROM dead_letter_events ORDER BY id"
+        )
+    return [dict(r) for r in rows]
+
+
+async def test_params_a_workflow_refuses_dead_letter_the_event_for_it_only(
+    typed_intake: Intake, db: Database
+) -> None:
+    # The message has no `date`: the template renders null, and `daily` requires it.
+    [answer] = await typed_intake.ingest([kafka_event(1, {"kind": "created", "order_id": "A1"})])
+    assert [r["workflow"] for r in await runs_of(db)] == ["orders"]
+    [letter] = await dead_letters(db)
+    assert letter["workflow"] == "daily" and letter["event_id"] == answer.event_id
+    assert "'date' is required but was null" in letter["reason"]
+    assert answer.dead_letters == [letter["reason"]]
+
+    # A wrong type is refused the same way; a good message starts both.
+    await typed_intake.ingest([kafka_event(2, {"kind": "created", "date": "2026-02-30"})])
+    assert "'date' should be a date, YYYY-MM-DD" in (await dead_letters(db))[-1]["reason"]
+    [ok] = await typed_intake.ingest([kafka_event(3, {"kind": "created", "date": "2026-02-01"})])
+    assert len(ok.run_ids) == 2 and not ok.dead_letters
+    daily = [r for r in await runs_of(db) if r["workflow"] == "daily"]
+    assert [r["params"] for r in daily] == [{"date": "2026-02-01", "limit": 10}]
+
+
+async def test_named_events_are_checked_against_the_registered_version(
+    typed_intake: Intake, db: Database
+) -> None:
+    # Schedule events name their workflow: a refusal is a dead letter.
+    tick = Event(
+        source="schedule",
+        channel="daily",
+        dedup_key="schedule:daily:2026-01-01",
+        workflow="daily",
+        params={"date": "2026-01-01", "limt": 5},
+        logical_date=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    [answer] = await typed_intake.ingest([tick])
+    assert answer.run_ids == [] and not answer.duplicate
+    [letter] = await dead_letters(db)
+    assert (letter["source"], letter["workflow"]) == ("schedule", "daily")
+    assert "'limt' is not a declared param (did you mean 'limit'?)" in letter["reason"]
+
+    # A manual event's caller is told, and nothing is recorded.
+    manual = Event(
+        source="manual",
+        channel="daily",
+        dedup_key="manual:daily:1",
+        workflow="daily",
+        params={"date": 20260101},
+    )
+    with pytest.raises(ParamsError) as caught:
+        await typed_intake.ingest([manual])
+    assert caught.value.problems == [("date", "should be a valid string, got 20260101")]
+    assert await count(db, "events") == 1  # the schedule tick only
+    assert await runs_of(db) == []
+
+
+async def test_an_unknown_workflow_names_the_closest_registered_one(
+    typed_intake: Intake,
+) -> None:
+    manual = Event(source="manual", channel="dayly", dedup_key="manual:y", workflow="dayly")
+    with pytest.raises(UnknownWorkflowError, match="did you mean 'daily'"):
+        await typed_intake.ingest([manual])

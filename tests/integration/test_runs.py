@@ -132,6 +132,38 @@ async def test_failures_follow_the_retry_policy(
         assert rows["after"]["state"] == "upstream_failed"
 
 
+async def test_a_handler_that_cannot_take_its_inputs_fails_without_retries(db_url: str) -> None:
+    reg = builtin_registry()
+
+    async def greet(ctx: Any, *, name: str) -> str:
+        return f"hello {name}"
+
+    def halve(ctx: Any, *, n: Any) -> Any:  # a sync handler, run in a thread
+        return n / 2  # TypeError inside the handler when n is null: may be transient
+
+    reg.register("greet", greet)
+    reg.register("halve", halve)
+    spec = wf(
+        "mistyped",
+        TaskSpec(id="typo", handler="greet", inputs={"nmae": "Ada"}, retry=FAST_RETRY),
+        TaskSpec(id="missing", handler="halve", inputs={}, retry=FAST_RETRY),
+        TaskSpec(id="inside", handler="halve", inputs={"n": None}, retry=FAST_RETRY),
+    )
+    async with Orchestrator(settings(), db_url, registry=reg, workflows=[spec]) as o:
+        run_id, state = await run_to_end(o, "mistyped")
+        assert state == RunState.FAILED
+        rows = await task_rows(o, run_id)
+        assert (rows["typo"]["state"], rows["typo"]["attempt"]) == ("failed", 1)
+        assert rows["typo"]["error"] == (
+            "NonRetryableError: handler 'greet' cannot be called with the task's inputs "
+            "(nmae): unexpected argument 'nmae' (did you mean 'name'?); missing argument 'name'"
+        )
+        assert (rows["missing"]["state"], rows["missing"]["attempt"]) == ("failed", 1)
+        assert rows["missing"]["error"].endswith("inputs (none): missing argument 'n'")
+        assert (rows["inside"]["state"], rows["inside"]["attempt"]) == ("failed", 3)
+        assert rows["inside"]["error"].startswith("TypeError: unsupported operand")
+
+
 async def test_timeout_and_oversized_output_fail_the_attempt(db_url: str) -> None:
     reg = builtin_registry()
 

@@ -240,7 +240,7 @@ def test_daily_sales_dag(base: HandlerRegistry) -> None:
         "notify_team": {"load_warehouse"},
     }
     assert {t.handler for t in spec.tasks} <= {"echo", "noop"}
-    assert spec.params["date"] == "2026-01-01"
+    assert spec.param_defaults == {"date": "2026-01-01", "region": "emea"}
 
 
 def _run_with_echo(spec: WorkflowSpec, params: dict[str, Any]) -> dict[str, Any]:
@@ -250,7 +250,7 @@ def _run_with_echo(spec: WorkflowSpec, params: dict[str, Any]) -> dict[str, Any]
     outputs: dict[str, Any] = {}
     for task in spec.tasks:
         scope = build_scope(
-            params={**spec.params, **params},
+            params={**spec.param_defaults, **params},
             upstream={tid: outputs[tid] for tid in needs[task.id]},
             run_id=7,
             workflow=spec.name,

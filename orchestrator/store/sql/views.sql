@@ -6,3 +6,19 @@ SELECT run_id, count(*) AS deferred
 FROM task_instances
 WHERE run_id = ANY($1::bigint[]) AND state = 'deferred'
 GROUP BY run_id;
+
+-- name: registered_workflows
+-- $1 name (NULL: all): registered workflows, the spec new runs start with, live runs.
+SELECT w.name, w.current_version, v.spec::text AS spec, w.updated_at,
+       (SELECT count(*) FROM runs r
+        WHERE r.workflow = w.name AND r.state IN ('queued', 'running')) AS live_runs
+FROM workflows w JOIN workflow_versions v ON v.version = w.current_version
+WHERE $1::text IS NULL OR w.name = $1
+ORDER BY w.name;
+
+-- name: failed_tasks_of_run
+-- $1 run id: the tasks that did not succeed, first failures first.
+SELECT task_id, state::text AS state, attempt, error
+FROM task_instances
+WHERE run_id = $1 AND state IN ('failed', 'dead_lettered', 'upstream_failed')
+ORDER BY (state = 'upstream_failed'), ended_at NULLS LAST, id;
