@@ -455,7 +455,11 @@ class KafkaSource:
         """Compare newly assigned partitions' committed offsets with their ends,
         look up the logs of those partitions, of ``extra`` and of the suspect
         ones, and send each partition that reads a new log to its beginning:
-        its committed offset, if any, counts offsets of another log."""
+        its committed offset, if any, counts offsets of another log.
+
+        Changes nothing once the partitions are reassigned meanwhile: what it
+        found is about the previous assignment."""
+        generation = self._generation
         fresh = set(self._to_check)
         if fresh:
             tps = sorted(fresh)
@@ -471,9 +475,11 @@ class KafkaSource:
                 # batch + 1): a record just before the committed offset shows the
                 # log still reaches it.
                 reach = await records_at(self._settings, {tp: c - 1 for tp, (c, _) in past.items()})
-                for tp, (offset, end) in past.items():
-                    if reach[tp] is None:
-                        self._past_end(tp, offset, end)
+                past = {tp: found for tp, found in past.items() if reach[tp] is None}
+            if generation != self._generation:
+                return
+            for tp, (offset, end) in past.items():
+                self._past_end(tp, offset, end)
             self._to_check -= fresh
         wanted = fresh | extra | set(self._suspect)
         if wanted:
@@ -481,12 +487,17 @@ class KafkaSource:
             renewed = await self._logs.learn(
                 consumer, db, self._settings, wanted, suspect=self._suspect
             )
+            if generation != self._generation:
+                self._logs.forget()
+                return
             self._restart |= renewed
             self._suspect.clear()
             self.stats.new_logs = self._logs.new_logs
         if self._restart:
             tps = sorted(self._restart)
             starts = await consumer.beginning_offsets(tps)
+            if generation != self._generation:
+                return
             for tp in tps:
                 consumer.seek(tp, starts[tp])
                 # Records fetched before the seek are not recorded (nor their offsets committed).
