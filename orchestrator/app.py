@@ -85,7 +85,7 @@ class Orchestrator:
                 await self.register(self._initial_workflows)
             app = None
             if self._serve_http:
-                app = build_app(self.engine, self.intake, max_body_bytes=s.webhook_max_body_bytes)
+                app = build_app(self.engine, self.intake, max_body_bytes=s.max_payload_bytes)
             ctx = SourceContext(s, self.engine, self.intake, self.clock, app)
             for source in self.sources:
                 source.setup(ctx)

@@ -2,7 +2,7 @@
 
 A source (Kafka, webhook, landing zone, schedule, manual) turns what it
 receives into :class:`Event` values with a dedup key derived from the source
-(topic/partition/offset, delivery id, path+size+mtime+hash, logical date) and
+(Kafka log/partition/offset, delivery id, path+size+mtime+hash, logical date) and
 calls :meth:`Intake.ingest` with a batch. In one transaction, the batch's new
 events are written (``ON CONFLICT (dedup_key) DO NOTHING``), routed to every
 matching workflow trigger, and their runs created; redelivered events are

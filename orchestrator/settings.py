@@ -45,12 +45,14 @@ class Settings(BaseSettings):
     """Pool sizes to set at start, as JSON: ``{"warehouse": 4}``."""
 
     # -- event intake -------------------------------------------------------------
+    max_payload_bytes: int = Field(default=1_048_576, ge=1)
+    """Largest event any source accepts: a webhook or API body (larger: 413), a
+    Kafka message value (larger: dead-lettered, its partition keeps flowing).
+    Landing-zone events carry file metadata, not contents, so any file size is fine."""
     http_host: str = "127.0.0.1"
     """Where the HTTP API and webhooks listen."""
     http_port: int = Field(default=8080, ge=0, le=65535)
     """0 picks a free port (it is logged)."""
-    webhook_max_body_bytes: int = Field(default=1_048_576, ge=1)
-    """Larger webhook bodies are refused with 413."""
     webhook_tolerance_s: float = Field(default=300.0, gt=0)
     """How far a signed webhook's timestamp may be from now, either way."""
     intake_batch_delay_s: float = Field(default=0.002, ge=0, le=1)
@@ -148,8 +150,15 @@ def webhook_secret_variable(hook: str) -> str:
     return "ORCHESTRATOR_WEBHOOK_SECRET_" + hook.upper().replace("-", "_")
 
 
+#: Variables that were renamed: a value left under the old name must not be ignored silently.
+RENAMED = {"ORCHESTRATOR_WEBHOOK_MAX_BODY_BYTES": "ORCHESTRATOR_MAX_PAYLOAD_BYTES"}
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings, turning validation errors into one message per bad key."""
+    renamed = [f"{old} is now {new}" for old, new in RENAMED.items() if old in os.environ]
+    if renamed:
+        raise ConfigError("renamed settings:\n  " + "\n  ".join(renamed))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

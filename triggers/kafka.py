@@ -4,11 +4,22 @@ One consumer in the group ``settings.kafka_group_id`` reads every such topic.
 Each ``getmany`` batch (up to ``kafka_batch_max`` messages, across partitions)
 becomes ONE ``Intake.ingest`` call, so one PostgreSQL transaction; only after it
 commits are the partitions' offsets committed (``enable_auto_commit=False``).
-A message's dedup key is ``kafka:{topic}:{partition}:{offset}``, so a message
-delivered again (after a crash, a rebalance, a second group) starts nothing new.
+A message's dedup key is ``kafka:{log}:{topic}:{partition}:{offset}``, where
+``{log}`` names the log the offset belongs to (cluster and topic id, see
+:mod:`triggers.kafka_logs`): a message delivered again (after a crash, a
+rebalance, a second group) starts nothing new, and a log that starts again at
+offset 0 (a topic created again, an in-memory broker restarted) is not taken
+for a redelivery. Each partition's log is looked up once per assignment,
+before its first messages are keyed.
 
-A message that is not UTF-8 JSON is dead-lettered in the same transaction and
-its offset committed like any other: a poison message never blocks a partition.
+A newly assigned partition whose committed offset is past its high watermark
+reads a log that started again: it is logged (WARNING), counted
+(``stats.committed_past_end``) and read from its beginning, instead of
+waiting past the end for offsets that may never come.
+
+A message that is not UTF-8 JSON, or is larger than ``max_payload_bytes``, is
+dead-lettered in the same transaction and its offset committed like any other:
+a poison message never blocks a partition.
 While PostgreSQL is down the batches are kept and retried with backoff; nothing
 is committed meanwhile.
 
@@ -47,6 +58,7 @@ from triggers.kafka_config import (
     make_consumer,
     make_producer,
 )
+from triggers.kafka_logs import LogBook, LogRead, note_reads, records_at
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +106,11 @@ class KafkaIntakeStats:
     dropped_batches: int = 0
     """Batches given up at a revocation or at stop: their offsets stay uncommitted."""
     rebalances: int = 0
+    committed_past_end: int = 0
+    """Partitions assigned with a committed offset past their high watermark (read
+    again from their beginning)."""
+    new_logs: int = 0
+    """Partitions found reading another log than before (a new topic id or incarnation)."""
     last_error: str | None = None
     assigned: frozenset[tuple[str, int]] = field(default_factory=frozenset)
 
@@ -112,11 +129,13 @@ def _raw(value: bytes) -> str:
     return text
 
 
-def message_event(record: Any) -> Event | DeadLetter:
+def message_event(record: Any, key_prefix: str, max_bytes: int) -> Event | DeadLetter:
     """A consumed record as an :class:`Event`, or a :class:`DeadLetter` naming
-    why it cannot be one."""
+    why it cannot be one. ``key_prefix`` names its log, topic and partition
+    (:func:`triggers.kafka_logs.key_prefix`); a value over ``max_bytes`` is
+    refused."""
     topic, partition, offset = record.topic, record.partition, record.offset
-    key = f"kafka:{topic}:{partition}:{offset}"
+    key = f"{key_prefix}{offset}"
     headers = {k: _text(v) or "" for k, v in record.headers or ()}
     meta = {
         "topic": topic,
@@ -129,6 +148,12 @@ def message_event(record: Any) -> Event | DeadLetter:
     if value is None:
         reason = "message has no value (a tombstone); expected a JSON document"
         return DeadLetter("kafka", topic, key, reason, headers=headers, meta=meta)
+    if len(value) > max_bytes:
+        reason = (
+            f"message is {len(value)} bytes, over the limit of {max_bytes} bytes "
+            "(ORCHESTRATOR_MAX_PAYLOAD_BYTES)"
+        )
+        return DeadLetter("kafka", topic, key, reason, raw=_raw(value), headers=headers, meta=meta)
     try:
         payload = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -166,6 +191,8 @@ class _Batch:
     offsets: dict[Any, int]
     """Per partition, the offset to commit once this batch (and every earlier one) is recorded."""
     size: int
+    reads: list[LogRead] = field(default_factory=list)
+    """How far it read partitions keyed by incarnation (noted with the batch)."""
     state: str = "recording"  # -> "recorded" | "dropped"
     task: asyncio.Task[None] | None = None
 
@@ -180,6 +207,8 @@ class KafkaSource:
     in fetch order, only for batches whose predecessors are all recorded.
     ``poll_s`` bounds how long a reload waits to be seen; a failed batch is
     retried after ``retry_initial_s``, doubling up to ``retry_max_s``.
+    ``use_topic_ids=False`` keys messages by counted log incarnations even
+    when the broker gives topic ids (see :class:`LogBook`).
     """
 
     name = "kafka"
@@ -193,6 +222,7 @@ class KafkaSource:
         retry_initial_s: float = 0.1,
         retry_max_s: float = 5.0,
         commit_timeout_s: float = 30.0,
+        use_topic_ids: bool = True,
     ) -> None:
         if pipeline < 1:
             raise ValueError("pipeline must be at least 1")
@@ -219,6 +249,18 @@ class KafkaSource:
         """Offsets recorded in PostgreSQL and not yet committed to Kafka."""
         self._task: asyncio.Task[None] | None = None
         self._listener = _Listener(self)
+        self._logs = LogBook(use_topic_ids=use_topic_ids)
+        # Partition bookkeeping of the current assignment (see _keys_ready):
+        self._to_check: set[Any] = set()
+        """Assigned, committed offset not yet compared with the high watermark."""
+        self._suspect: dict[Any, str] = {}
+        """Known to read a new log, with the reason; its log not looked up yet."""
+        self._restart: set[Any] = set()
+        """Reading a new log: to send to their beginning."""
+        self._sought: set[Any] = set()
+        """Sent back to their beginning: records fetched before that are dropped."""
+        self._next: dict[Any, int] = {}
+        """Per partition, the offset after the last one keyed (going back: a new log)."""
 
     # -- Source protocol ------------------------------------------------------
 
@@ -282,13 +324,26 @@ class KafkaSource:
                         await self._changed.wait()
                     continue
                 consumer = await self._consumer_for(self._topics)
+                if self._to_check or self._restart:
+                    await self._check_partitions(consumer, set())
                 fetched = await consumer.getmany(
                     timeout_ms=int(self.poll_s * 1000), max_records=self._settings.kafka_batch_max
                 )
                 # Taken before any await: the records belong to this generation.
                 generation = self._generation
                 if fetched:
-                    batch = _to_batch(fetched, generation)
+                    ready = await self._keys_ready(consumer, fetched, generation)
+                    if ready is None:
+                        # Reassigned (or stopping) meanwhile: not recorded, not committed,
+                        # so the partitions' next owner reads them again.
+                        continue
+                    fetched = ready
+                if fetched:
+                    batch = _to_batch(
+                        fetched, generation, self._logs.prefixes, self._settings.max_payload_bytes
+                    )
+                    batch.reads = self._logs.reads(fetched)
+                    self._next.update(batch.offsets)
                     while len(self._inflight) >= self.pipeline:
                         oldest = self._inflight[0].task
                         assert oldest is not None
@@ -338,8 +393,131 @@ class KafkaSource:
         self._subscribed = ()
         if consumer is not None:
             self._generation += 1
+            self._forget_partitions()
             await consumer.stop()
             self.stats.assigned = frozenset()
+
+    # -- which log each partition reads -------------------------------------------
+
+    def _forget_partitions(self) -> None:
+        self._logs.forget()
+        self._to_check.clear()
+        self._suspect.clear()
+        self._restart.clear()
+        self._sought.clear()
+        self._next.clear()
+
+    async def _keys_ready(
+        self, consumer: AIOKafkaConsumer, fetched: dict[Any, Any], generation: int
+    ) -> dict[Any, Any] | None:
+        """Make sure the log of every partition in ``fetched`` is known, so its
+        records can be keyed; returns what is left to record of ``fetched``,
+        or None when the partitions were reassigned (or the source stops) first.
+
+        Cheap when nothing changed: a few dict lookups per partition. A broker
+        or database error is retried here (the records are fetched: giving up
+        would skip them) until it works or the partitions are reassigned.
+        """
+        for tp, records in fetched.items():
+            expected = self._next.get(tp)
+            if records and expected is not None and records[0].offset < expected:
+                self._suspect[tp] = (
+                    f"offsets went back from {expected} to {records[0].offset} while reading"
+                )
+        delay = self.retry_initial_s
+        while True:
+            if generation != self._generation or self._stopping.is_set():
+                return None
+            missing = {tp for tp in fetched if tp not in self._logs.prefixes}
+            if not (missing or self._suspect or self._to_check or self._restart):
+                break
+            try:
+                await self._check_partitions(consumer, missing)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "cannot look up the logs of Kafka partitions %s (%s); trying again in %.1fs",
+                    _describe_partitions(missing | set(self._suspect) | self._to_check),
+                    self.stats.last_error,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._interrupt.wait(), delay)
+                delay = min(delay * 2, self.retry_max_s)
+        if not self._sought:
+            return fetched
+        sought, self._sought = self._sought, set()
+        return {tp: records for tp, records in fetched.items() if tp not in sought}
+
+    async def _check_partitions(self, consumer: AIOKafkaConsumer, extra: set[Any]) -> None:
+        """Compare newly assigned partitions' committed offsets with their ends,
+        look up the logs of those partitions, of ``extra`` and of the suspect
+        ones, and send each partition that reads a new log to its beginning:
+        its committed offset, if any, counts offsets of another log.
+
+        Changes nothing once the partitions are reassigned meanwhile: what it
+        found is about the previous assignment."""
+        generation = self._generation
+        fresh = set(self._to_check)
+        if fresh:
+            tps = sorted(fresh)
+            ends = await consumer.end_offsets(tps)
+            committed = await asyncio.gather(*(consumer.committed(tp) for tp in tps))
+            past = {
+                tp: (offset, ends[tp])
+                for tp, offset in zip(tps, committed, strict=True)
+                if offset is not None and offset > ends[tp]
+            }
+            if past:
+                # Some brokers under-report the end (Tansu: the start of the last
+                # batch + 1): a record just before the committed offset shows the
+                # log still reaches it.
+                reach = await records_at(self._settings, {tp: c - 1 for tp, (c, _) in past.items()})
+                past = {tp: found for tp, found in past.items() if reach[tp] is None}
+            if generation != self._generation:
+                return
+            for tp, (offset, end) in past.items():
+                self._past_end(tp, offset, end)
+            self._to_check -= fresh
+        wanted = fresh | extra | set(self._suspect)
+        if wanted:
+            db = self._intake.engine.db
+            renewed = await self._logs.learn(
+                consumer, db, self._settings, wanted, suspect=self._suspect
+            )
+            if generation != self._generation:
+                self._logs.forget()
+                return
+            self._restart |= renewed
+            self._suspect.clear()
+            self.stats.new_logs = self._logs.new_logs
+        if self._restart:
+            tps = sorted(self._restart)
+            starts = await consumer.beginning_offsets(tps)
+            if generation != self._generation:
+                return
+            for tp in tps:
+                consumer.seek(tp, starts[tp])
+                # Records fetched before the seek are not recorded (nor their offsets committed).
+                self._sought.add(tp)
+                self._next.pop(tp, None)
+            self._restart.clear()
+
+    def _past_end(self, tp: Any, committed: int, end: int) -> None:
+        self.stats.committed_past_end += 1
+        log.warning(
+            "Kafka %s[%d]: the group's committed offset %d is past the high watermark %d; "
+            "the log started again (a topic created again, a broker that lost its data): "
+            "reading it from its beginning",
+            tp.topic,
+            tp.partition,
+            committed,
+            end,
+        )
+        self._restart.add(tp)
+        self._suspect[tp] = f"the committed offset {committed} is past its end {end}"
 
     async def _drain(self) -> None:
         """Wait for every batch in flight, then commit what was recorded."""
@@ -364,7 +542,7 @@ class KafkaSource:
                 )
                 break
             try:
-                await self._record(batch.events, batch.letters)
+                await self._record(batch.events, batch.letters, batch.reads)
             except Exception as exc:
                 attempt += 1
                 self._ingest_failed(exc, batch.size, attempt, delay)
@@ -386,13 +564,25 @@ class KafkaSource:
                 self.stats.messages += batch.size
         await self._commit_recorded()
 
-    async def _record(self, events: list[Event], letters: list[DeadLetter]) -> None:
+    async def _record(
+        self, events: list[Event], letters: list[DeadLetter], reads: list[LogRead]
+    ) -> None:
         refused = 0
         try:
-            answers = await self._intake.ingest(events, dead_letters=letters, actor="kafka")
+            if reads:
+                async with self._intake.engine.db.transaction() as conn:
+                    answers = await self._intake.ingest_in(
+                        conn, events, dead_letters=letters, actor="kafka"
+                    )
+                    await note_reads(conn, reads)
+            else:
+                answers = await self._intake.ingest(events, dead_letters=letters, actor="kafka")
         except asyncpg.DataError:
             # Something in the batch PostgreSQL refuses for good: find it, one by one.
             answers, refused = await self._record_one_by_one(events, letters)
+            if reads:
+                async with self._intake.engine.db.transaction() as conn:
+                    await note_reads(conn, reads)
         for answer in answers:
             if answer.duplicate:
                 self.stats.duplicates += 1
@@ -491,6 +681,7 @@ class KafkaSource:
         # recorded finish and their offsets are committed; batches not started
         # yet, or waiting to retry, are given up (not committed).
         self._generation += 1
+        self._forget_partitions()
         self.stats.rebalances += 1
         self._interrupt.set()
         try:
@@ -504,12 +695,20 @@ class KafkaSource:
 
     def _assigned(self, assigned: set[Any]) -> None:
         # The consumer resumes each partition at its committed offset (the
-        # earliest one for a new group): nothing to seek here.
+        # earliest one for a new group); the consume loop compares it with the
+        # high watermark and looks the partitions' logs up before keying any
+        # of their records (not here: an error here could not be retried).
+        self._to_check |= set(assigned)
         self.stats.assigned = frozenset((tp.topic, tp.partition) for tp in assigned)
         log.info("Kafka partitions assigned: %s", _describe_partitions(assigned) or "none")
 
 
-def _to_batch(fetched: Mapping[Any, Sequence[Any]], generation: int) -> _Batch:
+def _to_batch(
+    fetched: Mapping[Any, Sequence[Any]],
+    generation: int,
+    prefixes: Mapping[Any, str],
+    max_bytes: int,
+) -> _Batch:
     events: list[Event] = []
     letters: list[DeadLetter] = []
     offsets: dict[Any, int] = {}
@@ -522,8 +721,9 @@ def _to_batch(fetched: Mapping[Any, Sequence[Any]], generation: int) -> _Batch:
             continue
         size += len(records)
         offsets[tp] = records[-1].offset + 1
+        prefix = prefixes[tp]
         for record in records:
-            item = message_event(record)
+            item = message_event(record, prefix, max_bytes)
             if isinstance(item, Event):
                 events.append(item)
             else:

@@ -7,7 +7,8 @@ embedded test broker has no idempotent producer, so ``make_producer`` honours
 and appears nowhere else: :func:`describe` is what may be logged.
 
 aiokafka ships no type information; its names are imported (and re-exported)
-here only, so the rest of the project has one place that says so.
+here only, so the rest of the project has one place that says so (the wire
+protocol types that ``kafka_metadata`` extends aside).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 from aiokafka.errors import (  # type: ignore[import-untyped]
     CommitFailedError,
     KafkaError,
+    OffsetOutOfRangeError,
     TopicAlreadyExistsError,
 )
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
@@ -41,6 +43,7 @@ __all__ = [
     "ConsumerRebalanceListener",
     "KafkaError",
     "NewTopic",
+    "OffsetOutOfRangeError",
     "TopicAlreadyExistsError",
     "TopicPartition",
     "bootstrap_of",

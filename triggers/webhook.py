@@ -14,7 +14,7 @@ Answers, in the order they are checked:
   malformed). 503 rather than 401 because the sender is not at fault: a
   well-behaved sender retries, and once the operator sets the variable and
   restarts, the deliveries arrive — nothing is accepted unverified meanwhile.
-- 413: the body is over ``webhook_max_body_bytes`` (``Content-Length`` is
+- 413: the body is over ``max_payload_bytes`` (``Content-Length`` is
   checked first, the limit is enforced again while reading).
 - 401: the signature or token is missing or wrong; nothing is stored.
 - 400: the body is not JSON (the message gives the position), is JSON that
@@ -255,7 +255,7 @@ class WebhookSource:
                     {"Retry-After": "60"},
                 )
             keys = found
-        limit = self._settings.webhook_max_body_bytes
+        limit = self._settings.max_payload_bytes
         length = request.content_length
         if length is not None and length > limit:
             return _too_large(limit)

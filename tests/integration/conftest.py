@@ -3,14 +3,16 @@
 The broker is ``ORCHESTRATOR_TEST_KAFKA`` (host:port) when set, else an
 embedded Tansu broker started once for the session on a free port. Each test
 gets its own topic and consumer-group names from :class:`KafkaEnv`, so tests
-never see each other's messages or offsets.
+never see each other's messages or offsets. Tests that restart the broker get
+one of their own (:class:`OwnKafka`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,3 +81,33 @@ def kafka_env(kafka_bootstrap: str) -> KafkaEnv:
         prefix=f"it_{uuid.uuid4().hex[:10]}",
         embedded="ORCHESTRATOR_TEST_KAFKA" not in os.environ,
     )
+
+
+@dataclass
+class OwnKafka:
+    """An embedded broker for one test, which it may restart."""
+
+    broker: EmbeddedKafka
+    env: KafkaEnv
+
+    async def restart(self) -> None:
+        """Stop the broker and start a new one on the same port. It keeps
+        everything in memory: topics, messages and committed offsets are gone,
+        and a topic created again starts at offset 0 (as after ``orchestrator
+        dev`` restarts)."""
+        port = self.broker.port
+        await asyncio.to_thread(self.broker.stop)
+        self.broker = EmbeddedKafka(port=port)
+        await asyncio.to_thread(self.broker.start)
+
+
+@pytest.fixture
+async def own_kafka() -> AsyncIterator[OwnKafka]:
+    broker = EmbeddedKafka()
+    await asyncio.to_thread(broker.start)
+    env = KafkaEnv(bootstrap=broker.bootstrap, prefix=f"it_{uuid.uuid4().hex[:10]}", embedded=True)
+    own = OwnKafka(broker, env)
+    try:
+        yield own
+    finally:
+        await asyncio.to_thread(own.broker.stop)

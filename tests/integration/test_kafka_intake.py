@@ -50,9 +50,10 @@ async def produce(
     *,
     headers: list[tuple[str, bytes]] | None = None,
     key: bytes | None = None,
+    **producer_options: Any,
 ) -> list[tuple[int, int]]:
     """Send (partition or None, value) pairs in order; their (partition, offset)."""
-    producer = make_producer(settings, linger_ms=2)
+    producer = make_producer(settings, linger_ms=2, **producer_options)
     await producer.start()
     try:
         futures = [
@@ -199,6 +200,39 @@ async def test_each_message_once_with_duplicates_and_poison_on_six_partitions(
     assert await count(db_url, "events") == 969
     assert await count(db_url, "runs") == 969
     assert await count(db_url, "dead_letter_events") == 31
+
+
+async def test_a_message_over_the_payload_limit_is_dead_lettered_and_its_partition_flows_on(
+    db_url: str, kafka_env: Any
+) -> None:
+    topic = await kafka_env.create_topic("big")
+    settings = kafka_env.settings()
+    limit = settings.max_payload_bytes
+    assert limit == 1 << 20, "the default: the same limit as webhook bodies"
+    at_limit = orjson.dumps({"order_id": "AT", "pad": "x" * (limit - 26)})
+    assert len(at_limit) == limit
+    too_big = orjson.dumps({"order_id": "BIG", "pad": "x" * (2 << 20)})
+    messages = [(0, good(1)), (0, too_big), (0, at_limit), (0, good(2))]
+    sent = await produce(settings, topic, messages, max_request_size=4 << 20)
+    spec = flow("orders", topic, params={"order_id": "{{ payload.order_id }}"})
+    source = KafkaSource(consumer_options=kafka_env.consumer_options)
+    async with orchestrator(settings, db_url, [spec], source):
+        await eventually(
+            lambda: all_committed(settings, topic, ends_of(sent)), timeout=30, what="committed"
+        )
+    runs = await rows(db_url, "SELECT params->>'order_id' AS o FROM runs ORDER BY id")
+    assert [r["o"] for r in runs] == ["o1", "AT", "o2"]
+    assert sorted(o for _, o in await event_offsets(db_url, topic)) == [0, 2, 3]
+    [letter] = await rows(
+        db_url, "SELECT reason, raw, (meta->>'offset')::int AS o FROM dead_letter_events"
+    )
+    assert letter["o"] == 1
+    assert letter["reason"] == (
+        f"message is {len(too_big)} bytes, over the limit of {limit} bytes "
+        "(ORCHESTRATOR_MAX_PAYLOAD_BYTES)"
+    )
+    assert letter["raw"].startswith('{"order_id":"BIG"')
+    assert letter["raw"].endswith(f"[truncated: {len(too_big)} bytes in all]")
 
 
 async def test_filters_mappings_and_what_an_event_carries(db_url: str, kafka_env: Any) -> None:

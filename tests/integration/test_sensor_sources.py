@@ -219,6 +219,36 @@ async def test_a_kafka_sensor_on_a_real_broker_matches_its_order_even_when_it_ca
             assert (await wake_reason(db, late, "shipped")).endswith("arrived")
 
 
+@pytest.mark.timeout(120)
+async def test_a_kafka_sensor_is_woken_by_a_message_at_an_offset_seen_before_a_broker_restart(
+    db_url: str, own_kafka: Any
+) -> None:
+    env = own_kafka.env
+    topic = await env.create_topic("shipments")
+    spec = fulfillment(topic)
+    settings = env.settings(worker_slots=4, poll_interval_s=0.2)
+    source = KafkaSource(consumer_options=env.consumer_options)
+    async with Orchestrator(
+        settings, db_url, registry=builtin_registry(), workflows=[spec], sources=[source]
+    ) as orch:
+        assert orch.engine is not None and orch.db is not None
+        db = orch.db
+        waiting = await orch.engine.trigger("fulfill", {"order_id": "R-2"})
+        await eventually(deferred(db, [waiting], "shipped"), what="R-2's sensor deferred")
+        # Another order's shipment at offset 0: recorded, wakes nothing.
+        assert await publish(settings, topic, [shipment("R-1", "ups")]) == [(0, 0)]
+        await eventually(recorded(db, "kafka", {topic}), timeout=30, what="R-1 recorded")
+
+        # The broker restarts with an empty log: R-2's shipment is at offset 0 again.
+        await own_kafka.restart()
+        await env.create_topic("shipments")
+        assert await publish(settings, topic, [shipment("R-2", "dpd")]) == [(0, 0)]
+        final = await wait_for_runs(db, [waiting], timeout=60)
+        assert final[waiting] == RunState.SUCCESS
+        assert await output(db, waiting, "notify") == {"carrier": "dpd"}
+        assert (await wake_reason(db, waiting, "shipped")).endswith("arrived")
+
+
 # -- landing zone --------------------------------------------------------------------------
 
 

@@ -119,7 +119,7 @@ def settings(**overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "http_port": 0,
         "worker_slots": 0,
-        "webhook_max_body_bytes": 4096,
+        "max_payload_bytes": 4096,
         "webhook_tolerance_s": 300,
         "intake_batch_delay_s": 0.002,
         "db_pool_size": 4,
