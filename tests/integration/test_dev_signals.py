@@ -13,10 +13,12 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,13 +82,15 @@ def answers(port: int) -> bool:
 class Dev:
     """``orchestrator dev`` in a new session, its output kept in a file."""
 
-    def __init__(self, cwd: Path, **env: str) -> None:
+    def __init__(self, cwd: Path, data_dir: Path, **env: str) -> None:
         self.cwd = cwd
+        self.data_dir = data_dir
         self.mark = uuid.uuid4().hex
         self.log = cwd / "dev.log"
         full = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
         full.update(
             PYTHONPATH=str(ROOT),
+            ORCHESTRATOR_DATA_DIR=str(data_dir),
             ORCHESTRATOR_HTTP_PORT="0",
             ORCHESTRATOR_POLL_INTERVAL_S="0.2",
             ORCHESTRATOR_SHUTDOWN_GRACE_S="1",
@@ -147,7 +151,7 @@ class Dev:
         port = re.search(r"starting embedded Kafka broker on 127\.0\.0\.1:(\d+)", out)
         if port:
             assert not answers(int(port.group(1))), "the broker's port is still bound"
-        assert not (self.cwd / ".orchestrator" / "pg" / "postmaster.pid").exists()
+        assert not (self.data_dir / "pg" / "postmaster.pid").exists()
 
 
 @pytest.fixture
@@ -156,6 +160,16 @@ def workdir(tmp_path: Path) -> Path:
     for name, text in WORKFLOWS.items():
         (tmp_path / "wf" / name).write_text(text)
     return tmp_path
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """Outside pytest's base temp directory: as root, the embedded server runs
+    as another user who must traverse the path, and every new pytest session
+    on the machine makes ``/tmp/pytest-of-root`` private again."""
+    path = Path(tempfile.mkdtemp(prefix="orchestrator-dev-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -199,12 +213,16 @@ async def task_history(url: str, run_id: int) -> tuple[str, list[tuple[str, str,
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("database", ["embedded", "configured"])
 def test_ctrl_c_stops_dev_cleanly_and_records_the_interrupted_task(
-    database: str, workdir: Path, devs: list[Dev], request: pytest.FixtureRequest
+    database: str,
+    workdir: Path,
+    data_dir: Path,
+    devs: list[Dev],
+    request: pytest.FixtureRequest,
 ) -> None:
     env = {}
     if database == "configured":
         env["ORCHESTRATOR_DATABASE_URL"] = request.getfixturevalue("db_url")
-    dev = Dev(workdir, **env)
+    dev = Dev(workdir, data_dir, **env)
     devs.append(dev)
     dev.wait_for("orchestrator dev is running")
     run_id = int(trigger(dev, "slow"))
@@ -222,7 +240,7 @@ def test_ctrl_c_stops_dev_cleanly_and_records_the_interrupted_task(
         state, moves = asyncio.run(task_history(url, run_id))
     else:
         # Start the database dev kept, and look at what it recorded.
-        server = EmbeddedPostgres(workdir / ".orchestrator" / "pg")
+        server = EmbeddedPostgres(data_dir / "pg")
         try:
             url = with_database(server.start(), "orchestrator")
             state, moves = asyncio.run(task_history(url, run_id))
@@ -244,9 +262,9 @@ def test_ctrl_c_stops_dev_cleanly_and_records_the_interrupted_task(
     ],
 )
 def test_a_signal_during_start_up_leaves_no_process_behind(
-    moment: str, sig: int, to_group: bool, workdir: Path, devs: list[Dev]
+    moment: str, sig: int, to_group: bool, workdir: Path, data_dir: Path, devs: list[Dev]
 ) -> None:
-    dev = Dev(workdir)
+    dev = Dev(workdir, data_dir)
     devs.append(dev)
     dev.wait_for(moment)
     if to_group:
