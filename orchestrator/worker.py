@@ -109,8 +109,9 @@ class Worker:
         self._wake.set()
         claimer = self._loops.get("claim")
         if claimer is not None:
-            # A claim in flight still launches what it claimed: let it land.
-            _done, pending = await asyncio.wait({claimer}, timeout=max(grace_s, 1.0))
+            # A claim in flight still launches what it claimed: let it land
+            # (cancelled after it commits, its attempts would wait for the reaper).
+            _done, pending = await asyncio.wait({claimer}, timeout=self.settings.lease_s)
             for task in pending:
                 task.cancel()
         await self._finish_attempts(grace_s)
