@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from datetime import timedelta
 from types import TracebackType
 
@@ -27,6 +27,23 @@ from orchestrator.triggerer import Triggerer
 from orchestrator.worker import FaultHook, Worker
 
 log = logging.getLogger(__name__)
+
+
+async def _shutdown_step(what: str, step: Awaitable[None]) -> None:
+    """One step of stopping. A failure is logged and the next steps still run:
+    a source that cannot stop cleanly must not keep finished attempts from
+    being recorded."""
+    try:
+        await step
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # this stop() itself is being cancelled
+        # Not ours: a library re-raised the cancellation of one of its own
+        # tasks (aiokafka's consumer does when its broker is already gone).
+        log.warning("%s did not stop cleanly: one of its tasks was cancelled", what)
+    except Exception:
+        log.exception("%s did not stop cleanly", what)
 
 
 class Orchestrator:
@@ -153,27 +170,28 @@ class Orchestrator:
     async def _stop_sources(self) -> None:
         while self._started_sources:
             source = self._started_sources.pop()
-            try:
-                await source.stop()
-            except Exception:
-                log.exception("source %s did not stop cleanly", source.name)
+            await _shutdown_step(f"source {source.name}", source.stop())
 
-    async def stop(self, grace_s: float = 10.0) -> None:
-        # Stop taking events first, then let running work finish.
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop taking events, give running attempts ``grace_s`` (default: the
+        ``shutdown_grace_s`` setting) to finish, commit every outcome, and only
+        then close the database."""
+        if grace_s is None:
+            grace_s = self.settings.shutdown_grace_s
         await self._stop_sources()
         if self.triggerer is not None:
-            await self.triggerer.stop()
+            await _shutdown_step("the triggerer", self.triggerer.stop())
         if self._pruner is not None:
             self._pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pruner
         if self.http is not None:
-            await self.http.stop()
+            await _shutdown_step("the HTTP server", self.http.stop())
         if self.worker is not None:
             await self.worker.stop(grace_s)
         if self._listener is not None:
-            await self._listener.stop()
-        await self.registry.shutdown()
+            await _shutdown_step("the NOTIFY listener", self._listener.stop())
+        await _shutdown_step("the handlers", self.registry.shutdown())
         if self.db is not None:
             await self.db.close()
 

@@ -2,7 +2,8 @@
 
 Both load workflows and handlers from a path, register them, and run the
 engine and a worker until SIGINT/SIGTERM, then stop cleanly: running attempts
-get a grace period, finished ones are recorded, the embedded server stops.
+get a grace period, every outcome is committed, and only then do the
+embedded servers stop.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from orchestrator.app import Orchestrator
 from orchestrator.embedded import EmbeddedPostgres
 from orchestrator.errors import ConfigError
 from orchestrator.loader import LoadResult, format_errors, load_path
-from orchestrator.plugins import create_sources, handler_registry, prepare_dev
+from orchestrator.plugins import DevPreparation, create_sources, handler_registry, prepare_dev
 from orchestrator.registry import HandlerRegistry
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
@@ -88,6 +89,23 @@ def load_workflows(path: Path) -> LoadResult:
     return load_path(path, base=handler_registry())
 
 
+#: How a terminal (Ctrl-C) and a supervisor ask a process to stop.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM set ``stop`` instead of ending the process."""
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
 class Reloader:
     """Keeps the last good version of every file's workflows and handlers."""
 
@@ -136,18 +154,33 @@ async def serve(
     *,
     reload: bool,
     banner: str = "",
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Run until SIGINT/SIGTERM: the engine, a worker, and every event source
-    the settings' roles enable (found through entry points)."""
+    """Run the engine, a worker, and every event source the settings' roles
+    enable (found through entry points) until SIGINT/SIGTERM, or until
+    ``stop`` is set when the caller handles the signals itself."""
+    if stop is None:
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            await _serve(settings, database_url, path, reload=reload, banner=banner, stop=stop)
+    else:
+        await _serve(settings, database_url, path, reload=reload, banner=banner, stop=stop)
+
+
+async def _serve(
+    settings: Settings,
+    database_url: str,
+    path: Path,
+    *,
+    reload: bool,
+    banner: str,
+    stop: asyncio.Event,
+) -> None:
     first = await asyncio.to_thread(load_workflows, path)
     if first.errors:
         click.secho(format_errors(first.errors), fg="red", err=True)
         if not reload:
             raise ConfigError(f"{len(first.errors)} error(s) in {path}; nothing was started")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     orch = Orchestrator(
         settings,
         database_url,
@@ -157,6 +190,7 @@ async def serve(
         http=settings.has_role("api"),
         prune=True,
     )
+    # A signal during start() is acted on once it returns.
     await orch.start()
     watcher: asyncio.Task[None] | None = None
     try:
@@ -166,7 +200,7 @@ async def serve(
             watcher = asyncio.create_task(Reloader(orch, path, first).watch())
         if orch.http is not None:
             click.echo(f"HTTP API and webhooks on http://{orch.http.host}:{orch.http.port}")
-        if banner:
+        if banner and not stop.is_set():
             click.echo(banner)
         await stop.wait()
         click.echo("stopping: letting running attempts finish ...", err=True)
@@ -176,59 +210,88 @@ async def serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await orch.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 def run_dev(settings: Settings, path: Path) -> None:
     """``orchestrator dev``: everything in one process, zero setup."""
-    server: EmbeddedPostgres | None = None
-    if settings.database_url is not None:
-        url = settings.database_url.get_secret_value()
-    else:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        server = EmbeddedPostgres(settings.data_dir / "pg")
-        click.echo(f"starting embedded PostgreSQL in {server.data_dir} ...")
-        url = asyncio.run(create_database(server.start(), "orchestrator", exist_ok=True))
-    try:
-        _run_loop(_dev_main(settings, url, path))
-    finally:
-        if server is not None:
-            server.stop()
-            click.echo("embedded PostgreSQL stopped", err=True)
+    _run_loop(_dev_main(settings, path))
 
 
-async def _dev_main(settings: Settings, url: str, path: Path) -> None:
+async def _dev_main(settings: Settings, path: Path) -> None:
+    """Start the embedded services, serve, and on every way out stop all that
+    was started, in reverse order: the embedded servers only once the
+    orchestrator has recorded its work.
+
+    SIGINT and SIGTERM are handled from the first moment. Arriving during
+    start-up, they end it after the step in progress, so no server is left
+    half-started; the servers run in sessions of their own, so a terminal's
+    Ctrl-C reaches only this process, which stops them in order.
+    """
+    stop = asyncio.Event()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    state_file = dev_state_path(settings)
-    settings, preparations = await prepare_dev(settings)
+    with stop_on_signals(stop):
+        async with contextlib.AsyncExitStack() as started:
+            url = await _start_database(settings, started)
+            if stop.is_set():
+                click.echo("stopping ...", err=True)
+                return
+            settings, preparations = await prepare_dev(settings)
+            for prep in preparations:
+                if prep.cleanup is not None:
+                    started.push_async_callback(_quietly, prep.cleanup)
+            if stop.is_set():
+                click.echo("stopping ...", err=True)
+                return
+            state_file = dev_state_path(settings)
+            state = {
+                "pid": os.getpid(),
+                "database_url": url,
+                "kafka_bootstrap": settings.kafka_bootstrap,
+            }
+            state_file.write_text(json.dumps(state))
+            started.callback(state_file.unlink, missing_ok=True)
+            banner = _dev_banner(path, preparations)
+            await serve(settings, url, path, reload=True, banner=banner, stop=stop)
+
+
+async def _start_database(settings: Settings, started: contextlib.AsyncExitStack) -> str:
+    """The configured database, or the embedded server's (stopped by ``started``)."""
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    server = EmbeddedPostgres(settings.data_dir / "pg")
+    click.echo(f"starting embedded PostgreSQL in {server.data_dir} ...")
+    # Pushed before starting: stop() also ends a server that failed half-way.
+    started.push_async_callback(_stop_database, server)
+    admin_url = await asyncio.to_thread(server.start)
+    return await create_database(admin_url, "orchestrator", exist_ok=True)
+
+
+async def _stop_database(server: EmbeddedPostgres) -> None:
+    was_running = server.running
+    await asyncio.to_thread(server.stop)
+    if was_running:
+        click.echo("embedded PostgreSQL stopped", err=True)
+
+
+async def _quietly(cleanup: Callable[[], Awaitable[None]]) -> None:
     try:
-        state = {
-            "pid": os.getpid(),
-            "database_url": url,
-            "kafka_bootstrap": settings.kafka_bootstrap,
-        }
-        state_file.write_text(json.dumps(state))
-        lines = [
-            "",
-            "orchestrator dev is running; Ctrl-C stops it. In another terminal:",
-            "  orchestrator trigger daily_sales --param date=2026-02-01 --wait",
-            "  orchestrator runs",
-            "  orchestrator show RUN_ID",
-        ]
-        for prep in preparations:
-            lines += prep.banner
-        lines.append(f"Edit files under {path}/ and they are reloaded.")
-        await serve(settings, url, path, reload=True, banner="\n".join(lines) + "\n")
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            state_file.unlink()
-        for prep in reversed(preparations):
-            if prep.cleanup is not None:
-                try:
-                    await prep.cleanup()
-                except Exception:
-                    log.exception("a dev-mode service did not stop cleanly")
+        await cleanup()
+    except Exception:
+        log.exception("a dev-mode service did not stop cleanly")
+
+
+def _dev_banner(path: Path, preparations: list[DevPreparation]) -> str:
+    lines = [
+        "",
+        "orchestrator dev is running; Ctrl-C stops it. In another terminal:",
+        "  orchestrator trigger daily_sales --param date=2026-02-01 --wait",
+        "  orchestrator runs",
+        "  orchestrator show RUN_ID",
+    ]
+    for prep in preparations:
+        lines += prep.banner
+    lines.append(f"Edit files under {path}/ and they are reloaded.")
+    return "\n".join(lines) + "\n"
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -69,13 +69,23 @@ def create_sources(settings: Settings) -> list[Source]:
 async def prepare_dev(settings: Settings) -> tuple[Settings, list[DevPreparation]]:
     """Let every source set itself up for ``orchestrator dev``."""
     done: list[DevPreparation] = []
-    for _name, plugin in source_plugins():
-        prepare = getattr(plugin, "prepare_dev", None)
-        if prepare is None:
-            continue
-        prep: DevPreparation | None = await prepare(settings)
-        if prep is not None:
-            done.append(prep)
-            if prep.settings:
-                settings = settings.model_copy(update=prep.settings)
+    try:
+        for _name, plugin in source_plugins():
+            prepare = getattr(plugin, "prepare_dev", None)
+            if prepare is None:
+                continue
+            prep: DevPreparation | None = await prepare(settings)
+            if prep is not None:
+                done.append(prep)
+                if prep.settings:
+                    settings = settings.model_copy(update=prep.settings)
+    except BaseException:
+        # The caller never sees these: stop what was started (an embedded broker).
+        for prep in reversed(done):
+            if prep.cleanup is not None:
+                try:
+                    await prep.cleanup()
+                except Exception:
+                    log.exception("a dev-mode service did not stop cleanly")
+        raise
     return settings, done

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     """Slots given to a named pool the first time a workflow uses it."""
     pools: dict[str, int] = Field(default_factory=dict)
     """Pool sizes to set at start, as JSON: ``{"warehouse": 4}``."""
+    shutdown_grace_s: float = Field(default=10.0, ge=0, le=3600)
+    """On SIGINT/SIGTERM, how long running attempts may still finish; those
+    still running then are interrupted and recorded as failed attempts
+    (retried per their policy) before the process exits."""
 
     # -- event intake -------------------------------------------------------------
     max_payload_bytes: int = Field(default=1_048_576, ge=1)

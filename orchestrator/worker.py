@@ -37,6 +37,9 @@ from orchestrator.templates import render
 
 log = logging.getLogger(__name__)
 
+#: Why an attempt still running when the worker stopped was cut short.
+INTERRUPTED = "worker shut down during the attempt"
+
 #: Named fault-injection points; recovery tests switch them on (see faults.py).
 FaultHook = Callable[[str, Claimed], Awaitable[None]]
 
@@ -104,9 +107,11 @@ class Worker:
         self._wake = asyncio.Event()
         self._flush_wanted = asyncio.Event()
         self._stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
-        self._flushes_in_flight = 0
-        self._idle = asyncio.Event()
+        # Set once no attempt runs any more: the flusher records what is left and ends.
+        self._draining = False
+        # Attempts cut short by stop(), logged once their new state is committed.
+        self._interrupted: set[tuple[int, int]] = set()
+        self._loops: dict[str, asyncio.Task[None]] = {}
         self.executed = 0
         self.rejected = 0
 
@@ -120,30 +125,56 @@ class Worker:
             ("reaper", self._reaper_loop),
         ]
         for label, fn in loops:
-            self._tasks.append(asyncio.create_task(self._guard(label, fn), name=f"worker-{label}"))
+            self._loops[label] = asyncio.create_task(self._guard(label, fn), name=f"worker-{label}")
 
     def wake(self, _payload: str = "") -> None:
         """Called on NOTIFY: there may be new work."""
         self._wake.set()
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop claiming, let running attempts finish for ``grace_s``, record
-        them, and give back (as lost attempts) any still running after that."""
+        """Stop claiming, let running attempts finish for ``grace_s``, interrupt
+        the rest, and commit every outcome before returning.
+
+        An interrupted attempt is recorded as a failed attempt (retried per its
+        policy). Only if the database cannot be reached is an attempt left
+        ``running``; its lease then runs out and another worker takes it back.
+        """
         self._stopping = True
         self._wake.set()
-        if self._running:
-            _done, pending = await asyncio.wait(self._running, timeout=grace_s)
+        claimer = self._loops.get("claim")
+        if claimer is not None:
+            # A claim in flight still launches what it claimed: let it land
+            # (cancelled after it commits, its attempts would wait for the reaper).
+            _done, pending = await asyncio.wait({claimer}, timeout=self.settings.lease_s)
             for task in pending:
                 task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
+        await self._finish_attempts(grace_s)
+        # The flusher ends once everything is recorded, never in the middle of
+        # a commit: cancelling it there would lose outcomes already logged.
+        self._draining = True
+        self._flush_wanted.set()
+        flusher = self._loops.get("flush")
+        if flusher is not None:
+            await asyncio.wait({flusher})
         await self._drain_buffer()
-        for task in self._tasks:
+        for task in self._loops.values():
             task.cancel()
-        for task in self._tasks:
+        for task in self._loops.values():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks.clear()
+        self._loops.clear()
+
+    async def _finish_attempts(self, grace_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        # A flush in flight may still launch attempts it claimed: wait for those too.
+        while self._running and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._running), timeout=left)
+        if self._running:
+            pending = set(self._running)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=5)
 
     async def _guard(self, label: str, fn: Callable[[], Awaitable[None]]) -> None:
         """Keep a loop alive across database errors: log, back off, go on."""
@@ -154,7 +185,11 @@ class Worker:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                if self._stopping:
+                    # stop() retries once and names what could not be recorded.
+                    log.warning("worker %s loop failed while stopping: %s", label, _describe(exc))
+                    return
                 log.exception("worker %s loop failed; restarting in %.2fs", label, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -197,7 +232,9 @@ class Worker:
         try:
             outcome = await self._attempt(c)
         except asyncio.CancelledError:
-            outcome = self._failure(c, None, "worker shut down during the attempt")
+            # Logged once committed (see _flush): until then nothing has changed.
+            outcome = self._failure(c, None, INTERRUPTED, announce=False)
+            self._interrupted.add((c.id, c.attempt))
         self._buffer.append(outcome)
         self._flush_wanted.set()
 
@@ -296,7 +333,13 @@ class Worker:
         }
 
     def _failure(
-        self, c: Claimed, exc: BaseException | None, reason: str = "", *, compiled: Any = None
+        self,
+        c: Claimed,
+        exc: BaseException | None,
+        reason: str = "",
+        *,
+        compiled: Any = None,
+        announce: bool = True,
     ) -> Outcome:
         compiled = compiled or self.engine.specs.peek(c.version)
         policy = compiled.retry[c.task_id] if compiled else None
@@ -306,17 +349,18 @@ class Worker:
             decision = decide_failure(policy, c.attempt, exc)
             target, delay = decision.target, decision.delay_s
         error = _describe(exc) if exc is not None else reason
-        if target == TaskState.UP_FOR_RETRY:
+        if target == TaskState.UP_FOR_RETRY and not self._stopping:
             self._wake_later(delay)
-        log.log(
-            logging.WARNING if target == TaskState.UP_FOR_RETRY else logging.ERROR,
-            "run %s task %s attempt %d failed (%s): %s",
-            c.run_id,
-            c.task_id,
-            c.attempt,
-            target.value,
-            error,
-        )
+        if announce:
+            log.log(
+                logging.WARNING if target == TaskState.UP_FOR_RETRY else logging.ERROR,
+                "run %s task %s attempt %d failed (%s): %s",
+                c.run_id,
+                c.task_id,
+                c.attempt,
+                target.value,
+                error,
+            )
         return self._outcome(
             c,
             target,
@@ -345,7 +389,7 @@ class Worker:
     # -- recording -------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not (self._draining and not self._buffer):
             await self._flush_wanted.wait()
             others_running = self._busy > len(self._buffer)
             if (
@@ -378,7 +422,19 @@ class Worker:
         finally:
             self._reserved -= want
         self._busy -= len(batch)
+        for o in result.accepted:
+            if self._interrupted and (o.id, o.attempt) in self._interrupted:
+                self._interrupted.discard((o.id, o.attempt))
+                log.warning(
+                    "run %s task %s attempt %d interrupted (%s): now %s",
+                    o.run_id,
+                    o.task_id,
+                    o.attempt,
+                    INTERRUPTED,
+                    o.target.value,
+                )
         for o in result.rejected:
+            self._interrupted.discard((o.id, o.attempt))
             self.rejected += 1
             log.warning(
                 "late result rejected: run %s task %s attempt %d is no longer leased to %s",
@@ -392,13 +448,30 @@ class Worker:
             self._wake.set()
 
     async def _drain_buffer(self) -> None:
-        while self._buffer:
-            batch, self._buffer = self._buffer, []
-            try:
-                await self._flush(batch)
-            except Exception:
-                log.exception("could not record %d finished attempts at shutdown", len(batch))
-                return
+        """At shutdown: one more try for outcomes a failed flush kept, then name
+        what stays unrecorded (those attempts are taken back when their lease
+        runs out)."""
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        try:
+            await self._flush(batch)
+        except Exception as exc:
+            log.error(
+                "could not record %d finished attempts at shutdown (%s); they stay "
+                "running until their lease runs out (%gs) and are then taken back",
+                len(self._buffer),
+                _describe(exc),
+                self.settings.lease_s,
+            )
+            for o in self._buffer:
+                log.error(
+                    "not recorded: run %s task %s attempt %d (would be %s)",
+                    o.run_id,
+                    o.task_id,
+                    o.attempt,
+                    o.target.value,
+                )
 
     # -- leases ------------------------------------------------------------------------
 

@@ -161,6 +161,10 @@ class EmbeddedKafka:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            # Its own session: a terminal's Ctrl-C (sent to the whole foreground
+            # process group) must not kill the broker while its clients are
+            # still stopping; whoever started it stops it, after them.
+            start_new_session=True,
         )
         deadline = time.monotonic() + self.start_timeout
         while not answers_metadata(self.host, port):

@@ -68,8 +68,16 @@ LEADER_LOCK = 0x6F726368736368
 APPLICATION_NAME = "orchestrator-scheduler"
 
 # What a broken leadership connection looks like; anything else is a bug or a
-# bad schedule, logged without giving up leadership.
-_CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# bad schedule, logged without giving up leadership. InternalClientError is
+# what asyncpg raises for a statement sent after the server ended the session
+# (its FATAL read) but before the socket's close was seen.
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 def trigger_key(trigger: ScheduleTrigger) -> str:

@@ -7,11 +7,13 @@ ticks once per advance, and tests wait on the tick counter (never a sleep).
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import asyncpg
 import orjson
 import pytest
 from eventually import eventually
@@ -24,7 +26,7 @@ from orchestrator.loader import load_path
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
-from orchestrator.store import SQL, Database
+from orchestrator.store import SQL, Database, create_database, drop_database
 from orchestrator.trigger_spec import ScheduleTrigger
 from orchestrator.waiting import wait_for_runs
 from triggers.backfill import BackfillError, backfill
@@ -209,8 +211,35 @@ async def test_two_schedulers_create_each_run_once_and_one_takes_over(
         assert b_orch.sources == [second]
 
 
+@pytest.fixture
+async def another_deployment_leading(pg_admin_url: str) -> AsyncIterator[None]:
+    """Another deployment's scheduler leads in its own database on the same
+    server: advisory locks belong to a database, so it must neither block
+    this one's scheduler nor count among its leaders."""
+    name = f"orch_t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(await create_database(pg_admin_url, name))
+    try:
+        assert await conn.fetchval(SQL.scheduler_try_lead, LEADER_LOCK)
+        yield
+    finally:
+        await conn.close()
+        await drop_database(pg_admin_url, name)
+
+
+async def leader_sessions(db: Database) -> int:
+    """Sessions holding the scheduler's lock in this test's database."""
+    async with db.pool.acquire() as conn:
+        n: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid = ($1::bigint >> 32) AND objid = ($1::bigint & x'ffffffff'::bigint)",
+            LEADER_LOCK,
+        )
+    return n
+
+
 async def test_a_leader_whose_session_dies_is_replaced_without_double_runs(
-    db_url: str, db: Database
+    db_url: str, db: Database, another_deployment_leading: None
 ) -> None:
     clock = ManualClock(T0)
     spec = hourly()
@@ -219,25 +248,26 @@ async def test_a_leader_whose_session_dies_is_replaced_without_double_runs(
         scheduler(db_url, clock, spec) as (_b, second),
     ):
         await advance(clock, HOUR, first, second)
+        assert [first.is_leader, second.is_leader] == [True, False]
+        assert await leader_sessions(db) == 1
         async with db.pool.acquire() as conn:
+            # Waits until the backend is gone, so its lock is free at the next tick.
             killed = await conn.fetchval(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                "SELECT bool_and(pg_terminate_backend(pid, 10000)) FROM pg_locks "
                 "WHERE locktype = 'advisory' AND granted AND database = "
                 "(SELECT oid FROM pg_database WHERE datname = current_database())"
             )
         assert killed
-        for _ in range(3):
+        # At its next tick the old leader finds its session gone and steps down,
+        # whatever error the dead connection gives; exactly one replica leads.
+        await advance(clock, HOUR, first, second)
+        assert [first.is_leader, second.is_leader].count(True) == 1
+        for _ in range(2):
             await advance(clock, HOUR, first, second)
         # Exactly one replica leads again, and every interval ran exactly once.
         assert [first.is_leader, second.is_leader].count(True) == 1
         assert await logical_dates(db) == [utc(2026, 1, 5, h) for h in (10, 11, 12, 13)]
-        async with db.pool.acquire() as conn:
-            holders = await conn.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND objid = $1::bigint & x'ffffffff'::bigint",
-                LEADER_LOCK,
-            )
-        assert holders == 1
+        assert await leader_sessions(db) == 1
 
 
 async def test_a_date_taken_by_a_manual_run_is_skipped_not_fatal(db_url: str, db: Database) -> None:
