@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 import orjson
 from aiohttp import web
 
+from orchestrator.api_rules import api_rules_middleware, path_int, query_int
+from orchestrator.callers import actor_of
+from orchestrator.cors import cors_middleware
 from orchestrator.deferral import callback_key
 from orchestrator.engine import Engine
 from orchestrator.errors import DuplicateRunError, UnknownWorkflowError
+from orchestrator.http_server import body_deadline_middleware
 from orchestrator.intake import Accepted, Event, Intake
+from orchestrator.problems import (
+    BadInput,
+    json_response,
+    problem,
+    problems_middleware,
+    unavailable,
+)
 from orchestrator.states import RunState
 from orchestrator.store import SQL, UNAVAILABLE
 
@@ -22,25 +34,6 @@ log = logging.getLogger(__name__)
 
 ENGINE_KEY = web.AppKey("engine", Engine)
 INTAKE_KEY = web.AppKey("intake", Intake)
-
-
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data, default=str),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
-    return json_response({"error": detail, "status": status}, status, headers)
-
-
-def unavailable(detail: str = "database unavailable; retry later") -> web.Response:
-    return problem(503, detail, {"Retry-After": "5"})
 
 
 def manual_event(
@@ -71,7 +64,7 @@ async def trigger_run(
     intake = request.app[INTAKE_KEY]
     name = request.match_info["name"]
     try:
-        body = await request.json(loads=orjson.loads) if request.can_read_body else {}
+        body = await request.json(loads=orjson.loads) if request.body_exists else {}
     except orjson.JSONDecodeError as exc:
         return problem(400, f"body is not valid JSON: {exc}")
     if not isinstance(body, dict):
@@ -79,7 +72,7 @@ async def trigger_run(
     params = body.get("params", {})
     if not isinstance(params, dict):
         return problem(400, "'params' must be a JSON object")
-    actor = request.headers.get("X-Actor") or f"api:{request.remote or 'unknown'}"
+    actor = actor_of(request)
     event = manual_event(
         name, params, actor=actor, idempotency_key=request.headers.get("Idempotency-Key")
     )
@@ -104,7 +97,7 @@ async def complete_callback(request: web.Request) -> web.Response:
     intake = request.app[INTAKE_KEY]
     key = callback_key(request.match_info["token"])
     try:
-        body = await request.json(loads=orjson.loads) if request.can_read_body else {}
+        body = await request.json(loads=orjson.loads) if request.body_exists else {}
     except orjson.JSONDecodeError as exc:
         return problem(400, f"body is not valid JSON: {exc}")
     if not isinstance(body, dict):
@@ -113,7 +106,7 @@ async def complete_callback(request: web.Request) -> web.Response:
     if status not in ("success", "failed"):
         return problem(400, f"'status' must be 'success' or 'failed', not {status!r}")
     gone = "no wait for this callback token (unknown, used or expired)"
-    actor = request.headers.get("X-Actor") or f"callback:{request.remote or 'unknown'}"
+    actor = actor_of(request, "callback")
     try:
         async with intake.engine.db.pool.acquire() as conn:
             waiting = await conn.fetch(SQL.waiting_for_keys, [key])
@@ -154,11 +147,9 @@ async def list_runs(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
     state = request.query.get("state")
     if state is not None and state not in {s.value for s in RunState}:
-        return problem(400, f"unknown state {state!r}")
-    try:
-        limit = min(int(request.query.get("limit", "50")), 1000)
-    except ValueError:
-        return problem(400, "'limit' must be an integer")
+        known = ", ".join(s.value for s in RunState)
+        raise BadInput("query", "state", f"unknown state {state!r}; known: {known}")
+    limit = query_int(request, "limit", default=50, high=1000)
     async with engine.db.pool.acquire() as conn:
         rows = await conn.fetch(SQL.list_runs, request.query.get("workflow"), state, limit)
     return json_response({"runs": [dict(r) for r in rows]})
@@ -166,10 +157,7 @@ async def list_runs(request: web.Request) -> web.Response:
 
 async def get_run(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
-    try:
-        run_id = int(request.match_info["run_id"])
-    except ValueError:
-        return problem(400, "run id must be an integer")
+    run_id = path_int(request, "run_id")
     async with engine.db.pool.acquire() as conn:
         run = await conn.fetchrow(SQL.get_run, run_id)
         if run is None:
@@ -185,10 +173,27 @@ async def get_run(request: web.Request) -> web.Response:
     return json_response(out)
 
 
-def build_app(engine: Engine, intake: Intake, *, max_body_bytes: int) -> web.Application:
+def build_app(
+    engine: Engine,
+    intake: Intake,
+    *,
+    max_body_bytes: int,
+    read_timeout_s: float = 10.0,
+    cors_origins: Sequence[str] = (),
+) -> web.Application:
     # Webhook bodies are capped by the hook handler itself (413 with a clear
     # message); the server cap is only a backstop a little above it.
-    app = web.Application(client_max_size=max_body_bytes + 65_536)
+    app = web.Application(
+        client_max_size=max_body_bytes + 65_536,
+        middlewares=[
+            # Outermost first: CORS headers go on every answer, errors included;
+            # the body deadline covers the rules' reading of the body.
+            cors_middleware(cors_origins),
+            problems_middleware,
+            body_deadline_middleware(read_timeout_s),
+            api_rules_middleware,
+        ],
+    )
     app[ENGINE_KEY] = engine
     app[INTAKE_KEY] = intake
     app.router.add_get("/healthz", healthz)
@@ -198,27 +203,3 @@ def build_app(engine: Engine, intake: Intake, *, max_body_bytes: int) -> web.App
     app.router.add_get("/api/v1/runs", list_runs)
     app.router.add_get("/api/v1/runs/{run_id}", get_run)
     return app
-
-
-class HttpServer:
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self.app = app
-        self.host = host
-        self.port = port
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> int:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        if self.port == 0:  # a free port was asked for: learn which one
-            for address in self._runner.addresses:
-                self.port = int(address[1])
-                break
-        log.info("HTTP API on http://%s:%d", self.host, self.port)
-        return self.port
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
