@@ -1,5 +1,12 @@
 """The HTTP API (aiohttp): health, manual triggers, runs. Sources add routes
-(e.g. ``/hooks/{name}``) to the same application before it starts."""
+(e.g. ``/hooks/{name}``) to the same application before it starts.
+
+What every request passes through before a handler runs is in the
+middlewares :func:`build_app` installs: CORS (:mod:`orchestrator.cors`),
+problem answers for every error (:mod:`orchestrator.problems`), the body
+read deadline (:mod:`orchestrator.http_server`) and the ``/api/v1`` input
+rules (:mod:`orchestrator.api_rules`). The recorded actor comes from
+:func:`orchestrator.callers.actor_of` only."""
 
 from __future__ import annotations
 

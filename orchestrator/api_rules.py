@@ -65,7 +65,7 @@ async def _body_problem(request: web.Request) -> web.Response | None:
     if charset is not None and charset.lower().replace("-", "") != "utf8":
         return problem(
             415,
-            f"JSON bodies must be UTF-8, not charset {charset!r}",
+            f"Content-Type must be {JSON_TYPE} in UTF-8, not charset {charset!r}",
             errors=[FieldError("header", "Content-Type", "expected charset utf-8")],
         )
     if not request.can_read_body:
