@@ -94,6 +94,9 @@ class ConnectionLimit:
         self.inner = inner
         self.maximum = maximum
         self.open = 0
+        """Connections being served now."""
+        self.refused = 0
+        """Connections turned away so far, for being over the limit."""
         self._refusing = False
 
     def __call__(self) -> asyncio.Protocol:
@@ -101,6 +104,7 @@ class ConnectionLimit:
 
     def admit(self) -> asyncio.Protocol | None:
         if self.open >= self.maximum:
+            self.refused += 1
             if not self._refusing:
                 self._refusing = True
                 log.warning(
