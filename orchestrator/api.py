@@ -1,21 +1,45 @@
 """The HTTP API (aiohttp): health, manual triggers, runs. Sources add routes
-(e.g. ``/hooks/{name}``) to the same application before it starts."""
+(e.g. ``/hooks/{name}``) to the same application before it starts.
+
+What every request passes through before a handler runs is in the
+middlewares :func:`build_app` installs: CORS (:mod:`orchestrator.cors`),
+problem answers for every error (:mod:`orchestrator.problems`), the body
+read deadline (:mod:`orchestrator.http_server`) and the ``/api/v1`` input
+rules (:mod:`orchestrator.api_rules`). The recorded actor comes from
+:func:`orchestrator.callers.actor_of` only."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 import orjson
 from aiohttp import web
 
+from orchestrator.api_rules import (
+    MAX_IDEMPOTENCY_KEY,
+    api_rules_middleware,
+    path_int,
+    query_int,
+)
+from orchestrator.callers import actor_of
+from orchestrator.cors import cors_middleware
 from orchestrator.deferral import callback_key
 from orchestrator.engine import Engine
 from orchestrator.errors import DuplicateRunError, ParamsError, UnknownWorkflowError
+from orchestrator.http_server import body_deadline_middleware
 from orchestrator.intake import Accepted, Event, Intake
+from orchestrator.problems import (
+    BadInput,
+    FieldError,
+    json_response,
+    problem,
+    problems_middleware,
+    unavailable,
+)
 from orchestrator.states import RunState
 from orchestrator.store import SQL, UNAVAILABLE
 
@@ -23,32 +47,6 @@ log = logging.getLogger(__name__)
 
 ENGINE_KEY = web.AppKey("engine", Engine)
 INTAKE_KEY = web.AppKey("intake", Intake)
-
-
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data, default=str),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def problem(
-    status: int,
-    detail: str,
-    headers: dict[str, str] | None = None,
-    *,
-    extra: Mapping[str, Any] | None = None,
-) -> web.Response:
-    """An error answer; ``extra`` adds fields that name what was wrong."""
-    return json_response({"error": detail, "status": status, **(extra or {})}, status, headers)
-
-
-def unavailable(detail: str = "database unavailable; retry later") -> web.Response:
-    return problem(503, detail, {"Retry-After": "5"})
 
 
 def manual_event(
@@ -95,7 +93,7 @@ async def trigger_run(
     intake = request.app[INTAKE_KEY]
     name = request.match_info["name"]
     try:
-        body = await request.json(loads=orjson.loads) if request.can_read_body else {}
+        body = await request.json(loads=orjson.loads) if request.body_exists else {}
     except orjson.JSONDecodeError as exc:
         return problem(400, f"body is not valid JSON: {exc}")
     if not isinstance(body, dict):
@@ -113,12 +111,16 @@ async def trigger_run(
     idempotency_key = body.get("idempotency_key")
     header_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and (
-        not isinstance(idempotency_key, str) or not idempotency_key
+        not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
     ):
-        return problem(400, "'idempotency_key' must be a non-empty string")
+        return problem(
+            400,
+            f"'idempotency_key' must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters",
+            errors=[FieldError("body", "idempotency_key", "not a usable key")],
+        )
     if idempotency_key and header_key and idempotency_key != header_key:
         return problem(400, "the Idempotency-Key header and 'idempotency_key' differ")
-    actor = request.headers.get("X-Actor") or f"api:{request.remote or 'unknown'}"
+    actor = actor_of(request)
     event = manual_event(name, params, actor=actor, idempotency_key=idempotency_key or header_key)
     try:
         [accepted] = await intake.ingest([event], actor=actor)
@@ -150,7 +152,7 @@ async def complete_callback(request: web.Request) -> web.Response:
     intake = request.app[INTAKE_KEY]
     key = callback_key(request.match_info["token"])
     try:
-        body = await request.json(loads=orjson.loads) if request.can_read_body else {}
+        body = await request.json(loads=orjson.loads) if request.body_exists else {}
     except orjson.JSONDecodeError as exc:
         return problem(400, f"body is not valid JSON: {exc}")
     if not isinstance(body, dict):
@@ -159,7 +161,7 @@ async def complete_callback(request: web.Request) -> web.Response:
     if status not in ("success", "failed"):
         return problem(400, f"'status' must be 'success' or 'failed', not {status!r}")
     gone = "no wait for this callback token (unknown, used or expired)"
-    actor = request.headers.get("X-Actor") or f"callback:{request.remote or 'unknown'}"
+    actor = actor_of(request, "callback")
     try:
         async with intake.engine.db.pool.acquire() as conn:
             waiting = await conn.fetch(SQL.waiting_for_keys, [key])
@@ -200,11 +202,9 @@ async def list_runs(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
     state = request.query.get("state")
     if state is not None and state not in {s.value for s in RunState}:
-        return problem(400, f"unknown state {state!r}")
-    try:
-        limit = min(int(request.query.get("limit", "50")), 1000)
-    except ValueError:
-        return problem(400, "'limit' must be an integer")
+        known = ", ".join(s.value for s in RunState)
+        raise BadInput("query", "state", f"unknown state {state!r}; known: {known}")
+    limit = query_int(request, "limit", default=50, high=1000)
     async with engine.db.pool.acquire() as conn:
         rows = await conn.fetch(SQL.list_runs, request.query.get("workflow"), state, limit)
     return json_response({"runs": [dict(r) for r in rows]})
@@ -212,10 +212,7 @@ async def list_runs(request: web.Request) -> web.Response:
 
 async def get_run(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
-    try:
-        run_id = int(request.match_info["run_id"])
-    except ValueError:
-        return problem(400, "run id must be an integer")
+    run_id = path_int(request, "run_id")
     async with engine.db.pool.acquire() as conn:
         run = await conn.fetchrow(SQL.get_run, run_id)
         if run is None:
@@ -231,10 +228,27 @@ async def get_run(request: web.Request) -> web.Response:
     return json_response(out)
 
 
-def build_app(engine: Engine, intake: Intake, *, max_body_bytes: int) -> web.Application:
+def build_app(
+    engine: Engine,
+    intake: Intake,
+    *,
+    max_body_bytes: int,
+    read_timeout_s: float = 10.0,
+    cors_origins: Sequence[str] = (),
+) -> web.Application:
     # Webhook bodies are capped by the hook handler itself (413 with a clear
     # message); the server cap is only a backstop a little above it.
-    app = web.Application(client_max_size=max_body_bytes + 65_536)
+    app = web.Application(
+        client_max_size=max_body_bytes + 65_536,
+        middlewares=[
+            # Outermost first: CORS headers go on every answer, errors included;
+            # the body deadline covers the rules' reading of the body.
+            cors_middleware(cors_origins),
+            problems_middleware,
+            body_deadline_middleware(read_timeout_s),
+            api_rules_middleware,
+        ],
+    )
     app[ENGINE_KEY] = engine
     app[INTAKE_KEY] = intake
     app.router.add_get("/healthz", healthz)
@@ -244,27 +258,3 @@ def build_app(engine: Engine, intake: Intake, *, max_body_bytes: int) -> web.App
     app.router.add_get("/api/v1/runs", list_runs)
     app.router.add_get("/api/v1/runs/{run_id}", get_run)
     return app
-
-
-class HttpServer:
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self.app = app
-        self.host = host
-        self.port = port
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> int:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        if self.port == 0:  # a free port was asked for: learn which one
-            for address in self._runner.addresses:
-                self.port = int(address[1])
-                break
-        log.info("HTTP API on http://%s:%d", self.host, self.port)
-        return self.port
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()

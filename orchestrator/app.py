@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Iterable, Sequence
 from datetime import timedelta
 from types import TracebackType
 
-from orchestrator.api import HttpServer, build_app
+from orchestrator.api import build_app
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import TASKS_CHANNEL, Engine
+from orchestrator.http_server import HttpServer
 from orchestrator.intake import Intake, Router
 from orchestrator.registry import HandlerRegistry
 from orchestrator.retention import prune_periodically
@@ -102,13 +103,25 @@ class Orchestrator:
                 await self.register(self._initial_workflows)
             app = None
             if self._serve_http:
-                app = build_app(self.engine, self.intake, max_body_bytes=s.max_payload_bytes)
+                app = build_app(
+                    self.engine,
+                    self.intake,
+                    max_body_bytes=s.max_payload_bytes,
+                    read_timeout_s=s.http_read_timeout_s,
+                    cors_origins=s.cors_origin_list,
+                )
             ctx = SourceContext(s, self.engine, self.intake, self.clock, app)
             for source in self.sources:
                 source.setup(ctx)
                 source.use_router(self.intake.router)
             if app is not None:
-                self.http = HttpServer(app, s.http_host, s.http_port)
+                self.http = HttpServer(
+                    app,
+                    s.http_host,
+                    s.http_port,
+                    read_timeout_s=s.http_read_timeout_s,
+                    max_connections=s.http_max_connections,
+                )
                 await self.http.start()
             for source in self.sources:
                 await source.start()

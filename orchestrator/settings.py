@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
+
+_ORIGIN = re.compile(r"https?://[^/\s?#]+\Z", re.IGNORECASE)
 
 
 class Settings(BaseSettings):
@@ -57,6 +60,15 @@ class Settings(BaseSettings):
     """Where the HTTP API and webhooks listen."""
     http_port: int = Field(default=8080, ge=0, le=65535)
     """0 picks a free port (it is logged)."""
+    http_read_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """A request's head must arrive within this long of the connection opening
+    (or of the previous answer on it), and its body within this long of the
+    head; else 408 or the connection is closed. Idle connections close after it too."""
+    http_max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    """HTTP connections served at once; more are answered 503 and closed."""
+    cors_origins: str = ""
+    """Comma-separated origins (``https://ui.example.com``) whose web pages may
+    call ``/api/v1`` cross-origin. Empty: none may."""
     webhook_tolerance_s: float = Field(default=300.0, gt=0)
     """How far a signed webhook's timestamp may be from now, either way."""
     intake_batch_delay_s: float = Field(default=0.002, ge=0, le=1)
@@ -123,6 +135,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"pool {name!r} must have at least 1 slot, not {slots}")
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_well_formed(cls, value: str) -> str:
+        origins = [o.strip() for o in value.split(",") if o.strip()]
+        for origin in origins:
+            if not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port], "
+                    "e.g. https://ui.example.com, without a path or a trailing slash"
+                )
+        return ",".join(origins)
+
     @field_validator("roles")
     @classmethod
     def _roles_known(cls, value: str) -> str:
@@ -132,6 +156,10 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown role(s) {sorted(unknown)}; known: {sorted(known)}")
         return ",".join(sorted(given))
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o for o in self.cors_origins.split(",") if o]
 
     def has_role(self, role: str) -> bool:
         return role in self.roles.split(",")

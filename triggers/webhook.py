@@ -14,12 +14,16 @@ Answers, in the order they are checked:
   malformed). 503 rather than 401 because the sender is not at fault: a
   well-behaved sender retries, and once the operator sets the variable and
   restarts, the deliveries arrive — nothing is accepted unverified meanwhile.
+- 415: the hook has ``auth: none`` and the request does not say
+  ``Content-Type: application/json``: a web page could otherwise call an
+  open hook cross-origin without a CORS preflight. (Signed hooks take any
+  type; a page cannot forge their signatures.)
 - 413: the body is over ``max_payload_bytes`` (``Content-Length`` is
   checked first, the limit is enforced again while reading).
 - 401: the signature or token is missing or wrong; nothing is stored.
 - 400: the body is not JSON (the message gives the position), is JSON that
-  PostgreSQL cannot store (a ``\\u0000`` in a string), or the delivery id is
-  unusable.
+  cannot be stored (a ``\\u0000`` in a string, nesting deeper than 128 levels;
+  the message names where), or the delivery id is unusable.
 - 503 + ``Retry-After``: the database cannot be reached; nothing is stored.
 - 202: stored. The delivery id (``webhook-id``, ``X-GitHub-Delivery``, else
   ``Idempotency-Key``) is the dedup key: a repeated delivery gets the original
@@ -40,9 +44,11 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from orchestrator.api import json_response, problem, unavailable
+from orchestrator.api_rules import is_json_media_type
 from orchestrator.clock import Clock
 from orchestrator.intake import Event, Router
+from orchestrator.json_limits import may_be_unstorable, unstorable
+from orchestrator.problems import FieldError, json_response, problem, unavailable
 from orchestrator.settings import Settings, webhook_secret_variable
 from orchestrator.sources import SourceContext
 from orchestrator.store import UNAVAILABLE
@@ -255,6 +261,15 @@ class WebhookSource:
                     {"Retry-After": "60"},
                 )
             keys = found
+        elif not _labelled_json(request):
+            # Nothing authenticates an open hook: a web page must not be able to
+            # call it cross-origin, and it cannot send a JSON type without a preflight.
+            return problem(
+                415,
+                f"webhook {name!r} takes no signature, so its requests must say "
+                "Content-Type: application/json",
+                errors=[FieldError("header", "Content-Type", "expected application/json")],
+            )
         limit = self._settings.max_payload_bytes
         length = request.content_length
         if length is not None and length > limit:
@@ -282,6 +297,11 @@ class WebhookSource:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             return problem(400, f"body is not valid JSON: {exc}")
+        if may_be_unstorable(body):
+            unfit = unstorable(payload)
+            if unfit is not None:
+                detail = f"the payload cannot be stored: {unfit.describe()}"
+                return problem(400, detail, errors=[FieldError("body", unfit.path, detail)])
         if delivery_id is None:
             # No id from the sender: this delivery cannot be deduplicated.
             delivery_id = f"random-{uuid.uuid4().hex}"
@@ -341,6 +361,10 @@ def _delivery_id(auth: str, headers: CIMultiDictProxy[str]) -> str | None:
     else:
         found = None
     return found or headers.get("Idempotency-Key") or None
+
+
+def _labelled_json(request: web.Request) -> bool:
+    return "Content-Type" in request.headers and is_json_media_type(request.content_type)
 
 
 def _too_large(limit: int) -> web.Response:

@@ -25,6 +25,7 @@ import pytest
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.clock import ManualClock
+from orchestrator.intake import Accepted, Event
 from orchestrator.loader import load_path
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
@@ -431,19 +432,52 @@ async def test_concurrent_requests_share_commits_and_each_gets_its_own_answer(
         assert batcher.batches < 60, f"{batcher.batches} commits for 120 requests"
 
 
-async def test_a_poison_event_fails_alone_and_its_batch_mates_are_stored(
+async def test_an_unstorable_payload_is_refused_before_it_reaches_a_shared_commit(
     db_url: str, db: Database, secrets: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     async for server in start(db_url, db, intake_batch_delay_s=0.05):
         bodies = [orjson.dumps({"order": {"id": f"P-{i}"}}) for i in range(20)]
         bodies[7] = b'{"order": {"id": "bad\\u0000id"}}'  # JSON, but not storable as jsonb
+        bodies[9] = b'{"deep": ' + b"[" * 200 + b"]" * 200 + b"}"  # valid, but nested too deep
         answers = await asyncio.gather(
             *(server.post("sales", b, signed(b, msg_id=f"msg_p{i}")) for i, b in enumerate(bodies))
         )
         statuses = [status for status, _, _ in answers]
-        assert statuses == [202] * 7 + [400] + [202] * 12
-        assert "cannot be stored" in answers[7][2]["error"]
-        assert await server.count("events") == 19 and await server.count("runs") == 19
+        assert statuses == [202] * 7 + [400, 202, 400] + [202] * 10
+        assert answers[7][2]["error"] == (
+            "the payload cannot be stored: body.order.id contains a NUL character (\\u0000), "
+            "which PostgreSQL cannot store"
+        )
+        assert answers[7][2]["errors"][0]["name"] == "body.order.id"
+        assert "nested deeper than 128 levels" in answers[9][2]["error"]
+        assert await server.count("events") == 18 and await server.count("runs") == 18
+        # Refused before the commit: no batch failed and had to be retried.
+        assert not any("a webhook batch of" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_poison_event_fails_alone_and_its_batch_mates_are_stored(
+    db_url: str, db: Database, secrets: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    async for server in start(db_url, db, intake_batch_delay_s=0.05):
+        batcher = server.source.batcher
+        assert batcher is not None
+        # The handler refuses the payloads it knows PostgreSQL cannot store; a
+        # poison event that gets past it anyway must fail only its own request.
+        events = [
+            Event(
+                source="webhook",
+                channel="sales",
+                dedup_key=f"webhook:sales:poison-{i}",
+                payload={"order": {"id": "bad\x00id" if i == 7 else f"P-{i}"}},
+            )
+            for i in range(20)
+        ]
+        outcomes = await asyncio.gather(
+            *(batcher.submit(e) for e in events), return_exceptions=True
+        )
+        assert isinstance(outcomes[7], asyncpg.DataError)
+        assert all(isinstance(o, Accepted) for i, o in enumerate(outcomes) if i != 7)
+        assert await server.count("events") == 19
         # They did share a commit: the failed batch was retried event by event.
         assert any("a webhook batch of" in r.getMessage() for r in caplog.records)
 

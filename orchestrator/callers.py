@@ -1,0 +1,16 @@
+"""Who an HTTP request acts as: the one place that decides the recorded actor.
+
+The actor is decided by the server, never read from a client-supplied header
+(anyone can send ``X-Actor: admin``). Until the API authenticates callers
+with tokens, the identity is the kind of caller and its peer address, as the
+server's socket sees it; token names will replace it here.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+def actor_of(request: web.Request, via: str = "api") -> str:
+    """``via:peer``, e.g. ``api:127.0.0.1`` or ``callback:10.0.0.7``."""
+    return f"{via}:{request.remote or 'unknown'}"
