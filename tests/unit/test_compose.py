@@ -222,4 +222,3 @@ def test_docker_compose_accepts_the_file() -> None:
         cwd=ROOT,
     )
     assert done.returncode == 0, f"{shlex.join(cli)} config: {done.stderr}"
-
