@@ -281,7 +281,8 @@ class Intake:
             unique.setdefault(event.dedup_key, event)
         batch = list(unique.values())
         known = await self._known(conn, batch)
-        batch = [e for e in batch if e.dedup_key not in known]
+        if known:
+            batch = [e for e in batch if e.dedup_key not in known]
         # Route first, so run ids can be allocated and written with the event
         # row itself; a redelivered event only wastes the ids it was given.
         planned: list[tuple[list[RunRequest], list[tuple[str, str]]]] = [
