@@ -101,16 +101,31 @@ async def file(
     )
 
 
+#: Token characters a log may show: 24 of its 256 bits, enough to tell waits apart.
+REVEALED = 4
+
+
+def redacted_callback_url(token: str) -> str:
+    """The callback URL with all but the token's first characters masked."""
+    return f"{CALLBACK_PATH}{token[:REVEALED]}…"
+
+
 @handler("sensor.callback")
 async def callback(
     ctx: TaskContext, *, timeout_s: float | None = None, on_timeout: str = "failed"
 ) -> None:
     """Wait for ``POST /api/v1/callbacks/{token}`` with ``{"status": "success" |
     "failed", "output": ...}``. The token is random (256 bits), works once, and
-    expires with the timeout. Its URL is logged and shown by ``orchestrator show``."""
+    expires with the timeout. Whoever holds it can end the wait, so the full URL
+    is shown only to an operator who asks (``orchestrator show RUN``); logs get
+    a masked form that tells waits apart without giving the token away."""
     token = secrets.token_urlsafe(32)
     url = CALLBACK_PATH + token
-    ctx.log.info("waiting for a callback: POST %s", url)
+    ctx.log.info(
+        "waiting for a callback: POST %s (the full URL: orchestrator show %s)",
+        redacted_callback_url(token),
+        ctx.run_id,
+    )
     raise Defer(
         "callback",
         "a callback",  # the URL (it holds the token) stays out of logs and history

@@ -216,7 +216,12 @@ async def get_run(request: web.Request) -> web.Response:
     async with engine.db.pool.acquire() as conn:
         run = await conn.fetchrow(SQL.get_run, run_id)
         if run is None:
-            return problem(404, f"no run with id {run_id}")
+            return problem(
+                404,
+                f"no run with id {run_id}; run ids are not dense (an id may have been drawn "
+                "for a redelivered event or a refused trigger and never used, or belong to "
+                "a run deleted by retention): GET /api/v1/runs lists the runs there are",
+            )
         tasks = await conn.fetch(SQL.task_instances_of_run, run_id)
         steps = await conn.fetch(SQL.transitions_of_run, run_id)
     out = dict(run)

@@ -68,9 +68,9 @@ class DuplicateRunError(OrchestratorError):
 
 
 class UnknownRunError(OrchestratorError):
-    def __init__(self, run_id: int) -> None:
+    def __init__(self, run_id: int, hint: str = "") -> None:
         self.run_id = run_id
-        super().__init__(f"no run with id {run_id}")
+        super().__init__(f"no run with id {run_id}" + (f": {hint}" if hint else ""))
 
 
 class IllegalTransitionError(OrchestratorError):

@@ -74,7 +74,9 @@ async def show_run(db: Database, run_id: int) -> str:
     async with db.pool.acquire() as conn:
         run = await conn.fetchrow(SQL.get_run, run_id)
         if run is None:
-            raise UnknownRunError(run_id)
+            bounds = await conn.fetchrow(SQL.run_id_bounds)
+            hint = missing_run_hint(run_id, oldest=bounds["oldest"], newest=bounds["newest"])
+            raise UnknownRunError(run_id, hint)
         tasks = await conn.fetch(SQL.task_instances_of_run, run_id)
         waits = await conn.fetch(SQL.deferrals_of_run, run_id)
         steps = await conn.fetch(SQL.transitions_of_run, run_id)
@@ -123,6 +125,24 @@ async def show_run(db: Database, run_id: int) -> str:
         ),
     ]
     return "\n".join(out)
+
+
+def missing_run_hint(run_id: int, *, oldest: int | None, newest: int | None) -> str:
+    """Why ``show`` finds no run with ``run_id``, so that a skipped id does not
+    look like lost data."""
+    listing = "`orchestrator runs` lists recent runs"
+    if newest is None:
+        return "there are no runs yet (or retention deleted them all)"
+    if run_id > newest:
+        return f"the newest run is {newest}; {listing}"
+    skipped = (
+        "run ids are unique and increasing but not dense: an id may have been drawn for "
+        "a redelivered Kafka message or webhook, or by a refused trigger, and never used, "
+        "or belong to a run deleted by retention (ORCHESTRATOR_RETENTION_DAYS)"
+    )
+    if oldest is not None and run_id < oldest:
+        return f"the oldest run kept is {oldest}; {skipped}. {listing}"
+    return f"{skipped}. The newest run is {newest}; {listing}"
 
 
 def _until(wait: Any) -> str:

@@ -149,28 +149,58 @@ async def ingest_intervals(
     event, ``None`` where that (workflow, logical date) already had a run that
     no schedule event started (a manual trigger with that logical date, or
     another schedule trigger of the workflow)."""
+    taken = await _dates_taken(conn, events)
+    for i in sorted(taken):
+        _log_taken(events[i])
+    fresh = [e for i, e in enumerate(events) if i not in taken]
+    if not fresh and not dead_letters:
+        return [None] * len(events)
     try:
         async with conn.transaction():  # a savepoint: a clash undoes only this
-            return list(
-                await intake.ingest_in(conn, events, dead_letters=dead_letters, actor=actor)
+            stored = iter(
+                await intake.ingest_in(conn, fresh, dead_letters=dead_letters, actor=actor)
             )
+            return [None if i in taken else next(stored) for i in range(len(events))]
     except DuplicateRunError:
-        pass
+        pass  # a run for one of the dates was created meanwhile: one at a time
     answers: list[Accepted | None] = []
-    for event in events:
+    for i, event in enumerate(events):
+        if i in taken:
+            answers.append(None)
+            continue
         try:
             async with conn.transaction():
                 answers.extend(await intake.ingest_in(conn, [event], actor=actor))
         except DuplicateRunError:
-            log.info(
-                "%s: a run for logical date %s exists already; not started again",
-                event.workflow,
-                event.meta.get("logical_date"),
-            )
+            _log_taken(event)
             answers.append(None)
     if dead_letters:
         await intake.ingest_in(conn, [], dead_letters=dead_letters, actor=actor)
     return answers
+
+
+async def _dates_taken(conn: asyncpg.Connection, events: Sequence[Event]) -> set[int]:
+    """Positions of the events whose (workflow, logical date) has a run already
+    that no event with their key started. They are left out rather than let
+    run into the unique index: that would undo the batch after it had drawn
+    its run ids, leaving gaps in them."""
+    if not events:
+        return set()
+    rows = await conn.fetch(
+        SQL.logical_dates_taken,
+        [e.workflow for e in events],
+        [e.logical_date for e in events],
+        [e.dedup_key for e in events],
+    )
+    return {r["n"] - 1 for r in rows}
+
+
+def _log_taken(event: Event) -> None:
+    log.info(
+        "%s: a run for logical date %s exists already; not started again",
+        event.workflow,
+        event.meta.get("logical_date"),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -254,3 +254,33 @@ async def test_an_unknown_workflow_names_the_closest_registered_one(
     manual = Event(source="manual", channel="dayly", dedup_key="manual:y", workflow="dayly")
     with pytest.raises(UnknownWorkflowError, match="did you mean 'daily'"):
         await typed_intake.ingest([manual])
+
+
+async def test_repeated_manual_and_schedule_events_leave_no_gap_in_run_ids(
+    intake: Intake, db: Database
+) -> None:
+    """A repeated Idempotency-Key or logical date starts nothing and uses up no
+    run id: the next new run gets the id right after the last one given out."""
+
+    def manual(key: str) -> Event:
+        return Event("manual", "orders", f"manual:orders:{key}", workflow="orders")
+
+    def tick(day: int) -> Event:
+        when = datetime(2026, 1, day, tzinfo=UTC)
+        return Event(
+            "schedule", "orders", f"schedule:orders:{day}", workflow="orders", logical_date=when
+        )
+
+    first = await intake.ingest([manual("k-1"), tick(1)])
+    for _ in range(3):
+        again = await intake.ingest([manual("k-1"), tick(1)])
+        assert [a.duplicate for a in again] == [True, True]
+        assert [a.run_ids for a in again] == [a.run_ids for a in first]
+    # A batch mixing repeats with new events (and a Kafka event, routed to two
+    # workflows) numbers only the new runs.
+    created = kafka_event(1, {"kind": "created", "order_id": "M1", "items": []})
+    mixed = await intake.ingest([tick(1), manual("k-2"), created, manual("k-1"), tick(2)])
+    assert [a.duplicate for a in mixed] == [True, False, False, True, False]
+    ids = [r["id"] for r in await runs_of(db)]
+    assert ids == list(range(ids[0], ids[0] + 6))
+    assert sorted(i for a in mixed if not a.duplicate for i in a.run_ids) == ids[2:]

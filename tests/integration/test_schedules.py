@@ -389,6 +389,35 @@ async def test_backfill_and_scheduler_never_run_a_date_twice(db_url: str, db: Da
     assert [r["actor"] for r in await runs(db)] == ["backfill", "scheduler"]
 
 
+async def run_ids(db: Database) -> list[int]:
+    async with db.pool.acquire() as conn:
+        return [r["id"] for r in await conn.fetch("SELECT id FROM runs ORDER BY id")]
+
+
+async def test_dates_that_already_have_runs_leave_no_gap_in_run_ids(
+    db_url: str, db: Database
+) -> None:
+    """Backfill and the scheduler meet dates taken by a manual run or by an
+    earlier backfill; none of it may use up a run id, so run ids stay dense."""
+    spec = hourly("all")
+    clock = ManualClock(T0)
+    async with scheduler(db_url, clock, spec, workers=2) as (orch, source):
+        assert orch.engine is not None and orch.intake is not None
+        await orch.engine.trigger(
+            "hourly", {"day": "x"}, actor="test", logical_date=utc(2026, 1, 5, 10)
+        )
+        # 12:00: 10:00 (taken by the manual run) and 11:00 are due in one batch.
+        await advance(clock, timedelta(minutes=90), source)
+        for _ in range(2):  # 08:00 and 09:00 new the first time; all taken the second
+            await backfill(
+                orch.intake, spec, utc(2026, 1, 5, 8), utc(2026, 1, 5, 12), max_active=4, poll_s=0.2
+            )
+        await advance(clock, HOUR, source)  # 13:00: 12:00 is due
+        assert await logical_dates(db) == [utc(2026, 1, 5, h) for h in (8, 9, 10, 11, 12)]
+    ids = await run_ids(db)
+    assert ids == list(range(ids[0], ids[0] + 5))
+
+
 async def test_backfill_refuses_bad_requests_clearly(engine: Any) -> None:
     intake = Intake(engine)
     unscheduled = WorkflowSpec(name="plain", tasks=(TaskSpec(id="t", handler="noop"),))

@@ -342,16 +342,28 @@ async def post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, A
 async def test_the_partner_approval_example_over_http(
     db_url: str, examples_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="orchestrator.task")
+    caplog.set_level(logging.DEBUG)
     async with partner_approval(db_url, examples_dir) as (orch, base):
         assert orch.engine is not None and orch.db is not None
         started = datetime.now(UTC)
         run = await orch.engine.trigger(
             "partner_approval", {"partner": "globex", "request": "R-17"}
         )
+        # `show` (an operator asking) has the URL, and says until when it waits.
         url, shown = await callback_url(orch, run)
-        # The URL is logged by the sensor too, and `show` says until when it waits.
-        assert any(url in r.getMessage() for r in caplog.records)
+        token = url.rsplit("/", 1)[1]
+        # The logs say a callback is awaited, with the token masked: whoever
+        # reads logs must not be able to complete the wait.
+        masked = f"waiting for a callback: POST /api/v1/callbacks/{token[:4]}…"
+        assert any(masked in r.getMessage() for r in caplog.records)
+        assert not [r.getMessage() for r in caplog.records if token in r.getMessage()]
+        # Nor does the history: the timeline and the run as the API describes it.
+        assert token not in shown.split("timeline:")[1]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{base}/api/v1/runs/{run}") as resp,
+        ):
+            assert token not in await resp.text()
         line = table(shown, "tasks")["await_approval"]
         assert "deferred" in line and f"waiting for a callback: POST {url}" in line
         assert "(then skipped)" in line
@@ -371,6 +383,8 @@ async def test_the_partner_approval_example_over_http(
         assert "SUCCESS" in after.splitlines()[0]
         wait = table(after, "waits:")["await_approval"]
         assert "resolved" in wait and "success at" in wait and "by callback:" in wait
+        assert token not in after  # a used token is not shown again
+    assert not [r.getMessage() for r in caplog.records if token in r.getMessage()]
 
 
 async def test_a_failure_callback_fails_the_task_and_spends_the_token(

@@ -25,12 +25,14 @@ import pytest
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.clock import ManualClock
+from orchestrator.errors import UnknownRunError
 from orchestrator.intake import Accepted, Event
 from orchestrator.loader import load_path
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.store import Database, database_name
 from orchestrator.trigger_spec import WebhookTrigger
+from orchestrator.views import show_run
 from triggers.signatures import sign_github, sign_standard, standard_headers
 from triggers.webhook import SALES_EXAMPLE, WebhookSource, dev_banner
 
@@ -201,6 +203,24 @@ async def test_a_replayed_delivery_gets_the_original_answer_and_starts_nothing(
     assert again[2] == first[2]
     assert await server.count("events") == 1
     assert await server.count("runs") == 1
+
+
+async def test_show_explains_any_run_id_a_replayed_delivery_skipped(server: Server) -> None:
+    """A replay starts nothing, but its batch may have drawn a run id before it
+    learned the delivery was known: `show` of such an id must say why it has no
+    run, not look like lost data."""
+    _, _, first = await server.post("sales", ORDER, signed(msg_id="msg_a"))
+    for retry in range(1, 4):
+        _, _, again = await server.post("sales", ORDER, signed(msg_id="msg_a", at=T0 + retry))
+        assert again == first
+    _, _, second = await server.post("sales", ORDER, signed(msg_id="msg_b"))
+    [run_a], [run_b] = first["run_ids"], second["run_ids"]
+    assert run_a < run_b and await server.count("runs") == 2
+    for skipped in range(run_a + 1, run_b):
+        with pytest.raises(UnknownRunError) as missing:
+            await show_run(server.db, skipped)
+        assert "not dense" in str(missing.value)
+        assert f"The newest run is {run_b}" in str(missing.value)
 
 
 @pytest.mark.parametrize("at", [T0 - 299, T0 + 299], ids=["just-inside-past", "just-inside-future"])

@@ -36,3 +36,14 @@ FROM schedules ORDER BY workflow, trigger_key;
 -- $1 workflow, $2 logical_date[]: which of these dates already have a run.
 SELECT id, logical_date, state::text AS state
 FROM runs WHERE workflow = $1 AND logical_date = ANY($2::timestamptz[]);
+
+-- name: logical_dates_taken
+-- $1 workflow[], $2 logical_date[], $3 dedup_key[]: the positions (from 1) of
+-- the (workflow, logical date) pairs that already have a run which no event
+-- with that key started (a manual run, another schedule trigger, a pruned event).
+SELECT i.n
+FROM unnest($1::text[], $2::timestamptz[], $3::text[])
+    WITH ORDINALITY AS i(workflow, logical_date, dedup_key, n)
+JOIN runs r ON r.workflow = i.workflow AND r.logical_date = i.logical_date
+LEFT JOIN events e ON e.id = r.event_id
+WHERE e.dedup_key IS DISTINCT FROM i.dedup_key;

@@ -22,3 +22,7 @@ SELECT task_id, state::text AS state, attempt, error
 FROM task_instances
 WHERE run_id = $1 AND state IN ('failed', 'dead_lettered', 'upstream_failed')
 ORDER BY (state = 'upstream_failed'), ended_at NULLS LAST, id;
+
+-- name: run_id_bounds
+-- The oldest and newest run ids kept: what `show` says about an id it cannot find.
+SELECT min(id) AS oldest, max(id) AS newest FROM runs;
