@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from orchestrator.errors import ConfigError
 from orchestrator.problems import PROBLEM_JSON, problem
 
 log = logging.getLogger(__name__)
@@ -195,9 +196,17 @@ class HttpServer:
         await self._runner.setup()
         assert self._runner.server is not None
         self.connections = ConnectionLimit(self._runner.server, self.max_connections)
-        self._listener = await asyncio.get_running_loop().create_server(
-            self.connections, self.host, self.port, reuse_address=True
-        )
+        try:
+            self._listener = await asyncio.get_running_loop().create_server(
+                self.connections, self.host, self.port, reuse_address=True
+            )
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ConfigError(
+                f"cannot serve HTTP on {self.host}:{self.port}: {exc.strerror or exc} "
+                "(set ORCHESTRATOR_HTTP_HOST / ORCHESTRATOR_HTTP_PORT, or stop what uses it)"
+            ) from None
         if self.port == 0:  # a free port was asked for: learn which one
             for sock in self._listener.sockets:
                 self.port = int(sock.getsockname()[1])

@@ -136,6 +136,25 @@ def test_migrate_is_idempotent(db_url: str, tmp_path: Path) -> None:
     assert again.returncode == 0 and "up to date" in again.stdout
 
 
+@pytest.mark.timeout(60)
+def test_a_busy_http_port_is_a_clear_error_not_a_traceback(db_url: str, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = base_env(
+            ORCHESTRATOR_DATABASE_URL=db_url,
+            ORCHESTRATOR_HTTP_PORT=str(port),
+            ORCHESTRATOR_ROLES="api",
+        )
+        out = cli("run", "--path", str(ROOT / "examples"), env=env, cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"cannot serve HTTP on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
 @pytest.mark.timeout(120)
 def test_run_then_trigger_wait_runs_the_example_end_to_end(
     db_url: str, tmp_path: Path, server_cleanup: list[Server]
