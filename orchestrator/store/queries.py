@@ -1,10 +1,18 @@
-"""Named SQL: every ``.sql`` file under ``store/sql`` holds ``-- name: X`` blocks."""
+"""Named SQL: every ``.sql`` file under ``store/sql`` holds ``-- name: X`` blocks.
+
+Code reads a query as ``SQL.X``. Every name is declared as a typed attribute of
+:class:`~orchestrator.store.query_names.NamedQueries` (generated from the
+``.sql`` files), so a misspelled name fails the type check, not a run.
+"""
 
 from __future__ import annotations
 
 import re
 from functools import cache
 from importlib import resources
+from typing import TYPE_CHECKING
+
+from orchestrator.store.query_names import NamedQueries
 
 _HEADER = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
@@ -34,14 +42,20 @@ def queries() -> dict[str, str]:
     return found
 
 
-class Q:
-    """Attribute access to named queries: ``Q.claim`` is the text of ``-- name: claim``."""
+class _Loaded(NamedQueries):
+    """Reads the ``.sql`` files on the first use of any query, then keeps each
+    text as a plain attribute."""
 
-    def __getattr__(self, name: str) -> str:
-        try:
-            return queries()[name]
-        except KeyError:
-            raise AttributeError(f"no named query {name!r}") from None
+    # Hidden from the type checker: with a visible __getattr__ any name would pass.
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> str:
+            try:
+                text = queries()[name]
+            except KeyError:
+                raise AttributeError(f"no named query {name!r}") from None
+            setattr(self, name, text)
+            return text
 
 
-SQL = Q()
+SQL: NamedQueries = _Loaded()

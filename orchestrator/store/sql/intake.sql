@@ -24,14 +24,3 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::te
             $7::text[], $8::text[], $9::text[])
     AS i(source, channel, dedup_key, event_id, workflow, reason, raw, headers, meta)
 ON CONFLICT (dedup_key, coalesce(workflow, '')) DO NOTHING;
-
--- name: get_event
-SELECT id, source, channel, dedup_key, payload::text AS payload, headers::text AS headers,
-       meta::text AS meta, actor, received_at, run_ids
-FROM events WHERE id = $1;
-
--- name: list_dead_letters
-SELECT id, source, channel, dedup_key, workflow, reason, received_at
-FROM dead_letter_events
-WHERE ($1::text IS NULL OR source = $1)
-ORDER BY id DESC LIMIT $2;

@@ -28,10 +28,6 @@ SET done_until = $4, last_logical_date = coalesce($5, last_logical_date), update
 WHERE workflow = $1 AND trigger_key = $2 AND done_until = $3
 RETURNING 1;
 
--- name: list_schedules
-SELECT workflow, trigger_key, cron, timezone, done_until, last_logical_date, updated_at
-FROM schedules ORDER BY workflow, trigger_key;
-
 -- name: runs_at_logical_dates
 -- $1 workflow, $2 logical_date[]: which of these dates already have a run.
 SELECT id, logical_date, state::text AS state
