@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import asyncpg
 import orjson
 from aiohttp import web
 
+from orchestrator import run_reads
 from orchestrator.api_rules import (
     MAX_IDEMPOTENCY_KEY,
     api_rules_middleware,
@@ -205,32 +207,39 @@ async def list_runs(request: web.Request) -> web.Response:
         known = ", ".join(s.value for s in RunState)
         raise BadInput("query", "state", f"unknown state {state!r}; known: {known}")
     limit = query_int(request, "limit", default=50, high=1000)
-    async with engine.db.pool.acquire() as conn:
-        rows = await conn.fetch(SQL.list_runs, request.query.get("workflow"), state, limit)
-    return json_response({"runs": [dict(r) for r in rows]})
+    runs = await run_reads.list_runs(
+        engine.db, workflow=request.query.get("workflow"), state=state, limit=limit
+    )
+    return json_response({"runs": [asdict(r) for r in runs]})
 
 
 async def get_run(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
     run_id = path_int(request, "run_id")
-    async with engine.db.pool.acquire() as conn:
-        run = await conn.fetchrow(SQL.get_run, run_id)
-        if run is None:
-            return problem(
-                404,
-                f"no run with id {run_id}; run ids are not dense (an id may have been drawn "
-                "for a redelivered event or a refused trigger and never used, or belong to "
-                "a run deleted by retention): GET /api/v1/runs lists the runs there are",
-            )
-        tasks = await conn.fetch(SQL.task_instances_of_run, run_id)
-        steps = await conn.fetch(SQL.transitions_of_run, run_id)
-    out = dict(run)
-    out["params"] = orjson.loads(run["params"])
+    detail = await run_reads.read_run(engine.db, run_id)
+    if detail is None:
+        return problem(
+            404,
+            f"no run with id {run_id}; run ids are not dense (an id may have been drawn "
+            "for a redelivered event or a refused trigger and never used, or belong to "
+            "a run deleted by retention): GET /api/v1/runs lists the runs there are",
+        )
+    return json_response(run_json(detail))
+
+
+def run_json(detail: run_reads.RunDetail) -> dict[str, Any]:
+    """The run as the API describes it: params and outputs as JSON values, and
+    each wait without its callback URL (its token would end the wait)."""
+    out = asdict(detail.run)
+    out["params"] = orjson.loads(detail.run.params)
     out["tasks"] = [
-        {**dict(t), "output": orjson.loads(t["output"]) if t["output"] else None} for t in tasks
+        {**asdict(t), "output": orjson.loads(t.output) if t.output else None} for t in detail.tasks
     ]
-    out["transitions"] = [dict(s) for s in steps]
-    return json_response(out)
+    out["transitions"] = [asdict(s) for s in detail.transitions]
+    out["waits"] = [
+        {k: v for k, v in asdict(w).items() if k != "callback_url"} for w in detail.waits
+    ]
+    return out
 
 
 def build_app(

@@ -1,5 +1,6 @@
-"""Read-side queries and their plain-text rendering for ``runs``, ``show``,
-``workflows`` and the failure report of ``trigger --wait``.
+"""Plain-text rendering of the read side for ``runs``, ``show``, ``workflows``
+and the failure report of ``trigger --wait`` (runs are read through
+:mod:`orchestrator.run_reads`, as the API reads them).
 
 Deferred tasks hold no worker slot, so nothing else tells an operator what a
 run is waiting for: ``runs`` counts them per run (WAITING) and ``show`` says,
@@ -16,6 +17,15 @@ import orjson
 from pydantic import ValidationError
 
 from orchestrator.errors import UnknownRunError, UnknownWorkflowError
+from orchestrator.run_reads import (
+    TaskRecord,
+    WaitRecord,
+    failed_tasks,
+    list_runs,
+    read_run,
+    run_id_bounds,
+    run_record,
+)
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import SQL, Database
 from orchestrator.trigger_spec import (
@@ -46,60 +56,54 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 async def runs_table(db: Database, *, workflow: str | None, state: str | None, limit: int) -> str:
-    async with db.pool.acquire() as conn:
-        rows = await conn.fetch(SQL.list_runs, workflow, state, limit)
-        counts = await conn.fetch(SQL.deferred_counts, [r["id"] for r in rows]) if rows else []
-    if not rows:
+    runs = await list_runs(db, workflow=workflow, state=state, limit=limit)
+    if not runs:
         return "no runs"
-    waiting = {c["run_id"]: c["deferred"] for c in counts}
     return render_table(
         ("RUN", "WORKFLOW", "STATE", "WAITING", "VERSION", "CREATED", "DURATION", "ACTOR"),
         [
             (
-                r["id"],
-                r["workflow"],
-                r["state"],
-                waiting.get(r["id"], 0),
-                r["version"],
-                _when(r["created_at"]),
-                _duration(r["started_at"], r["ended_at"]),
-                r["actor"],
+                r.id,
+                r.workflow,
+                r.state,
+                r.waiting,
+                r.version,
+                _when(r.created_at),
+                _duration(r.started_at, r.ended_at),
+                r.actor,
             )
-            for r in rows
+            for r in runs
         ],
     )
 
 
 async def show_run(db: Database, run_id: int) -> str:
-    async with db.pool.acquire() as conn:
-        run = await conn.fetchrow(SQL.get_run, run_id)
-        if run is None:
-            bounds = await conn.fetchrow(SQL.run_id_bounds)
-            hint = missing_run_hint(run_id, oldest=bounds["oldest"], newest=bounds["newest"])
-            raise UnknownRunError(run_id, hint)
-        tasks = await conn.fetch(SQL.task_instances_of_run, run_id)
-        waits = await conn.fetch(SQL.deferrals_of_run, run_id)
-        steps = await conn.fetch(SQL.transitions_of_run, run_id)
+    detail = await read_run(db, run_id)
+    if detail is None:
+        bounds = await run_id_bounds(db)
+        hint = missing_run_hint(run_id, oldest=bounds.oldest, newest=bounds.newest)
+        raise UnknownRunError(run_id, hint)
+    run, waits = detail.run, detail.waits
     # A deferred task's current wait is the one recorded by its current attempt.
-    current = {(w["task_id"], w["attempt"]): w for w in waits if w["state"] == "waiting"}
+    current = {(w.task_id, w.attempt): w for w in waits if w.state == "waiting"}
     out = [
-        f"run {run['id']}  {run['workflow']}  version {run['version']}  {run['state'].upper()}",
-        f"params {run['params']}",
-        f"created {_when(run['created_at'])} by {run['actor']}  "
-        f"duration {_duration(run['started_at'], run['ended_at'])}",
+        f"run {run.id}  {run.workflow}  version {run.version}  {run.state.upper()}",
+        f"params {run.params}",
+        f"created {_when(run.created_at)} by {run.actor}  "
+        f"duration {_duration(run.started_at, run.ended_at)}",
         "",
         render_table(
             ("TASK", "STATE", "ATTEMPT", "HANDLER", "DURATION", "DETAIL"),
             [
                 (
-                    t["task_id"],
-                    t["state"],
-                    t["attempt"],
-                    t["handler"],
-                    _duration(t["started_at"], t["ended_at"]),
-                    _detail(t, current.get((t["task_id"], t["attempt"]))),
+                    t.task_id,
+                    t.state,
+                    t.attempt,
+                    t.handler,
+                    _duration(t.started_at, t.ended_at),
+                    _detail(t, current.get((t.task_id, t.attempt))),
                 )
-                for t in tasks
+                for t in detail.tasks
             ],
         ),
     ]
@@ -112,15 +116,15 @@ async def show_run(db: Database, run_id: int) -> str:
             ("AT", "TASK", "FROM", "TO", "ATTEMPT", "ACTOR", "REASON"),
             [
                 (
-                    _when(s["at"]),
-                    s["task_id"] or "(run)",
-                    s["from_state"] or "-",
-                    s["to_state"],
-                    "" if s["attempt"] is None else s["attempt"],
-                    s["actor"],
-                    s["reason"] or "",
+                    _when(s.at),
+                    s.task_id or "(run)",
+                    s.from_state or "-",
+                    s.to_state,
+                    "" if s.attempt is None else s.attempt,
+                    s.actor,
+                    s.reason or "",
                 )
-                for s in steps
+                for s in detail.transitions
             ],
         ),
     ]
@@ -145,24 +149,31 @@ def missing_run_hint(run_id: int, *, oldest: int | None, newest: int | None) -> 
     return f"{skipped}. The newest run is {newest}; {listing}"
 
 
-def _until(wait: Any) -> str:
-    if wait["timeout_at"] is None:
+def _until(wait: WaitRecord) -> str:
+    if wait.timeout_at is None:
         return "no timeout"
-    return f"until {_when(wait['timeout_at'])} (then {wait['on_timeout']})"
+    return f"until {_when(wait.timeout_at)} (then {wait.on_timeout})"
 
 
-def _waits_table(waits: Sequence[Any]) -> str:
+def _waiting_for(wait: WaitRecord) -> str:
+    # The operator running `show` gets the URL that ends an open callback wait.
+    if wait.callback_url:
+        return f"{wait.description}: POST {wait.callback_url}"
+    return wait.description
+
+
+def _waits_table(waits: Sequence[WaitRecord]) -> str:
     """Every wait of the run, current and ended: what it waited for and how it ended."""
     return render_table(
         ("TASK", "ATTEMPT", "KIND", "STATE", "WAITING FOR", "WAKE AT", "TIMEOUT", "ENDED"),
         [
             (
-                w["task_id"],
-                w["attempt"],
-                w["kind"],
-                w["state"],
-                w["description"],
-                _when(w["wake_at"]),
+                w.task_id,
+                w.attempt,
+                w.kind,
+                w.state,
+                _waiting_for(w),
+                _when(w.wake_at),
                 _until(w),
                 _ended(w),
             )
@@ -171,27 +182,26 @@ def _waits_table(waits: Sequence[Any]) -> str:
     )
 
 
-def _ended(wait: Any) -> str:
-    if wait["state"] == "waiting":
+def _ended(wait: WaitRecord) -> str:
+    if wait.state == "waiting":
         return "-"
-    by = f" by {wait['resolved_by']}" if wait["resolved_by"] else ""
-    return f"{wait['outcome'] or 'ended'} at {_when(wait['resolved_at'])}{by}"
+    by = f" by {wait.resolved_by}" if wait.resolved_by else ""
+    return f"{wait.outcome or 'ended'} at {_when(wait.resolved_at)}{by}"
 
 
-def _detail(task: Any, wait: Any = None) -> str:
-    if task["state"] == "deferred" and wait is not None:
-        wake = f", wake at {_when(wait['wake_at'])}" if wait["wake_at"] else ""
-        return f"waiting for {wait['description']}, {_until(wait)}{wake}"
-    if task["error"]:
-        error: str = task["error"]
-        first = error.splitlines()[0] if error else ""
+def _detail(task: TaskRecord, wait: WaitRecord | None = None) -> str:
+    if task.state == "deferred" and wait is not None:
+        wake = f", wake at {_when(wait.wake_at)}" if wait.wake_at else ""
+        return f"waiting for {_waiting_for(wait)}, {_until(wait)}{wake}"
+    if task.error:
+        first = task.error.splitlines()[0]
         return first[:120]
-    if task["state"] == "up_for_retry" and task["not_before"]:
-        return f"next attempt after {_when(task['not_before'])}"
-    if task["state"] == "running" and task["lease_owner"]:
-        return f"leased to {task['lease_owner']} until {_when(task['lease_until'])}"
-    if task["output"] is not None:
-        output: str = task["output"]
+    if task.state == "up_for_retry" and task.not_before:
+        return f"next attempt after {_when(task.not_before)}"
+    if task.state == "running" and task.lease_owner:
+        return f"leased to {task.lease_owner} until {_when(task.lease_until)}"
+    if task.output is not None:
+        output = task.output
         return "output " + (output if len(output) <= 100 else output[:97] + "...")
     return ""
 
@@ -204,24 +214,23 @@ def _error_line(error: str | None, width: int = 160) -> str:
 async def failure_report(db: Database, run_id: int) -> str:
     """Why a run did not succeed: each failed task with its last attempt and
     error, then the tasks that did not run because of them."""
-    async with db.pool.acquire() as conn:
-        run = await conn.fetchrow(SQL.get_run, run_id)
-        if run is None:
-            raise UnknownRunError(run_id)
-        tasks = await conn.fetch(SQL.failed_tasks_of_run, run_id)
+    run = await run_record(db, run_id)
+    if run is None:
+        raise UnknownRunError(run_id)
+    tasks = await failed_tasks(db, run_id)
     lines = []
     for t in tasks:
-        if t["state"] == "upstream_failed":
+        if t.state == "upstream_failed":
             continue
         lines.append(
-            f"task {t['task_id']} {t['state']} on attempt {t['attempt']}: "
-            f"{_error_line(t['error']) or 'no error recorded'}"
+            f"task {t.task_id} {t.state} on attempt {t.attempt}: "
+            f"{_error_line(t.error) or 'no error recorded'}"
         )
-    blocked = [t["task_id"] for t in tasks if t["state"] == "upstream_failed"]
+    blocked = [t.task_id for t in tasks if t.state == "upstream_failed"]
     if blocked:
         lines.append(f"not run (upstream failed): {', '.join(blocked)}")
     if not lines:
-        lines.append(f"run {run_id} is {run['state']}; no task failed")
+        lines.append(f"run {run_id} is {run.state}; no task failed")
     lines.append(f"the whole history: orchestrator show {run_id}")
     return "\n".join(lines)
 

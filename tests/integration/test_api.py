@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from eventually import eventually
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
@@ -22,6 +23,7 @@ from orchestrator.settings import Settings, load_settings
 from orchestrator.sources import SourceContext
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
+from orchestrator.views import show_run
 from orchestrator.waiting import wait_for_runs
 
 SPEC = WorkflowSpec(
@@ -305,3 +307,54 @@ async def test_an_unexpected_error_is_a_500_problem_without_internals(
         # The server log has the traceback, under the reference the client was given.
         [logged] = [r for r in caplog.records if reference.group(1) in r.getMessage()]
         assert logged.exc_info is not None and "hunter2" in str(logged.exc_info[1])
+
+
+APPROVAL = WorkflowSpec(
+    name="approval",
+    tasks=(
+        TaskSpec(
+            id="await_approval",
+            handler="sensor.callback",
+            inputs={"timeout_s": 3600, "on_timeout": "skipped"},
+        ),
+    ),
+)
+
+
+async def test_a_run_read_over_the_api_has_its_waits_but_not_the_callback_token(
+    db_url: str,
+) -> None:
+    settings = Settings(worker_slots=2, http_port=0, poll_interval_s=0.2)
+    async with (
+        Orchestrator(
+            settings, db_url, registry=builtin_registry(), workflows=[APPROVAL], http=True
+        ) as orch,
+        aiohttp.ClientSession() as http,
+    ):
+        assert orch.http is not None and orch.db is not None and orch.engine is not None
+        base = f"http://127.0.0.1:{orch.http.port}"
+        run_id = await orch.engine.trigger("approval", {})
+
+        async def described() -> Any:
+            async with http.get(f"{base}/api/v1/runs/{run_id}") as resp:
+                assert resp.status == 200
+                text = await resp.text()
+            run = orjson.loads(text)
+            return (run, text) if run["waits"] else None
+
+        run, text = await eventually(described, what="the approval wait in the API's run")
+        [wait] = run["waits"]
+        assert wait["task_id"] == "await_approval" and wait["kind"] == "callback"
+        assert wait["state"] == "waiting" and wait["on_timeout"] == "skipped"
+        assert wait["description"] == "a callback" and wait["timeout_at"]
+        assert "callback_url" not in wait
+        assert [t["state"] for t in run["tasks"]] == ["deferred"]
+        # `show` (an operator) has the URL; the API answer has nothing of it.
+        shown = await show_run(orch.db, run_id)
+        found = re.search(r"a callback: POST /api/v1/callbacks/([A-Za-z0-9_-]{40,})", shown)
+        assert found, shown
+        assert found.group(1) not in text and "/api/v1/callbacks/" not in text
+
+        async with http.get(f"{base}/api/v1/runs") as resp:
+            [listed] = (await resp.json())["runs"]
+        assert listed["id"] == run_id and listed["waiting"] == 1

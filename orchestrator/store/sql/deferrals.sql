@@ -111,12 +111,12 @@ WHERE run_id = ANY($1::bigint[]);
 SELECT pg_notify('orchestrator_deferrals', '');
 
 -- name: deferrals_of_run
--- A callback's URL holds its token: shown here (to whoever can run `show`)
--- while the wait is open, and never copied into descriptions or transitions.
-SELECT id, task_id, attempt, kind, state,
-       CASE WHEN kind = 'callback' AND state = 'waiting' AND config ? 'url'
-            THEN description || ': POST ' || (config->>'url')
-            ELSE description END AS description,
+-- A callback's URL holds its token: a column of its own while the wait is open
+-- (`show` prints it; the API leaves it out), never copied into descriptions or
+-- transitions.
+SELECT id, task_id, attempt, kind, state, description,
+       CASE WHEN kind = 'callback' AND state = 'waiting' THEN config->>'url' END
+           AS callback_url,
        wake_at, timeout_at, on_timeout,
        outcome, resolved_by, created_at, resolved_at
 FROM deferrals WHERE run_id = $1 ORDER BY id;
