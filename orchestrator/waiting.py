@@ -43,16 +43,30 @@ class RunWaiter:
     ) -> dict[int, RunState]:
         """The final state of every run once all have ended; ``TimeoutError``
         if they have not all ended within ``timeout``."""
+        return await self._ended(run_ids, every=True, timeout=timeout)
+
+    async def first_ended(
+        self, run_ids: Iterable[int], *, timeout: float | None = None
+    ) -> dict[int, RunState]:
+        """As soon as at least one of the runs has ended: the final state of
+        each that has; ``TimeoutError`` if none has within ``timeout``."""
+        return await self._ended(run_ids, every=False, timeout=timeout)
+
+    async def _ended(
+        self, run_ids: Iterable[int], *, every: bool, timeout: float | None
+    ) -> dict[int, RunState]:
         pending = set(run_ids)
         final: dict[int, RunState] = {}
         async with asyncio.timeout(timeout):
-            while pending:
+            while pending and (every or not final):
+                # Cleared before reading: a NOTIFY sent during the read wakes
+                # the next round instead of being lost.
                 self._woken.clear()
                 for run_id, state in (await run_states(self.db, pending)).items():
                     if state in TERMINAL_RUN_STATES:
                         final[run_id] = state
                         pending.discard(run_id)
-                if pending:
+                if pending and (every or not final):
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self.poll_s):
                             await self._woken.wait()

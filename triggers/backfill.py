@@ -13,20 +13,17 @@ scheduler, which creates them when they end.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from orchestrator.engine import RUNS_CHANNEL
 from orchestrator.errors import OrchestratorError, unknown_workflow_hint
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake
 from orchestrator.spec import WorkflowSpec
-from orchestrator.states import TERMINAL_RUN_STATES, RunState
-from orchestrator.store import SQL, Database, Listener
+from orchestrator.states import RunState
+from orchestrator.store import SQL
 from orchestrator.trigger_spec import ScheduleTrigger
-from orchestrator.waiting import run_states
+from orchestrator.waiting import RunWaiter
 from triggers.cron import Interval, schedule_of
 from triggers.schedule import ingest_intervals, interval_event
 
@@ -125,39 +122,6 @@ def _plan(
     return dict(sorted(due.items())), sorted(not_ended, key=lambda ti: ti[1])
 
 
-class _RunEnds:
-    """Wakes on the engine's run NOTIFY; polls as the safety net."""
-
-    def __init__(self, db: Database, poll_s: float) -> None:
-        self._db = db
-        self._poll_s = poll_s
-        self._woken = asyncio.Event()
-        self._listener = Listener(db.url, {RUNS_CHANNEL: lambda _payload: self._woken.set()})
-
-    async def __aenter__(self) -> _RunEnds:
-        self._listener.start()
-        with contextlib.suppress(TimeoutError):  # polling still works without it
-            async with asyncio.timeout(10):
-                await self._listener.connected.wait()
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self._listener.stop()
-
-    async def some_ended(self, active: Iterable[int]) -> dict[int, RunState]:
-        """Wait until at least one of ``active`` has ended; return those that have."""
-        ids = list(active)
-        while True:
-            self._woken.clear()
-            states = await run_states(self._db, ids)
-            ended = {i: s for i, s in states.items() if s in TERMINAL_RUN_STATES}
-            if ended:
-                return ended
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_s):
-                    await self._woken.wait()
-
-
 async def backfill(
     intake: Intake,
     spec: WorkflowSpec,
@@ -210,14 +174,14 @@ async def backfill(
     progress(f"{spec.name}: {len(planned)} interval(s) to backfill, at most {max_active} at a time")
     pending = list(planned.items())
     active: dict[int, str] = {}
-    async with _RunEnds(db, poll_s) as ends:
+    async with RunWaiter(db, poll_s=poll_s) as ends:
         while pending or active:
             room = max_active - len(active)
             if pending and room > 0:
                 batch, pending = pending[:room], pending[room:]
                 await _create(intake, spec.name, batch, result, active, progress)
                 continue
-            for run_id, state in sorted((await ends.some_ended(active)).items()):
+            for run_id, state in sorted((await ends.first_ended(active)).items()):
                 result.final[run_id] = state
                 progress(f"run {run_id} for {active.pop(run_id)}: {state.value}")
     progress(

@@ -14,7 +14,7 @@ from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL
-from orchestrator.waiting import wait_for_runs
+from orchestrator.waiting import RunWaiter, wait_for_runs
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay_s=0.01, max_delay_s=0.05, jitter=0)
 
@@ -296,3 +296,22 @@ async def test_http_request_task_calls_a_real_server(db_url: str) -> None:
         assert received == [{"order_id": "A-17"}]
     finally:
         await runner.cleanup()
+
+
+async def test_a_waiter_returns_the_runs_that_ended_as_soon_as_one_has(db_url: str) -> None:
+    quick = wf("quick", TaskSpec(id="a", handler="echo"))
+    held = wf("held", TaskSpec(id="approve", handler="sensor.callback", inputs={"timeout_s": 3600}))
+    async with Orchestrator(
+        settings(), db_url, registry=builtin_registry(), workflows=[quick, held]
+    ) as o:
+        assert o.engine is not None and o.db is not None
+        waiting = await o.engine.trigger("held", {}, actor="test")
+        done = await o.engine.trigger("quick", {}, actor="test")
+        async with RunWaiter(o.db, poll_s=0.2) as waiter:
+            assert await waiter.first_ended([waiting, done], timeout=20) == {done: RunState.SUCCESS}
+            # The held run never ends by itself: both ways of waiting give up.
+            with pytest.raises(TimeoutError):
+                await waiter.first_ended([waiting], timeout=0.3)
+            with pytest.raises(TimeoutError):
+                await waiter.wait([waiting, done], timeout=0.3)
+            assert await waiter.wait([done], timeout=20) == {done: RunState.SUCCESS}
