@@ -123,6 +123,15 @@ class Engine:
 
     # -- workflows ---------------------------------------------------------
 
+    def cached_workflow(self, version: str) -> CompiledWorkflow | None:
+        """The compiled workflow of ``version`` if this process has it already."""
+        return self.specs.peek(version)
+
+    async def compiled_workflow(self, version: str) -> CompiledWorkflow:
+        """The compiled workflow of ``version``, read from the database the first time."""
+        found = self.specs.peek(version)
+        return found if found is not None else await self.specs.get(self.db.pool, version)
+
     async def register(self, specs: Iterable[WorkflowSpec]) -> dict[str, str]:
         """Store each spec's version and make it current for new runs."""
         versions: dict[str, str] = {}

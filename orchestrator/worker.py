@@ -239,10 +239,7 @@ class Worker:
         self._flush_wanted.set()
 
     async def _attempt(self, c: Claimed) -> Outcome:
-        compiled = self.engine.specs.peek(c.version)
-        if compiled is None:
-            async with self.engine.db.pool.acquire() as conn:
-                compiled = await self.engine.specs.get(conn, c.version)
+        compiled = await self.engine.compiled_workflow(c.version)
         task = compiled.tasks[c.task_id]
         if c.handler not in self.registry:
             return self._failure(
@@ -341,7 +338,7 @@ class Worker:
         compiled: Any = None,
         announce: bool = True,
     ) -> Outcome:
-        compiled = compiled or self.engine.specs.peek(c.version)
+        compiled = compiled or self.engine.cached_workflow(c.version)
         policy = compiled.retry[c.task_id] if compiled else None
         if policy is None:
             target, delay = TaskState.UP_FOR_RETRY, 0.0

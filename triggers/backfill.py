@@ -76,8 +76,7 @@ async def registered_spec(intake: Intake, workflow: str) -> WorkflowSpec:
                 f"unknown workflow {workflow!r}: it has not been registered with this database"
                 f"{unknown_workflow_hint(workflow, known)}"
             )
-        compiled = await engine.specs.get(conn, row["current_version"])
-    return compiled.spec
+    return (await engine.compiled_workflow(row["current_version"])).spec
 
 
 def _plan(
