@@ -18,7 +18,6 @@ others it matches still start), except a manual event, whose caller gets the
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import re
 from collections import defaultdict
@@ -249,12 +248,6 @@ class Router:
             hook: [r.trigger for r in routes if isinstance(r.trigger, WebhookTrigger)]
             for hook, routes in self.webhooks.items()
         }
-
-
-def glob_matches(pattern: str, relative_path: str) -> bool:
-    return bool(glob_regex(pattern).match(relative_path)) or fnmatch.fnmatchcase(
-        relative_path, pattern
-    )
 
 
 def _json_text(value: Any) -> str | None:

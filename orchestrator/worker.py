@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 #: Why an attempt still running when the worker stopped was cut short.
 INTERRUPTED = "worker shut down during the attempt"
 
-#: Named fault-injection points; recovery tests switch them on (see faults.py).
+#: Called at the named fault-injection points ``"before_handler"`` and
+#: ``"after_handler"`` with the attempt; recovery tests pass one to make an
+#: attempt stall or crash there (e.g. tests/integration/test_limits.py).
 FaultHook = Callable[[str, Claimed], Awaitable[None]]
 
 
