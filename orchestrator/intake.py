@@ -34,7 +34,7 @@ from jmespath.exceptions import JMESPathError
 
 from orchestrator.deferral import Resolution, file_key, kafka_key
 from orchestrator.engine import Engine, RunRequest
-from orchestrator.errors import ParamsError
+from orchestrator.errors import OrchestratorError, ParamsError
 from orchestrator.params import ParamsSchema
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import SQL
@@ -151,7 +151,7 @@ class Route:
         return params
 
 
-class _Unmatched(Exception):
+class _Unmatched(OrchestratorError):
     """The trigger's filter said no: not an error."""
 
 
