@@ -33,7 +33,7 @@ from orchestrator.registry import HandlerRegistry
 from orchestrator.retry import decide_failure
 from orchestrator.settings import Settings
 from orchestrator.states import TaskState
-from orchestrator.templates import render
+from orchestrator.templates import build_scope, render
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,19 @@ class Worker:
         try:
             if self._fault:
                 await self._fault("before_handler", c)
-            inputs = render(task.inputs, self._scope(c)) if task.inputs else {}
+            inputs = {}
+            if task.inputs:
+                scope = build_scope(
+                    params=c.params,
+                    upstream=c.upstream,
+                    run_id=c.run_id,
+                    workflow=c.workflow,
+                    task_id=c.task_id,
+                    attempt=c.attempt,
+                    logical_date=c.logical_date,
+                    interval_end=c.interval_end,
+                )
+                inputs = render(task.inputs, scope)
             result = await self._call(c.handler, ctx, inputs, timeout)
             output = self._encode(result)
             if self._fault:
@@ -318,21 +330,6 @@ class Worker:
         if len(data) > self.settings.max_output_bytes:
             raise OutputTooLargeError(len(data), self.settings.max_output_bytes)
         return data.decode()
-
-    @staticmethod
-    def _scope(c: Claimed) -> dict[str, Any]:
-        return {
-            "params": c.params,
-            "upstream": c.upstream,
-            "run": {
-                "id": c.run_id,
-                "workflow": c.workflow,
-                "logical_date": c.logical_date.isoformat() if c.logical_date else None,
-                "interval_start": c.logical_date.isoformat() if c.logical_date else None,
-                "interval_end": c.interval_end.isoformat() if c.interval_end else None,
-            },
-            "task": {"id": c.task_id, "attempt": c.attempt},
-        }
 
     def _failure(
         self,
