@@ -6,11 +6,11 @@ from typing import Any
 
 import orjson
 import pytest
+from suite_settings import suite_settings
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.errors import UnknownWorkflowError
-from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL
@@ -19,9 +19,7 @@ from orchestrator.waiting import wait_for_runs
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay_s=0.01, max_delay_s=0.05, jitter=0)
 
 
-def settings(**kw: Any) -> Settings:
-    base: dict[str, Any] = {"worker_slots": 4, "poll_interval_s": 0.2, "lease_s": 5.0}
-    return Settings(**{**base, **kw})
+settings = suite_settings
 
 
 def wf(name: str, *tasks: TaskSpec, **kw: Any) -> WorkflowSpec:
