@@ -162,6 +162,31 @@ async def test_a_handler_that_cannot_take_its_inputs_fails_without_retries(db_ur
         assert rows["inside"]["error"].startswith("TypeError: unsupported operand")
 
 
+async def test_a_rendered_input_of_the_wrong_type_fails_without_retries(db_url: str) -> None:
+    # Templates are checked when the task runs: the literal check at load time cannot.
+    spec = wf(
+        "typed",
+        TaskSpec(
+            id="nap",
+            handler="sleep",
+            inputs={"seconds": "{{ params.wait }}"},
+            retry=FAST_RETRY,
+        ),
+        params={"wait": 0},
+    )
+    async with Orchestrator(settings(), db_url, registry=builtin_registry(), workflows=[spec]) as o:
+        run_id, state = await run_to_end(o, "typed", wait="soon")
+        assert state == RunState.FAILED
+        rows = await task_rows(o, run_id)
+        assert (rows["nap"]["state"], rows["nap"]["attempt"]) == ("failed", 1)
+        assert rows["nap"]["error"] == (
+            "NonRetryableError: handler 'sleep' cannot be called with the task's inputs "
+            "(seconds): argument 'seconds': Input should be a valid number, got a string"
+        )
+        run_id, state = await run_to_end(o, "typed", wait=0)
+        assert state == RunState.SUCCESS
+
+
 async def test_timeout_and_oversized_output_fail_the_attempt(db_url: str) -> None:
     reg = builtin_registry()
 
