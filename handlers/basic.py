@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator.context import TaskContext
 from orchestrator.errors import NonRetryableError, TaskError
+from orchestrator.handler_inputs import Seconds
 from orchestrator.registry import handler
 
 __all__ = ["echo", "fail", "noop", "sleep"]
@@ -56,7 +57,7 @@ async def fail(
 
 
 @handler()
-async def sleep(ctx: TaskContext, *, seconds: float) -> None:
+async def sleep(ctx: TaskContext, *, seconds: Seconds) -> None:
     """Wait ``seconds`` without blocking the worker, then return ``None``.
 
     Used to exercise task timeouts, cancellation and lease renewal.

@@ -32,6 +32,7 @@ from yarl import URL
 
 from orchestrator.context import TaskContext
 from orchestrator.errors import NonRetryableError, TaskError
+from orchestrator.handler_inputs import ByteCount, PositiveSeconds
 from orchestrator.registry import handler
 
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "HTTPRequestError", "close_sessions", "request"]
@@ -255,13 +256,13 @@ async def request(
     *,
     url: str,
     method: str = "GET",
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str | int | float | bool] | None = None,
     params: dict[str, Any] | None = None,
     json: Any = None,
     body: str | None = None,
-    timeout_s: float = 30,
+    timeout_s: PositiveSeconds = 30,
     expect_status: list[int] | None = None,
-    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    max_response_bytes: ByteCount = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> dict[str, Any]:
     """Make one HTTP request and return ``{"status", "headers", "json", "text"}``.
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from orchestrator.context import TaskContext
 from orchestrator.deferral import (
@@ -22,6 +24,7 @@ from orchestrator.deferral import (
     run_key,
 )
 from orchestrator.errors import NonRetryableError
+from orchestrator.handler_inputs import PositiveSeconds
 from orchestrator.intake import glob_regex
 from orchestrator.registry import handler
 
@@ -53,8 +56,8 @@ async def kafka(
     topic: str,
     correlation: str,
     equals: Any,
-    timeout_s: float | None = None,
-    on_timeout: str = "failed",
+    timeout_s: PositiveSeconds | None = None,
+    on_timeout: TimeoutOutcome = "failed",
     since: str | None = None,
 ) -> None:
     """Wait for a message on ``topic`` whose ``correlation`` (JMESPath over
@@ -79,8 +82,8 @@ async def file(
     ctx: TaskContext,
     *,
     path: str,
-    timeout_s: float | None = None,
-    on_timeout: str = "failed",
+    timeout_s: PositiveSeconds | None = None,
+    on_timeout: TimeoutOutcome = "failed",
     since: str | None = None,
 ) -> None:
     """Wait for a complete file in the landing zone whose relative path matches
@@ -112,7 +115,10 @@ def redacted_callback_url(token: str) -> str:
 
 @handler("sensor.callback")
 async def callback(
-    ctx: TaskContext, *, timeout_s: float | None = None, on_timeout: str = "failed"
+    ctx: TaskContext,
+    *,
+    timeout_s: PositiveSeconds | None = None,
+    on_timeout: TimeoutOutcome = "failed",
 ) -> None:
     """Wait for ``POST /api/v1/callbacks/{token}`` with ``{"status": "success" |
     "failed", "output": ...}``. The token is random (256 bits), works once, and
@@ -143,8 +149,8 @@ async def run(
     workflow: str,
     state: str = "success",
     same_logical_date: bool = True,
-    timeout_s: float | None = None,
-    on_timeout: str = "failed",
+    timeout_s: PositiveSeconds | None = None,
+    on_timeout: TimeoutOutcome = "failed",
 ) -> None:
     """Wait for a run of ``workflow`` to end in ``state``: the one with this
     run's logical date (``same_logical_date``, the default for scheduled runs),
@@ -182,13 +188,13 @@ async def poll(
     *,
     check: str,
     inputs: dict[str, Any] | None = None,
-    interval_s: float = 30.0,
-    jitter: float = 0.1,
-    backoff: float = 1.0,
-    max_interval_s: float | None = None,
-    check_timeout_s: float = 30.0,
-    timeout_s: float | None = None,
-    on_timeout: str = "failed",
+    interval_s: PositiveSeconds = 30.0,
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.1,
+    backoff: Annotated[float, Field(ge=1)] = 1.0,
+    max_interval_s: PositiveSeconds | None = None,
+    check_timeout_s: PositiveSeconds = 30.0,
+    timeout_s: PositiveSeconds | None = None,
+    on_timeout: TimeoutOutcome = "failed",
 ) -> None:
     """Wait until the registered handler ``check`` (called with ``inputs``)
     returns something truthy, which becomes this task's output. The triggerer

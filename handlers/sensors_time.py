@@ -14,6 +14,7 @@ from typing import Any
 from orchestrator.context import TaskContext
 from orchestrator.deferral import Defer, TimeoutOutcome
 from orchestrator.errors import NonRetryableError
+from orchestrator.handler_inputs import PositiveSeconds, Seconds
 from orchestrator.registry import handler
 
 __all__ = ["time_sensor"]
@@ -57,9 +58,9 @@ async def time_sensor(
     ctx: TaskContext,
     *,
     until: str | None = None,
-    delay_s: float | None = None,
-    timeout_s: float | None = None,
-    on_timeout: str = "failed",
+    delay_s: Seconds | None = None,
+    timeout_s: PositiveSeconds | None = None,
+    on_timeout: TimeoutOutcome = "failed",
 ) -> dict[str, str]:
     """Succeed at ``until`` (ISO 8601 with a time zone, e.g. a template such as
     ``{{ run.interval_end }}``) or ``delay_s`` seconds after the attempt starts;

@@ -20,6 +20,7 @@ from typing import Any
 
 from orchestrator.context import TaskContext
 from orchestrator.errors import NonRetryableError, TaskError
+from orchestrator.handler_inputs import ByteCount, PositiveSeconds
 from orchestrator.registry import handler
 
 __all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "KILL_GRACE_S", "shell"]
@@ -68,11 +69,11 @@ class _Tail:
 async def shell(
     ctx: TaskContext,
     *,
-    command: str | list[str],
-    timeout_s: float = 60,
+    command: str | list[str | int | float],
+    timeout_s: PositiveSeconds = 60,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
-    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    max_output_bytes: ByteCount = DEFAULT_MAX_OUTPUT_BYTES,
 ) -> dict[str, Any]:
     """Run ``command`` and return ``{"exit_code": 0, "stdout": str, "stderr": str}``.
 

@@ -17,7 +17,7 @@ that records an event and the side that waits for it always agree.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -25,7 +25,6 @@ import orjson
 
 from orchestrator.errors import OrchestratorError
 
-DeferKind = Literal["time", "callback", "kafka", "file", "poll", "run"]
 TimeoutOutcome = Literal["failed", "skipped"]
 
 
@@ -73,7 +72,6 @@ class Resolution:
     reason: str = ""
     event_id: int | None = None
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def kafka_key(topic: str, expression: str, value: Any) -> str:

@@ -1,4 +1,12 @@
-"""One exception tree. Errors carry structured fields, not just a message."""
+"""One exception tree. Errors carry structured fields, not just a message.
+
+Every exception class the project defines derives from :class:`OrchestratorError`
+(a unit test checks it). The general ones live here; an error that belongs to
+one module (``TemplateError``, ``HTTPRequestError``, ``Defer``, a source's own
+errors) is defined next to its code, still under this root, and may also
+derive from the builtin a caller would expect (``SecretFormatError`` is a
+``ValueError`` too).
+"""
 
 from __future__ import annotations
 

@@ -22,13 +22,13 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.problems import PROBLEM_JSON, problem
 
 log = logging.getLogger(__name__)
 
 
-class RequestBodyTimeoutError(TimeoutError):
+class RequestBodyTimeoutError(OrchestratorError, TimeoutError):
     """A request body did not arrive in time. A ``TimeoutError``, so that aiohttp,
     discarding the rest of the body after the answer, closes the connection quietly."""
 

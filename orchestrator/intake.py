@@ -18,7 +18,6 @@ others it matches still start), except a manual event, whose caller gets the
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import re
 from collections import defaultdict
@@ -35,7 +34,7 @@ from jmespath.exceptions import JMESPathError
 
 from orchestrator.deferral import Resolution, file_key, kafka_key
 from orchestrator.engine import Engine, RunRequest
-from orchestrator.errors import ParamsError
+from orchestrator.errors import OrchestratorError, ParamsError
 from orchestrator.params import ParamsSchema
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import SQL
@@ -152,7 +151,7 @@ class Route:
         return params
 
 
-class _Unmatched(Exception):
+class _Unmatched(OrchestratorError):
     """The trigger's filter said no: not an error."""
 
 
@@ -249,12 +248,6 @@ class Router:
             hook: [r.trigger for r in routes if isinstance(r.trigger, WebhookTrigger)]
             for hook, routes in self.webhooks.items()
         }
-
-
-def glob_matches(pattern: str, relative_path: str) -> bool:
-    return bool(glob_regex(pattern).match(relative_path)) or fnmatch.fnmatchcase(
-        relative_path, pattern
-    )
 
 
 def _json_text(value: Any) -> str | None:

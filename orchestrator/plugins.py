@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any
 
 from orchestrator.registry import HandlerRegistry
 from orchestrator.settings import Settings
@@ -36,10 +36,6 @@ class DevPreparation:
     banner: list[str] = field(default_factory=list)
     """Lines telling the user how to send this source an event."""
     cleanup: Callable[[], Awaitable[None]] | None = None
-
-
-class SourcePlugin(Protocol):
-    def create(self, settings: Settings) -> Source | None: ...
 
 
 def handler_registry() -> HandlerRegistry:

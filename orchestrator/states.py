@@ -1,9 +1,12 @@
 """Task and run states, and the one table of legal transitions.
 
-This module is pure data. The decision code checks every transition it
-produces against :data:`TASK_TRANSITIONS`, and the store passes
-:func:`legal_sources` into its SQL guards (``WHERE state = ANY($n)``), so the
-database can never be moved along an edge this table does not list.
+This module is pure data. The decision code checks every task transition it
+produces against :data:`TASK_TRANSITIONS`; the store then applies it as a
+compare-and-set on the exact source state the decision saw (``WHERE state =
+<source>``), so a row that moved in the meantime is left alone. Run ends pass
+:func:`legal_run_sources` into their guard (``WHERE state = ANY($n)``). The
+claim SQL lists the claimable states literally (for its partial indexes); a
+unit test keeps those lists equal to :data:`CLAIMABLE_TASK_STATES`.
 """
 
 from __future__ import annotations

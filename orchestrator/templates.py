@@ -4,7 +4,9 @@ Expressions are evaluated (never ``eval``-ed) against a scope built by
 :func:`build_scope`::
 
     {"params": {...}, "upstream": {task_id: output, ...},
-     "run": {"id": 7, "workflow": "daily_sales", "logical_date": "2026-01-01"},
+     "run": {"id": 7, "workflow": "daily_sales", "logical_date": "2026-01-01T00:00:00+00:00",
+             "interval_start": "2026-01-01T00:00:00+00:00",
+             "interval_end": "2026-01-02T00:00:00+00:00"},
      "task": {"id": "load", "attempt": 1}}
 
 Rendering rules (:func:`render`):
@@ -30,6 +32,7 @@ import difflib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -114,15 +117,26 @@ def build_scope(
     upstream: Mapping[str, Any],
     run_id: int,
     workflow: str,
-    logical_date: str | None,
     task_id: str,
     attempt: int,
+    logical_date: datetime | None = None,
+    interval_end: datetime | None = None,
 ) -> dict[str, Any]:
-    """The scope :func:`render` evaluates templates against."""
+    """The scope :func:`render` evaluates a task's input templates against (the
+    worker builds every attempt's scope here). Its fixed-shape roots hold exactly
+    the keys of :data:`ROOT_FIELDS`; dates are ISO 8601 strings, or ``None`` for
+    a run without a logical date. ``run.interval_start`` is the logical date."""
+    start = logical_date.isoformat() if logical_date is not None else None
     return {
         "params": params,
         "upstream": upstream,
-        "run": {"id": run_id, "workflow": workflow, "logical_date": logical_date},
+        "run": {
+            "id": run_id,
+            "workflow": workflow,
+            "logical_date": start,
+            "interval_start": start,
+            "interval_end": interval_end.isoformat() if interval_end is not None else None,
+        },
         "task": {"id": task_id, "attempt": attempt},
     }
 

@@ -2,7 +2,8 @@
 
 Field-level checks run when pydantic builds the spec; this module checks what
 needs the whole workflow (and the handler registry): duplicate ids, unknown or
-self upstreams, cycles, unknown handlers and template references. Every error
+self upstreams, cycles, unknown handlers, inputs that do not fit the handler's
+signature (:mod:`orchestrator.handler_inputs`) and template references. Every error
 is a :class:`~orchestrator.errors.SpecError` naming file, workflow and task.
 
 :func:`errors_from_pydantic` turns pydantic's ``ValidationError`` into the same
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import SpecError
+from orchestrator.handler_inputs import literal_input_problems
 from orchestrator.registry import HandlerRegistry
 from orchestrator.spec import IDENTIFIER, RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.templates import (
@@ -332,7 +334,10 @@ def collect_errors(
                     )
                 )
             seen.add(up)
-        if task.handler not in handlers:
+        if isinstance(handlers, HandlerRegistry) and task.handler in handlers:
+            for problem in literal_input_problems(handlers.get(task.handler), task.inputs):
+                errors.append(err(f"inputs: {problem}", task.id))
+        elif task.handler not in handlers:
             if known_handlers is None:
                 known_handlers = _known_handlers(handlers)
             known = f" (registered: {_listing(known_handlers)})" if known_handlers else ""

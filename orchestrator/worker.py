@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
-import inspect
 import logging
 import os
 import random
@@ -29,56 +27,27 @@ from orchestrator.context import TaskContext
 from orchestrator.deferral import Defer
 from orchestrator.engine import Claimed, Engine, Outcome
 from orchestrator.errors import NonRetryableError, OutputNotJSONError, OutputTooLargeError
+from orchestrator.handler_inputs import input_problems
 from orchestrator.registry import HandlerRegistry
 from orchestrator.retry import decide_failure
 from orchestrator.settings import Settings
 from orchestrator.states import TaskState
-from orchestrator.templates import render
+from orchestrator.templates import build_scope, render
 
 log = logging.getLogger(__name__)
 
 #: Why an attempt still running when the worker stopped was cut short.
 INTERRUPTED = "worker shut down during the attempt"
 
-#: Named fault-injection points; recovery tests switch them on (see faults.py).
+#: Called at the named fault-injection points ``"before_handler"`` and
+#: ``"after_handler"`` with the attempt; recovery tests pass one to make an
+#: attempt stall or crash there (e.g. tests/integration/test_limits.py).
 FaultHook = Callable[[str, Claimed], Awaitable[None]]
 
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _binding_error(fn: Callable[..., Any], ctx: TaskContext, inputs: dict[str, Any]) -> str | None:
-    """Why ``fn(ctx, **inputs)`` cannot be called (naming the arguments), or None."""
-    try:
-        signature = inspect.signature(fn)
-        signature.bind(ctx, **inputs)
-    except ValueError:  # no signature to inspect (some builtins): assume it binds
-        return None
-    except TypeError as exc:
-        problem = str(exc)
-    else:
-        return None
-    named = [
-        p
-        for p in list(signature.parameters.values())[1:]
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
-    names = [p.name for p in named]
-    found = []
-    if all(p.kind is not p.VAR_KEYWORD for p in signature.parameters.values()):
-        for key in inputs:
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                found.append(f"unexpected argument {key!r}{hint}")
-    found += [
-        f"missing argument {p.name!r}"
-        for p in named
-        if p.default is p.empty and p.name not in inputs
-    ]
-    return "; ".join(found) or problem
 
 
 class Worker:
@@ -263,7 +232,19 @@ class Worker:
         try:
             if self._fault:
                 await self._fault("before_handler", c)
-            inputs = render(task.inputs, self._scope(c)) if task.inputs else {}
+            inputs = {}
+            if task.inputs:
+                scope = build_scope(
+                    params=c.params,
+                    upstream=c.upstream,
+                    run_id=c.run_id,
+                    workflow=c.workflow,
+                    task_id=c.task_id,
+                    attempt=c.attempt,
+                    logical_date=c.logical_date,
+                    interval_end=c.interval_end,
+                )
+                inputs = render(task.inputs, scope)
             result = await self._call(c.handler, ctx, inputs, timeout)
             output = self._encode(result)
             if self._fault:
@@ -285,6 +266,15 @@ class Worker:
         self, name: str, ctx: TaskContext, inputs: dict[str, Any], timeout: float
     ) -> Any:
         fn = self.registry.get(name)
+        # Inputs that do not fit the handler's signature fail the task before
+        # the call: no retry can change them.
+        problems = input_problems(fn, inputs)
+        if problems:
+            given = ", ".join(sorted(inputs)) or "none"
+            raise NonRetryableError(
+                f"handler {name!r} cannot be called with the task's inputs ({given}): "
+                + "; ".join(problems)
+            )
         try:
             async with asyncio.timeout(timeout):
                 if self.registry.is_async(name):
@@ -292,16 +282,6 @@ class Worker:
                 return await asyncio.to_thread(fn, ctx, **inputs)
         except TimeoutError as exc:
             raise TimeoutError(f"attempt timed out after {timeout:g}s") from exc
-        except TypeError as exc:
-            # Checked only after a TypeError, so the hot path pays nothing: if the
-            # arguments do not bind, the call itself failed and no retry can help.
-            unbound = _binding_error(fn, ctx, inputs)
-            if unbound is None:
-                raise
-            given = ", ".join(sorted(inputs)) or "none"
-            raise NonRetryableError(
-                f"handler {name!r} cannot be called with the task's inputs ({given}): {unbound}"
-            ) from exc
 
     def _encode(self, result: Any) -> str | None:
         if result is None:
@@ -313,21 +293,6 @@ class Worker:
         if len(data) > self.settings.max_output_bytes:
             raise OutputTooLargeError(len(data), self.settings.max_output_bytes)
         return data.decode()
-
-    @staticmethod
-    def _scope(c: Claimed) -> dict[str, Any]:
-        return {
-            "params": c.params,
-            "upstream": c.upstream,
-            "run": {
-                "id": c.run_id,
-                "workflow": c.workflow,
-                "logical_date": c.logical_date.isoformat() if c.logical_date else None,
-                "interval_start": c.logical_date.isoformat() if c.logical_date else None,
-                "interval_end": c.interval_end.isoformat() if c.interval_end else None,
-            },
-            "task": {"id": c.task_id, "attempt": c.attempt},
-        }
 
     def _failure(
         self,

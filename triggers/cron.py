@@ -201,10 +201,6 @@ class CronSchedule:
 
     # -- intervals ---------------------------------------------------------------
 
-    def interval_from(self, start: datetime) -> Interval:
-        """The interval that starts at the fire time ``start``."""
-        return Interval(start, self.next_fire(start))
-
     def intervals_between(
         self, after: datetime, until: datetime, *, limit: int | None = None
     ) -> list[Interval]:

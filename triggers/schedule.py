@@ -214,7 +214,7 @@ class _Schedule:
         return schedule_of(self.trigger)
 
 
-class _LostLeadership(Exception):
+class _LostLeadership(OrchestratorError):
     """The progress row moved under us: another replica is (or was) leading."""
 
 

@@ -30,6 +30,8 @@ import secrets
 from collections.abc import Sequence
 from functools import lru_cache
 
+from orchestrator.errors import ConfigError
+
 #: Standard Webhooks secrets are shown to users with this prefix.
 SECRET_PREFIX = "whsec_"
 #: Default tolerance of ``webhook-timestamp`` against the receiver's clock, either way.
@@ -38,7 +40,7 @@ DEFAULT_TOLERANCE_S = 300.0
 _SEPARATORS = re.compile(r"[\s,]+")
 
 
-class SecretFormatError(ValueError):
+class SecretFormatError(ConfigError, ValueError):
     """A configured secret cannot be used. The message never contains the secret."""
 
 

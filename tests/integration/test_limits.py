@@ -8,16 +8,17 @@ import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pytest
 from eventually import eventually
+from suite_settings import suite_settings
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.engine import Claimed, Engine, RunRequest
 from orchestrator.registry import HandlerRegistry
-from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import Database
@@ -29,9 +30,7 @@ pytestmark = pytest.mark.timeout(30)
 DEADLINE_S = 10.0
 
 
-def settings(**kw: Any) -> Settings:
-    base: dict[str, Any] = {"worker_slots": 10, "poll_interval_s": 0.05, "lease_s": 10.0}
-    return Settings(**{**base, **kw})
+settings = partial(suite_settings, worker_slots=10, poll_interval_s=0.05, lease_s=10.0)
 
 
 @dataclass

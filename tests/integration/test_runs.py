@@ -6,11 +6,11 @@ from typing import Any
 
 import orjson
 import pytest
+from suite_settings import suite_settings
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.errors import UnknownWorkflowError
-from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL
@@ -19,9 +19,7 @@ from orchestrator.waiting import RunWaiter, wait_for_runs
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay_s=0.01, max_delay_s=0.05, jitter=0)
 
 
-def settings(**kw: Any) -> Settings:
-    base: dict[str, Any] = {"worker_slots": 4, "poll_interval_s": 0.2, "lease_s": 5.0}
-    return Settings(**{**base, **kw})
+settings = suite_settings
 
 
 def wf(name: str, *tasks: TaskSpec, **kw: Any) -> WorkflowSpec:
@@ -162,6 +160,31 @@ async def test_a_handler_that_cannot_take_its_inputs_fails_without_retries(db_ur
         assert rows["missing"]["error"].endswith("inputs (none): missing argument 'n'")
         assert (rows["inside"]["state"], rows["inside"]["attempt"]) == ("failed", 3)
         assert rows["inside"]["error"].startswith("TypeError: unsupported operand")
+
+
+async def test_a_rendered_input_of_the_wrong_type_fails_without_retries(db_url: str) -> None:
+    # Templates are checked when the task runs: the literal check at load time cannot.
+    spec = wf(
+        "typed",
+        TaskSpec(
+            id="nap",
+            handler="sleep",
+            inputs={"seconds": "{{ params.wait }}"},
+            retry=FAST_RETRY,
+        ),
+        params={"wait": 0},
+    )
+    async with Orchestrator(settings(), db_url, registry=builtin_registry(), workflows=[spec]) as o:
+        run_id, state = await run_to_end(o, "typed", wait="soon")
+        assert state == RunState.FAILED
+        rows = await task_rows(o, run_id)
+        assert (rows["nap"]["state"], rows["nap"]["attempt"]) == ("failed", 1)
+        assert rows["nap"]["error"] == (
+            "NonRetryableError: handler 'sleep' cannot be called with the task's inputs "
+            "(seconds): argument 'seconds': Input should be a valid number, got a string"
+        )
+        run_id, state = await run_to_end(o, "typed", wait=0)
+        assert state == RunState.SUCCESS
 
 
 async def test_timeout_and_oversized_output_fail_the_attempt(db_url: str) -> None:

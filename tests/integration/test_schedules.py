@@ -10,6 +10,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,13 +18,13 @@ import asyncpg
 import orjson
 import pytest
 from eventually import eventually
+from suite_settings import suite_settings
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.clock import ManualClock
 from orchestrator.intake import Intake
 from orchestrator.loader import load_path
-from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL, Database, create_database, drop_database
@@ -83,8 +84,7 @@ def daily(name: str = "daily", **kw: Any) -> WorkflowSpec:
     )
 
 
-def settings(workers: int) -> Settings:
-    return Settings(worker_slots=workers, poll_interval_s=0.2, lease_s=5.0, schedule_tick_s=60)
+settings = partial(suite_settings, schedule_tick_s=60)
 
 
 async def ticked(*sources: ScheduleSource, after: Sequence[int]) -> None:
@@ -107,7 +107,7 @@ async def scheduler(
 ) -> AsyncIterator[tuple[Orchestrator, ScheduleSource]]:
     source = ScheduleSource()
     async with Orchestrator(
-        settings(workers),
+        settings(worker_slots=workers),
         db_url,
         registry=builtin_registry(),
         workflows=[spec],
@@ -319,7 +319,7 @@ async def test_backfill_runs_the_range_with_at_most_max_active_at_once(
     spec = daily()
     messages: list[str] = []
     async with Orchestrator(
-        settings(4), db_url, registry=builtin_registry(), workflows=[spec]
+        settings(worker_slots=4), db_url, registry=builtin_registry(), workflows=[spec]
     ) as orch:
         assert orch.intake is not None
         result = await backfill(
@@ -348,7 +348,7 @@ async def test_backfill_dry_run_and_rerun_start_nothing_twice(db_url: str, db: D
     spec = daily()
     start, end = utc(2026, 2, 1), utc(2026, 2, 4)
     async with Orchestrator(
-        settings(4), db_url, registry=builtin_registry(), workflows=[spec]
+        settings(worker_slots=4), db_url, registry=builtin_registry(), workflows=[spec]
     ) as orch:
         assert orch.intake is not None
         intake = orch.intake
@@ -370,7 +370,7 @@ async def test_backfill_and_scheduler_never_run_a_date_twice(db_url: str, db: Da
     spec = daily(catchup="all", start=datetime(2026, 1, 1))
     clock = ManualClock(utc(2026, 1, 3, 12))
     async with Orchestrator(
-        settings(4), db_url, registry=builtin_registry(), workflows=[spec]
+        settings(worker_slots=4), db_url, registry=builtin_registry(), workflows=[spec]
     ) as orch:
         assert orch.intake is not None
         early = await backfill(

@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 import pytest
 from eventually import eventually
+from suite_settings import suite_settings
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
@@ -77,8 +78,7 @@ DAILY = WorkflowSpec(
 )
 
 
-def worker_settings(**kw: Any) -> Settings:
-    return Settings(**{"worker_slots": 4, "poll_interval_s": 0.2, "http_port": 0, **kw})
+worker_settings = suite_settings
 
 
 @asynccontextmanager

@@ -9,13 +9,13 @@ import aiohttp
 import orjson
 import pytest
 from eventually import eventually
+from suite_settings import suite_settings
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.context import TaskContext
 from orchestrator.deferral import Defer, kafka_key
 from orchestrator.intake import Event
-from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.waiting import wait_for_runs
@@ -52,8 +52,7 @@ APPROVAL = WorkflowSpec(
 )
 
 
-def settings(**kw: Any) -> Settings:
-    return Settings(**{"worker_slots": 4, "poll_interval_s": 0.2, "http_port": 0, **kw})
+settings = suite_settings
 
 
 def shipment(offset: int, order_id: str, carrier: str = "dhl") -> Event:

@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import asyncpg
 import pytest
 from eventually import eventually
+from suite_settings import suite_settings
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.engine import Claimed, Engine, Outcome
-from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.states import RunState, TaskState
 from orchestrator.store import SQL, Database, create_database, drop_database
@@ -253,9 +254,7 @@ async def test_a_stale_attempt_in_the_same_batch_as_the_current_one_is_rejected(
 # -- leases ------------------------------------------------------------------------------
 
 
-def settings(**kw: Any) -> Settings:
-    base: dict[str, Any] = {"worker_slots": 4, "poll_interval_s": 0.1, "lease_s": 5.0}
-    return Settings(**{**base, **kw})
+settings = partial(suite_settings, poll_interval_s=0.1)
 
 
 async def test_heartbeats_keep_a_long_attempt_leased(db_url: str) -> None:

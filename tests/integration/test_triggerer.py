@@ -16,12 +16,14 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from eventually import eventually
+from suite_settings import suite_settings
 from triggerer_process import NAP
 
 import handlers.sensors_time
@@ -33,7 +35,6 @@ from orchestrator.deferral import Defer
 from orchestrator.engine import Engine, RunRequest
 from orchestrator.errors import NonRetryableError
 from orchestrator.registry import HandlerRegistry
-from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, TriggerRule, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import Database
@@ -55,10 +56,8 @@ def triggerer(o: Orchestrator, clock: Clock, name: str, **kw: Any) -> Triggerer:
     return Triggerer(o.engine, clock, name=name, **kw)
 
 
-def settings(**kw: Any) -> Settings:
-    # Role "worker" only: the triggerers under test are the ones each test starts.
-    base = {"worker_slots": 8, "poll_interval_s": 0.2, "lease_s": 5.0, "roles": "worker"}
-    return Settings(**{**base, **kw})
+# Role "worker" only: the triggerers under test are the ones each test starts.
+settings = partial(suite_settings, worker_slots=8, roles="worker")
 
 
 def nap(name: str, **inputs: Any) -> WorkflowSpec:

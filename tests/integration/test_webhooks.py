@@ -14,6 +14,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
+from suite_settings import suite_settings
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
@@ -28,7 +30,6 @@ from orchestrator.clock import ManualClock
 from orchestrator.errors import UnknownRunError
 from orchestrator.intake import Accepted, Event
 from orchestrator.loader import load_path
-from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.store import Database, database_name
 from orchestrator.trigger_spec import WebhookTrigger
@@ -118,16 +119,14 @@ class Server:
             return resp.status, dict(resp.headers), await resp.json()
 
 
-def settings(**overrides: Any) -> Settings:
-    base: dict[str, Any] = {
-        "http_port": 0,
-        "worker_slots": 0,
-        "max_payload_bytes": 4096,
-        "webhook_tolerance_s": 300,
-        "intake_batch_delay_s": 0.002,
-        "db_pool_size": 4,
-    }
-    return Settings(**{**base, **overrides})
+settings = partial(
+    suite_settings,
+    worker_slots=0,
+    max_payload_bytes=4096,
+    webhook_tolerance_s=300,
+    intake_batch_delay_s=0.002,
+    db_pool_size=4,
+)
 
 
 @pytest.fixture

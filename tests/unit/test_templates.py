@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import jmespath
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from orchestrator.errors import SpecError
 from orchestrator.templates import (
+    ROOT_FIELDS,
     ROOTS,
     TemplateError,
     build_scope,
@@ -36,6 +38,32 @@ def scope() -> dict[str, Any]:
         task_id="load",
         attempt=2,
     )
+
+
+def test_scope_has_every_root_and_exactly_the_fields_validation_allows() -> None:
+    # Validation accepts exactly ROOT_FIELDS; the worker renders with build_scope.
+    scope = build_scope(
+        params={},
+        upstream={},
+        run_id=1,
+        workflow="w",
+        task_id="t",
+        attempt=1,
+        logical_date=datetime(2026, 1, 1, tzinfo=UTC),
+        interval_end=datetime(2026, 1, 2, tzinfo=UTC),
+    )
+    assert set(scope) == ROOTS
+    for root, fields in ROOT_FIELDS.items():
+        assert set(scope[root]) == fields, root
+    assert render("{{ run.interval_start }}..{{ run.interval_end }}", scope) == (
+        "2026-01-01T00:00:00+00:00..2026-01-02T00:00:00+00:00"
+    )
+    assert scope["run"]["logical_date"] == scope["run"]["interval_start"]
+
+
+def test_scope_of_a_run_without_logical_date_has_null_dates() -> None:
+    scope = build_scope(params={}, upstream={}, run_id=1, workflow="w", task_id="t", attempt=1)
+    assert render("{{ run.logical_date }}/{{ run.interval_end }}", scope) == "null/null"
 
 
 # --------------------------------------------------------------------------- render: raw values
