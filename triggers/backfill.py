@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
+from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.engine import RUNS_CHANNEL
 from orchestrator.errors import OrchestratorError, unknown_workflow_hint
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake
@@ -176,7 +177,7 @@ async def backfill(
     intervals have ended."""
     if max_active < 1:
         raise BackfillError(f"--max-active must be at least 1, not {max_active}")
-    now = now or datetime.now(UTC)
+    now = now or SYSTEM_CLOCK.now()
     planned, not_ended = _plan(spec, start, end, now, progress)
     result = BackfillResult(spec.name, dry_run, [iv for _t, iv in planned.values()], {}, {})
     result.not_ended = [iv for _t, iv in not_ended]
