@@ -68,9 +68,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("tests/integration/test_http_limits.py", "time.time"): (
         "signs webhooks with a timestamp the server checks against its own clock"
     ),
-    ("tests/integration/test_landing.py", "asyncio.sleep"): (
-        "a slow writer appending to a real file while the watcher (real time) looks at it"
-    ),
     ("tests/integration/test_limits.py", "asyncio.sleep"): (
         "handlers hold their slot for a moment so claims in real time overlap them"
     ),
