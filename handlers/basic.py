@@ -6,7 +6,6 @@ exercised end to end with real workflows instead of special engine hooks.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import Any
 
@@ -69,4 +68,4 @@ async def sleep(ctx: TaskContext, *, seconds: Seconds) -> None:
         or seconds < 0
     ):
         raise NonRetryableError(f"sleep: seconds must be a finite number >= 0, got {seconds!r}")
-    await asyncio.sleep(seconds)
+    await ctx.clock.sleep(seconds)

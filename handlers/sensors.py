@@ -9,7 +9,7 @@ arrived after the run was created (``since`` moves that window).
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -208,7 +208,7 @@ async def poll(
     raise Defer(
         "poll",
         f"{check} to return a truthy result (every {interval_s:g}s)",
-        wake_at=datetime.now(UTC),
+        wake_at=ctx.clock.now(),
         timeout_s=timeout_s,
         on_timeout=_outcome(on_timeout),
         config={

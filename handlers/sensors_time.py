@@ -74,7 +74,7 @@ async def time_sensor(
         raise NonRetryableError("sensor.time: give exactly one of 'until' or 'delay_s'")
     outcome = _on_timeout(on_timeout)
     timeout = None if timeout_s is None else _number("timeout_s", timeout_s, positive=True)
-    now = datetime.now(UTC)
+    now = ctx.clock.now()
     if until is not None:
         wake_at = _moment(until)
     else:

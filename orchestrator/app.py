@@ -144,7 +144,12 @@ class Orchestrator:
                 self.triggerer.start()
             if s.worker_slots > 0 and s.has_role("worker"):
                 self.worker = Worker(
-                    self.engine, self.registry, s, name=self._worker_name, fault=self._fault
+                    self.engine,
+                    self.registry,
+                    s,
+                    name=self._worker_name,
+                    fault=self._fault,
+                    clock=self.clock,
                 )
                 self._listener = Listener(self.database_url, {TASKS_CHANNEL: self.worker.wake})
                 self._listener.start()

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from orchestrator import logs
+from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings, load_settings
 from orchestrator.states import RunState
@@ -296,13 +297,13 @@ def workflows(name: str | None) -> None:
 def prune(days: float | None, dry_run: bool) -> None:
     """Delete ended runs, events and dead letters older than the retention period
     (in batches; never anything a live run still needs)."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from orchestrator.retention import count_prunable
     from orchestrator.retention import prune as prune_history
 
     settings = _settings()
-    cutoff = datetime.now(UTC) - timedelta(days=days or settings.retention_days)
+    cutoff = SYSTEM_CLOCK.now() - timedelta(days=days or settings.retention_days)
 
     async def go() -> str:
         db = await _database(settings)
@@ -424,7 +425,6 @@ def publish(topic: str, values: tuple[str, ...], key: str | None) -> None:
 def hook_send(hook: str, body: str | None, url: str | None, delivery_id: str | None) -> None:
     """POST BODY (JSON text; default: stdin) to /hooks/HOOK, signed the Standard
     Webhooks way with the secret in ORCHESTRATOR_WEBHOOK_SECRET_<HOOK>."""
-    import time
     import uuid
 
     import aiohttp
@@ -441,7 +441,9 @@ def hook_send(hook: str, body: str | None, url: str | None, delivery_id: str | N
     data = text.encode()
     msg_id = delivery_id or f"msg_{uuid.uuid4().hex}"
     try:
-        headers = standard_headers(secret.get_secret_value(), msg_id, int(time.time()), data)
+        headers = standard_headers(
+            secret.get_secret_value(), msg_id, int(SYSTEM_CLOCK.now().timestamp()), data
+        )
     except SecretFormatError as exc:
         _fail(f"{webhook_secret_variable(hook)}: {exc}")
         return

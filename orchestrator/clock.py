@@ -1,5 +1,17 @@
-"""Time as a dependency: schedules, timeouts and catch-up take a clock, so tests
-can move time instead of waiting for it."""
+"""Time as a dependency: every part that reads the time or waits for it takes
+a clock, so tests can move time instead of waiting for it.
+
+This is the one module that reads real time. Schedules, time sensors, poll
+sensors, quiet windows of the landing zone, heartbeats and reaper passes,
+and every backoff between retries run on the injected clock; the orchestrator
+hands its clock to all of them and handlers find it as ``ctx.clock``.
+
+What stays on the event loop's own time, on purpose: ``asyncio.timeout``
+around handlers (a handler is real work), and pacing that must go on while a
+test holds a :class:`ManualClock` still (the worker's flush window, its poll
+safety net and shutdown grace, whose counterparts are stamped by the
+database's ``now()``).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +29,8 @@ class Clock(Protocol):
 
 
 class SystemClock:
+    """Real time."""
+
     def now(self) -> datetime:
         return datetime.now(UTC)
 
@@ -26,29 +40,86 @@ class SystemClock:
 
 class ManualClock:
     """A clock that moves only when told to; ``sleep`` returns once time has
-    been advanced past the sleeper's deadline."""
+    been advanced past the sleeper's deadline.
+
+    Waking is exact: when :meth:`advance` returns, every sleeper it made due
+    has been released (and no longer counts in :attr:`sleepers`), so a test
+    can step a loop one sleep at a time with :meth:`wait_for_sleepers`.
+    """
 
     def __init__(self, start: datetime) -> None:
         if start.tzinfo is None:
             raise ValueError("ManualClock needs a timezone-aware start")
         self._now = start
-        self._changed = asyncio.Condition()
+        self._waiting: list[tuple[datetime, asyncio.Future[None]]] = []
+        self._arrived = asyncio.Event()
 
     def now(self) -> datetime:
         return self._now
 
     async def advance(self, delta: timedelta | float) -> None:
         step = delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
-        async with self._changed:
-            self._now += step
-            self._changed.notify_all()
+        await self.set(self._now + step)
 
     async def set(self, when: datetime) -> None:
-        async with self._changed:
-            self._now = when
-            self._changed.notify_all()
+        self._now = when
+        still = []
+        for deadline, waiter in self._waiting:
+            if deadline <= when:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((deadline, waiter))
+        self._waiting = still
+
+    @property
+    def sleepers(self) -> int:
+        """How many ``sleep`` calls are waiting for time to move."""
+        return sum(1 for _deadline, waiter in self._waiting if not waiter.done())
+
+    async def wait_for_sleepers(self, count: int = 1) -> None:
+        """Return once at least ``count`` sleepers wait (bound it with a timeout)."""
+        while self.sleepers < count:
+            self._arrived.clear()
+            await self._arrived.wait()
 
     async def sleep(self, seconds: float) -> None:
         deadline = self._now + timedelta(seconds=seconds)
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._now >= deadline)
+        if deadline <= self._now:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (deadline, waiter)
+        self._waiting.append(entry)
+        self._arrived.set()
+        try:
+            await waiter
+        finally:
+            if not waiter.done():  # cancelled: forget it
+                waiter.cancel()
+            if entry in self._waiting:
+                self._waiting.remove(entry)
+
+
+#: The clock of a process that was not given one.
+SYSTEM_CLOCK = SystemClock()
+
+
+async def wait_for_event(clock: Clock, event: asyncio.Event, seconds: float | None) -> bool:
+    """Wait until ``event`` is set or ``seconds`` have passed on ``clock``
+    (None: no time limit). True when the event was set."""
+    if event.is_set():
+        return True
+    if seconds is None:
+        await event.wait()
+        return True
+    if seconds <= 0:
+        return False
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    woken = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in (sleeper, woken):
+            waiter.cancel()
+        await asyncio.gather(sleeper, woken, return_exceptions=True)
+    return event.is_set()

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.logs import task_logger
 
 
@@ -26,6 +27,9 @@ class TaskContext:
     resumed: Any = None
     """When this handler deferred earlier (``raise Defer(..., resume="handler")``):
     what ended the wait (an event, a callback body)."""
+    clock: Clock = SYSTEM_CLOCK
+    """The orchestrator's clock: read the time and wait through it
+    (``ctx.clock.now()``, ``await ctx.clock.sleep(s)``), so tests can move time."""
     _logger: logging.LoggerAdapter[logging.Logger] | None = field(default=None, repr=False)
 
     @property

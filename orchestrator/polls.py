@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Callable
 from datetime import datetime
@@ -20,6 +21,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from orchestrator.backoff import capped_exponential
+from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.context import TaskContext
 from orchestrator.deferral import Resolution
 from orchestrator.engine import Engine
@@ -32,11 +35,15 @@ log = logging.getLogger(__name__)
 def next_delay(
     config: dict[str, Any], checks: int, rand: Callable[[], float] = random.random
 ) -> float:
-    interval = float(config.get("interval_s", 30.0))
-    grown = interval * float(config.get("backoff", 1.0)) ** max(0, checks - 1)
-    capped = min(grown, float(config.get("max_interval_s", grown)))
-    jitter = float(config.get("jitter", 0.1))
-    return max(0.0, capped * (1 + jitter * (2 * rand() - 1)))
+    """Seconds until the next check after ``checks`` checks found nothing."""
+    return capped_exponential(
+        max(1, checks),
+        initial_s=float(config.get("interval_s", 30.0)),
+        max_s=float(config.get("max_interval_s") or math.inf),
+        factor=float(config.get("backoff", 1.0)),
+        jitter=float(config.get("jitter", 0.1)),
+        rand=rand,
+    )
 
 
 class PollRunner:
@@ -48,7 +55,9 @@ class PollRunner:
         actor: str,
         concurrency: int = 32,
         rearm: Callable[[datetime, int], None],
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.engine = engine
         self.registry = registry
         self.actor = actor
@@ -123,6 +132,7 @@ class PollRunner:
             workflow="",
             params={},
             upstream={},
+            clock=self.clock,
         )
         inputs = config.get("inputs") or {}
         timeout = float(config.get("check_timeout_s", 30.0))

@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestrator.backoff import capped_exponential
 from orchestrator.errors import TaskError
 from orchestrator.spec import RetryPolicy
 from orchestrator.states import TaskState
@@ -23,13 +24,14 @@ def backoff_delay(
     Jitter spreads retries of tasks that failed together (e.g. a shared
     dependency went down) so they do not all come back at the same instant.
     """
-    if attempt < 1:
-        raise ValueError(f"attempt starts at 1, got {attempt}")
-    try:
-        delay = min(policy.initial_delay_s * policy.factor ** (attempt - 1), policy.max_delay_s)
-    except OverflowError:  # factor**n beyond float range: the cap applies anyway
-        delay = policy.max_delay_s if policy.initial_delay_s else 0.0
-    return max(0.0, delay * (1 + policy.jitter * (2 * rand() - 1)))
+    return capped_exponential(
+        attempt,
+        initial_s=policy.initial_delay_s,
+        max_s=policy.max_delay_s,
+        factor=policy.factor,
+        jitter=policy.jitter,
+        rand=rand,
+    )
 
 
 def is_non_retryable(policy: RetryPolicy, exc: BaseException) -> bool:

@@ -35,7 +35,6 @@ import itertools
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -44,7 +43,8 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator.clock import Clock
+from orchestrator.backoff import Backoff
+from orchestrator.clock import Clock, wait_for_event
 from orchestrator.deferral import Resolution
 from orchestrator.engine import Engine
 from orchestrator.polls import PollRunner
@@ -57,8 +57,6 @@ DEFERRALS_CHANNEL = "orchestrator_deferrals"
 _BEGINNING = datetime.min.replace(tzinfo=UTC)
 _MAX_HOLES = 10_000
 """Most ids of still-open transactions remembered; beyond, the reload finds them."""
-_MIN_BACKOFF_S = 0.05
-_MAX_BACKOFF_S = 5.0
 
 
 class Triggerer:
@@ -110,11 +108,11 @@ class Triggerer:
         self.poll = timedelta(seconds=poll_s)
         self.horizon = timedelta(seconds=horizon_s)
         self.max_armed = max_armed
-        self._hole_ttl_s = refresh_s
+        self._hole_ttl = self.refresh
         self._heap: list[tuple[datetime, int]] = []
         self._armed_ids: set[int] = set()
         self._last_id = 0
-        self._holes: dict[int, float] = {}
+        self._holes: dict[int, datetime] = {}
         """Ids below ``_last_id`` not seen yet (transaction open), with when first missed."""
         self._horizon_end = _BEGINNING
         """The heap holds every waiting deferral due before this (exclusive)."""
@@ -122,14 +120,19 @@ class Triggerer:
         self._next_reload = _BEGINNING
         self._next_poll = _BEGINNING
         self._dirty = asyncio.Event()
-        self._backoff_s = _MIN_BACKOFF_S
+        self._backoff = Backoff(0.05, 5.0)
         self._task: asyncio.Task[None] | None = None
         self._listener = (
             Listener(engine.db.url, {DEFERRALS_CHANNEL: self._on_notify}) if listen else None
         )
         self.polls = (
             PollRunner(
-                engine, registry, actor=self.name, concurrency=poll_concurrency, rearm=self._arm
+                engine,
+                registry,
+                actor=self.name,
+                concurrency=poll_concurrency,
+                rearm=self._arm,
+                clock=clock,
             )
             if registry is not None
             else None
@@ -187,11 +190,9 @@ class Triggerer:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception(
-                    "triggerer %s failed; restarting in %.2fs", self.name, self._backoff_s
-                )
-                await asyncio.sleep(self._backoff_s)
-                self._backoff_s = min(self._backoff_s * 2, _MAX_BACKOFF_S)
+                delay = self._backoff.next()
+                log.exception("triggerer %s failed; restarting in %.2fs", self.name, delay)
+                await self.clock.sleep(delay)
 
     async def _loop(self) -> None:
         if self._last_id == 0:
@@ -213,7 +214,7 @@ class Triggerer:
             if self._heap and self._heap[0][0] <= now:
                 await self._fire(now)
                 continue
-            self._backoff_s = _MIN_BACKOFF_S
+            self._backoff.reset()
             wake = min(self._next_reload, self._next_poll)
             if len(self._heap) < self.max_armed:
                 wake = min(wake, self._extend_at)
@@ -222,17 +223,7 @@ class Triggerer:
             await self._sleep_until(wake)
 
     async def _sleep_until(self, when: datetime) -> None:
-        delay = (when - self.clock.now()).total_seconds()
-        if delay <= 0 or self._dirty.is_set():
-            return
-        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-        woken = asyncio.ensure_future(self._dirty.wait())
-        try:
-            await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in (sleeper, woken):
-                waiter.cancel()
-            await asyncio.gather(sleeper, woken, return_exceptions=True)
+        await wait_for_event(self.clock, self._dirty, (when - self.clock.now()).total_seconds())
 
     # -- reading waits -------------------------------------------------------------
 
@@ -283,7 +274,7 @@ class Triggerer:
         transaction was still open then (ids are taken at insert, not commit)."""
         self._dirty.clear()
         self._next_poll = now + self.poll
-        expired = time.monotonic() - self._hole_ttl_s
+        expired = now - self._hole_ttl
         self._holes = {i: t for i, t in self._holes.items() if t > expired}
         rows = await self._fetch(SQL.triggerer_new, self._last_id, list(self._holes), self.batch)
         seen: set[int] = set()
@@ -295,7 +286,7 @@ class Triggerer:
         top = max(seen, default=0)
         if top > self._last_id:
             missing = (i for i in range(self._last_id + 1, top) if i not in seen)
-            stamp = time.monotonic()
+            stamp = now
             for i in itertools.islice(missing, max(0, _MAX_HOLES - len(self._holes))):
                 self._holes[i] = stamp
             self._last_id = top

@@ -6,6 +6,11 @@ records many of them in one transaction, which also claims the next work for
 the slots they free. NOTIFY wakes an idle worker; a poll is the safety net.
 Leases are renewed for all of this worker's attempts by one statement per
 heartbeat, and any worker takes back attempts whose lease ran out.
+
+Heartbeats, reaper passes and the backoff after a failed loop wait on the
+injected clock; handlers get it as ``ctx.clock``. The flush window, the poll
+safety net, retry wake-ups and the shutdown grace are event-loop pacing (see
+:mod:`orchestrator.clock`).
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import logging
 import os
 import random
 import socket
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
+from orchestrator.backoff import Backoff
+from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.context import TaskContext
 from orchestrator.deferral import Defer
 from orchestrator.engine import Claimed, Engine, Outcome
@@ -59,8 +65,10 @@ class Worker:
         *,
         name: str | None = None,
         fault: FaultHook | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.engine = engine
+        self.clock = clock
         self.registry = registry
         self.settings = settings
         self.slots = settings.worker_slots
@@ -147,7 +155,7 @@ class Worker:
 
     async def _guard(self, label: str, fn: Callable[[], Awaitable[None]]) -> None:
         """Keep a loop alive across database errors: log, back off, go on."""
-        delay = 0.05
+        backoff = Backoff(0.05, 5.0)
         while not self._stopping:
             try:
                 await fn()
@@ -159,9 +167,9 @@ class Worker:
                     # stop() retries once and names what could not be recorded.
                     log.warning("worker %s loop failed while stopping: %s", label, _describe(exc))
                     return
+                delay = backoff.next()
                 log.exception("worker %s loop failed; restarting in %.2fs", label, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await self.clock.sleep(delay)
 
     # -- claiming ------------------------------------------------------------------
 
@@ -227,6 +235,7 @@ class Worker:
             upstream=c.upstream,
             logical_date=c.logical_date.isoformat() if c.logical_date else None,
             resumed=c.resumed,
+            clock=self.clock,
         )
         timeout = compiled.timeout_s[c.task_id]
         try:
@@ -440,7 +449,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
         while True:
-            await asyncio.sleep(interval)
+            await self.clock.sleep(interval)
             if self._busy:
                 await self.engine.heartbeat(self.owner)
 
@@ -448,13 +457,14 @@ class Worker:
         interval = self.settings.reaper_interval
         while True:
             # Spread replicas' reaper passes so they do not all scan at once.
-            await asyncio.sleep(interval * (0.5 + random.random()))
-            started = time.monotonic()
+            await self.clock.sleep(interval * (0.5 + random.random()))
+            loop = asyncio.get_running_loop()
+            started = loop.time()  # how long the pass took, for the log: real time
             taken = await self.engine.expire_leases(actor=f"reaper:{self.owner}")
             if taken:
                 log.info(
                     "took back %d expired attempts in %.1f ms",
                     taken,
-                    (time.monotonic() - started) * 1000,
+                    (loop.time() - started) * 1000,
                 )
                 self._wake.set()

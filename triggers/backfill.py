@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
+from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.errors import OrchestratorError, unknown_workflow_hint
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake
 from orchestrator.spec import WorkflowSpec
@@ -139,7 +140,7 @@ async def backfill(
     intervals have ended."""
     if max_active < 1:
         raise BackfillError(f"--max-active must be at least 1, not {max_active}")
-    now = now or datetime.now(UTC)
+    now = now or SYSTEM_CLOCK.now()
     planned, not_ended = _plan(spec, start, end, now, progress)
     result = BackfillResult(spec.name, dry_run, [iv for _t, iv in planned.values()], {}, {})
     result.not_ended = [iv for _t, iv in not_ended]

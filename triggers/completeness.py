@@ -2,7 +2,7 @@
 
 The landing source gathers facts (a file's size and mtime, which marker files
 exist) and asks :func:`judge` whether the file is complete. Time is passed in
-(``now``, monotonic seconds), so every rule here is unit-tested without a
+(``now``, seconds on the source's clock), so every rule here is unit-tested without a
 clock or a disk.
 
 Rules:

@@ -38,7 +38,6 @@ per path and link target; nothing else happens.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -52,6 +51,8 @@ from typing import TypeVar
 
 from watchfiles import awatch
 
+from orchestrator.backoff import Backoff
+from orchestrator.clock import Clock, wait_for_event
 from orchestrator.intake import DeadLetter, Event, Router
 from orchestrator.sources import SourceContext
 from orchestrator.states import TERMINAL_RUN_STATES
@@ -80,8 +81,10 @@ ACTOR = "files"
 CHECK_MAX_FACTOR = 5
 #: How many threads hash one batch.
 HASH_THREADS = 4
-#: After a failed pass (database down, ...) its files are looked at again this much later.
+#: After a failed pass (database down, ...) its files are looked at again this much
+#: later, doubling per failed pass in a row up to ``RETRY_MAX_S``.
 RETRY_S = 1.0
+RETRY_MAX_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +98,7 @@ class FileIdentity:
 @dataclass(slots=True)
 class _Candidate:
     due: float | None = None
-    """Next check (monotonic seconds); None while parked or being checked."""
+    """Next check (seconds on the source's clock); None while parked or being checked."""
     observation: Observation | None = None
     waiting_for: str = "a first look"
     checking: bool = False
@@ -225,7 +228,7 @@ class LandingSource:
                     self.root,
                     self._rescan_s,
                 )
-            await asyncio.sleep(self._rescan_s)
+            await self._clock.sleep(self._rescan_s)
 
     async def _rescan(self) -> None:
         while True:
@@ -236,7 +239,7 @@ class LandingSource:
                 self.scans += 1
             except Exception:
                 log.exception("scanning the landing zone %s failed", self.root)
-            await asyncio.sleep(self._rescan_s)
+            await self._clock.sleep(self._rescan_s)
 
     def _take(self, found: Found) -> None:
         for refusal in found.refused:
@@ -314,27 +317,30 @@ class LandingSource:
         return self._batch_max * CHECK_MAX_FACTOR
 
     async def _pump(self) -> None:
+        backoff = Backoff(RETRY_S, RETRY_MAX_S)
         while True:
             now = self._now()
             due = self._pop_due(now)
             if not due and not self._letters:
                 delay = max(0.0, self._heap[0][0] - now) if self._heap else None
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
+                await wait_for_event(self._clock, self._wake, delay)
                 continue
             self._busy = True
             try:
                 await self._check(due)
+                backoff.reset()
             except Exception:
-                log.exception("checking %d landed file(s) failed; retrying", len(due))
-                later = self._now() + RETRY_S
+                delay = backoff.next()
+                log.exception(
+                    "checking %d landed file(s) failed; retrying in %.1fs", len(due), delay
+                )
+                later = self._now() + delay
                 for rel in due:
                     cand = self._pending.setdefault(rel, _Candidate())
                     cand.checking = False
                     self._schedule(rel, cand, later)
-                await asyncio.sleep(RETRY_S)
+                await self._clock.sleep(delay)
             finally:
                 self._busy = False
 
@@ -494,7 +500,7 @@ class LandingSource:
             # Without a move trigger only moves left from an earlier
             # configuration remain: looking at the rescan pace is enough.
             moving = any(t.on_done == "move" for t in _file_triggers(self._router))
-            await asyncio.sleep(self._move_interval_s if moving else self._rescan_s)
+            await self._clock.sleep(self._move_interval_s if moving else self._rescan_s)
 
     async def move_finished(self, limit: int = 500) -> int:
         """Move the files whose runs have all ended; returns how many moved."""
@@ -534,15 +540,16 @@ class LandingSource:
             raise RuntimeError("LandingSource.setup(ctx) must be called before start()")
         return self._ctx
 
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()
+    @property
+    def _clock(self) -> Clock:
+        return self._context().clock
+
+    def _now(self) -> float:
+        """Seconds on the source's clock: quiet periods and due checks use it."""
+        return self._clock.now().timestamp()
 
     def _now_or_zero(self) -> float:
-        try:
-            return self._now()
-        except RuntimeError:
-            return 0.0
+        return 0.0 if self._ctx is None else self._now()
 
 
 def _file_triggers(router: Router) -> Iterable[FileTrigger]:

@@ -45,6 +45,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from orchestrator.backoff import Backoff
+from orchestrator.clock import SYSTEM_CLOCK, Clock, wait_for_event
 from orchestrator.errors import OrchestratorError
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake, Router
 from orchestrator.settings import Settings
@@ -312,8 +314,15 @@ class KafkaSource:
         assert self._ctx is not None
         return self._ctx.intake
 
+    def _backoff(self) -> Backoff:
+        return Backoff(self.retry_initial_s, self.retry_max_s)
+
+    @property
+    def _clock(self) -> Clock:
+        return self._ctx.clock if self._ctx is not None else SYSTEM_CLOCK
+
     async def _run(self) -> None:
-        delay = self.retry_initial_s
+        backoff = self._backoff()
         while not self._stopping.is_set():
             try:
                 if not self._topics:
@@ -350,18 +359,17 @@ class KafkaSource:
                         await asyncio.wait([oldest])
                     self._inflight.append(batch)
                     batch.task = asyncio.create_task(self._record_batch(batch))
-                delay = self.retry_initial_s
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                delay = backoff.next()
                 if isinstance(exc, KafkaError):
                     log.warning("Kafka: %s; trying again in %.1fs", self.stats.last_error, delay)
                 else:
                     log.exception("Kafka intake failed; trying again in %.1fs", delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                delay = min(delay * 2, self.retry_max_s)
+                await wait_for_event(self._clock, self._stopping, delay)
 
     async def _consumer_for(self, topics: tuple[str, ...]) -> AIOKafkaConsumer:
         if self.consumer is None:
@@ -424,7 +432,7 @@ class KafkaSource:
                 self._suspect[tp] = (
                     f"offsets went back from {expected} to {records[0].offset} while reading"
                 )
-        delay = self.retry_initial_s
+        backoff = self._backoff()
         while True:
             if generation != self._generation or self._stopping.is_set():
                 return None
@@ -437,15 +445,14 @@ class KafkaSource:
                 raise
             except Exception as exc:
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                delay = backoff.next()
                 log.warning(
                     "cannot look up the logs of Kafka partitions %s (%s); trying again in %.1fs",
                     _describe_partitions(missing | set(self._suspect) | self._to_check),
                     self.stats.last_error,
                     delay,
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._interrupt.wait(), delay)
-                delay = min(delay * 2, self.retry_max_s)
+                await wait_for_event(self._clock, self._interrupt, delay)
         if not self._sought:
             return fetched
         sought, self._sought = self._sought, set()
@@ -529,8 +536,7 @@ class KafkaSource:
     # -- recording a batch ------------------------------------------------------
 
     async def _record_batch(self, batch: _Batch) -> None:
-        delay = self.retry_initial_s
-        attempt = 0
+        backoff = self._backoff()
         while batch.state == "recording":
             if batch.generation != self._generation:
                 batch.state = "dropped"
@@ -544,8 +550,8 @@ class KafkaSource:
             try:
                 await self._record(batch.events, batch.letters, batch.reads)
             except Exception as exc:
-                attempt += 1
-                self._ingest_failed(exc, batch.size, attempt, delay)
+                delay = backoff.next()
+                self._ingest_failed(exc, batch.size, backoff.failures, delay)
                 if self._interrupt.is_set():
                     batch.state = "dropped"
                     self.stats.dropped_batches += 1
@@ -555,9 +561,7 @@ class KafkaSource:
                         batch.size,
                     )
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._interrupt.wait(), delay)
-                delay = min(delay * 2, self.retry_max_s)
+                await wait_for_event(self._clock, self._interrupt, delay)
             else:
                 batch.state = "recorded"
                 self.stats.batches += 1

@@ -42,7 +42,7 @@ from orchestrator import TaskContext, handler
 @handler("nap")
 async def nap(ctx: TaskContext, seconds: float) -> None:
     ctx.log.info("napping for %ss", seconds)
-    await asyncio.sleep(seconds)
+    await ctx.clock.sleep(seconds)
 """
 
 WORKFLOWS = {

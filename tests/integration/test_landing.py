@@ -3,7 +3,6 @@ become events only when complete, once per content, and links are refused."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ import pytest
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
+from orchestrator.clock import SYSTEM_CLOCK, Clock, ManualClock
 from orchestrator.loader import load_path
 from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
@@ -53,6 +53,7 @@ async def landing(
     rescan_s: float = 1.0,
     worker_slots: int = 4,
     move_interval_s: float = 0.1,
+    clock: Clock | None = None,
 ) -> AsyncIterator[tuple[Orchestrator, LandingSource]]:
     settings = Settings(
         worker_slots=worker_slots,
@@ -63,7 +64,12 @@ async def landing(
     )
     source = LandingSource(default_quiet_s=0.3, move_interval_s=move_interval_s)
     async with Orchestrator(
-        settings, db_url, registry=builtin_registry(), workflows=workflows, sources=[source]
+        settings,
+        db_url,
+        registry=builtin_registry(),
+        workflows=workflows,
+        sources=[source],
+        clock=clock,
     ) as orch:
         yield orch, source
 
@@ -108,28 +114,38 @@ async def test_a_slow_writer_starts_nothing_until_the_file_is_quiet(
     db_url: str, tmp_path: Path
 ) -> None:
     zone = tmp_path / "landing"
-    async with landing(db_url, zone, flow("slow", glob="slow/*.csv", quiet_s=0.6)) as (orch, src):
+    clock = ManualClock(SYSTEM_CLOCK.now())
+    spec = flow("slow", glob="slow/*.csv", quiet_s=0.6)
+    async with landing(db_url, zone, spec, clock=clock) as (orch, src):
         target = zone / "slow" / "big.csv"
         target.parent.mkdir(parents=True)
         written = bytearray()
-        while_writing: list[tuple[int, bool]] = []  # (events recorded, file pending)
 
-        async def writer() -> None:
-            # The workload: 25 appends, 0.1 s apart (well inside the 0.6 s quiet period).
-            for i in range(25):
-                chunk = f"row {i}\n".encode() * 50
-                with target.open("ab") as f:
-                    f.write(chunk)
-                written.extend(chunk)
-                pending = "slow/big.csv" in src.pending()
-                while_writing.append((len(await file_events(orch)), pending))
-                await asyncio.sleep(0.1)
+        def append(i: int) -> None:
+            chunk = f"row {i}\n".encode() * 50
+            with target.open("ab") as f:
+                f.write(chunk)
+            written.extend(chunk)
 
-        await asyncio.create_task(writer())
-        assert all(n == 0 for n, _ in while_writing), "recorded while still growing"
-        assert any(p for _, p in while_writing), "the growing file was never looked at"
+        append(0)
 
-        [event] = await eventually(lambda: file_events(orch), what="the complete file's event")
+        async def looked_at() -> bool:
+            return "slow/big.csv" in src.pending()
+
+        await eventually(looked_at, what="the growing file to be looked at")
+        # The workload: 24 more appends, 0.1 s of the source's clock apart (well
+        # inside the 0.6 s quiet period): every look finds the file changed.
+        for i in range(1, 25):
+            await clock.advance(0.1)
+            append(i)
+            assert await file_events(orch) == [], f"recorded while still growing ({i})"
+            assert "slow/big.csv" in src.pending()
+
+        async def recorded() -> list[dict[str, Any]]:
+            await clock.advance(0.2)  # the writer has stopped: time passes
+            return await file_events(orch)
+
+        [event] = await eventually(recorded, what="the complete file's event")
         assert event["channel"] == "slow/big.csv"
         assert event["meta"]["size"] == len(written)
         assert event["meta"]["sha256"] == sha(bytes(written))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from orchestrator.api import manual_event
+from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.engine import Engine
 from orchestrator.intake import DeadLetter, Intake, Router
 from orchestrator.retention import count_prunable, prune
@@ -33,7 +34,7 @@ async def test_prune_keeps_live_runs_and_the_events_they_need(engine: Engine, db
     )
     run_ids = [a.run_ids[0] for a in answers]
     ended, live = run_ids[:5], run_ids[5:]
-    long_ago = datetime.now(UTC) - timedelta(days=40)
+    long_ago = SYSTEM_CLOCK.now() - timedelta(days=40)
     async with db.pool.acquire() as conn:
         await conn.execute(
             "UPDATE runs SET state = 'success', ended_at = $2 WHERE id = ANY($1)", ended, long_ago
@@ -41,7 +42,7 @@ async def test_prune_keeps_live_runs_and_the_events_they_need(engine: Engine, db
         await conn.execute("UPDATE events SET received_at = $1", long_ago)
         await conn.execute("UPDATE dead_letter_events SET received_at = $1", long_ago)
 
-    cutoff = datetime.now(UTC) - timedelta(days=30)
+    cutoff = SYSTEM_CLOCK.now() - timedelta(days=30)
     planned = await count_prunable(db, cutoff)
     assert (planned.runs, planned.events, planned.dead_letters) == (5, 5, 1)
 
@@ -67,7 +68,7 @@ async def test_prune_keeps_events_a_waiting_sensor_may_still_need(
     await engine.register([SPEC])
     intake = Intake(engine, Router([SPEC]))
     [live] = await intake.ingest([manual_event("kept", {}, actor="test")])
-    long_ago = datetime.now(UTC) - timedelta(days=40)
+    long_ago = SYSTEM_CLOCK.now() - timedelta(days=40)
     await intake.ingest(
         [Event(source="file", channel="in/a.csv", dedup_key="file:a", meta={"path": "in/a.csv"})]
     )
@@ -75,7 +76,7 @@ async def test_prune_keeps_events_a_waiting_sensor_may_still_need(
         # The live run began long ago; the file (with a correlation key) came after it.
         await conn.execute("UPDATE runs SET created_at = $1", long_ago - timedelta(days=1))
         await conn.execute("UPDATE events SET received_at = $1", long_ago)
-    cutoff = datetime.now(UTC) - timedelta(days=30)
+    cutoff = SYSTEM_CLOCK.now() - timedelta(days=30)
     assert (await prune(db, cutoff)).events == 0
     async with db.pool.acquire() as conn:
         await conn.execute("UPDATE runs SET state = 'success', ended_at = $1", long_ago)

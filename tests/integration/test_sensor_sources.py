@@ -24,6 +24,7 @@ from suite_settings import suite_settings
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
+from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.context import TaskContext
 from orchestrator.deferral import Defer
 from orchestrator.intake import Event
@@ -345,7 +346,7 @@ async def test_the_partner_approval_example_over_http(
     caplog.set_level(logging.DEBUG)
     async with partner_approval(db_url, examples_dir) as (orch, base):
         assert orch.engine is not None and orch.db is not None
-        started = datetime.now(UTC)
+        started = SYSTEM_CLOCK.now()
         run = await orch.engine.trigger(
             "partner_approval", {"partner": "globex", "request": "R-17"}
         )
@@ -413,7 +414,7 @@ async def remind(ctx: TaskContext) -> None:
     raise Defer(
         "time",
         "the reminder hour",
-        wake_at=datetime.now(UTC) + timedelta(hours=1),
+        wake_at=SYSTEM_CLOCK.now() + timedelta(hours=1),
         timeout_s=7200,
     )
 
@@ -446,7 +447,7 @@ async def test_show_and_runs_tell_what_deferred_tasks_wait_for_and_until_when(
     ) as orch:
         assert orch.engine is not None and orch.db is not None and orch.intake is not None
         db = orch.db
-        started = datetime.now(UTC)
+        started = SYSTEM_CLOCK.now()
         done = await orch.engine.trigger("plain")
         run = await orch.engine.trigger("waits", {"order_id": "A-1"})
         await wait_for_runs(db, [done], timeout=20)

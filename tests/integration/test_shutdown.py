@@ -40,7 +40,7 @@ class StopsWithStrayCancellation:
         pass
 
     async def stop(self) -> None:
-        inner = asyncio.create_task(asyncio.sleep(60))
+        inner = asyncio.create_task(asyncio.Event().wait())
         await asyncio.sleep(0)
         inner.cancel()
         await inner

@@ -263,7 +263,7 @@ async def test_heartbeats_keep_a_long_attempt_leased(db_url: str) -> None:
 
     async def slow(ctx: Any) -> dict[str, int]:
         started.set()
-        await asyncio.sleep(2.5)
+        await ctx.clock.sleep(2.5)  # real time: leases are stamped by the database
         return {"attempt": ctx.attempt}
 
     reg.register("slow", slow)

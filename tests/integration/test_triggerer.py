@@ -29,7 +29,7 @@ from triggerer_process import NAP
 import handlers.sensors_time
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
-from orchestrator.clock import Clock, ManualClock, SystemClock
+from orchestrator.clock import SYSTEM_CLOCK, Clock, ManualClock, SystemClock
 from orchestrator.context import TaskContext
 from orchestrator.deferral import Defer
 from orchestrator.engine import Engine, RunRequest
@@ -152,7 +152,7 @@ async def test_time_sensor_defers_until_an_absolute_time_or_returns_if_past() ->
 
 
 async def test_a_time_sensor_wakes_when_the_clock_passes_wake_at(db_url: str) -> None:
-    clock = ManualClock(datetime.now(UTC))
+    clock = ManualClock(SYSTEM_CLOCK.now())
     async with (
         Orchestrator(
             settings(), db_url, registry=registry(), workflows=[nap("nap", delay_s=120)]
@@ -206,7 +206,7 @@ async def test_a_short_real_delay_on_the_system_clock(db_url: str) -> None:
 
 
 async def test_a_handler_deferring_mid_work_is_resumed_with_what_woke_it(db_url: str) -> None:
-    clock = ManualClock(datetime.now(UTC))
+    clock = ManualClock(SYSTEM_CLOCK.now())
     reg = registry()
     calls: list[Any] = []
 
@@ -216,7 +216,7 @@ async def test_a_handler_deferring_mid_work_is_resumed_with_what_woke_it(db_url:
             raise Defer(
                 "time",
                 "the second step",
-                wake_at=datetime.now(UTC) + timedelta(minutes=2),
+                wake_at=SYSTEM_CLOCK.now() + timedelta(minutes=2),
                 resume="handler",
             )
         return {"step": 2, "resumed": ctx.resumed}
@@ -268,7 +268,7 @@ async def test_a_handler_deferring_mid_work_is_resumed_with_what_woke_it(db_url:
 async def test_a_timeout_ends_the_wait_as_on_timeout_says(
     db_url: str, on_timeout: str, sensor: str, downstream: str, run: RunState
 ) -> None:
-    clock = ManualClock(datetime.now(UTC))
+    clock = ManualClock(SYSTEM_CLOCK.now())
     spec = WorkflowSpec(
         name="deadline",
         tasks=(
@@ -319,7 +319,7 @@ async def test_a_timeout_ends_the_wait_as_on_timeout_says(
 
 
 async def test_waits_are_rearmed_from_the_database_after_a_restart(db_url: str) -> None:
-    clock = ManualClock(datetime.now(UTC))
+    clock = ManualClock(SYSTEM_CLOCK.now())
     wake = nap("wake", delay_s=120)
     deadline = nap("deadline", delay_s=HOUR, timeout_s=200)
     async with Orchestrator(
@@ -347,7 +347,7 @@ async def test_waits_are_rearmed_from_the_database_after_a_restart(db_url: str) 
 
 
 async def test_two_triggerers_end_each_wait_once(db_url: str) -> None:
-    clock = ManualClock(datetime.now(UTC))
+    clock = ManualClock(SYSTEM_CLOCK.now())
     async with Orchestrator(
         settings(worker_slots=16), db_url, registry=registry(), workflows=[nap("race", delay_s=120)]
     ) as o:
@@ -371,7 +371,7 @@ async def test_two_triggerers_end_each_wait_once(db_url: str) -> None:
 
 @pytest.mark.timeout(60)
 async def test_deferred_sensors_hold_no_worker_slot(db_url: str) -> None:
-    clock = ManualClock(datetime.now(UTC))
+    clock = ManualClock(SYSTEM_CLOCK.now())
     ordinary = WorkflowSpec(name="ordinary", tasks=(TaskSpec(id="t", handler="noop"),))
     async with (
         Orchestrator(
@@ -400,7 +400,7 @@ async def test_deferred_sensors_hold_no_worker_slot(db_url: str) -> None:
 
 
 async def test_memory_holds_only_waits_due_within_the_horizon(db_url: str) -> None:
-    clock = ManualClock(datetime.now(UTC))
+    clock = ManualClock(SYSTEM_CLOCK.now())
     async with Orchestrator(
         settings(), db_url, registry=registry(), workflows=[nap("later", delay_s=300)]
     ) as o:
@@ -450,7 +450,7 @@ RETURNING id
 async def test_a_wait_committed_after_a_newer_one_is_still_found(db_url: str) -> None:
     """Ids are taken at insert, not at commit: the triggerer remembers the ids
     it skipped and finds them once committed, without waiting for a reload."""
-    clock = ManualClock(datetime.now(UTC))
+    clock = ManualClock(SYSTEM_CLOCK.now())
     async with Orchestrator(
         settings(worker_slots=0), db_url, workflows=[nap("manual", delay_s=60)]
     ) as o:
@@ -554,7 +554,7 @@ async def test_a_killed_triggerer_process_loses_no_wait(
     db_url: str, db: Database, engine: Engine, spawn: Spawn
 ) -> None:
     first = await spawn(db_url, "first")
-    until = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+    until = (SYSTEM_CLOCK.now() + timedelta(minutes=10)).isoformat()
     run_ids = await engine.create_runs(
         [RunRequest(NAP.name, {"until": until})] * 1000, actor="test"
     )

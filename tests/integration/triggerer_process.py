@@ -15,11 +15,12 @@ import argparse
 import asyncio
 import signal
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import handlers.sensors_time
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
+from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.logs import configure
 from orchestrator.registry import HandlerRegistry
 from orchestrator.settings import Settings
@@ -39,10 +40,10 @@ class OffsetClock:
         self.offset = offset
 
     def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
+        return SYSTEM_CLOCK.now() + self.offset
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+        await SYSTEM_CLOCK.sleep(seconds)
 
 
 def registry() -> HandlerRegistry:

@@ -46,7 +46,7 @@ def registry(executions: asyncpg.Pool, worker: str) -> HandlerRegistry:
             ctx.attempt,
             worker,
         )
-        await asyncio.sleep(ms / 1000)  # the workload
+        await ctx.clock.sleep(ms / 1000)  # the workload
         await executions.execute(
             "UPDATE executions SET ended_at = clock_timestamp() WHERE id = $1", row_id
         )
