@@ -22,8 +22,8 @@ from orchestrator.deferral import (
     run_key,
 )
 from orchestrator.errors import NonRetryableError
-from orchestrator.intake import glob_regex
 from orchestrator.registry import handler
+from triggers.globs import glob_regex
 
 CALLBACK_PATH = "/api/v1/callbacks/"
 

@@ -25,9 +25,9 @@ from orchestrator.intake import Accepted, DeadLetter, Event, Intake
 from orchestrator.spec import WorkflowSpec
 from orchestrator.states import TERMINAL_RUN_STATES, RunState
 from orchestrator.store import SQL, Database, Listener
-from orchestrator.trigger_spec import ScheduleTrigger
 from orchestrator.waiting import run_states
 from triggers.cron import Interval, schedule_of
+from triggers.models import ScheduleTrigger
 from triggers.schedule import ingest_intervals, interval_event
 
 __all__ = ["BackfillError", "BackfillResult", "backfill", "registered_spec"]

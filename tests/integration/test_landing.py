@@ -21,10 +21,10 @@ from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL
-from orchestrator.trigger_spec import FileTrigger
 from orchestrator.waiting import wait_for_runs
 from tests.eventually import eventually
 from triggers.files import LandingSource
+from triggers.models import FileTrigger
 
 ONCE = RetryPolicy(max_attempts=1)
 

@@ -27,9 +27,9 @@ from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL, Database, create_database, drop_database
-from orchestrator.trigger_spec import ScheduleTrigger
 from orchestrator.waiting import wait_for_runs
 from triggers.backfill import BackfillError, backfill
+from triggers.models import ScheduleTrigger
 from triggers.schedule import LEADER_LOCK, ScheduleSource
 
 pytestmark = pytest.mark.timeout(60)
