@@ -55,7 +55,6 @@ from watchfiles import awatch
 from orchestrator.intake import DeadLetter, Event, Router
 from orchestrator.sources import SourceContext
 from orchestrator.states import TERMINAL_RUN_STATES
-from orchestrator.store import SQL
 from triggers.completeness import MarkerNames, Observation, Rule, Stat, judge
 from triggers.landing_fs import (
     Found,
@@ -69,6 +68,7 @@ from triggers.landing_fs import (
     walk_tree,
 )
 from triggers.models import FileTrigger
+from triggers.queries import SQL
 
 __all__ = ["FileIdentity", "LandingSource"]
 

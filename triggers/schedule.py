@@ -38,7 +38,6 @@ from orchestrator.clock import Clock
 from orchestrator.errors import DuplicateRunError, OrchestratorError
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake, Router
 from orchestrator.sources import SourceContext
-from orchestrator.store import SQL
 from orchestrator.templates import TemplateError, render
 from triggers.cron import (
     CronError,
@@ -49,6 +48,7 @@ from triggers.cron import (
     schedule_of,
 )
 from triggers.models import ScheduleTrigger
+from triggers.queries import SQL
 
 __all__ = [
     "APPLICATION_NAME",

@@ -1,4 +1,5 @@
-"""Named SQL: every ``.sql`` file under ``store/sql`` holds ``-- name: X`` blocks."""
+"""Named SQL: every ``.sql`` file under ``store/sql`` holds ``-- name: X`` blocks
+(and so does each source plugin's ``sql`` folder: :func:`named_queries`)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,14 @@ def parse_named(text: str) -> dict[str, str]:
 
 @cache
 def queries() -> dict[str, str]:
+    return named_queries("orchestrator.store")
+
+
+@cache
+def named_queries(package: str) -> dict[str, str]:
+    """The named queries of ``package/sql/*.sql`` (a source plugin's ``store``)."""
     found: dict[str, str] = {}
-    for entry in sorted(
-        resources.files("orchestrator.store").joinpath("sql").iterdir(), key=lambda e: e.name
-    ):
+    for entry in sorted(resources.files(package).joinpath("sql").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".sql"):
             for name, sql in parse_named(entry.read_text("utf-8")).items():
                 if name in found:

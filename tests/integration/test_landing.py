@@ -25,6 +25,7 @@ from orchestrator.waiting import wait_for_runs
 from tests.eventually import eventually
 from triggers.files import LandingSource
 from triggers.models import FileTrigger
+from triggers.queries import SQL as TRIGGERS_SQL
 
 ONCE = RetryPolicy(max_attempts=1)
 
@@ -363,7 +364,7 @@ async def test_a_restart_finishes_a_move_cut_short_and_repeats_none(
         }
         # Crash point: the target was stored and the file linked there, not yet unlinked.
         async with orch.db.pool.acquire() as conn:
-            await conn.execute(SQL.landing_move_target, event["id"], "processed/ok/a.csv")
+            await conn.execute(TRIGGERS_SQL.landing_move_target, event["id"], "processed/ok/a.csv")
         (zone / "processed" / "ok").mkdir(parents=True)
         os.link(zone / "ok" / "a.csv", zone / "processed" / "ok" / "a.csv")
 
