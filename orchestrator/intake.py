@@ -152,7 +152,7 @@ class Router:
     """Which workflows an event starts, and which correlation keys it carries:
     indexes by source, built from the specs and what the source plugins declare.
 
-    A trigger whose :meth:`~orchestrator.trigger_spec.Trigger.channel` names
+    A trigger whose :meth:`~orchestrator.trigger_spec.Trigger.routed_channel` names
     one channel is found by one lookup; one with a channel pattern is matched
     against each event of its source; the rest (schedules) are not routed."""
 
@@ -184,7 +184,7 @@ class Router:
             for trigger in spec.triggers:
                 route = Route(spec.name, trigger, spec.param_schema)
                 self._all[trigger.source].append(route)
-                channel = trigger.channel()
+                channel = trigger.routed_channel()
                 if channel is not None:
                     self._exact[trigger.source][channel].append(route)
                     continue

@@ -58,7 +58,7 @@ class Trigger(BaseModel):
     #: False when the source's events carry nothing to filter (a schedule).
     filterable: ClassVar[bool] = True
 
-    def channel(self) -> str | None:
+    def routed_channel(self) -> str | None:
         """The one event channel this trigger listens on (a topic, a hook),
         routed by exact match; None when it matches by :meth:`channel_pattern`
         or its events name their workflow and are not routed (a schedule)."""
@@ -70,7 +70,7 @@ class Trigger(BaseModel):
 
     def target(self) -> str:
         """What it listens on, for ``orchestrator workflows NAME``."""
-        channel = self.channel()
+        channel = self.routed_channel()
         return f"channel {channel}" if channel is not None else ""
 
     def shared_setting(self) -> SharedSetting | None:

@@ -25,7 +25,7 @@ class KafkaTrigger(Trigger):
     source: Literal["kafka"] = "kafka"
     topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._\-]+$")
 
-    def channel(self) -> str:
+    def routed_channel(self) -> str:
         return self.topic
 
     def target(self) -> str:
@@ -42,7 +42,7 @@ class WebhookTrigger(Trigger):
     """``standard``: Standard Webhooks signatures; ``github``: X-Hub-Signature-256;
     ``bearer``: ``Authorization: Bearer <secret>``; ``none``: open (local use only)."""
 
-    def channel(self) -> str:
+    def routed_channel(self) -> str:
         return self.hook
 
     def target(self) -> str:
