@@ -26,10 +26,10 @@ from orchestrator.app import Orchestrator
 from orchestrator.settings import Settings
 from orchestrator.sources import SourceContext
 from orchestrator.spec import TaskSpec, WorkflowSpec
-from orchestrator.trigger_spec import KafkaTrigger
 from triggers.kafka import EMBEDDED_CONSUMER_OPTIONS, KafkaSource
 from triggers.kafka_broker import EmbeddedKafka, ensure_topics
 from triggers.kafka_config import make_producer
+from triggers.models import KafkaTrigger
 
 PARTITIONS = 6
 

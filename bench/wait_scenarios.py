@@ -3,7 +3,7 @@
 Both use ``kafka`` waits (``sensor.kafka`` on a topic, correlation
 ``payload.order_id``, equals ``{{ params.order_id }}``) in ONE orchestrator
 process: engine, worker (64 slots) and the :class:`KafkaSource` that consumes
-the sensors' topic (``Router.topics``), so the event that ends a wait goes the
+the sensors' topic (``Router.channels("kafka")``), so the event that ends a wait goes the
 whole product path: producer -> broker -> consumer -> ``Intake.ingest``, whose
 transaction ends the wait and queues what follows. Kafka is
 ``ORCHESTRATOR_KAFKA_BOOTSTRAP`` when set, else the embedded broker.

@@ -27,7 +27,7 @@ from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.settings import Settings, webhook_secret_variable
 from orchestrator.spec import TaskSpec, WorkflowSpec
-from orchestrator.trigger_spec import WebhookTrigger
+from triggers.models import WebhookTrigger
 from triggers.webhook import WebhookSource
 
 HOOK = "bench_sales"

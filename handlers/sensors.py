@@ -24,8 +24,8 @@ from orchestrator.deferral import (
     run_key,
 )
 from orchestrator.errors import NonRetryableError
+from orchestrator.globs import glob_regex
 from orchestrator.handler_inputs import PositiveSeconds
-from orchestrator.intake import glob_regex
 from orchestrator.registry import handler
 
 CALLBACK_PATH = "/api/v1/callbacks/"

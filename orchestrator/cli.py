@@ -2,53 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
 import sys
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Container
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from orchestrator import logs
+from orchestrator.cli_support import cli_settings, fail, open_database, run_async
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.errors import OrchestratorError
-from orchestrator.settings import Settings, load_settings
 from orchestrator.states import RunState
-from orchestrator.store import Database, connect
+from orchestrator.store import connect
 
-T = TypeVar("T")
-
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except OrchestratorError as exc:
-        _fail(str(exc))
-        raise
-    logs.configure(settings.log_level, settings.log_format)
-    return settings
-
-
-def _fail(message: str, code: int = 2) -> None:
-    click.secho(f"error: {message}", fg="red", err=True)
-    sys.exit(code)
-
-
-def _run(main: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return asyncio.run(main())  # type: ignore[arg-type]
-    except OrchestratorError as exc:
-        _fail(str(exc))
-        raise AssertionError("unreachable") from None
-
-
-async def _database(settings: Settings) -> Database:
-    from orchestrator.devmode import resolve_database_url
-
-    return await connect(resolve_database_url(settings), size=2, min_size=1)
+# The short names this module uses throughout.
+_settings = cli_settings
+_fail = fail
+_run = run_async
+_database = open_database
 
 
 def parse_params(
@@ -79,7 +52,24 @@ def parse_params(
     return params
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _WithSourceCommands(click.Group):
+    """The core's commands and those the installed event sources add
+    (``backfill``, ``publish``, ``hook-send``: see :mod:`orchestrator.plugins`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_source_commands()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or _source_commands().get(cmd_name)
+
+
+def _source_commands() -> dict[str, click.Command]:
+    from orchestrator.plugins import source_registry
+
+    return source_registry().commands()
+
+
+@click.group(cls=_WithSourceCommands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="orchestrator")
 def main() -> None:
     """Event-driven workflow orchestrator on PostgreSQL."""
@@ -316,155 +306,6 @@ def prune(days: float | None, dry_run: bool) -> None:
             await db.close()
 
     click.echo(_run(go))
-
-
-@main.command("backfill")
-@click.argument("workflow")
-@click.option(
-    "--start",
-    required=True,
-    metavar="DATETIME",
-    help="First logical date, ISO 8601 (2026-01-01, 2026-01-01T02:00+01:00); "
-    "without an offset it is wall-clock time in the schedule's time zone.",
-)
-@click.option(
-    "--end",
-    required=True,
-    metavar="DATETIME",
-    help="Logical dates before this one (exclusive), same format as --start.",
-)
-@click.option(
-    "--max-active",
-    type=click.IntRange(1, 10_000),
-    default=4,
-    show_default=True,
-    help="Most runs of this backfill unfinished at once.",
-)
-@click.option("--dry-run", is_flag=True, help="List the logical dates; create nothing.")
-def backfill_cmd(workflow: str, start: str, end: str, max_active: int, dry_run: bool) -> None:
-    """Run WORKFLOW for every interval of its schedule with a logical date in
-    [--start, --end), at most --max-active at once, and wait for them. Dates
-    that already have a run (from the scheduler or an earlier backfill) are
-    reported and not run again. Exit 0 when every created run succeeded."""
-    from datetime import datetime
-
-    from orchestrator.engine import Engine
-    from orchestrator.intake import Intake
-    from triggers.backfill import BackfillResult, backfill, registered_spec
-
-    settings = _settings()
-
-    def parse(name: str, value: str) -> datetime:
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            raise click.BadParameter(
-                f"{value!r} is not an ISO 8601 date or date-time "
-                "(e.g. 2026-01-01 or 2026-01-01T02:00+01:00)",
-                param_hint=f"--{name}",
-            ) from None
-
-    start_at, end_at = parse("start", start), parse("end", end)
-
-    async def go() -> BackfillResult:
-        db = await _database(settings)
-        try:
-            intake = Intake(Engine(db, lease_s=settings.lease_s))
-            spec = await registered_spec(intake, workflow)
-            return await backfill(
-                intake,
-                spec,
-                start_at,
-                end_at,
-                max_active=max_active,
-                dry_run=dry_run,
-                progress=click.echo,
-            )
-        finally:
-            await db.close()
-
-    result = _run(go)
-    sys.exit(0 if result.ok else 1)
-
-
-@main.command()
-@click.argument("topic")
-@click.argument("values", nargs=-1, required=True, metavar="JSON...")
-@click.option("--key", "-k", default=None, help="Message key: one key keeps its messages in order.")
-def publish(topic: str, values: tuple[str, ...], key: str | None) -> None:
-    """Publish each JSON value as one message on Kafka TOPIC and print where it
-    landed (TOPIC[PARTITION]@OFFSET). Kafka is ORCHESTRATOR_KAFKA_BOOTSTRAP, else
-    the embedded broker of `orchestrator dev` running in this directory."""
-    from orchestrator.devmode import resolve_kafka_settings
-    from triggers.kafka import publish as publish_json
-
-    settings = _settings()
-    documents = []
-    for number, raw in enumerate(values, 1):
-        try:
-            documents.append(json.loads(raw))
-        except json.JSONDecodeError as exc:
-            raise click.BadParameter(
-                f"value {number} is not valid JSON: {exc}", param_hint="JSON"
-            ) from None
-    try:
-        kafka = resolve_kafka_settings(settings)
-    except OrchestratorError as exc:
-        _fail(str(exc))
-        return
-    sent = _run(lambda: publish_json(kafka, topic, documents, key=key))
-    for partition, offset in sent:
-        click.echo(f"{topic}[{partition}]@{offset}")
-
-
-@main.command("hook-send")
-@click.argument("hook")
-@click.argument("body", required=False)
-@click.option("--url", default=None, help="Server base URL (default: http://HTTP_HOST:HTTP_PORT).")
-@click.option("--id", "delivery_id", default=None, help="webhook-id; send one twice to see dedup.")
-def hook_send(hook: str, body: str | None, url: str | None, delivery_id: str | None) -> None:
-    """POST BODY (JSON text; default: stdin) to /hooks/HOOK, signed the Standard
-    Webhooks way with the secret in ORCHESTRATOR_WEBHOOK_SECRET_<HOOK>."""
-    import uuid
-
-    import aiohttp
-
-    from orchestrator.settings import webhook_secret_variable
-    from triggers.signatures import SecretFormatError, standard_headers
-
-    settings = _settings()
-    secret = settings.webhook_secret(hook)
-    if secret is None:
-        _fail(f"set {webhook_secret_variable(hook)} to the hook's whsec_ secret")
-        return
-    text = body if body is not None else sys.stdin.read()
-    data = text.encode()
-    msg_id = delivery_id or f"msg_{uuid.uuid4().hex}"
-    try:
-        headers = standard_headers(
-            secret.get_secret_value(), msg_id, int(SYSTEM_CLOCK.now().timestamp()), data
-        )
-    except SecretFormatError as exc:
-        _fail(f"{webhook_secret_variable(hook)}: {exc}")
-        return
-    headers["Content-Type"] = "application/json"
-    base = url or f"http://{settings.http_host}:{settings.http_port}"
-    target = f"{base}/hooks/{hook}"
-
-    async def go() -> tuple[int, str]:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(target, data=data, headers=headers) as resp,
-        ):
-            return resp.status, await resp.text()
-
-    try:
-        status, text = _run(go)
-    except aiohttp.ClientError as exc:
-        _fail(f"cannot reach {target}: {exc}")
-        return
-    click.echo(f"{status} {text}")
-    sys.exit(0 if 200 <= status < 300 else 1)
 
 
 @main.command()

@@ -74,9 +74,16 @@ class Resolution:
     error: str | None = None
 
 
+def correlation_key(source: str, channel: str, expression: str, value: Any) -> str:
+    """The key of an event of ``source`` on ``channel`` whose ``expression``
+    evaluates to ``value`` (see :class:`~orchestrator.plugins.SensorKeys`)."""
+    value_json = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return f"{source}:{channel}:{expression}:{value_json}"
+
+
 def kafka_key(topic: str, expression: str, value: Any) -> str:
     """The key of a Kafka event whose ``expression`` evaluates to ``value``."""
-    return f"kafka:{topic}:{expression}:{orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()}"
+    return correlation_key("kafka", topic, expression, value)
 
 
 def file_key(relative_path: str) -> str:

@@ -32,34 +32,27 @@ import jmespath
 import orjson
 from jmespath.exceptions import JMESPathError
 
-from orchestrator.deferral import Resolution, file_key, kafka_key
+from orchestrator.deferral import Resolution, correlation_key
 from orchestrator.engine import Engine, RunRequest
 from orchestrator.errors import OrchestratorError, ParamsError
 from orchestrator.params import ParamsSchema
+from orchestrator.plugins import SourceRegistry, source_registry
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import SQL
 from orchestrator.templates import TemplateError, render
-from orchestrator.trigger_spec import (
-    FileTrigger,
-    KafkaTrigger,
-    ScheduleTrigger,
-    TriggerSpec,
-    WebhookTrigger,
-)
+from orchestrator.trigger_spec import TriggerSpec
 
 log = logging.getLogger(__name__)
 
-#: The built-in sensor whose correlation expressions intake must compute.
-KAFKA_SENSOR = "sensor.kafka"
-
-#: Sources whose events come a few at a time (a person, a schedule, a backfill):
-#: their keys are looked up before run ids are drawn, so repeating one (an
-#: Idempotency-Key, a logical date) uses up no run id. Kafka and webhook
-#: batches skip that query on their hot path: a redelivery there uses up the
-#: ids drawn for it (run ids are unique and increasing, not dense). An up-front
-#: lookup cannot replace it: on a young table the planner caches a plan that
-#: scans all events for it, while ON CONFLICT always uses the unique index.
-LOOKED_UP_FIRST = frozenset({"manual", "schedule"})
+#: Sources whose events come a few at a time (a person, and those plugins name
+#: in ``looked_up_first``: a schedule, a backfill): their keys are looked up
+#: before run ids are drawn, so repeating one (an Idempotency-Key, a logical
+#: date) uses up no run id. Kafka and webhook batches skip that query on their
+#: hot path: a redelivery there uses up the ids drawn for it (run ids are unique
+#: and increasing, not dense). An up-front lookup cannot replace it: on a young
+#: table the planner caches a plan that scans all events for it, while ON
+#: CONFLICT always uses the unique index.
+LOOKED_UP_FIRST = frozenset({"manual"})
 
 
 @dataclass(slots=True)
@@ -155,99 +148,101 @@ class _Unmatched(OrchestratorError):
     """The trigger's filter said no: not an error."""
 
 
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """``*`` stays within a directory, ``**/`` spans any number of them."""
-    out = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
 class Router:
-    """Which workflows an event starts: one index per source, built from specs."""
+    """Which workflows an event starts, and which correlation keys it carries:
+    indexes by source, built from the specs and what the source plugins declare.
 
-    def __init__(self, workflows: Iterable[WorkflowSpec] = ()) -> None:
-        self.kafka: dict[str, list[Route]] = defaultdict(list)
-        self.webhooks: dict[str, list[Route]] = defaultdict(list)
-        self.files: list[tuple[re.Pattern[str], Route]] = []
-        self.schedules: list[Route] = []
-        #: topic -> correlation expressions that Kafka sensors wait on
-        self.sensor_exprs: dict[str, set[str]] = defaultdict(set)
+    A trigger whose :meth:`~orchestrator.trigger_spec.Trigger.routed_channel` names
+    one channel is found by one lookup; one with a channel pattern is matched
+    against each event of its source; the rest (schedules) are not routed."""
+
+    def __init__(
+        self, workflows: Iterable[WorkflowSpec] = (), sources: SourceRegistry | None = None
+    ) -> None:
+        plugins = sources or source_registry()
+        #: source -> channel -> routes
+        self._exact: dict[str, dict[str, list[Route]]] = defaultdict(lambda: defaultdict(list))
+        self._patterns: dict[str, list[tuple[re.Pattern[str], Route]]] = defaultdict(list)
+        self._all: dict[str, list[Route]] = defaultdict(list)
+        #: source -> channel -> correlation expressions its sensors wait on
+        self._waits: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        #: sources whose waits may match an event's channel by pattern
+        self.pattern_waits = frozenset(s.source for s in plugins.sensors.values() if s.by_pattern)
+        #: source -> the key each of its events carries, from its channel
+        self._channel_keys = {
+            s.source: s.channel_key for s in plugins.sensors.values() if s.channel_key
+        }
+        self.looked_up_first = LOOKED_UP_FIRST | plugins.looked_up_first
+        sensors = plugins.sensors
         for spec in workflows:
             for task in spec.tasks:
-                if task.handler == KAFKA_SENSOR:
-                    topic, expr = task.inputs.get("topic"), task.inputs.get("correlation")
-                    if isinstance(topic, str) and isinstance(expr, str):
-                        self.sensor_exprs[topic].add(expr)
+                sensor = sensors.get(task.handler)
+                waited = sensor.waits_on(task.inputs) if sensor and sensor.waits_on else None
+                if sensor is not None and waited is not None:
+                    waited_channel, expression = waited
+                    self._waits[sensor.source][waited_channel].add(expression)
             for trigger in spec.triggers:
                 route = Route(spec.name, trigger, spec.param_schema)
-                if isinstance(trigger, KafkaTrigger):
-                    self.kafka[trigger.topic].append(route)
-                elif isinstance(trigger, WebhookTrigger):
-                    self.webhooks[trigger.hook].append(route)
-                elif isinstance(trigger, FileTrigger):
-                    self.files.append((glob_regex(trigger.glob), route))
-                elif isinstance(trigger, ScheduleTrigger):
-                    self.schedules.append(route)
+                self._all[trigger.source].append(route)
+                channel = trigger.routed_channel()
+                if channel is not None:
+                    self._exact[trigger.source][channel].append(route)
+                    continue
+                pattern = trigger.channel_pattern()
+                if pattern is not None:
+                    self._patterns[trigger.source].append((pattern, route))
+        # Plain dicts from here on: a lookup of an unknown key must not add it.
+        self._exact = {source: dict(by) for source, by in self._exact.items()}
+        self._patterns = dict(self._patterns)
+        self._all = dict(self._all)
+        self._waits = {source: dict(by) for source, by in self._waits.items()}
 
     def routes(self, event: Event) -> list[Route]:
-        if event.source == "kafka":
-            return self.kafka.get(event.channel, [])
-        if event.source == "webhook":
-            return self.webhooks.get(event.channel, [])
-        if event.source == "file":
-            return [route for regex, route in self.files if regex.match(event.channel)]
-        return []
+        # routes_on, inlined: this runs for every event on the hot path.
+        by_channel = self._exact.get(event.source)
+        found = by_channel.get(event.channel, []) if by_channel is not None else []
+        patterns = self._patterns.get(event.source)
+        if patterns:
+            found = found + [route for regex, route in patterns if regex.match(event.channel)]
+        return found
 
-    def file_trigger_for(self, relative_path: str) -> list[FileTrigger]:
-        return [
-            r.trigger
-            for regex, r in self.files
-            if regex.match(relative_path) and isinstance(r.trigger, FileTrigger)
-        ]
+    def routes_on(self, source: str, channel: str) -> list[Route]:
+        """The routes of ``source``'s triggers that an event on ``channel`` matches."""
+        by_channel = self._exact.get(source)
+        found = by_channel.get(channel, []) if by_channel is not None else []
+        patterns = self._patterns.get(source)
+        if patterns:
+            found = found + [route for regex, route in patterns if regex.match(channel)]
+        return found
 
-    @property
-    def topics(self) -> list[str]:
-        """Every topic to consume: those of triggers and those sensors wait on."""
-        return sorted(set(self.kafka) | set(self.sensor_exprs))
+    def routes_of(self, source: str) -> list[Route]:
+        """Every route of ``source``'s triggers."""
+        return self._all.get(source, [])
+
+    def channels(self, source: str) -> list[str]:
+        """The channels of ``source`` to follow: those its triggers name and
+        those its sensors wait on (e.g. the Kafka topics to consume)."""
+        return sorted(set(self._exact.get(source, ())) | set(self._waits.get(source, ())))
 
     def event_keys(self, event: Event) -> list[str]:
-        """Correlation keys of an event, for waits now or later."""
+        """Correlation keys of an event, for waits now or later: those the
+        source gave, and one per expression a sensor waits on for its channel."""
         keys = list(event.keys)
-        if event.source == "file":
-            keys.append(file_key(event.channel))
-        elif event.source == "kafka":
+        channel_key = self._channel_keys.get(event.source)
+        if channel_key is not None:
+            keys.append(channel_key(event.channel))
+        by_channel = self._waits.get(event.source)
+        expressions = by_channel.get(event.channel) if by_channel is not None else None
+        if expressions:
             scope = scope_of(event)
-            for expr in self.sensor_exprs.get(event.channel, ()):
+            for expr in expressions:
                 try:
                     value = _compiled_filter(expr).search(scope)
                 except JMESPathError:
                     continue
                 if value is not None:
-                    keys.append(kafka_key(event.channel, expr, value))
+                    keys.append(correlation_key(event.source, event.channel, expr, value))
         return keys
-
-    @property
-    def hooks(self) -> dict[str, list[WebhookTrigger]]:
-        return {
-            hook: [r.trigger for r in routes if isinstance(r.trigger, WebhookTrigger)]
-            for hook, routes in self.webhooks.items()
-        }
 
 
 def _json_text(value: Any) -> str | None:
@@ -361,10 +356,12 @@ class Intake:
             results.append(answer)
         return results
 
-    @staticmethod
-    async def _known(conn: asyncpg.Connection, batch: Sequence[Event]) -> dict[str, asyncpg.Record]:
-        """Stored events among those of ``LOOKED_UP_FIRST`` sources, by key."""
-        keys = [e.dedup_key for e in batch if e.source in LOOKED_UP_FIRST]
+    async def _known(
+        self, conn: asyncpg.Connection, batch: Sequence[Event]
+    ) -> dict[str, asyncpg.Record]:
+        """Stored events among those of sources looked up first, by key."""
+        first = self.router.looked_up_first
+        keys = [e.dedup_key for e in batch if e.source in first]
         if not keys:
             return {}
         return {r["dedup_key"]: r for r in await conn.fetch(SQL.events_by_key, keys)}
@@ -396,12 +393,12 @@ class Intake:
             (r["id"], event_of_key[r["match_key"]])
             for r in await conn.fetch(SQL.waiting_for_keys, keys)
         ]
-        files = [e for e in events if e.source == "file"]
-        if files:
+        by_pattern = [e for e in events if e.source in self.router.pattern_waits]
+        if by_pattern:
             rows = await conn.fetch(
                 SQL.waiting_for_paths,
-                [e.channel for e in files],
-                [event_ids[e.dedup_key] for e in files],
+                [e.channel for e in by_pattern],
+                [event_ids[e.dedup_key] for e in by_pattern],
             )
             matches += [(r["id"], r["event_id"]) for r in rows]
         if not matches:

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from orchestrator.errors import SpecError
 from orchestrator.registry import HANDLER_NAME_ATTR, HandlerFn, HandlerRegistry
 from orchestrator.spec import WorkflowSpec
-from orchestrator.validation import collect_errors, errors_from_pydantic, hook_conflicts
+from orchestrator.validation import collect_errors, errors_from_pydantic, trigger_conflicts
 
 __all__ = [
     "PYTHON_SUFFIXES",
@@ -426,7 +426,7 @@ def load_path(path: str | Path, *, base: HandlerRegistry | None = None) -> LoadR
     # 4. Checks across workflows: a shared webhook must be authenticated one way.
     files_by_workflow = {spec.name: item.loaded.path for item in pending for spec in item.specs}
     specs_ok = [spec for item in pending if not item.loaded.errors for spec in item.specs]
-    for conflict in hook_conflicts(specs_ok, files_by_workflow):
+    for conflict in trigger_conflicts(specs_ok, files_by_workflow):
         for item in pending:
             if item.loaded.path == conflict.file:
                 item.fail([conflict])

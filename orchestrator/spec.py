@@ -121,7 +121,8 @@ class WorkflowSpec(BaseModel):
     (``{type: integer, default: 10}``, see :mod:`orchestrator.params`). Once
     any are declared, no others are accepted."""
     triggers: tuple[TriggerSpec, ...] = ()
-    """Events that start this workflow (Kafka, webhook, file, schedule)."""
+    """Events that start this workflow: each one of the trigger models the
+    installed sources register (Kafka, webhook, file, schedule, ...)."""
 
     def task(self, task_id: str) -> TaskSpec:
         for t in self.tasks:

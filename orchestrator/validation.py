@@ -31,7 +31,7 @@ from orchestrator.templates import (
     referenced_fields,
     referenced_tasks,
 )
-from orchestrator.trigger_spec import EVENT_ROOTS, ScheduleTrigger, TriggerSpec, WebhookTrigger
+from orchestrator.trigger_spec import EVENT_ROOTS, TriggerSpec
 
 __all__ = [
     "ancestors",
@@ -391,8 +391,8 @@ def _trigger_errors(index: int, trigger: TriggerSpec, err: _Err) -> Iterator[Spe
     where = f"triggers[{index}] ({trigger.source})"
     texts = list(_template_strings(trigger.params, f"{where} params"))
     if trigger.filter is not None:
-        if isinstance(trigger, ScheduleTrigger):
-            yield err(f"{where}: a schedule has no event to filter; remove 'filter'")
+        if not trigger.filterable:
+            yield err(f"{where}: a {trigger.source} has no event to filter; remove 'filter'")
         else:
             texts.append((f"{where} filter", "{{ " + trigger.filter + " }}"))
     for path, text in texts:
@@ -409,21 +409,23 @@ def _trigger_errors(index: int, trigger: TriggerSpec, err: _Err) -> Iterator[Spe
                 )
 
 
-def hook_conflicts(specs: Iterable[WorkflowSpec], files: Mapping[str, str]) -> list[SpecError]:
-    """Workflows sharing a webhook must agree on how it is authenticated."""
-    auth_by_hook: dict[str, dict[str, str]] = {}
+def trigger_conflicts(specs: Iterable[WorkflowSpec], files: Mapping[str, str]) -> list[SpecError]:
+    """Workflows sharing what a trigger listens on must agree on the settings
+    it declares shared (e.g. how a webhook is authenticated)."""
+    values: dict[tuple[str, str], dict[str, str]] = {}
     for spec in specs:
         for trigger in spec.triggers:
-            if isinstance(trigger, WebhookTrigger):
-                auth_by_hook.setdefault(trigger.hook, {})[spec.name] = trigger.auth
+            shared = trigger.shared_setting()
+            if shared is not None:
+                values.setdefault((shared.thing, shared.setting), {})[spec.name] = shared.value
     errors = []
-    for hook, by_workflow in sorted(auth_by_hook.items()):
+    for (thing, setting), by_workflow in sorted(values.items()):
         if len(set(by_workflow.values())) > 1:
             listed = ", ".join(f"{w} uses {a!r}" for w, a in sorted(by_workflow.items()))
             for workflow in sorted(by_workflow):
                 errors.append(
                     SpecError(
-                        f"webhook {hook!r} has conflicting auth settings: {listed}",
+                        f"{thing} has conflicting {setting} settings: {listed}",
                         file=files.get(workflow),
                         workflow=workflow,
                     )

@@ -28,13 +28,6 @@ from orchestrator.run_reads import (
 )
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import SQL, Database
-from orchestrator.trigger_spec import (
-    FileTrigger,
-    KafkaTrigger,
-    ScheduleTrigger,
-    TriggerSpec,
-    WebhookTrigger,
-)
 
 
 def _when(value: datetime | None) -> str:
@@ -272,7 +265,7 @@ async def describe_workflow(db: Database, name: str) -> str:
         out.append(spec.description)
     out.append(f"tasks: {', '.join(t.id for t in spec.tasks)}")
     for trigger in spec.triggers:
-        out.append(f"trigger: {trigger.source} {_trigger_target(trigger)}")
+        out.append(f"trigger: {trigger.source} {trigger.target()}")
     schema = spec.param_schema
     if schema is None:
         out.append("params: any (none declared)")
@@ -286,15 +279,3 @@ async def describe_workflow(db: Database, name: str) -> str:
             about = f" - {entry.description}" if entry.description else ""
             out.append(f"  {param}: {entry.summary()}{about}")
     return "\n".join(out)
-
-
-def _trigger_target(trigger: TriggerSpec) -> str:
-    if isinstance(trigger, KafkaTrigger):
-        return f"topic {trigger.topic}"
-    if isinstance(trigger, WebhookTrigger):
-        return f"hook {trigger.hook}"
-    if isinstance(trigger, FileTrigger):
-        return f"glob {trigger.glob}"
-    if isinstance(trigger, ScheduleTrigger):
-        return f"cron {trigger.cron!r} {trigger.timezone}"
-    return ""

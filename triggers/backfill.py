@@ -23,9 +23,10 @@ from orchestrator.intake import Accepted, DeadLetter, Event, Intake
 from orchestrator.spec import WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL
-from orchestrator.trigger_spec import ScheduleTrigger
 from orchestrator.waiting import RunWaiter
 from triggers.cron import Interval, schedule_of
+from triggers.models import ScheduleTrigger
+from triggers.queries import SQL as TRIGGERS_SQL
 from triggers.schedule import ingest_intervals, interval_event
 
 __all__ = ["BackfillError", "BackfillResult", "backfill", "registered_spec"]
@@ -157,7 +158,7 @@ async def backfill(
     db = intake.engine.db
     if dry_run:
         async with db.pool.acquire() as conn:
-            rows = await conn.fetch(SQL.runs_at_logical_dates, spec.name, list(planned))
+            rows = await conn.fetch(TRIGGERS_SQL.runs_at_logical_dates, spec.name, list(planned))
         existing = {r["logical_date"]: r["id"] for r in rows}
         for logical, (trigger, _interval) in planned.items():
             local = schedule_of(trigger).local(logical).isoformat()
@@ -211,7 +212,11 @@ async def _create(
             conn, intake, [e for _t, e in events], dead_letters=letters, actor="backfill"
         )
         clashes = [e.logical_date for (_t, e), a in zip(events, answers, strict=True) if a is None]
-        rows = await conn.fetch(SQL.runs_at_logical_dates, workflow, clashes) if clashes else []
+        rows = (
+            await conn.fetch(TRIGGERS_SQL.runs_at_logical_dates, workflow, clashes)
+            if clashes
+            else []
+        )
     other = {r["logical_date"]: r["id"] for r in rows}
     for (_trigger, event), answer in zip(events, answers, strict=True):
         assert event.logical_date is not None

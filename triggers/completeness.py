@@ -29,7 +29,7 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from orchestrator.trigger_spec import FileTrigger
+from triggers.models import FileTrigger
 
 __all__ = [
     "MOVED_DIRS",

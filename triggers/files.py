@@ -56,8 +56,6 @@ from orchestrator.clock import Clock, wait_for_event
 from orchestrator.intake import DeadLetter, Event, Router
 from orchestrator.sources import SourceContext
 from orchestrator.states import TERMINAL_RUN_STATES
-from orchestrator.store import SQL
-from orchestrator.trigger_spec import FileTrigger
 from triggers.completeness import MarkerNames, Observation, Rule, Stat, judge
 from triggers.landing_fs import (
     Found,
@@ -70,6 +68,8 @@ from triggers.landing_fs import (
     move_file,
     walk_tree,
 )
+from triggers.models import FileTrigger
+from triggers.queries import SQL
 
 __all__ = ["FileIdentity", "LandingSource"]
 
@@ -382,7 +382,7 @@ class LandingSource:
         await self._record(ready)
 
     def _rule(self, rel: str) -> Rule:
-        triggers = self._router.file_trigger_for(rel)
+        triggers = _file_triggers_for(self._router, rel)
         return Rule.for_triggers(triggers, default_quiet_s=self._default_quiet_s)
 
     async def _load_known(self, rels: Sequence[str]) -> None:
@@ -487,7 +487,7 @@ class LandingSource:
         )
 
     def _moves(self, rel: str) -> bool:
-        return any(t.on_done == "move" for t in self._router.file_trigger_for(rel))
+        return any(t.on_done == "move" for t in _file_triggers_for(self._router, rel))
 
     # -- moving finished files -----------------------------------------------------------
 
@@ -553,7 +553,15 @@ class LandingSource:
 
 
 def _file_triggers(router: Router) -> Iterable[FileTrigger]:
-    return [r.trigger for _regex, r in router.files if isinstance(r.trigger, FileTrigger)]
+    return [r.trigger for r in router.routes_of("file") if isinstance(r.trigger, FileTrigger)]
+
+
+def _file_triggers_for(router: Router, relative_path: str) -> list[FileTrigger]:
+    return [
+        r.trigger
+        for r in router.routes_on("file", relative_path)
+        if isinstance(r.trigger, FileTrigger)
+    ]
 
 
 def _identity_from_key(rel: str, key: str) -> FileIdentity | None:

@@ -270,7 +270,7 @@ class KafkaSource:
         self._ctx = ctx
 
     def use_router(self, router: Router) -> None:
-        topics = tuple(router.topics)
+        topics = tuple(router.channels("kafka"))
         if topics != self._topics:
             self._topics = topics
             self._changed.set()

@@ -37,9 +37,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.settings import Settings
-from orchestrator.store import SQL, Database
+from orchestrator.store import Database
 from triggers.kafka_config import AIOKafkaConsumer, OffsetOutOfRangeError, make_consumer
 from triggers.kafka_metadata import topic_ids
+from triggers.queries import SQL
 
 log = logging.getLogger(__name__)
 

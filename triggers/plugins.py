@@ -1,17 +1,47 @@
-"""Entry points (see ``orchestrator.plugins``): each event source says whether
-this process's settings enable it, and how ``orchestrator dev`` sets it up
-with zero configuration."""
+"""Entry points (see ``orchestrator.plugins``): each built-in event source
+registers its trigger model, what its sensors wait on, its SQL and migrations
+(this package's ``sql/`` and ``migrations/``) and its CLI commands; says whether
+this process's settings enable it; and how ``orchestrator dev`` sets it up with
+zero configuration. Modules that need aiokafka or aiohttp load only when used."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.plugins import DevPreparation
+from orchestrator.deferral import file_key
+from orchestrator.plugins import DevPreparation, SensorKeys, SourcePlugin
 from orchestrator.settings import Settings
-from orchestrator.sources import Source
+from triggers.models import FileTrigger, KafkaTrigger, ScheduleTrigger, WebhookTrigger
+
+if TYPE_CHECKING:
+    import click
+
+    from orchestrator.sources import Source
+
+#: Named queries and migrations of every built-in source.
+STORE = "triggers"
 
 
-class KafkaPlugin:
+def _kafka_sensor_waits_on(inputs: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``sensor.kafka`` waits on a literal topic and correlation expression."""
+    topic, expression = inputs.get("topic"), inputs.get("correlation")
+    if isinstance(topic, str) and isinstance(expression, str):
+        return topic, expression
+    return None
+
+
+class KafkaPlugin(SourcePlugin):
+    triggers = (KafkaTrigger,)
+    sensors = (SensorKeys("sensor.kafka", "kafka", waits_on=_kafka_sensor_waits_on),)
+    store = STORE
+
+    def commands(self) -> Sequence[click.Command]:
+        from triggers.commands import publish
+
+        return (publish,)
+
     def create(self, settings: Settings) -> Source | None:
         if not settings.has_role("kafka") or not settings.kafka_bootstrap:
             return None
@@ -49,7 +79,14 @@ class KafkaPlugin:
         )
 
 
-class WebhookPlugin:
+class WebhookPlugin(SourcePlugin):
+    triggers = (WebhookTrigger,)
+
+    def commands(self) -> Sequence[click.Command]:
+        from triggers.commands import hook_send
+
+        return (hook_send,)
+
     def create(self, settings: Settings) -> Source | None:
         if not settings.has_role("api"):
             return None
@@ -66,7 +103,12 @@ class WebhookPlugin:
         return DevPreparation(banner=dev_banner("sales"))
 
 
-class FilesPlugin:
+class FilesPlugin(SourcePlugin):
+    triggers = (FileTrigger,)
+    # Waits on one path name its file_key; waits on a glob match paths by pattern.
+    sensors = (SensorKeys("sensor.file", "file", channel_key=file_key, by_pattern=True),)
+    store = STORE
+
     def create(self, settings: Settings) -> Source | None:
         if not settings.has_role("files"):
             return None
@@ -86,7 +128,16 @@ class FilesPlugin:
         )
 
 
-class SchedulerPlugin:
+class SchedulerPlugin(SourcePlugin):
+    triggers = (ScheduleTrigger,)
+    looked_up_first = ("schedule",)
+    store = STORE
+
+    def commands(self) -> Sequence[click.Command]:
+        from triggers.commands import backfill
+
+        return (backfill,)
+
     def create(self, settings: Settings) -> Source | None:
         if not settings.has_role("scheduler"):
             return None

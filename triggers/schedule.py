@@ -38,9 +38,7 @@ from orchestrator.clock import Clock
 from orchestrator.errors import DuplicateRunError, OrchestratorError
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake, Router
 from orchestrator.sources import SourceContext
-from orchestrator.store import SQL
 from orchestrator.templates import TemplateError, render
-from orchestrator.trigger_spec import ScheduleTrigger
 from triggers.cron import (
     CronError,
     CronSchedule,
@@ -49,6 +47,8 @@ from triggers.cron import (
     plan_catchup,
     schedule_of,
 )
+from triggers.models import ScheduleTrigger
+from triggers.queries import SQL
 
 __all__ = [
     "APPLICATION_NAME",
@@ -252,7 +252,7 @@ class ScheduleSource:
     def use_router(self, router: Router) -> None:
         self._schedules = [
             _Schedule(route.workflow, route.trigger, trigger_key(route.trigger))
-            for route in router.schedules
+            for route in router.routes_of("schedule")
             if isinstance(route.trigger, ScheduleTrigger)
         ]
         # Re-read progress for whatever is loaded now.

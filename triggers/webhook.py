@@ -52,8 +52,8 @@ from orchestrator.problems import FieldError, json_response, problem, unavailabl
 from orchestrator.settings import Settings, webhook_secret_variable
 from orchestrator.sources import SourceContext
 from orchestrator.store import UNAVAILABLE
-from orchestrator.trigger_spec import WebhookTrigger
 from triggers import signatures
+from triggers.models import WebhookTrigger
 from triggers.webhook_batch import BatcherClosedError, GroupCommit
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,9 @@ class Hook:
 def hooks_of(router: Router) -> dict[str, Hook]:
     """Each hook the workflows name, with its agreed auth (or the conflict)."""
     hooks = {}
-    for name, routes in router.webhooks.items():
+    for name in router.channels("webhook"):
         auth_by_workflow: dict[str, str] = {}
-        for route in routes:
+        for route in router.routes_on("webhook", name):
             if isinstance(route.trigger, WebhookTrigger):
                 auth_by_workflow.setdefault(route.workflow, route.trigger.auth)
         workflows = tuple(sorted(auth_by_workflow))

@@ -19,8 +19,8 @@ from orchestrator.app import Orchestrator
 from orchestrator.logs import configure
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
-from orchestrator.trigger_spec import KafkaTrigger
 from triggers.kafka import KafkaSource
+from triggers.models import KafkaTrigger
 
 
 def workflow(topic: str) -> WorkflowSpec:

@@ -21,10 +21,11 @@ from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL
-from orchestrator.trigger_spec import FileTrigger
 from orchestrator.waiting import wait_for_runs
 from tests.eventually import eventually
 from triggers.files import LandingSource
+from triggers.models import FileTrigger
+from triggers.queries import SQL as TRIGGERS_SQL
 
 ONCE = RetryPolicy(max_attempts=1)
 
@@ -379,7 +380,7 @@ async def test_a_restart_finishes_a_move_cut_short_and_repeats_none(
         }
         # Crash point: the target was stored and the file linked there, not yet unlinked.
         async with orch.db.pool.acquire() as conn:
-            await conn.execute(SQL.landing_move_target, event["id"], "processed/ok/a.csv")
+            await conn.execute(TRIGGERS_SQL.landing_move_target, event["id"], "processed/ok/a.csv")
         (zone / "processed" / "ok").mkdir(parents=True)
         os.link(zone / "ok" / "a.csv", zone / "processed" / "ok" / "a.csv")
 

@@ -28,9 +28,10 @@ from orchestrator.loader import load_path
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL, Database, create_database, drop_database
-from orchestrator.trigger_spec import ScheduleTrigger
 from orchestrator.waiting import wait_for_runs
 from triggers.backfill import BackfillError, backfill
+from triggers.models import ScheduleTrigger
+from triggers.queries import SQL as TRIGGERS_SQL
 from triggers.schedule import LEADER_LOCK, ScheduleSource
 
 pytestmark = pytest.mark.timeout(60)
@@ -219,7 +220,7 @@ async def another_deployment_leading(pg_admin_url: str) -> AsyncIterator[None]:
     name = f"orch_t_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(await create_database(pg_admin_url, name))
     try:
-        assert await conn.fetchval(SQL.scheduler_try_lead, LEADER_LOCK)
+        assert await conn.fetchval(TRIGGERS_SQL.scheduler_try_lead, LEADER_LOCK)
         yield
     finally:
         await conn.close()

@@ -21,7 +21,7 @@ from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.states import RunState, TaskState
 from orchestrator.store import SQL, Database, create_database, drop_database
 from orchestrator.store.migrate import available, migrate, pending
-from orchestrator.store.queries import queries
+from orchestrator.store.queries import named_queries, queries
 from orchestrator.waiting import wait_for_runs
 
 pytestmark = pytest.mark.timeout(30)
@@ -56,23 +56,28 @@ async def test_migrate_twice_applies_nothing_the_second_time(db: Database) -> No
     assert await db.migrate() == []
     async with db.pool.acquire() as conn:
         assert await pending(conn) == []
-        rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
-    assert [r["version"] for r in rows] == [m.version for m in available()]
+        rows = await conn.fetch("SELECT package, version FROM schema_migrations")
+    assert sorted((r["package"], r["version"]) for r in rows) == sorted(
+        (m.package, m.version) for m in available()
+    )
 
 
 async def test_two_concurrent_migrations_apply_each_migration_once(empty_db_url: str) -> None:
     conns = [await asyncpg.connect(empty_db_url) for _ in range(2)]
     try:
-        assert await pending(conns[0]) == [f"{m.version:04d}_{m.name}" for m in available()]
+        assert await pending(conns[0]) == [m.label for m in available()]
         async with asyncio.timeout(20):
             results = await asyncio.gather(migrate(conns[0]), migrate(conns[1]))
-        everything = [f"{m.version:04d}_{m.name}" for m in available()]
+        everything = [m.label for m in available()]
         # One of them applied everything, the other waited on the lock and found nothing to do.
         assert sorted(results, key=len) == [[], everything]
         rows = await conns[0].fetch(
-            "SELECT version, count(*) AS n FROM schema_migrations GROUP BY version ORDER BY 1"
+            "SELECT package, version, count(*) AS n FROM schema_migrations"
+            " GROUP BY package, version ORDER BY 1, 2"
         )
-        assert [(r["version"], r["n"]) for r in rows] == [(m.version, 1) for m in available()]
+        assert [(r["package"], r["version"], r["n"]) for r in rows] == sorted(
+            (m.package, m.version, 1) for m in available()
+        )
         assert await pending(conns[0]) == []
         assert await pending(conns[1]) == []
         assert await migrate(conns[1]) == []
@@ -81,11 +86,49 @@ async def test_two_concurrent_migrations_apply_each_migration_once(empty_db_url:
             await conn.close()
 
 
+async def test_a_database_migrated_before_sources_had_their_own_migrations_applies_none_again(
+    empty_db_url: str,
+) -> None:
+    """Landing, schedules and Kafka logs were the core's 0003, 0004 and 0007:
+    a database that applied them then records them under the package that
+    holds them now, and nothing runs twice."""
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        by_version = sorted(available(), key=lambda m: m.version)
+        assert [m.version for m in by_version] == list(range(1, 8))
+        await conn.execute(
+            """CREATE TABLE schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        for m in by_version:  # as the single-package migrator applied them
+            await conn.execute(m.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name
+            )
+        assert await pending(conn) == []
+        assert await migrate(conn) == []
+        rows = await conn.fetch("SELECT package, version, name FROM schema_migrations")
+        assert sorted((r["package"], r["version"], r["name"]) for r in rows) == sorted(
+            (m.package, m.version, m.name) for m in available()
+        )
+        assert {(r["package"], r["name"]) for r in rows if r["version"] in (3, 4, 7)} == {
+            ("triggers", "landing"),
+            ("triggers", "schedules"),
+            ("triggers", "kafka_logs"),
+        }
+        assert await pending(conn) == []
+        assert await migrate(conn) == []
+    finally:
+        await conn.close()
+
+
 # -- schema ------------------------------------------------------------------------------
 
 
 async def test_every_named_query_prepares_against_the_migrated_schema(db: Database) -> None:
-    named = queries()
+    named = {**queries(), **named_queries("triggers")}
     assert len(named) > 20
     failures: dict[str, str] = {}
     async with db.pool.acquire() as conn:

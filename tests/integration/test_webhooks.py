@@ -32,8 +32,8 @@ from orchestrator.intake import Accepted, Event
 from orchestrator.loader import load_path
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.store import Database, database_name
-from orchestrator.trigger_spec import WebhookTrigger
 from orchestrator.views import show_run
+from triggers.models import WebhookTrigger
 from triggers.signatures import sign_github, sign_standard, standard_headers
 from triggers.webhook import SALES_EXAMPLE, WebhookSource, dev_banner
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.trigger_spec import FileTrigger
 from triggers.completeness import (
     MarkerNames,
     Observation,
@@ -15,6 +14,7 @@ from triggers.completeness import (
     judge,
     render_marker,
 )
+from triggers.models import FileTrigger
 
 QUIET = Rule(quiet_s=0.5)
 

@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.intake import DeadLetter, Event
-from orchestrator.trigger_spec import ScheduleTrigger
 from triggers.cron import (
     CronError,
     CronSchedule,
@@ -22,6 +21,7 @@ from triggers.cron import (
     latest_complete,
     plan_catchup,
 )
+from triggers.models import ScheduleTrigger
 from triggers.schedule import dedup_key, interval_event
 
 PARIS = ZoneInfo("Europe/Paris")

@@ -13,8 +13,8 @@ from orchestrator.errors import ParamsError
 from orchestrator.loader import load_path
 from orchestrator.params import ParamsSchema
 from orchestrator.spec import ParamSpec, TaskSpec, WorkflowSpec
-from orchestrator.trigger_spec import KafkaTrigger
 from orchestrator.validation import collect_errors
+from triggers.models import KafkaTrigger
 
 HANDLERS = {"echo", "noop"}
 

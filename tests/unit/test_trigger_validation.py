@@ -10,8 +10,8 @@ from pydantic import ValidationError
 from orchestrator.loader import load_path
 from orchestrator.registry import HandlerRegistry
 from orchestrator.spec import TaskSpec, WorkflowSpec
-from orchestrator.trigger_spec import FileTrigger, KafkaTrigger, ScheduleTrigger
 from orchestrator.validation import collect_errors
+from triggers.models import FileTrigger, KafkaTrigger, ScheduleTrigger
 
 NOOP = (TaskSpec(id="a", handler="noop"),)
 

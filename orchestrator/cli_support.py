@@ -1,0 +1,47 @@
+"""What every CLI command needs, the core's and those source plugins add:
+settings, a clean error exit, an event loop and a database connection."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import click
+
+from orchestrator import logs
+from orchestrator.errors import OrchestratorError
+from orchestrator.settings import Settings, load_settings
+from orchestrator.store import Database, connect
+
+T = TypeVar("T")
+
+
+def cli_settings() -> Settings:
+    """The settings, with logging configured; a bad one exits with its message."""
+    try:
+        settings = load_settings()
+    except OrchestratorError as exc:
+        fail(str(exc))
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def run_async(main: Callable[[], Awaitable[T]]) -> T:
+    """Run ``main`` to its end; an :class:`OrchestratorError` exits with its message."""
+    try:
+        return asyncio.run(main())  # type: ignore[arg-type]
+    except OrchestratorError as exc:
+        fail(str(exc))
+
+
+async def open_database(settings: Settings) -> Database:
+    from orchestrator.devmode import resolve_database_url
+
+    return await connect(resolve_database_url(settings), size=2, min_size=1)
