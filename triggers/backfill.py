@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from orchestrator.engine import RUNS_CHANNEL
 from orchestrator.errors import OrchestratorError, unknown_workflow_hint
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake
+from orchestrator.notices import RUNS_CHANNEL
 from orchestrator.spec import WorkflowSpec
 from orchestrator.states import TERMINAL_RUN_STATES, RunState
-from orchestrator.store import SQL, Database, Listener
+from orchestrator.store import SQL, Database
 from orchestrator.trigger_spec import ScheduleTrigger
 from orchestrator.waiting import run_states
 from triggers.cron import Interval, schedule_of
@@ -132,17 +132,18 @@ class _RunEnds:
         self._db = db
         self._poll_s = poll_s
         self._woken = asyncio.Event()
-        self._listener = Listener(db.url, {RUNS_CHANNEL: lambda _payload: self._woken.set()})
 
     async def __aenter__(self) -> _RunEnds:
-        self._listener.start()
+        self._subscription = self._db.listener.subscribe(
+            RUNS_CHANNEL, lambda _payload: self._woken.set()
+        )
         with contextlib.suppress(TimeoutError):  # polling still works without it
             async with asyncio.timeout(10):
-                await self._listener.connected.wait()
+                await self._subscription.listening()
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
-        await self._listener.stop()
+        await self._subscription.close()
 
     async def some_ended(self, active: Iterable[int]) -> dict[int, RunState]:
         """Wait until at least one of ``active`` has ended; return those that have."""
