@@ -21,9 +21,11 @@ against rules written out again here:
 
 from __future__ import annotations
 
+import ast
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from hypothesis import given, settings
@@ -473,3 +475,22 @@ def test_a_handler_that_deferred_mid_work_is_resumed_with_what_woke_it() -> None
     assert (plain.target, plain.resumed, plain.output) == (S.SUCCESS, None, {"event": 1})
     failed = p.deferred_move(wait, Resolution(7, "failed", error="boom"))
     assert (failed.target, failed.error, failed.resumed) == (S.FAILED, "boom", None)
+
+
+def _imports(module: str) -> set[str]:
+    path = Path(__file__).resolve().parents[2] / "orchestrator" / f"{module}.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def test_the_planner_does_no_io_and_waits_do_not_import_the_engine() -> None:
+    planner = _imports("plan")
+    assert not {m for m in planner if m.startswith(("asyncpg", "orchestrator.store"))}
+    assert "orchestrator.engine" not in planner
+    assert "orchestrator.engine" not in _imports("waits")
