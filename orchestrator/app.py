@@ -15,15 +15,17 @@ from types import TracebackType
 
 from orchestrator.api import build_app
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.engine import TASKS_CHANNEL, Engine
+from orchestrator.engine import Engine
 from orchestrator.http_server import HttpServer
 from orchestrator.intake import Intake, Router
+from orchestrator.notices import TASKS_CHANNEL
 from orchestrator.registry import HandlerRegistry
 from orchestrator.retention import prune_periodically
 from orchestrator.settings import Settings
 from orchestrator.sources import Source, SourceContext
 from orchestrator.spec import WorkflowSpec
-from orchestrator.store import Database, Listener, connect
+from orchestrator.store import Database, connect
+from orchestrator.store.listener import Subscription
 from orchestrator.triggerer import Triggerer
 from orchestrator.worker import FaultHook, Worker
 
@@ -81,7 +83,7 @@ class Orchestrator:
         self.db: Database | None = None
         self.engine: Engine | None = None
         self.worker: Worker | None = None
-        self._listener: Listener | None = None
+        self._wakeups: Subscription | None = None
         self._started_sources: list[Source] = []
         self.triggerer: Triggerer | None = None
 
@@ -151,8 +153,7 @@ class Orchestrator:
                     fault=self._fault,
                     clock=self.clock,
                 )
-                self._listener = Listener(self.database_url, {TASKS_CHANNEL: self.worker.wake})
-                self._listener.start()
+                self._wakeups = self.db.listener.subscribe(TASKS_CHANNEL, self.worker.wake)
                 self.worker.start()
         except BaseException:
             if self.triggerer is not None:
@@ -207,8 +208,8 @@ class Orchestrator:
             await _shutdown_step("the HTTP server", self.http.stop())
         if self.worker is not None:
             await self.worker.stop(grace_s)
-        if self._listener is not None:
-            await _shutdown_step("the NOTIFY listener", self._listener.stop())
+        if self._wakeups is not None:
+            await _shutdown_step("the NOTIFY listener", self._wakeups.close())
         await _shutdown_step("the handlers", self.registry.shutdown())
         if self.db is not None:
             await self.db.close()

@@ -1,17 +1,19 @@
-"""The engine: applies the pure decisions of :mod:`orchestrator.decisions` to
+"""The engine: carries out the commit plan of :mod:`orchestrator.plan` in
 the database, atomically.
 
 Everything that changes a run happens here, in one transaction per batch:
 creating runs, recording finished attempts, queuing or skipping successors,
-finishing runs, starting runs that waited for ``max_active_runs`` and, when the
-caller has free slots, claiming the next work in the same commit.
+finishing runs, starting runs that waited for ``max_active_runs``, ending
+waits and, when the caller has free slots, claiming the next work in the same
+commit. The decisions are the planner's; the engine answers its requests with
+named SQL and sends the unit of work's notifications once, at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,20 +21,20 @@ from typing import Any
 import asyncpg
 import orjson
 
+from orchestrator import plan as p
 from orchestrator import waits
 from orchestrator.compiled import CompiledWorkflow, SpecCache
-from orchestrator.decisions import decide, run_outcome
-from orchestrator.deferral import Defer, Resolution, run_key
+from orchestrator.deferral import Resolution
 from orchestrator.errors import DuplicateRunError, OrchestratorError, UnknownWorkflowError
+from orchestrator.notices import Notices
+from orchestrator.plan import Outcome
 from orchestrator.spec import WorkflowSpec
-from orchestrator.states import TERMINAL_TASK_STATES, RunState, TaskState, legal_run_sources
+from orchestrator.states import RunState, TaskState, legal_run_sources
 from orchestrator.store import SQL, Database
 
 log = logging.getLogger(__name__)
 
-RUNS_CHANNEL = "orchestrator_runs"
-TASKS_CHANNEL = "orchestrator_tasks"
-_NOTIFY_PAYLOAD_MAX = 7900  # PostgreSQL caps a payload just under 8000 bytes
+__all__ = ["Claimed", "Completion", "Engine", "Outcome", "RunRequest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,28 +64,6 @@ class Claimed:
     upstream: dict[str, Any]
     resumed: Any = None
     """What woke this task, when a handler deferred and is resumed."""
-
-
-@dataclass(slots=True)
-class Outcome:
-    """The end of one attempt, to be recorded under its lease."""
-
-    id: int
-    run_id: int
-    task_id: str
-    attempt: int
-    owner: str
-    target: TaskState
-    output: str | None = None
-    """JSON text."""
-    error: str | None = None
-    delay_s: float | None = None
-    """For ``up_for_retry``: when the next attempt may start."""
-    reason: str = ""
-    expired_only: bool = False
-    """Set by the lease reaper: apply only if the lease has really run out."""
-    deferral: Defer | None = None
-    """For ``deferred``: what the attempt waits for."""
 
 
 @dataclass(slots=True)
@@ -172,13 +152,22 @@ class Engine:
         )
         return ids[0]
 
+    @contextlib.asynccontextmanager
+    async def unit(self) -> AsyncIterator[tuple[asyncpg.Connection, Notices]]:
+        """A transaction and the notifications it collects, sent as its last
+        statement (delivered at commit)."""
+        async with self.db.transaction() as conn:
+            notices = Notices()
+            yield conn, notices
+            await notices.send(conn)
+
     async def create_runs(self, requests: Sequence[RunRequest], *, actor: str) -> list[int]:
         """Create runs in one transaction; runs over ``max_active_runs`` wait queued."""
         if not requests:
             return []
-        async with self.db.transaction() as conn:
+        async with self.unit() as (conn, notices):
             ids = await self.allocate_run_ids(conn, len(requests))
-            await self.create_runs_in(conn, requests, ids, actor=actor)
+            await self.create_runs_in(conn, requests, ids, actor=actor, notices=notices)
             return ids
 
     @staticmethod
@@ -192,6 +181,7 @@ class Engine:
         ids: Sequence[int],
         *,
         actor: str,
+        notices: Notices,
     ) -> None:
         """Create runs with preallocated ``ids`` inside the caller's transaction
         (event intake writes its events and their runs in one commit)."""
@@ -206,24 +196,16 @@ class Engine:
         compiled = {n: await self.specs.get(conn, current[n]["current_version"]) for n in names}
         room: dict[str, int] = {}
         for name in names:
-            limit = current[name]["max_active_runs"]
-            if limit is not None:
-                await conn.execute(SQL.lock_workflow, name)
-                running = await conn.fetchval(SQL.count_running_runs, name)
-                room[name] = max(0, limit - running)
-        states: list[str] = []
+            active = await self._active_runs(conn, name, current[name]["max_active_runs"])
+            if active is not None:
+                room[name] = p.room_left(active)
+        starts = p.admit_new([r.workflow for r in requests], room)
         params_json: list[str] = []
         started: list[tuple[int, CompiledWorkflow]] = []
-        for run_id, req in zip(ids, requests, strict=True):
+        for run_id, req, start in zip(ids, requests, starts, strict=True):
             c = compiled[req.workflow]
             if not isinstance(req.params, Mapping):
                 raise OrchestratorError(f"params for {req.workflow!r} must be a JSON object")
-            if req.workflow in room:
-                start = room[req.workflow] > 0
-                room[req.workflow] -= int(start)
-            else:
-                start = True
-            states.append(RunState.RUNNING if start else RunState.QUEUED)
             if start:
                 started.append((run_id, c))
             try:
@@ -238,7 +220,7 @@ class Engine:
                 list(ids),
                 [r.workflow for r in requests],
                 [compiled[r.workflow].version for r in requests],
-                states,
+                [RunState.RUNNING if start else RunState.QUEUED for start in starts],
                 params_json,
                 [r.logical_date for r in requests],
                 [r.interval_end for r in requests],
@@ -253,8 +235,19 @@ class Engine:
                 ) from None
             raise
         await self._insert_tasks(conn, started, actor)
-        if started:
-            await conn.execute(SQL.notify_tasks)
+        notices.queued += sum(len(c.dag.roots) for _, c in started)
+
+    @staticmethod
+    async def _active_runs(
+        conn: asyncpg.Connection, workflow: str, limit: int | None
+    ) -> p.ActiveRuns | None:
+        """Under the workflow's row lock (held to commit), how many of its runs
+        run: creating and starting runs of one workflow is serialised."""
+        if limit is None:
+            return None
+        await conn.execute(SQL.lock_workflow, workflow)
+        running: int = await conn.fetchval(SQL.count_running_runs, workflow)
+        return p.ActiveRuns(limit, running)
 
     async def _insert_tasks(
         self, conn: asyncpg.Connection, runs: Sequence[tuple[int, CompiledWorkflow]], actor: str
@@ -307,58 +300,123 @@ class Engine:
         """Record finished attempts and everything that follows from them, in
         one transaction; optionally claim up to ``claim_limit`` new tasks for
         ``claim_for`` in the same commit."""
-        async with self.db.transaction() as conn:
-            # Same lock order as intake (correlation keys, then runs): a sensor
-            # deferring while its event arrives cannot deadlock with it.
-            keys = sorted(
-                {
-                    o.deferral.match_key
-                    for o in outcomes
-                    if o.deferral is not None and o.deferral.match_key
-                }
-            )
-            if keys:
-                await conn.execute(SQL.lock_keys, keys)
-            run_rows = await conn.fetch(SQL.lock_runs, sorted({o.run_id for o in outcomes}))
-            runs = {r["id"]: r for r in run_rows}
-            # Only runs still running can have successors to decide.
-            deciding = sorted(
-                {
-                    o.run_id
-                    for o in outcomes
-                    if o.target in TERMINAL_TASK_STATES
-                    and o.run_id in runs
-                    and runs[o.run_id]["state"] == RunState.RUNNING
-                }
-            )
-            accepted_ids, states = await self._record_attempts(conn, outcomes, actor, deciding)
-            # By attempt too: a late result of an older attempt may share the batch.
-            accepted = [o for o in outcomes if (o.id, o.attempt) in accepted_ids]
-            rejected = [o for o in outcomes if (o.id, o.attempt) not in accepted_ids]
-            changed: dict[int, list[str]] = defaultdict(list)
-            for o in accepted:
-                if o.run_id in states:
-                    states[o.run_id][o.task_id] = o.target
-                    if o.target in TERMINAL_TASK_STATES:
-                        changed[o.run_id].append(o.task_id)
-            queued, finished = await self.advance(conn, runs, states, changed, actor)
-            deferred = [o for o in accepted if o.deferral is not None]
-            if deferred:
-                early = await waits.record(self, conn, deferred)
-                if early:
-                    more_queued, more_finished = await self.resolve_in(conn, early, actor=actor)
-                    queued += more_queued
-                    finished.update(more_finished)
+        async with self.unit() as (conn, notices):
+            done = await self._carry_out(conn, p.commit(outcomes), actor)
             claimed: list[Claimed] = []
             if claim_for is not None and claim_limit > 0:
                 claimed = _claimed(
                     await conn.fetch(SQL.claim, claim_for, claim_limit, self.lease_s)
                 )
-            if queued > len(claimed):
-                await conn.execute(SQL.notify_tasks)
-            if finished:
-                await self.notify_runs(conn, finished)
-        return Completion(accepted, rejected, claimed, finished)
+            # What this worker claims itself needs nobody woken.
+            notices.queued += done.queued - len(claimed)
+            notices.runs_ended(done.ended_runs)
+            notices.timed_waits |= done.timed_waits
+        return Completion(done.accepted, done.rejected, claimed, done.ended_runs)
+
+    # -- deferrals (orchestrator.waits) ------------------------------------------
+
+    async def resolve(
+        self, resolutions: Sequence[Resolution], *, actor: str
+    ) -> tuple[int, dict[int, RunState]]:
+        """End waits in a transaction of their own (see :meth:`resolve_in`)."""
+        async with self.unit() as (conn, notices):
+            return await self.resolve_in(conn, resolutions, actor=actor, notices=notices)
+
+    async def resolve_in(
+        self,
+        conn: asyncpg.Connection,
+        resolutions: Sequence[Resolution],
+        *,
+        actor: str,
+        notices: Notices,
+    ) -> tuple[int, dict[int, RunState]]:
+        """End waits in the caller's transaction, each at most once: the task
+        moves out of ``deferred`` (success, failed, skipped, or queued to resume
+        its handler) and its successors are decided. Returns the number of task
+        instances queued and the runs that ended."""
+        if not resolutions:
+            return 0, {}
+        done = await self._carry_out(conn, p.end_waits(resolutions), actor)
+        notices.queued += done.queued
+        notices.runs_ended(done.ended_runs)
+        return done.queued, done.ended_runs
+
+    # -- carrying out a plan -------------------------------------------------------
+
+    async def _carry_out(
+        self, conn: asyncpg.Connection, planning: p.Planning, actor: str
+    ) -> p.Plan:
+        """Answer the planner's requests in ``conn``'s transaction until it is done."""
+        answer: Any = None
+        while True:
+            try:
+                request = planning.send(answer)
+            except StopIteration as stop:
+                done: p.Plan = stop.value
+                return done
+            answer = await self._answer(conn, request, actor)
+
+    async def _answer(self, conn: asyncpg.Connection, request: p.Ask[Any], actor: str) -> Any:
+        """One request of the planner, one named statement (or none: specs are cached)."""
+        match request:
+            case p.LockKeys(keys):
+                await conn.execute(SQL.lock_keys, keys)
+                return None
+            case p.LockRuns(run_ids):
+                return {
+                    r["id"]: p.LockedRun(r["id"], r["workflow"], r["version"], RunState(r["state"]))
+                    for r in await conn.fetch(SQL.lock_runs, run_ids)
+                }
+            case p.Dags(versions):
+                return {v: (await self.specs.get(conn, v)).dag for v in versions}
+            case p.RecordAttempts(outcomes, deciding):
+                return await self._record_attempts(conn, outcomes, actor, deciding)
+            case p.ApplyMoves(moves):
+                return await self._apply_moves(conn, moves, actor)
+            case p.FinishRuns(ends):
+                rows = await conn.fetch(
+                    SQL.finish_runs,
+                    list(ends),
+                    [state.value for state in ends.values()],
+                    legal_run_sources(RunState.SUCCESS),
+                    actor,
+                    "all tasks ended",
+                )
+                return [
+                    p.EndedRun(r["id"], r["workflow"], r["logical_date"], RunState(r["state"]))
+                    for r in rows
+                ]
+            case p.CountActive(workflow):
+                rows = await conn.fetch(SQL.current_versions, [workflow])
+                limit = rows[0]["max_active_runs"] if rows else None
+                return await self._active_runs(conn, workflow, limit)
+            case p.TakeQueued(workflow, limit):
+                return [
+                    p.QueuedRun(r["id"], r["version"])
+                    for r in await conn.fetch(SQL.queued_runs, workflow, limit)
+                ]
+            case p.StartRuns(run_ids):
+                return frozenset(r["id"] for r in await conn.fetch(SQL.start_runs, run_ids, actor))
+            case p.InsertTasks(runs):
+                batch = [(r.id, await self.specs.get(conn, r.version)) for r in runs]
+                await self._insert_tasks(conn, batch, actor)
+                return None
+            case p.WaitsOn(keys):
+                return await waits.waiting_on(conn, keys)
+            case p.RecordWaits(outcomes):
+                return await waits.record(conn, outcomes)
+            case p.RunsOfWaits(wait_ids):
+                return await waits.runs_of(conn, wait_ids)
+            case p.EndWaits(resolutions):
+                return await waits.end(conn, resolutions, actor)
+            case p.EndDeferredTasks(moves):
+                return await waits.end_tasks(conn, moves, actor)
+            case p.TaskStates(run_ids):
+                states: dict[int, dict[str, TaskState]] = {}
+                for r in await conn.fetch(SQL.run_task_states, run_ids):
+                    states.setdefault(r["run_id"], {})[r["task_id"]] = TaskState(r["state"])
+                return states
+        raise TypeError(f"no answer for {request!r}")
 
     async def _record_attempts(
         self,
@@ -366,9 +424,9 @@ class Engine:
         outcomes: Sequence[Outcome],
         actor: str,
         deciding: list[int],
-    ) -> tuple[set[tuple[int, int]], dict[int, dict[str, TaskState]]]:
-        """Returns the accepted (id, attempt) pairs and the task states of ``deciding``
-        runs as they were before this batch (the caller overlays the batch)."""
+    ) -> p.Recorded:
+        """The accepted (id, attempt) pairs and the task states of ``deciding``
+        runs as they were before this batch (the planner overlays the batch)."""
         rows = await conn.fetch(
             SQL.record_attempts,
             [o.id for o in outcomes],
@@ -386,153 +444,32 @@ class Engine:
             deciding,
         )
         accepted: set[tuple[int, int]] = set()
-        states: dict[int, dict[str, TaskState]] = defaultdict(dict)
+        states: dict[int, dict[str, TaskState]] = {}
         for r in rows:
             if r["id"] is not None:
                 accepted.add((r["id"], r["attempt"]))
             else:
-                states[r["run_id"]][r["task_id"]] = TaskState(r["state"])
-        return accepted, states
+                states.setdefault(r["run_id"], {})[r["task_id"]] = TaskState(r["state"])
+        return p.Recorded(frozenset(accepted), states)
 
-    async def advance(
-        self,
-        conn: asyncpg.Connection,
-        runs: Mapping[int, asyncpg.Record],
-        states: Mapping[int, dict[str, TaskState]],
-        changed: Mapping[int, list[str]],
-        actor: str,
-    ) -> tuple[int, dict[int, RunState]]:
-        """Decide successors and run outcomes for runs whose tasks just ended."""
-        live = list(changed)
-        if not live:
-            return 0, {}
-        moves: list[list[Any]] = [[], [], [], [], []]
-        finished: dict[int, RunState] = {}
-        for run_id in live:
-            compiled = await self.specs.get(conn, runs[run_id]["version"])
-            run_states = states[run_id]
-            for t in decide(compiled.dag, run_states, changed[run_id]):
-                moves[0].append(run_id)
-                moves[1].append(t.task_id)
-                moves[2].append(t.source.value)
-                moves[3].append(t.target.value)
-                moves[4].append(f"trigger rule {compiled.dag.rules[t.task_id].value}")
-                run_states[t.task_id] = t.target
-            outcome = run_outcome(compiled.dag, run_states)
-            if outcome is not None:
-                finished[run_id] = outcome
-        queued = 0
-        if moves[0]:
-            row = await conn.fetchrow(SQL.apply_decisions, *moves, actor)
-            assert row is not None
-            queued = row["queued"]
-            if row["moved"] != len(moves[0]):
-                log.error(
-                    "guarded successor update moved %d of %d task instances",
-                    row["moved"],
-                    len(moves[0]),
-                )
-        if finished:
-            more, also_finished = await self._finish_runs(conn, runs, finished, actor)
-            queued += more
-            finished = {**finished, **also_finished}
-        return queued, finished
-
-    async def _finish_runs(
-        self,
-        conn: asyncpg.Connection,
-        runs: Mapping[int, asyncpg.Record],
-        finished: Mapping[int, RunState],
-        actor: str,
-    ) -> tuple[int, dict[int, RunState]]:
-        """End runs; start runs that waited for their workflow's max_active_runs;
-        end waits on these runs (sensor.run). Returns the number of task
-        instances queued, and other runs that ended because of that."""
-        ids = list(finished)
-        done = await conn.fetch(
-            SQL.finish_runs,
-            ids,
-            [finished[i].value for i in ids],
-            legal_run_sources(RunState.SUCCESS),
+    @staticmethod
+    async def _apply_moves(conn: asyncpg.Connection, moves: Sequence[p.Move], actor: str) -> int:
+        row = await conn.fetchrow(
+            SQL.apply_decisions,
+            [m.run_id for m in moves],
+            [m.task_id for m in moves],
+            [m.source.value for m in moves],
+            [m.target.value for m in moves],
+            [m.reason for m in moves],
             actor,
-            "all tasks ended",
         )
-        workflows = {r["workflow"] for r in done}
-        queued = 0
-        for name in sorted(workflows):
-            queued += await self._start_waiting_runs(conn, name, actor)
-        # Runs that others wait for (sensor.run): end those waits in this commit.
-        keys = sorted(
-            {run_key(r["workflow"], r["logical_date"], r["state"]) for r in done}
-            | {run_key(r["workflow"], None, r["state"]) for r in done}
-        )
-        waiting = await conn.fetch(SQL.waiting_for_keys, keys) if keys else []
-        also_finished: dict[int, RunState] = {}
-        if waiting:
-            ended = {run_key(r["workflow"], r["logical_date"], r["state"]): r["id"] for r in done}
-            ended.update({run_key(r["workflow"], None, r["state"]): r["id"] for r in done})
-            more, also_finished = await self.resolve_in(
-                conn,
-                [
-                    Resolution(
-                        w["id"],
-                        "success",
-                        {"run_id": ended[w["match_key"]]},
-                        reason=f"run {ended[w['match_key']]} ended",
-                    )
-                    for w in waiting
-                ],
-                actor=actor,
+        assert row is not None
+        if row["moved"] != len(moves):
+            log.error(
+                "guarded successor update moved %d of %d task instances", row["moved"], len(moves)
             )
-            queued += more
-        return queued, also_finished
-
-    async def _start_waiting_runs(self, conn: asyncpg.Connection, workflow: str, actor: str) -> int:
-        rows = await conn.fetch(SQL.current_versions, [workflow])
-        if not rows or rows[0]["max_active_runs"] is None:
-            return 0
-        await conn.execute(SQL.lock_workflow, workflow)
-        running = await conn.fetchval(SQL.count_running_runs, workflow)
-        room = rows[0]["max_active_runs"] - running
-        if room <= 0:
-            return 0
-        waiting = await conn.fetch(SQL.queued_runs, workflow, room)
-        if not waiting:
-            return 0
-        started = await conn.fetch(SQL.start_runs, [r["id"] for r in waiting], actor)
-        started_ids = {r["id"] for r in started}
-        batch = [
-            (r["id"], await self.specs.get(conn, r["version"]))
-            for r in waiting
-            if r["id"] in started_ids
-        ]
-        await self._insert_tasks(conn, batch, actor)
-        return sum(sum(1 for row in c.rows if row.state == TaskState.QUEUED) for _, c in batch)
-
-    async def notify_runs(self, conn: asyncpg.Connection, finished: Mapping[int, RunState]) -> None:
-        payload = ",".join(str(i) for i in finished)
-        if len(payload) > _NOTIFY_PAYLOAD_MAX:
-            payload = ""  # listeners re-check every run they wait for
-        await conn.execute(SQL.notify_runs, payload)
-
-    # -- deferrals (orchestrator.waits) ------------------------------------------
-
-    async def resolve(
-        self, resolutions: Sequence[Resolution], *, actor: str
-    ) -> tuple[int, dict[int, RunState]]:
-        """End waits in a transaction of their own (see :func:`waits.resolve_in`)."""
-        async with self.db.transaction() as conn:
-            queued, finished = await self.resolve_in(conn, resolutions, actor=actor)
-            if queued:
-                await conn.execute(SQL.notify_tasks)
-            if finished:
-                await self.notify_runs(conn, finished)
-            return queued, finished
-
-    async def resolve_in(
-        self, conn: asyncpg.Connection, resolutions: Sequence[Resolution], *, actor: str
-    ) -> tuple[int, dict[int, RunState]]:
-        return await waits.resolve_in(self, conn, resolutions, actor=actor)
+        queued: int = row["queued"]
+        return queued
 
     # -- leases ------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from jmespath.exceptions import JMESPathError
 from orchestrator.deferral import Resolution, correlation_key
 from orchestrator.engine import Engine, RunRequest
 from orchestrator.errors import OrchestratorError, ParamsError
+from orchestrator.notices import Notices
 from orchestrator.params import ParamsSchema
 from orchestrator.plugins import SourceRegistry, source_registry
 from orchestrator.spec import WorkflowSpec
@@ -277,7 +278,13 @@ class Intake:
         *,
         dead_letters: Sequence[DeadLetter] = (),
         actor: str = "intake",
+        notices: Notices | None = None,
     ) -> list[Accepted]:
+        """:meth:`ingest` in the caller's transaction. Its notifications go
+        into ``notices`` for the caller to send at the end of its unit of
+        work, or, without one, are sent before this returns."""
+        own = notices is None
+        notices = Notices() if notices is None else notices
         letters = list(dead_letters)
         # A key repeated inside the batch is one event: keep its first occurrence.
         unique: dict[str, Event] = {}
@@ -340,12 +347,16 @@ class Intake:
                 row = existing[key]
                 answers[key] = Accepted(row["id"], list(row["run_ids"]), True)
         if new_requests:
-            await self.engine.create_runs_in(conn, new_requests, new_ids, actor=actor)
+            await self.engine.create_runs_in(
+                conn, new_requests, new_ids, actor=actor, notices=notices
+            )
         if letters:
             await self._dead_letters(conn, letters, inserted)
         fresh = [e for e in batch if e.dedup_key in inserted]
         if fresh:
-            await self._wake_waits(conn, fresh, inserted, actor)
+            await self._wake_waits(conn, fresh, inserted, actor, notices)
+        if own:
+            await notices.send(conn)
         results = []
         first_seen: set[str] = set()
         for event in events:
@@ -372,6 +383,7 @@ class Intake:
         events: Sequence[Event],
         event_ids: Mapping[str, int],
         actor: str,
+        notices: Notices,
     ) -> None:
         """Record the events' correlation keys and end the waits they satisfy,
         in this same transaction (so each wait ends once, with its event)."""
@@ -407,11 +419,7 @@ class Intake:
             _resolution(deferral_id, event_id, by_id[event_id])
             for deferral_id, event_id in dict(matches).items()
         ]
-        queued, finished = await self.engine.resolve_in(conn, resolutions, actor=actor)
-        if queued:
-            await conn.execute(SQL.notify_tasks)
-        if finished:
-            await conn.execute(SQL.notify_runs, "")
+        await self.engine.resolve_in(conn, resolutions, actor=actor, notices=notices)
 
     async def registered_schemas(
         self, conn: asyncpg.Connection, names: Iterable[str]

@@ -47,13 +47,14 @@ from orchestrator.backoff import Backoff
 from orchestrator.clock import Clock, wait_for_event
 from orchestrator.deferral import Resolution
 from orchestrator.engine import Engine
+from orchestrator.notices import DEFERRALS_CHANNEL
 from orchestrator.polls import PollRunner
 from orchestrator.registry import HandlerRegistry
-from orchestrator.store import SQL, Listener
+from orchestrator.store import SQL
+from orchestrator.store.listener import Subscription
 
 log = logging.getLogger(__name__)
 
-DEFERRALS_CHANNEL = "orchestrator_deferrals"
 _BEGINNING = datetime.min.replace(tzinfo=UTC)
 _MAX_HOLES = 10_000
 """Most ids of still-open transactions remembered; beyond, the reload finds them."""
@@ -122,9 +123,8 @@ class Triggerer:
         self._dirty = asyncio.Event()
         self._backoff = Backoff(0.05, 5.0)
         self._task: asyncio.Task[None] | None = None
-        self._listener = (
-            Listener(engine.db.url, {DEFERRALS_CHANNEL: self._on_notify}) if listen else None
-        )
+        self._listen = listen
+        self._subscription: Subscription | None = None
         self.polls = (
             PollRunner(
                 engine,
@@ -152,8 +152,10 @@ class Triggerer:
     def start(self) -> None:
         if self._task is not None:
             raise RuntimeError(f"triggerer {self.name} is already started")
-        if self._listener is not None:
-            self._listener.start()
+        if self._listen:
+            self._subscription = self.engine.db.listener.subscribe(
+                DEFERRALS_CHANNEL, self._on_notify
+            )
         self._task = asyncio.create_task(self._run(), name="orchestrator-triggerer")
 
     async def stop(self) -> None:
@@ -164,8 +166,9 @@ class Triggerer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._listener is not None:
-            await self._listener.stop()
+        if self._subscription is not None:
+            await self._subscription.close()
+            self._subscription = None
         if self.polls is not None:
             await self.polls.stop()
 

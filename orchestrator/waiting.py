@@ -7,9 +7,10 @@ import contextlib
 from collections.abc import Iterable
 from types import TracebackType
 
-from orchestrator.engine import RUNS_CHANNEL
+from orchestrator.notices import RUNS_CHANNEL
 from orchestrator.states import TERMINAL_RUN_STATES, RunState
-from orchestrator.store import SQL, Database, Listener
+from orchestrator.store import SQL, Database
+from orchestrator.store.listener import Subscription
 
 
 async def run_states(db: Database, run_ids: Iterable[int]) -> dict[int, RunState]:
@@ -19,24 +20,26 @@ async def run_states(db: Database, run_ids: Iterable[int]) -> dict[int, RunState
 
 
 class RunWaiter:
-    """Keeps one LISTEN connection open for any number of waits."""
+    """Waits for any number of runs on the process's one LISTEN connection."""
 
     def __init__(self, db: Database, *, poll_s: float = 0.5) -> None:
         self.db = db
         self.poll_s = poll_s
         self._woken = asyncio.Event()
-        self._listener = Listener(db.url, {RUNS_CHANNEL: self._on_notify})
+        self._subscription: Subscription | None = None
 
     def _on_notify(self, _payload: str) -> None:
         self._woken.set()
 
     async def start(self) -> None:
-        self._listener.start()
+        self._subscription = self.db.listener.subscribe(RUNS_CHANNEL, self._on_notify)
         async with asyncio.timeout(10):
-            await self._listener.connected.wait()
+            await self._subscription.listening()
 
     async def stop(self) -> None:
-        await self._listener.stop()
+        if self._subscription is not None:
+            await self._subscription.close()
+            self._subscription = None
 
     async def wait(
         self, run_ids: Iterable[int], *, timeout: float | None = None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
 from orchestrator.errors import StoreError
+from orchestrator.store.listener import Listener
 from orchestrator.store.migrate import migrate
 
 #: Errors meaning "the database cannot be used right now": callers answer 503
@@ -77,6 +78,14 @@ async def drop_database(admin_url: str, name: str) -> None:
 class Database:
     url: str
     pool: asyncpg.Pool
+    _listener: Listener | None = field(default=None, init=False, repr=False)
+
+    @property
+    def listener(self) -> Listener:
+        """The process's one LISTEN connection, shared by every subscriber."""
+        if self._listener is None:
+            self._listener = Listener(self.url)
+        return self._listener
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -88,6 +97,8 @@ class Database:
             return await migrate(conn)
 
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
         await self.pool.close()
 
 

@@ -45,9 +45,7 @@ class NamedQueries:
     lock_limited_claims: str
     lock_runs: str
     lock_workflow: str
-    notify_deferrals: str
-    notify_runs: str
-    notify_tasks: str
+    notify: str
     poll_again: str
     prune_dead_letters: str
     prune_events: str

@@ -107,9 +107,6 @@ SELECT run_id, task_id, state::text AS state FROM updated;
 SELECT run_id, task_id, state::text AS state FROM task_instances
 WHERE run_id = ANY($1::bigint[]);
 
--- name: notify_deferrals
-SELECT pg_notify('orchestrator_deferrals', '');
-
 -- name: deferrals_of_run
 -- A callback's URL holds its token: a column of its own while the wait is open
 -- (`show` prints it; the API leaves it out), never copied into descriptions or

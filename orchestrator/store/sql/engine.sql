@@ -278,11 +278,10 @@ WITH updated AS (
 )
 SELECT id FROM updated;
 
--- name: notify_tasks
-SELECT pg_notify('orchestrator_tasks', '');
-
--- name: notify_runs
-SELECT pg_notify('orchestrator_runs', $1);
+-- name: notify
+-- A unit of work's notifications, sent once as its last statement (delivered
+-- at commit): $1 channel[], $2 payload[], one per channel (orchestrator/notices.py).
+SELECT pg_notify(n.channel, n.payload) FROM unnest($1::text[], $2::text[]) AS n(channel, payload);
 
 -- name: heartbeat
 -- Rows locked right now are being recorded by this worker's own flush: skip

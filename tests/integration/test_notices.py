@@ -1,0 +1,108 @@
+"""NOTIFY and LISTEN: one listening connection per process whatever listens,
+that comes back by itself, and the notifications a commit sends."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+from eventually import eventually
+
+from handlers import builtin_registry
+from orchestrator.app import Orchestrator
+from orchestrator.notices import DEFERRALS_CHANNEL, RUNS_CHANNEL, TASKS_CHANNEL
+from orchestrator.settings import Settings
+from orchestrator.spec import TaskSpec, WorkflowSpec
+from orchestrator.store import Database
+from orchestrator.waiting import RunWaiter
+
+pytestmark = pytest.mark.timeout(60)
+
+LISTENING = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND query LIKE 'LISTEN %'
+"""
+
+
+def settings(**kw: Any) -> Settings:
+    base: dict[str, Any] = {"worker_slots": 2, "poll_interval_s": 0.2, "lease_s": 5.0}
+    return Settings(**{**base, **kw})
+
+
+async def fetchval(db: Database, sql: str) -> Any:
+    async with db.pool.acquire() as conn:
+        return await conn.fetchval(sql)
+
+
+async def test_worker_triggerer_and_run_waiters_share_one_listening_connection(
+    db_url: str,
+) -> None:
+    spec = WorkflowSpec(name="one", tasks=(TaskSpec(id="a", handler="noop"),))
+    async with Orchestrator(settings(), db_url, registry=builtin_registry(), workflows=[spec]) as o:
+        assert o.db is not None and o.engine is not None
+        async with RunWaiter(o.db, poll_s=600) as first, RunWaiter(o.db, poll_s=600) as second:
+            listener = o.db.listener
+            await eventually(
+                lambda: _true(
+                    listener.channels == {TASKS_CHANNEL, RUNS_CHANNEL, DEFERRALS_CHANNEL}
+                ),
+                what="all three channels listened to",
+            )
+            assert await fetchval(o.db, LISTENING) == 1
+            # Woken by the notification: the poll would come long after the deadline.
+            run_id = await o.engine.trigger("one")
+            async with asyncio.timeout(30):
+                assert (await first.wait([run_id]))[run_id] == "success"
+                assert (await second.wait([run_id]))[run_id] == "success"
+        # The waiters leave; the worker and the triggerer still listen.
+        await eventually(
+            lambda: _true(listener.channels == {TASKS_CHANNEL, DEFERRALS_CHANNEL}),
+            what="the runs channel no longer listened to",
+        )
+
+
+async def test_the_listener_comes_back_after_its_connection_is_killed(db: Database) -> None:
+    seen: list[str] = []
+    subscription = db.listener.subscribe(RUNS_CHANNEL, seen.append)
+    try:
+        await subscription.listening()
+        assert seen == [""]  # subscribed: re-check everything once
+        killed = await fetchval(
+            db,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+        )
+        assert killed == 1
+        await eventually(lambda: _true(len(seen) >= 2), what="the listener back")
+        await subscription.listening()
+        conn = await asyncpg.connect(db.url)
+        try:
+            await conn.execute("SELECT pg_notify($1, $2)", RUNS_CHANNEL, "42")
+        finally:
+            await conn.close()
+        await eventually(lambda: _true("42" in seen), what="a notification after reconnecting")
+    finally:
+        await subscription.close()
+    assert db.listener.channels == set()
+
+
+async def test_a_run_end_is_announced_with_its_id_once(db_url: str) -> None:
+    spec = WorkflowSpec(
+        name="two",
+        tasks=(TaskSpec(id="a", handler="noop"), TaskSpec(id="b", handler="noop", upstream=("a",))),
+    )
+    async with Orchestrator(settings(), db_url, registry=builtin_registry(), workflows=[spec]) as o:
+        assert o.db is not None and o.engine is not None
+        seen: list[str] = []
+        subscription = o.db.listener.subscribe(RUNS_CHANNEL, seen.append)
+        await subscription.listening()
+        run_id = await o.engine.trigger("two")
+        await eventually(lambda: _true(str(run_id) in seen), what="the run's end announced")
+        assert seen.count(str(run_id)) == 1
+        await subscription.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
