@@ -13,15 +13,15 @@ WORKDIR /app
 # and an empty stand-in of each package (then uninstalled), so a change to the
 # source reuses this layer instead of reinstalling every dependency.
 COPY pyproject.toml README.md ./
-RUN mkdir orchestrator triggers handlers \
-    && touch orchestrator/__init__.py triggers/__init__.py handlers/__init__.py \
+RUN mkdir orchestrator sources handlers \
+    && touch orchestrator/__init__.py sources/__init__.py handlers/__init__.py \
     && pip install --no-cache-dir . \
     && pip uninstall -y orchestrator \
-    && rm -rf orchestrator triggers handlers build ./*.egg-info
+    && rm -rf orchestrator sources handlers build ./*.egg-info
 
 # Then the source, installed without touching the dependencies.
 COPY orchestrator ./orchestrator
-COPY triggers ./triggers
+COPY sources ./sources
 COPY handlers ./handlers
 RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 

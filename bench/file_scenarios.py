@@ -16,8 +16,8 @@ from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.store import Database
-from triggers.files import LandingSource
-from triggers.models import FileTrigger
+from sources.files import LandingSource
+from sources.models import FileTrigger
 
 option("--files", type=int, default=10_000, help="file_intake: files dropped (default 10000)")
 

@@ -26,10 +26,10 @@ from orchestrator.app import Orchestrator
 from orchestrator.settings import Settings
 from orchestrator.sources import SourceContext
 from orchestrator.spec import TaskSpec, WorkflowSpec
-from triggers.kafka import EMBEDDED_CONSUMER_OPTIONS, KafkaSource
-from triggers.kafka_broker import EmbeddedKafka, ensure_topics
-from triggers.kafka_config import make_producer
-from triggers.models import KafkaTrigger
+from sources.kafka import EMBEDDED_CONSUMER_OPTIONS, KafkaSource
+from sources.kafka_broker import EmbeddedKafka, ensure_topics
+from sources.kafka_config import make_producer
+from sources.models import KafkaTrigger
 
 PARTITIONS = 6
 

@@ -40,9 +40,9 @@ from orchestrator.intake import Accepted, DeadLetter, Event, Intake
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.store import Database
-from triggers.kafka import EMBEDDED_CONSUMER_OPTIONS, KafkaSource
-from triggers.kafka_broker import EmbeddedKafka, ensure_topics
-from triggers.kafka_config import make_producer
+from sources.kafka import EMBEDDED_CONSUMER_OPTIONS, KafkaSource
+from sources.kafka_broker import EmbeddedKafka, ensure_topics
+from sources.kafka_config import make_producer
 
 PARTITIONS = 6
 CREATE_BATCH = 1000

@@ -27,8 +27,8 @@ from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.settings import Settings, webhook_secret_variable
 from orchestrator.spec import TaskSpec, WorkflowSpec
-from triggers.models import WebhookTrigger
-from triggers.webhook import WebhookSource
+from sources.models import WebhookTrigger
+from sources.webhook import WebhookSource
 
 HOOK = "bench_sales"
 

@@ -1,6 +1,6 @@
 """The contract between the engine and event sources.
 
-Concrete sources live in ``triggers/``; the engine only knows this protocol.
+Concrete sources live in ``sources/``; the engine only knows this protocol.
 A source registers HTTP routes (if any) in :meth:`Source.setup`, runs in
 :meth:`Source.start`/:meth:`Source.stop`, hands events to
 ``ctx.intake.ingest`` and acknowledges them only after it returns, and follows

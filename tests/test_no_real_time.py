@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("orchestrator", "triggers", "handlers", "tests")
+PACKAGES = ("orchestrator", "sources", "handlers", "tests")
 
 FORBIDDEN = {
     "asyncio.sleep": re.compile(r"\basyncio\.sleep\((?!0\))"),  # sleep(0) only yields
@@ -41,16 +41,16 @@ ALLOWED: dict[tuple[str, str], str] = {
         "the test kit looks at a task's state until it is reached: the worker commits "
         "in real time, and task states send no notification"
     ),
-    ("triggers/webhook_batch.py", "asyncio.sleep"): (
+    ("sources/webhook_batch.py", "asyncio.sleep"): (
         "the batching window lets concurrent requests share one commit (as the worker's flush)"
     ),
-    ("triggers/kafka_broker.py", "time.monotonic"): (
+    ("sources/kafka_broker.py", "time.monotonic"): (
         "starts the test broker's process synchronously, before any event loop"
     ),
-    ("triggers/kafka_broker.py", "time.sleep"): (
+    ("sources/kafka_broker.py", "time.sleep"): (
         "starts the test broker's process synchronously, before any event loop"
     ),
-    ("triggers/kafka_logs.py", "time.monotonic"): (
+    ("sources/kafka_logs.py", "time.monotonic"): (
         "bounds a read from a real broker, which answers in real time"
     ),
     ("handlers/shell.py", "asyncio.sleep"): (

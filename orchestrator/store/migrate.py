@@ -64,7 +64,7 @@ class Migration:
 
     @property
     def label(self) -> str:
-        """``0005_deferrals`` for the core's, ``triggers/0004_schedules`` for a package's."""
+        """``0005_deferrals`` for the core's, ``sources/0004_schedules`` for a package's."""
         own = f"{self.version:04d}_{self.name}"
         return own if self.package == CORE else f"{self.package}/{own}"
 

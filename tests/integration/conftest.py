@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from orchestrator.settings import Settings
-from triggers.kafka import EMBEDDED_CONSUMER_OPTIONS
-from triggers.kafka_broker import EmbeddedKafka, ensure_topics
+from sources.kafka import EMBEDDED_CONSUMER_OPTIONS
+from sources.kafka_broker import EmbeddedKafka, ensure_topics
 
 
 @pytest.fixture(scope="session")

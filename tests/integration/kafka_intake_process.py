@@ -3,7 +3,7 @@
 ``python kafka_intake_process.py --db URL --bootstrap HOST:PORT --topic T --group G``
 registers the workflow ``kafka_orders`` (one run per message on T), starts an
 :class:`~orchestrator.app.Orchestrator` whose only source is a
-:class:`~triggers.kafka.KafkaSource`, prints ``READY`` and runs until SIGTERM.
+:class:`~sources.kafka.KafkaSource`, prints ``READY`` and runs until SIGTERM.
 It executes no tasks (``worker_slots=0``): the test looks at events and runs.
 """
 
@@ -19,8 +19,8 @@ from orchestrator.app import Orchestrator
 from orchestrator.logs import configure
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
-from triggers.kafka import KafkaSource
-from triggers.models import KafkaTrigger
+from sources.kafka import KafkaSource
+from sources.models import KafkaTrigger
 
 
 def workflow(topic: str) -> WorkflowSpec:

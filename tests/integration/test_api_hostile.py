@@ -22,8 +22,8 @@ from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
-from triggers.models import WebhookTrigger
-from triggers.webhook import WebhookSource
+from sources.models import WebhookTrigger
+from sources.webhook import WebhookSource
 
 WORKFLOWS = [
     WorkflowSpec(name="greeting", tasks=(TaskSpec(id="say", handler="noop"),)),

@@ -19,9 +19,9 @@ from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
-from triggers.models import WebhookTrigger
-from triggers.signatures import standard_headers
-from triggers.webhook import WebhookSource
+from sources.models import WebhookTrigger
+from sources.signatures import standard_headers
+from sources.webhook import WebhookSource
 
 SECRET = "whsec_" + "c2xvdy1jbGllbnRzLXRlc3Qta2V5LTAxMjM0NTY3"
 READ_TIMEOUT_S = 0.5

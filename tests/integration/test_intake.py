@@ -13,7 +13,7 @@ from orchestrator.errors import ParamsError, UnknownWorkflowError
 from orchestrator.intake import DeadLetter, Event, Intake, Router
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.store import Database
-from triggers.models import FileTrigger, KafkaTrigger, WebhookTrigger
+from sources.models import FileTrigger, KafkaTrigger, WebhookTrigger
 
 ORDERS = WorkflowSpec(
     name="orders",

@@ -25,8 +25,8 @@ from test_kafka_intake import (
 )
 
 from orchestrator.settings import Settings
-from triggers.kafka import KafkaSource
-from triggers.kafka_config import TopicPartition, make_consumer
+from sources.kafka import KafkaSource
+from sources.kafka_config import TopicPartition, make_consumer
 
 
 def order(order_id: str) -> bytes:
@@ -156,7 +156,7 @@ async def test_a_committed_offset_past_the_end_is_reported_and_the_log_read_from
 
     spec = flow("orders", topic, params={"order_id": "{{ payload.order_id }}"})
     source = KafkaSource(consumer_options=kafka_env.consumer_options, use_topic_ids=use_topic_ids)
-    with caplog.at_level(logging.WARNING, logger="triggers.kafka"):
+    with caplog.at_level(logging.WARNING, logger="sources.kafka"):
         async with orchestrator(settings, db_url, [spec], source):
             await eventually(
                 lambda: all_committed(settings, topic, {0: 1, 1: 2}), timeout=30, what="committed"

@@ -22,10 +22,10 @@ from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL
 from orchestrator.waiting import wait_for_runs
+from sources.files import LandingSource
+from sources.models import FileTrigger
+from sources.queries import SQL as TRIGGERS_SQL
 from tests.eventually import eventually
-from triggers.files import LandingSource
-from triggers.models import FileTrigger
-from triggers.queries import SQL as TRIGGERS_SQL
 
 ONCE = RetryPolicy(max_attempts=1)
 

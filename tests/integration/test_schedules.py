@@ -29,10 +29,10 @@ from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL, Database, create_database, drop_database
 from orchestrator.waiting import wait_for_runs
-from triggers.backfill import BackfillError, backfill
-from triggers.models import ScheduleTrigger
-from triggers.queries import SQL as TRIGGERS_SQL
-from triggers.schedule import LEADER_LOCK, ScheduleSource
+from sources.backfill import BackfillError, backfill
+from sources.models import ScheduleTrigger
+from sources.queries import SQL as TRIGGERS_SQL
+from sources.schedule import LEADER_LOCK, ScheduleSource
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -36,8 +36,8 @@ from orchestrator.states import RunState
 from orchestrator.store import Database
 from orchestrator.views import runs_table, show_run
 from orchestrator.waiting import wait_for_runs
-from triggers.files import LandingSource
-from triggers.kafka import KafkaSource, publish
+from sources.files import LandingSource
+from sources.kafka import KafkaSource, publish
 
 SHOWN_TIME = re.compile(r"until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})")
 

@@ -114,9 +114,9 @@ async def test_a_database_migrated_before_sources_had_their_own_migrations_appli
             (m.package, m.version, m.name) for m in available()
         )
         assert {(r["package"], r["name"]) for r in rows if r["version"] in (3, 4, 7)} == {
-            ("triggers", "landing"),
-            ("triggers", "schedules"),
-            ("triggers", "kafka_logs"),
+            ("sources", "landing"),
+            ("sources", "schedules"),
+            ("sources", "kafka_logs"),
         }
         assert await pending(conn) == []
         assert await migrate(conn) == []
@@ -128,7 +128,7 @@ async def test_a_database_migrated_before_sources_had_their_own_migrations_appli
 
 
 async def test_every_named_query_prepares_against_the_migrated_schema(db: Database) -> None:
-    named = {**queries(), **named_queries("triggers")}
+    named = {**queries(), **named_queries("sources")}
     assert len(named) > 20
     failures: dict[str, str] = {}
     async with db.pool.acquire() as conn:

@@ -33,9 +33,9 @@ from orchestrator.loader import load_path
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.store import Database, database_name
 from orchestrator.views import show_run
-from triggers.models import WebhookTrigger
-from triggers.signatures import sign_github, sign_standard, standard_headers
-from triggers.webhook import SALES_EXAMPLE, WebhookSource, dev_banner
+from sources.models import WebhookTrigger
+from sources.signatures import sign_github, sign_standard, standard_headers
+from sources.webhook import SALES_EXAMPLE, WebhookSource, dev_banner
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 T0 = int(NOW.timestamp())
@@ -380,7 +380,7 @@ async def test_unknown_hook_is_404(server: Server) -> None:
 async def test_conflicting_auth_and_missing_secret_refuse_the_hook(
     db_url: str, db: Database, secrets: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="triggers.webhook")
+    caplog.set_level(logging.ERROR, logger="sources.webhook")
     async for server in start(db_url, db):
         logged = [r.getMessage() for r in caplog.records]
         assert any("ORCHESTRATOR_WEBHOOK_SECRET_UNSET" in m for m in logged), logged

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from triggers.completeness import (
+from sources.completeness import (
     MarkerNames,
     Observation,
     Rule,
@@ -14,7 +14,7 @@ from triggers.completeness import (
     judge,
     render_marker,
 )
-from triggers.models import FileTrigger
+from sources.models import FileTrigger
 
 QUIET = Rule(quiet_s=0.5)
 

@@ -146,7 +146,7 @@ def test_dockerignore_keeps_state_caches_and_history_out_of_the_build() -> None:
     for entry in (".git", ".orchestrator", "landing", "**/__pycache__", ".venv", "tests"):
         assert entry in ignored, entry
     # Nothing the image needs is ignored.
-    for needed in ("orchestrator", "triggers", "handlers", "examples", "pyproject.toml"):
+    for needed in ("orchestrator", "sources", "handlers", "examples", "pyproject.toml"):
         assert needed not in ignored, needed
 
 

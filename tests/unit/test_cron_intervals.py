@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.intake import DeadLetter, Event
-from triggers.cron import (
+from sources.cron import (
     CronError,
     CronSchedule,
     Interval,
@@ -21,8 +21,8 @@ from triggers.cron import (
     latest_complete,
     plan_catchup,
 )
-from triggers.models import ScheduleTrigger
-from triggers.schedule import dedup_key, interval_event
+from sources.models import ScheduleTrigger
+from sources.schedule import dedup_key, interval_event
 
 PARIS = ZoneInfo("Europe/Paris")
 

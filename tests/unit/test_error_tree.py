@@ -13,7 +13,7 @@ import pytest
 from orchestrator.errors import OrchestratorError
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("orchestrator", "handlers", "triggers")
+PACKAGES = ("orchestrator", "handlers", "sources")
 
 
 def _modules() -> list[str]:

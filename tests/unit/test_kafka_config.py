@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.settings import Settings
-from triggers.kafka_config import client_kwargs, describe, make_consumer, make_producer
+from sources.kafka_config import client_kwargs, describe, make_consumer, make_producer
 
 PASSWORD = "s3cr3t-Pa55"
 

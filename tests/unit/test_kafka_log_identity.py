@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from triggers.kafka_logs import LogView, fingerprint, merged, new_log_reason
+from sources.kafka_logs import LogView, fingerprint, merged, new_log_reason
 
 KNOWN = LogView(start=10, end=50, first_offset=10, first_record="1700:aa")
 

@@ -1,7 +1,7 @@
 """Every named query is declared, typed and used.
 
 Each package with named SQL (the core's ``orchestrator/store/sql`` and the
-built-in sources' ``triggers/sql``) has a generated class of typed query
+built-in sources' ``sources/sql``) has a generated class of typed query
 names; after adding, renaming or removing a ``-- name:`` block, regenerate
 them with
 
@@ -23,7 +23,7 @@ from orchestrator.store.queries import named_queries
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The packages whose code runs named queries.
-USERS = ("orchestrator", "triggers", "handlers")
+USERS = ("orchestrator", "sources", "handlers")
 REGENERATE = "PYTHONPATH=. python tests/unit/test_named_queries.py"
 
 
@@ -70,7 +70,7 @@ class QueryPackage:
 PACKAGES = (
     QueryPackage("orchestrator.store", "orchestrator.store.query_names", "NamedQueries",
                  "orchestrator.store"),
-    QueryPackage("triggers", "triggers.query_names", "SourceQueryNames", "triggers.queries"),
+    QueryPackage("sources", "sources.query_names", "SourceQueryNames", "sources.queries"),
 )  # fmt: skip
 
 
@@ -118,7 +118,7 @@ def test_every_declared_name_reads_its_query(package: QueryPackage) -> None:
 def test_a_misspelled_query_name_fails_the_type_check(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(
-        "from orchestrator.store import SQL\nfrom triggers.queries import SQL as SOURCE_SQL\n\n"
+        "from orchestrator.store import SQL\nfrom sources.queries import SQL as SOURCE_SQL\n\n"
         "SQL.claim_mixed\nSQL.claim_mixd\nSOURCE_SQL.landing_moves_du\n"
     )
     checked = subprocess.run(

@@ -14,7 +14,7 @@ from orchestrator.loader import load_path
 from orchestrator.params import ParamsSchema
 from orchestrator.spec import ParamSpec, TaskSpec, WorkflowSpec
 from orchestrator.validation import collect_errors
-from triggers.models import KafkaTrigger
+from sources.models import KafkaTrigger
 
 HANDLERS = {"echo", "noop"}
 

@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from triggers.signatures import (
+from sources.signatures import (
     SecretFormatError,
     generate_secret,
     plain_keys,

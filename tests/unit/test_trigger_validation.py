@@ -11,7 +11,7 @@ from orchestrator.loader import load_path
 from orchestrator.registry import HandlerRegistry
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.validation import collect_errors
-from triggers.models import FileTrigger, KafkaTrigger, ScheduleTrigger
+from sources.models import FileTrigger, KafkaTrigger, ScheduleTrigger
 
 NOOP = (TaskSpec(id="a", handler="noop"),)
 

@@ -52,9 +52,9 @@ from orchestrator.problems import FieldError, json_response, problem, unavailabl
 from orchestrator.settings import Settings, webhook_secret_variable
 from orchestrator.sources import SourceContext
 from orchestrator.store import UNAVAILABLE
-from triggers import signatures
-from triggers.models import WebhookTrigger
-from triggers.webhook_batch import BatcherClosedError, GroupCommit
+from sources import signatures
+from sources.models import WebhookTrigger
+from sources.webhook_batch import BatcherClosedError, GroupCommit
 
 log = logging.getLogger(__name__)
 

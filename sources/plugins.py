@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.deferral import file_key
 from orchestrator.plugins import DevPreparation, SensorKeys, SourcePlugin
 from orchestrator.settings import Settings
-from triggers.models import FileTrigger, KafkaTrigger, ScheduleTrigger, WebhookTrigger
+from sources.models import FileTrigger, KafkaTrigger, ScheduleTrigger, WebhookTrigger
 
 if TYPE_CHECKING:
     import click
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from orchestrator.sources import Source
 
 #: Named queries and migrations of every built-in source.
-STORE = "triggers"
+STORE = "sources"
 
 
 def _kafka_sensor_waits_on(inputs: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -38,14 +38,14 @@ class KafkaPlugin(SourcePlugin):
     store = STORE
 
     def commands(self) -> Sequence[click.Command]:
-        from triggers.commands import publish
+        from sources.commands import publish
 
         return (publish,)
 
     def create(self, settings: Settings) -> Source | None:
         if not settings.has_role("kafka") or not settings.kafka_bootstrap:
             return None
-        from triggers.kafka import KafkaSource
+        from sources.kafka import KafkaSource
 
         return KafkaSource()
 
@@ -53,8 +53,8 @@ class KafkaPlugin(SourcePlugin):
         """No bootstrap servers configured: run the embedded broker for this session."""
         if not settings.has_role("kafka") or settings.kafka_bootstrap:
             return None
-        from triggers.kafka import EMBEDDED_CONSUMER_OPTIONS
-        from triggers.kafka_broker import EmbeddedKafka
+        from sources.kafka import EMBEDDED_CONSUMER_OPTIONS
+        from sources.kafka_broker import EmbeddedKafka
 
         broker = EmbeddedKafka()
         await asyncio.to_thread(broker.start)
@@ -83,21 +83,21 @@ class WebhookPlugin(SourcePlugin):
     triggers = (WebhookTrigger,)
 
     def commands(self) -> Sequence[click.Command]:
-        from triggers.commands import hook_send
+        from sources.commands import hook_send
 
         return (hook_send,)
 
     def create(self, settings: Settings) -> Source | None:
         if not settings.has_role("api"):
             return None
-        from triggers.webhook import WebhookSource
+        from sources.webhook import WebhookSource
 
         return WebhookSource()
 
     async def prepare_dev(self, settings: Settings) -> DevPreparation | None:
         if not settings.has_role("api"):
             return None
-        from triggers.webhook import dev_banner
+        from sources.webhook import dev_banner
 
         # Makes up ORCHESTRATOR_WEBHOOK_SECRET_SALES for this process when unset.
         return DevPreparation(banner=dev_banner("sales"))
@@ -112,7 +112,7 @@ class FilesPlugin(SourcePlugin):
     def create(self, settings: Settings) -> Source | None:
         if not settings.has_role("files"):
             return None
-        from triggers.files import LandingSource
+        from sources.files import LandingSource
 
         return LandingSource()
 
@@ -134,14 +134,14 @@ class SchedulerPlugin(SourcePlugin):
     store = STORE
 
     def commands(self) -> Sequence[click.Command]:
-        from triggers.commands import backfill
+        from sources.commands import backfill
 
         return (backfill,)
 
     def create(self, settings: Settings) -> Source | None:
         if not settings.has_role("scheduler"):
             return None
-        from triggers.schedule import ScheduleSource
+        from sources.schedule import ScheduleSource
 
         return ScheduleSource()
 

@@ -6,9 +6,9 @@ How a file travels:
    dropped while the orchestrator was stopped) or by the periodic full rescan
    (anything the watcher missed: an overflowed inotify queue, a directory
    moved in whole). Temporary names are never looked at
-   (:func:`triggers.completeness.is_ignored`).
+   (:func:`sources.completeness.is_ignored`).
 2. *Checked* — stat and marker look-ups run in a worker thread;
-   :func:`triggers.completeness.judge` decides. Files still settling wait on a
+   :func:`sources.completeness.judge` decides. Files still settling wait on a
    small heap of next-check times (no busy polling); files waiting for a marker
    are parked until something changes in their directory or the next rescan.
 3. *Recorded* — complete files are hashed (SHA-256, in threads) and recorded
@@ -56,8 +56,8 @@ from orchestrator.clock import Clock, wait_for_event
 from orchestrator.intake import DeadLetter, Event, Router
 from orchestrator.sources import SourceContext
 from orchestrator.states import TERMINAL_RUN_STATES
-from triggers.completeness import MarkerNames, Observation, Rule, Stat, judge
-from triggers.landing_fs import (
+from sources.completeness import MarkerNames, Observation, Rule, Stat, judge
+from sources.landing_fs import (
     Found,
     Refusal,
     absolute_in,
@@ -68,8 +68,8 @@ from triggers.landing_fs import (
     move_file,
     walk_tree,
 )
-from triggers.models import FileTrigger
-from triggers.queries import SQL
+from sources.models import FileTrigger
+from sources.queries import SQL
 
 __all__ = ["FileIdentity", "LandingSource"]
 

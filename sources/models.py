@@ -1,5 +1,5 @@
 """The trigger models of the built-in sources, registered by their plugins
-(:mod:`triggers.plugins`). What each source puts in ``meta``: Kafka ``topic``,
+(:mod:`sources.plugins`). What each source puts in ``meta``: Kafka ``topic``,
 ``partition``, ``offset``, ``key``; a webhook's ``hook`` and ``delivery_id``; a
 file's ``path`` (relative to the landing zone), ``absolute_path``, ``size``,
 ``mtime``, ``sha256``; a schedule's ``logical_date``, ``interval_start`` and

@@ -3,7 +3,7 @@
 ``orchestrator backfill WORKFLOW --start … --end …`` creates one run per
 interval of the workflow's schedule trigger(s) whose logical date (interval
 start) lies in ``[start, end)``, through the same intake and with the same
-event keys as the scheduler (:func:`triggers.schedule.dedup_key`): a date the
+event keys as the scheduler (:func:`sources.schedule.dedup_key`): a date the
 scheduler already ran, or an earlier backfill created, is reported as
 "already existed" and not started again. At most ``max_active`` of the runs
 this backfill created are unfinished at any time: it creates some, waits for
@@ -24,10 +24,10 @@ from orchestrator.spec import WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL
 from orchestrator.waiting import RunWaiter
-from triggers.cron import Interval, schedule_of
-from triggers.models import ScheduleTrigger
-from triggers.queries import SQL as TRIGGERS_SQL
-from triggers.schedule import ingest_intervals, interval_event
+from sources.cron import Interval, schedule_of
+from sources.models import ScheduleTrigger
+from sources.queries import SQL as TRIGGERS_SQL
+from sources.schedule import ingest_intervals, interval_event
 
 __all__ = ["BackfillError", "BackfillResult", "backfill", "registered_spec"]
 

@@ -10,10 +10,10 @@ that lost its session can no longer write anything.
 
 Each tick, for every schedule trigger of the loaded workflows, the leader
 reads the schedule's progress (``schedules.done_until``), asks
-:func:`triggers.cron.plan_catchup` which complete intervals to run, and in one
+:func:`sources.cron.plan_catchup` which complete intervals to run, and in one
 transaction ingests one event per interval and advances the progress. An
 event's dedup key is ``schedule:<workflow>:<logical date in UTC, ISO 8601>``
-— the same key :mod:`triggers.backfill` uses — and runs are unique per
+— the same key :mod:`sources.backfill` uses — and runs are unique per
 (workflow, logical date), so a date never runs twice, whoever creates it.
 
 Between due times a tick costs no database work beyond one ``SELECT 1``
@@ -39,7 +39,7 @@ from orchestrator.errors import DuplicateRunError, OrchestratorError
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake, Router
 from orchestrator.sources import SourceContext
 from orchestrator.templates import TemplateError, render
-from triggers.cron import (
+from sources.cron import (
     CronError,
     CronSchedule,
     Interval,
@@ -47,8 +47,8 @@ from triggers.cron import (
     plan_catchup,
     schedule_of,
 )
-from triggers.models import ScheduleTrigger
-from triggers.queries import SQL
+from sources.models import ScheduleTrigger
+from sources.queries import SQL
 
 __all__ = [
     "APPLICATION_NAME",

@@ -38,9 +38,9 @@ from typing import Any
 
 from orchestrator.settings import Settings
 from orchestrator.store import Database
-from triggers.kafka_config import AIOKafkaConsumer, OffsetOutOfRangeError, make_consumer
-from triggers.kafka_metadata import topic_ids
-from triggers.queries import SQL
+from sources.kafka_config import AIOKafkaConsumer, OffsetOutOfRangeError, make_consumer
+from sources.kafka_metadata import topic_ids
+from sources.queries import SQL
 
 log = logging.getLogger(__name__)
 

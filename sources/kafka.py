@@ -6,7 +6,7 @@ becomes ONE ``Intake.ingest`` call, so one PostgreSQL transaction; only after it
 commits are the partitions' offsets committed (``enable_auto_commit=False``).
 A message's dedup key is ``kafka:{log}:{topic}:{partition}:{offset}``, where
 ``{log}`` names the log the offset belongs to (cluster and topic id, see
-:mod:`triggers.kafka_logs`): a message delivered again (after a crash, a
+:mod:`sources.kafka_logs`): a message delivered again (after a crash, a
 rebalance, a second group) starts nothing new, and a log that starts again at
 offset 0 (a topic created again, an in-memory broker restarted) is not taken
 for a redelivery. Each partition's log is looked up once per assignment,
@@ -51,7 +51,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake, Router
 from orchestrator.settings import Settings
 from orchestrator.sources import SourceContext
-from triggers.kafka_config import (
+from sources.kafka_config import (
     AIOKafkaConsumer,
     ConsumerRebalanceListener,
     KafkaError,
@@ -60,7 +60,7 @@ from triggers.kafka_config import (
     make_consumer,
     make_producer,
 )
-from triggers.kafka_logs import LogBook, LogRead, note_reads, records_at
+from sources.kafka_logs import LogBook, LogRead, note_reads, records_at
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _raw(value: bytes) -> str:
 def message_event(record: Any, key_prefix: str, max_bytes: int) -> Event | DeadLetter:
     """A consumed record as an :class:`Event`, or a :class:`DeadLetter` naming
     why it cannot be one. ``key_prefix`` names its log, topic and partition
-    (:func:`triggers.kafka_logs.key_prefix`); a value over ``max_bytes`` is
+    (:func:`sources.kafka_logs.key_prefix`); a value over ``max_bytes`` is
     refused."""
     topic, partition, offset = record.topic, record.partition, record.offset
     key = f"{key_prefix}{offset}"

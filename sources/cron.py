@@ -53,7 +53,7 @@ from zoneinfo import ZoneInfo
 from croniter import CroniterBadDateError, croniter
 
 from orchestrator.errors import OrchestratorError
-from triggers.models import ScheduleTrigger
+from sources.models import ScheduleTrigger
 
 __all__ = [
     "Catchup",

@@ -1,4 +1,4 @@
--- Named queries of the Kafka intake's log incarnations (triggers/kafka_logs.py).
+-- Named queries of the Kafka intake's log incarnations (sources/kafka_logs.py).
 
 -- name: kafka_logs_current
 -- The latest incarnation of each partition. $1 cluster id, $2 topic[], $3 partition[]

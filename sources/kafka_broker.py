@@ -22,7 +22,7 @@ from typing import IO
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings
-from triggers.kafka_config import NewTopic, TopicAlreadyExistsError, make_admin
+from sources.kafka_config import NewTopic, TopicAlreadyExistsError, make_admin
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The CLI commands of the built-in sources, added to ``orchestrator`` by their
-plugins (:mod:`triggers.plugins`): ``backfill`` (schedules), ``publish``
+plugins (:mod:`sources.plugins`): ``backfill`` (schedules), ``publish``
 (Kafka) and ``hook-send`` (webhooks)."""
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def backfill(workflow: str, start: str, end: str, max_active: int, dry_run: bool
 
     from orchestrator.engine import Engine
     from orchestrator.intake import Intake
-    from triggers.backfill import BackfillResult, registered_spec
-    from triggers.backfill import backfill as backfill_runs
+    from sources.backfill import BackfillResult, registered_spec
+    from sources.backfill import backfill as backfill_runs
 
     settings = cli_settings()
 
@@ -93,7 +93,7 @@ def publish(topic: str, values: tuple[str, ...], key: str | None) -> None:
     landed (TOPIC[PARTITION]@OFFSET). Kafka is ORCHESTRATOR_KAFKA_BOOTSTRAP, else
     the embedded broker of `orchestrator dev` running in this directory."""
     from orchestrator.devmode import resolve_kafka_settings
-    from triggers.kafka import publish as publish_json
+    from sources.kafka import publish as publish_json
 
     settings = cli_settings()
     documents = []
@@ -126,7 +126,7 @@ def hook_send(hook: str, body: str | None, url: str | None, delivery_id: str | N
     import aiohttp
 
     from orchestrator.settings import webhook_secret_variable
-    from triggers.signatures import SecretFormatError, standard_headers
+    from sources.signatures import SecretFormatError, standard_headers
 
     settings = cli_settings()
     secret = settings.webhook_secret(hook)

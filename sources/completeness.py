@@ -29,7 +29,7 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from triggers.models import FileTrigger
+from sources.models import FileTrigger
 
 __all__ = [
     "MOVED_DIRS",

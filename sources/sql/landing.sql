@@ -1,4 +1,4 @@
--- Named queries of the landing zone (triggers/files.py).
+-- Named queries of the landing zone (sources/files.py).
 
 -- name: landing_last_recorded
 -- The last recorded file event of each path, with the move state of its file:

@@ -2,7 +2,7 @@
 paths (refusing links and escapes), hashing, and moving claimed files.
 
 Pure functions of paths and stat results; the asyncio side lives in
-:mod:`triggers.files`.
+:mod:`sources.files`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from triggers.completeness import Stat, is_ignored
+from sources.completeness import Stat, is_ignored
 
 __all__ = [
     "Found",
