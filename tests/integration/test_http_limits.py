@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -150,7 +151,7 @@ async def test_connections_over_the_limit_are_refused_and_serving_resumes(db_url
         slow: list[asyncio.Task[Outcome]] = []
         for n in range(1, limit + 1):
             slow.append(asyncio.create_task(trickle(port, slow_body_head("/hooks/orders"))))
-            await eventually(lambda n=n: _at_least(orch, n), what=f"{n} slow connections")
+            await eventually(partial(_at_least, orch, n), what=f"{n} slow connections")
         # One more, slow or not, is turned away at once rather than held.
         refused = await trickle(port, slow_body_head("/hooks/orders"))
         assert refused.how in ("503", "closed"), refused

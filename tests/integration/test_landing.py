@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+from eventually import eventually
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
@@ -25,7 +26,6 @@ from orchestrator.waiting import wait_for_runs
 from sources.files import LandingSource
 from sources.models import FileTrigger
 from sources.queries import SQL as TRIGGERS_SQL
-from tests.eventually import eventually
 
 ONCE = RetryPolicy(max_attempts=1)
 

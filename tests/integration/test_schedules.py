@@ -40,8 +40,10 @@ T0 = datetime(2026, 1, 5, 10, 30, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def hourly(catchup: Literal["all", "latest", "none"] = "latest", **kw: Any) -> WorkflowSpec:

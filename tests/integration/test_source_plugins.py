@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import orjson
@@ -17,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from eventually import eventually
 from pg_listen_source import PgListenSource, handlers, plugin, sql
+from pydantic import SecretStr
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
@@ -60,9 +60,10 @@ def pg_listen() -> Iterator[None]:
 
 async def runs_of(db: Database, workflow: str) -> list[asyncpg.Record]:
     async with db.pool.acquire() as conn:
-        return await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             "SELECT id, state::text, params FROM runs WHERE workflow = $1 ORDER BY id", workflow
         )
+        return rows
 
 
 async def notify(db_url: str, channel: str, payload: str) -> None:
@@ -74,7 +75,9 @@ async def notify(db_url: str, channel: str, payload: str) -> None:
 
 
 def settings(db_url: str) -> Settings:
-    return Settings(database_url=db_url, worker_slots=2, poll_interval_s=0.2, http_port=0)
+    return Settings(
+        database_url=SecretStr(db_url), worker_slots=2, poll_interval_s=0.2, http_port=0
+    )
 
 
 async def test_notifications_start_runs_once_each_and_end_a_sensors_wait(
@@ -135,9 +138,10 @@ async def test_notifications_start_runs_once_each_and_end_a_sensors_wait(
         assert counts == {"orders": 3, "shipments": 2}
 
 
-async def _count(db: Database, query: str) -> Any:
+async def _count(db: Database, query: str) -> int:
     async with db.pool.acquire() as conn:
-        return await conn.fetchval(query)
+        count: int = await conn.fetchval(query)
+        return count
 
 
 def test_a_bad_trigger_of_the_plugin_names_file_workflow_and_field(

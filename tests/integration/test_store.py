@@ -314,16 +314,17 @@ async def test_heartbeats_keep_a_long_attempt_leased(db_url: str) -> None:
     cfg = settings(lease_s=1.0, heartbeat_s=0.3)
     async with Orchestrator(cfg, db_url, registry=reg, workflows=[spec]) as o:
         assert o.engine is not None and o.db is not None
+        db = o.db
         run_id = await o.engine.trigger("long")
         async with asyncio.timeout(10):
             await started.wait()
         first = await fetchval(
-            o.db, "SELECT lease_until FROM task_instances WHERE run_id = $1", run_id
+            db, "SELECT lease_until FROM task_instances WHERE run_id = $1", run_id
         )
 
         async def renewed() -> bool:
             now = await fetchval(
-                o.db, "SELECT lease_until FROM task_instances WHERE run_id = $1", run_id
+                db, "SELECT lease_until FROM task_instances WHERE run_id = $1", run_id
             )
             return now is not None and now > first
 

@@ -27,12 +27,16 @@ from sources.schedule import dedup_key, interval_event
 PARIS = ZoneInfo("Europe/Paris")
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
-def paris(*args: int, fold: int = 0) -> datetime:
-    return datetime(*args, tzinfo=PARIS, fold=fold)  # type: ignore[misc]
+def paris(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, fold: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=PARIS, fold=fold)
 
 
 def daily(**kw: Any) -> ScheduleTrigger:

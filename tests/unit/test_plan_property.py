@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -197,12 +197,12 @@ class Model:
                 limit = self.limits[workflow]
                 return None if limit is None else p.ActiveRuns(limit, self.running(workflow))
             case p.TakeQueued(workflow, limit):
-                queued = sorted(
+                queued_ids = sorted(
                     r.id
                     for r in self.runs.values()
                     if r.workflow == workflow and r.state == RunState.QUEUED
                 )
-                return [p.QueuedRun(i, self.runs[i].version) for i in queued[:limit]]
+                return [p.QueuedRun(i, self.runs[i].version) for i in queued_ids[:limit]]
             case p.StartRuns(run_ids):
                 started = set()
                 for i in run_ids:
@@ -226,12 +226,12 @@ class Model:
                 return sorted({self.waits[i].task.run_id for i in wait_ids if i in self.waits})
             case p.EndWaits(resolutions):
                 ended = []
-                for r in resolutions:
-                    w = self.waits[r.deferral_id]
+                for resolution in resolutions:
+                    w = self.waits[resolution.deferral_id]
                     if w.waiting:
                         w.waiting = False
                         self.wait_ends[w.id] += 1
-                        self.expect_wait_end(w, r)
+                        self.expect_wait_end(w, resolution)
                         ended.append(
                             p.EndedWait(
                                 w.id, w.task.id, w.task.run_id, w.task.task_id, w.attempt, w.resume
@@ -240,11 +240,11 @@ class Model:
                 return ended
             case p.EndDeferredTasks(moves):
                 moved = []
-                for m in moves:
-                    t = self.tasks[m.task_instance_id]
-                    if t.state == S.DEFERRED and t.attempt == m.attempt:
-                        self.move(t, m.target)
-                        t.output, t.resumed = m.output, m.resumed
+                for deferred in moves:
+                    t = self.tasks[deferred.task_instance_id]
+                    if t.state == S.DEFERRED and t.attempt == deferred.attempt:
+                        self.move(t, deferred.target)
+                        t.output, t.resumed = deferred.output, deferred.resumed
                         moved.append(p.MovedTask(t.run_id, t.task_id, t.state))
                 return moved
             case p.TaskStates(run_ids):
@@ -364,7 +364,16 @@ RESUMES: tuple[Literal["success", "handler"], ...] = ("success", "handler")
 TARGETS = (S.SUCCESS, S.SUCCESS, S.FAILED, S.DEAD_LETTERED, S.UP_FOR_RETRY, S.DEFERRED)
 
 
-def outcome_for(draw: st.DrawFn, model: Model, task: Task) -> p.Outcome:
+T = TypeVar("T")
+
+
+class Draw(Protocol):
+    """What draws a value: ``data.draw`` of a test as well as a composite's ``draw``."""
+
+    def __call__(self, strategy: st.SearchStrategy[T], /) -> T: ...
+
+
+def outcome_for(draw: Draw, model: Model, task: Task) -> p.Outcome:
     target = draw(st.sampled_from(TARGETS))
     deferral = None
     if target == S.DEFERRED:
@@ -404,7 +413,7 @@ def outcome_for(draw: st.DrawFn, model: Model, task: Task) -> p.Outcome:
     )
 
 
-def step(draw: st.DrawFn, model: Model) -> None:
+def step(draw: Draw, model: Model) -> None:
     action = draw(st.sampled_from(["work", "work", "work", "waits", "create"]))
     ended_before, queued_before = len(model.ended_runs), model.queued_moves
     if action == "create":
