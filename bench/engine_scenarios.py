@@ -16,10 +16,10 @@ from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.context import TaskContext
 from orchestrator.registry import HandlerRegistry
+from orchestrator.run_waiter import RunWaiter
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
-from orchestrator.waiting import RunWaiter
 
 
 def bench_settings(**kw: Any) -> Settings:

@@ -206,8 +206,8 @@ def trigger(
     from orchestrator.api import manual_event
     from orchestrator.engine import Engine
     from orchestrator.intake import Intake
+    from orchestrator.run_waiter import RunWaiter
     from orchestrator.views import failure_report
-    from orchestrator.waiting import RunWaiter
 
     settings = _settings()
     params = parse_params(pairs, params_json)

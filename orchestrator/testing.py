@@ -34,12 +34,12 @@ import orjson
 from orchestrator.app import Orchestrator
 from orchestrator.clock import SYSTEM_CLOCK, Clock, ManualClock, SystemClock
 from orchestrator.registry import HandlerRegistry
+from orchestrator.run_waiter import RunWaiter
 from orchestrator.settings import Settings
 from orchestrator.sources import Source
 from orchestrator.spec import WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL, create_database, drop_database
-from orchestrator.waiting import RunWaiter
 
 __all__ = ["Clock", "ManualClock", "RunResult", "SystemClock", "TaskResult", "WorkflowTest"]
 

@@ -20,10 +20,10 @@ from datetime import datetime
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.errors import OrchestratorError, unknown_workflow_hint
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake
+from orchestrator.run_waiter import RunWaiter
 from orchestrator.spec import WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL
-from orchestrator.waiting import RunWaiter
 from sources.cron import Interval, schedule_of
 from sources.models import ScheduleTrigger
 from sources.queries import SQL as TRIGGERS_SQL

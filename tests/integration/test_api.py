@@ -19,12 +19,12 @@ from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.errors import ConfigError
 from orchestrator.intake import Router
+from orchestrator.run_waiter import wait_for_runs
 from orchestrator.settings import Settings, load_settings
 from orchestrator.sources import SourceContext
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.views import show_run
-from orchestrator.waiting import wait_for_runs
 
 SPEC = WorkflowSpec(
     name="greeting",

@@ -25,10 +25,10 @@ from eventually import eventually
 
 from orchestrator.app import Orchestrator
 from orchestrator.engine import RunRequest
+from orchestrator.run_waiter import wait_for_runs
 from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
-from orchestrator.waiting import wait_for_runs
 
 WORKER_SCRIPT = Path(__file__).with_name("worker_process.py")
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay_s=0.01, max_delay_s=0.05, jitter=0)

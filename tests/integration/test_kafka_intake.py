@@ -560,7 +560,7 @@ async def test_the_orders_example_runs_from_a_published_event(
 ) -> None:
     from handlers import builtin_registry
     from orchestrator.loader import load_path
-    from orchestrator.waiting import wait_for_runs
+    from orchestrator.run_waiter import wait_for_runs
 
     loaded = load_path(examples_dir / "orders.yaml", base=builtin_registry())
     assert not loaded.errors

@@ -18,11 +18,11 @@ from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.clock import SYSTEM_CLOCK, Clock, ManualClock
 from orchestrator.loader import load_path
+from orchestrator.run_waiter import wait_for_runs
 from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL
-from orchestrator.waiting import wait_for_runs
 from sources.files import LandingSource
 from sources.models import FileTrigger
 from sources.queries import SQL as TRIGGERS_SQL

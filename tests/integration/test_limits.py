@@ -19,10 +19,10 @@ from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.engine import Claimed, Engine, RunRequest
 from orchestrator.registry import HandlerRegistry
+from orchestrator.run_waiter import wait_for_runs
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import Database
-from orchestrator.waiting import wait_for_runs
 from orchestrator.worker import FaultHook
 
 pytestmark = pytest.mark.timeout(30)

@@ -13,10 +13,10 @@ from eventually import eventually
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.notices import DEFERRALS_CHANNEL, RUNS_CHANNEL, TASKS_CHANNEL
+from orchestrator.run_waiter import RunWaiter
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.store import Database
-from orchestrator.waiting import RunWaiter
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,10 +11,10 @@ from eventually import eventually
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
+from orchestrator.run_waiter import wait_for_runs
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
-from orchestrator.waiting import wait_for_runs
 
 
 class Endpoint:

@@ -11,10 +11,10 @@ from suite_settings import suite_settings
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.errors import UnknownWorkflowError
+from orchestrator.run_waiter import RunWaiter, wait_for_runs
 from orchestrator.spec import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL
-from orchestrator.waiting import RunWaiter, wait_for_runs
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay_s=0.01, max_delay_s=0.05, jitter=0)
 

@@ -25,10 +25,10 @@ from orchestrator.app import Orchestrator
 from orchestrator.clock import ManualClock
 from orchestrator.intake import Intake
 from orchestrator.loader import load_path
+from orchestrator.run_waiter import wait_for_runs
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import SQL, Database, create_database, drop_database
-from orchestrator.waiting import wait_for_runs
 from sources.backfill import BackfillError, backfill
 from sources.models import ScheduleTrigger
 from sources.queries import SQL as TRIGGERS_SQL

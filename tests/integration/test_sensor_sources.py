@@ -30,12 +30,12 @@ from orchestrator.deferral import Defer
 from orchestrator.intake import Event
 from orchestrator.loader import load_path
 from orchestrator.registry import HandlerRegistry
+from orchestrator.run_waiter import wait_for_runs
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import Database
 from orchestrator.views import runs_table, show_run
-from orchestrator.waiting import wait_for_runs
 from sources.files import LandingSource
 from sources.kafka import KafkaSource, publish
 

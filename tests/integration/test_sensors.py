@@ -16,9 +16,9 @@ from orchestrator.app import Orchestrator
 from orchestrator.context import TaskContext
 from orchestrator.deferral import Defer, kafka_key
 from orchestrator.intake import Event
+from orchestrator.run_waiter import wait_for_runs
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
-from orchestrator.waiting import wait_for_runs
 
 FULFILL = WorkflowSpec(
     name="fulfill",

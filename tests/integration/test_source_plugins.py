@@ -23,10 +23,10 @@ from orchestrator.app import Orchestrator
 from orchestrator.cli import main
 from orchestrator.loader import load_path
 from orchestrator.plugins import create_sources, source_registry
+from orchestrator.run_waiter import wait_for_runs
 from orchestrator.settings import Settings
 from orchestrator.states import RunState
 from orchestrator.store import Database
-from orchestrator.waiting import wait_for_runs
 
 ORDERS = """\
 name: on_notify

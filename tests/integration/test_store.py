@@ -17,12 +17,12 @@ from suite_settings import suite_settings
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.engine import Claimed, Engine, Outcome
+from orchestrator.run_waiter import wait_for_runs
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.states import RunState, TaskState
 from orchestrator.store import SQL, Database, create_database, drop_database
 from orchestrator.store.migrate import available, migrate, pending
 from orchestrator.store.queries import named_queries, queries
-from orchestrator.waiting import wait_for_runs
 
 pytestmark = pytest.mark.timeout(30)
 

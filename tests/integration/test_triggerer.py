@@ -35,11 +35,11 @@ from orchestrator.deferral import Defer
 from orchestrator.engine import Engine, RunRequest
 from orchestrator.errors import NonRetryableError
 from orchestrator.registry import HandlerRegistry
+from orchestrator.run_waiter import wait_for_runs
 from orchestrator.spec import TaskSpec, TriggerRule, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import Database
 from orchestrator.triggerer import Triggerer
-from orchestrator.waiting import wait_for_runs
 
 PROCESS_SCRIPT = Path(__file__).with_name("triggerer_process.py")
 HOUR = 3600
