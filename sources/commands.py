@@ -93,7 +93,7 @@ def publish(topic: str, values: tuple[str, ...], key: str | None) -> None:
     landed (TOPIC[PARTITION]@OFFSET). Kafka is ORCHESTRATOR_KAFKA_BOOTSTRAP, else
     the embedded broker of `orchestrator dev` running in this directory."""
     from orchestrator.devmode import resolve_kafka_settings
-    from sources.kafka import publish as publish_json
+    from sources.kafka_publish import publish as publish_json
 
     settings = cli_settings()
     documents = []

@@ -38,8 +38,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -47,129 +46,26 @@ import orjson
 
 from orchestrator.backoff import Backoff
 from orchestrator.clock import SYSTEM_CLOCK, Clock, wait_for_event
-from orchestrator.errors import OrchestratorError
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake, Router
 from orchestrator.settings import Settings
 from orchestrator.sources import SourceContext
 from sources.kafka_config import (
+    EMBEDDED_CONSUMER_OPTIONS,
     AIOKafkaConsumer,
     ConsumerRebalanceListener,
     KafkaError,
     TopicPartition,
     describe,
+    describe_offsets,
+    describe_partitions,
     make_consumer,
-    make_producer,
+    session_options,
 )
 from sources.kafka_logs import LogBook, LogRead, note_reads, records_at
+from sources.kafka_messages import Batch, raw_text, to_batch
+from sources.kafka_stats import KafkaIntakeStats
 
 log = logging.getLogger(__name__)
-
-#: How much of a poison message is kept in its dead letter.
-RAW_LIMIT = 8192
-
-#: Consumer options for the embedded broker (dev mode, tests, bench). It holds
-#: every group join for half the session timeout, so the default 10 s session
-#: would delay the first event and every rebalance by 5 s. A loop stalled for
-#: longer than 2 s costs a rebalance, which redelivery makes harmless.
-EMBEDDED_CONSUMER_OPTIONS: dict[str, Any] = {
-    "session_timeout_ms": 2000,
-    "heartbeat_interval_ms": 500,
-    # It holds a fetch for the whole wait even when data arrives: keep it short
-    # so a message wakes its sensor in milliseconds, not half a second.
-    "fetch_max_wait_ms": 5,
-}
-
-
-def session_options(settings: Settings) -> dict[str, Any]:
-    """Consumer session options from ``kafka_session_timeout_ms`` when the
-    settings have it (heartbeats at a quarter of it); else aiokafka's defaults."""
-    session = settings.kafka_session_timeout_ms
-    if not isinstance(session, int):
-        return {}
-    return {
-        "session_timeout_ms": session,
-        "heartbeat_interval_ms": max(100, session // 4),
-        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
-    }
-
-
-@dataclass
-class KafkaIntakeStats:
-    """What the source has done since it started (for tests, metrics and logs)."""
-
-    batches: int = 0
-    messages: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
-    runs: int = 0
-    commits: int = 0
-    commit_failures: int = 0
-    ingest_failures: int = 0
-    dropped_batches: int = 0
-    """Batches given up at a revocation or at stop: their offsets stay uncommitted."""
-    rebalances: int = 0
-    committed_past_end: int = 0
-    """Partitions assigned with a committed offset past their high watermark (read
-    again from their beginning)."""
-    new_logs: int = 0
-    """Partitions found reading another log than before (a new topic id or incarnation)."""
-    last_error: str | None = None
-    assigned: frozenset[tuple[str, int]] = field(default_factory=frozenset)
-
-
-def _text(value: bytes | None) -> str | None:
-    if value is None:
-        return None
-    # PostgreSQL text and jsonb cannot hold NUL.
-    return value.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-
-
-def _raw(value: bytes) -> str:
-    text = _text(value[:RAW_LIMIT]) or ""
-    if len(value) > RAW_LIMIT:
-        text += f"... [truncated: {len(value)} bytes in all]"
-    return text
-
-
-def message_event(record: Any, key_prefix: str, max_bytes: int) -> Event | DeadLetter:
-    """A consumed record as an :class:`Event`, or a :class:`DeadLetter` naming
-    why it cannot be one. ``key_prefix`` names its log, topic and partition
-    (:func:`sources.kafka_logs.key_prefix`); a value over ``max_bytes`` is
-    refused."""
-    topic, partition, offset = record.topic, record.partition, record.offset
-    key = f"{key_prefix}{offset}"
-    headers = {k: _text(v) or "" for k, v in record.headers or ()}
-    meta = {
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "key": _text(record.key),
-        "timestamp": record.timestamp,
-    }
-    value: bytes | None = record.value
-    if value is None:
-        reason = "message has no value (a tombstone); expected a JSON document"
-        return DeadLetter("kafka", topic, key, reason, headers=headers, meta=meta)
-    if len(value) > max_bytes:
-        reason = (
-            f"message is {len(value)} bytes, over the limit of {max_bytes} bytes "
-            "(ORCHESTRATOR_MAX_PAYLOAD_BYTES)"
-        )
-        return DeadLetter("kafka", topic, key, reason, raw=_raw(value), headers=headers, meta=meta)
-    try:
-        payload = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        try:
-            value.decode("utf-8")
-        except UnicodeDecodeError as bad:
-            reason = f"message is not UTF-8 text: {bad}"
-        else:
-            reason = f"message is not JSON: {exc}"
-        return DeadLetter("kafka", topic, key, reason, raw=_raw(value), headers=headers, meta=meta)
-    if b"\\u0000" in value and b"\\u0000" in orjson.dumps(payload):
-        reason = "message contains a NUL character (\\u0000), which PostgreSQL cannot store"
-        return DeadLetter("kafka", topic, key, reason, raw=_raw(value), headers=headers, meta=meta)
-    return Event("kafka", topic, key, payload, headers, meta, actor="kafka")
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -181,22 +77,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[Any]) -> None:
         self.source._assigned(assigned)
-
-
-@dataclass(eq=False)
-class _Batch:
-    """One ``getmany`` result on its way into PostgreSQL."""
-
-    generation: int
-    events: list[Event]
-    letters: list[DeadLetter]
-    offsets: dict[Any, int]
-    """Per partition, the offset to commit once this batch (and every earlier one) is recorded."""
-    size: int
-    reads: list[LogRead] = field(default_factory=list)
-    """How far it read partitions keyed by incarnation (noted with the batch)."""
-    state: str = "recording"  # -> "recorded" | "dropped"
-    task: asyncio.Task[None] | None = None
 
 
 class KafkaSource:
@@ -246,7 +126,7 @@ class KafkaSource:
         self._commit_lock = asyncio.Lock()
         self._generation = 0
         self._broken_generation = -1
-        self._inflight: deque[_Batch] = deque()
+        self._inflight: deque[Batch] = deque()
         self._pending: dict[Any, int] = {}
         """Offsets recorded in PostgreSQL and not yet committed to Kafka."""
         self._task: asyncio.Task[None] | None = None
@@ -348,7 +228,7 @@ class KafkaSource:
                         continue
                     fetched = ready
                 if fetched:
-                    batch = _to_batch(
+                    batch = to_batch(
                         fetched, generation, self._logs.prefixes, self._settings.max_payload_bytes
                     )
                     batch.reads = self._logs.reads(fetched)
@@ -448,7 +328,7 @@ class KafkaSource:
                 delay = backoff.next()
                 log.warning(
                     "cannot look up the logs of Kafka partitions %s (%s); trying again in %.1fs",
-                    _describe_partitions(missing | set(self._suspect) | self._to_check),
+                    describe_partitions(missing | set(self._suspect) | self._to_check),
                     self.stats.last_error,
                     delay,
                 )
@@ -535,7 +415,7 @@ class KafkaSource:
 
     # -- recording a batch ------------------------------------------------------
 
-    async def _record_batch(self, batch: _Batch) -> None:
+    async def _record_batch(self, batch: Batch) -> None:
         backoff = self._backoff()
         while batch.state == "recording":
             if batch.generation != self._generation:
@@ -614,7 +494,7 @@ class KafkaSource:
                     event.channel,
                     event.dedup_key,
                     f"PostgreSQL cannot store this message: {exc}",
-                    raw=_raw(orjson.dumps(event.payload)),
+                    raw=raw_text(orjson.dumps(event.payload)),
                     headers=event.headers,
                     meta=event.meta,
                 )
@@ -667,7 +547,7 @@ class KafkaSource:
             log.warning(
                 "Kafka offsets %s not committed (%s: %s); the events are recorded, so a "
                 "redelivery starts nothing new",
-                _describe_offsets(offsets),
+                describe_offsets(offsets),
                 type(exc).__name__,
                 exc,
             )
@@ -695,7 +575,7 @@ class KafkaSource:
                 self._interrupt.clear()
         self._pending.clear()
         if revoked:
-            log.info("Kafka partitions revoked: %s", _describe_partitions(revoked))
+            log.info("Kafka partitions revoked: %s", describe_partitions(revoked))
 
     def _assigned(self, assigned: set[Any]) -> None:
         # The consumer resumes each partition at its committed offset (the
@@ -704,82 +584,13 @@ class KafkaSource:
         # of their records (not here: an error here could not be retried).
         self._to_check |= set(assigned)
         self.stats.assigned = frozenset((tp.topic, tp.partition) for tp in assigned)
-        log.info("Kafka partitions assigned: %s", _describe_partitions(assigned) or "none")
-
-
-def _to_batch(
-    fetched: Mapping[Any, Sequence[Any]],
-    generation: int,
-    prefixes: Mapping[Any, str],
-    max_bytes: int,
-) -> _Batch:
-    events: list[Event] = []
-    letters: list[DeadLetter] = []
-    offsets: dict[Any, int] = {}
-    size = 0
-    # Partition order: two consumers recording overlapping batches (during a
-    # rebalance) insert the same keys in the same order, so they cannot deadlock.
-    for tp in sorted(fetched):
-        records = fetched[tp]
-        if not records:
-            continue
-        size += len(records)
-        offsets[tp] = records[-1].offset + 1
-        prefix = prefixes[tp]
-        for record in records:
-            item = message_event(record, prefix, max_bytes)
-            if isinstance(item, Event):
-                events.append(item)
-            else:
-                letters.append(item)
-    return _Batch(generation, events, letters, offsets, size)
-
-
-def _describe_partitions(tps: set[Any]) -> str:
-    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps))
-
-
-def _describe_offsets(offsets: Mapping[Any, int]) -> str:
-    return ", ".join(f"{tp.topic}[{tp.partition}]@{o}" for tp, o in sorted(offsets.items()))
-
-
-async def publish(
-    settings: Settings, topic: str, values: Sequence[Any], key: str | bytes | None = None
-) -> list[tuple[int, int]]:
-    """Publish each value as a JSON message on ``topic``; returns (partition,
-    offset) of each, once the broker has acknowledged them all.
-
-    Raises :class:`KafkaPublishError` naming the broker when it cannot."""
-    encoded_key = key.encode() if isinstance(key, str) else key
-    try:
-        encoded = [orjson.dumps(value) for value in values]
-    except TypeError as exc:
-        raise KafkaPublishError(f"cannot encode a message as JSON: {exc}") from None
-    producer = make_producer(settings)
-    try:
-        await producer.start()
-        futures = [await producer.send(topic, value, key=encoded_key) for value in encoded]
-        sent = await asyncio.gather(*futures)
-    except KafkaError as exc:
-        raise KafkaPublishError(
-            f"cannot publish to topic {topic!r} at {describe(settings)}: {exc}"
-        ) from None
-    finally:
-        await producer.stop()
-    return [(meta.partition, meta.offset) for meta in sent]
-
-
-class KafkaPublishError(OrchestratorError):
-    """Messages could not be published (broker unreachable, topic refused, ...)."""
+        log.info("Kafka partitions assigned: %s", describe_partitions(assigned) or "none")
 
 
 __all__ = [
     "EMBEDDED_CONSUMER_OPTIONS",
     "KafkaIntakeStats",
-    "KafkaPublishError",
     "KafkaSource",
     "TopicPartition",
-    "message_event",
-    "publish",
     "session_options",
 ]

@@ -14,6 +14,7 @@ protocol types that ``kafka_metadata`` extends aside).
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +181,37 @@ def make_admin(settings: Settings | str) -> AIOKafkaAdminClient:
     if isinstance(settings, str):
         return AIOKafkaAdminClient(bootstrap_servers=settings, client_id=CLIENT_ID)
     return AIOKafkaAdminClient(**client_kwargs(settings))
+
+
+#: Consumer options for the embedded broker (dev mode, tests, bench). It holds
+#: every group join for half the session timeout, so the default 10 s session
+#: would delay the first event and every rebalance by 5 s. A loop stalled for
+#: longer than 2 s costs a rebalance, which redelivery makes harmless.
+EMBEDDED_CONSUMER_OPTIONS: dict[str, Any] = {
+    "session_timeout_ms": 2000,
+    "heartbeat_interval_ms": 500,
+    # It holds a fetch for the whole wait even when data arrives: keep it short
+    # so a message wakes its sensor in milliseconds, not half a second.
+    "fetch_max_wait_ms": 5,
+}
+
+
+def session_options(settings: Settings) -> dict[str, Any]:
+    """Consumer session options from ``kafka_session_timeout_ms`` when the
+    settings have it (heartbeats at a quarter of it); else aiokafka's defaults."""
+    session = settings.kafka_session_timeout_ms
+    if not isinstance(session, int):
+        return {}
+    return {
+        "session_timeout_ms": session,
+        "heartbeat_interval_ms": max(100, session // 4),
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+    }
+
+
+def describe_partitions(tps: set[Any]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps))
+
+
+def describe_offsets(offsets: Mapping[Any, int]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]@{o}" for tp, o in sorted(offsets.items()))

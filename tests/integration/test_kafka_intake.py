@@ -28,8 +28,9 @@ from orchestrator.app import Orchestrator
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.store import database_name
-from sources.kafka import KafkaSource, publish
+from sources.kafka import KafkaSource
 from sources.kafka_config import TopicPartition, make_consumer, make_producer
+from sources.kafka_publish import publish
 from sources.models import KafkaTrigger
 
 PROCESS_SCRIPT = Path(__file__).with_name("kafka_intake_process.py")

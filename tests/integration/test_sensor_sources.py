@@ -37,7 +37,8 @@ from orchestrator.states import RunState
 from orchestrator.store import Database
 from orchestrator.views import runs_table, show_run
 from sources.files import LandingSource
-from sources.kafka import KafkaSource, publish
+from sources.kafka import KafkaSource
+from sources.kafka_publish import publish
 
 SHOWN_TIME = re.compile(r"until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})")
 
