@@ -107,10 +107,12 @@ class Engine:
         """The compiled workflow of ``version`` if this process has it already."""
         return self.specs.peek(version)
 
-    async def compiled_workflow(self, version: str) -> CompiledWorkflow:
-        """The compiled workflow of ``version``, read from the database the first time."""
-        found = self.specs.peek(version)
-        return found if found is not None else await self.specs.get(self.db.pool, version)
+    async def compiled_workflow(
+        self, version: str, conn: asyncpg.Connection | None = None
+    ) -> CompiledWorkflow:
+        """The compiled workflow of ``version``, read from the database the first
+        time (in ``conn``'s transaction when given)."""
+        return await self.specs.get(conn if conn is not None else self.db.pool, version)
 
     async def register(self, specs: Iterable[WorkflowSpec]) -> dict[str, str]:
         """Store each spec's version and make it current for new runs."""

@@ -429,7 +429,7 @@ class Intake:
         names are left out: creating their runs fails with the names known."""
         schemas: dict[str, ParamsSchema | None] = {}
         for row in await conn.fetch(SQL.current_versions, sorted(names)):
-            compiled = await self.engine.specs.get(conn, row["current_version"])
+            compiled = await self.engine.compiled_workflow(row["current_version"], conn)
             schemas[row["name"]] = compiled.spec.param_schema
         return schemas
 
