@@ -20,7 +20,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from orchestrator import run_reads
+from orchestrator import api_audit, run_reads
 from orchestrator.api_rules import (
     MAX_IDEMPOTENCY_KEY,
     api_rules_middleware,
@@ -236,6 +236,7 @@ def run_json(detail: run_reads.RunDetail) -> dict[str, Any]:
         {**asdict(t), "output": orjson.loads(t.output) if t.output else None} for t in detail.tasks
     ]
     out["transitions"] = [asdict(s) for s in detail.transitions]
+    out["audit"] = [asdict(a) for a in detail.audit]
     out["waits"] = [
         {k: v for k, v in asdict(w).items() if k != "callback_url"} for w in detail.waits
     ]
@@ -271,4 +272,5 @@ def build_app(
     app.router.add_post("/api/v1/callbacks/{token}", complete_callback)
     app.router.add_get("/api/v1/runs", list_runs)
     app.router.add_get("/api/v1/runs/{run_id}", get_run)
+    api_audit.add_routes(app)
     return app

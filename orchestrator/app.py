@@ -99,7 +99,9 @@ class Orchestrator:
                 self.db, lease_s=s.lease_s, default_pool_slots=s.default_pool_slots
             )
             for name, slots in s.pools.items():
-                await self.engine.set_pool(name, slots)
+                await self.engine.set_pool(
+                    name, slots, actor="config", reason="ORCHESTRATOR_POOLS at start"
+                )
             self.intake = Intake(self.engine)
             if self._initial_workflows:
                 await self.register(self._initial_workflows)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from collections.abc import Container
@@ -11,7 +10,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli_support import cli_settings, fail, open_database, run_async
+from orchestrator.audit import ACTIONS
+from orchestrator.cli_support import cli_actor, cli_settings, fail, open_database, run_async
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.errors import OrchestratorError
 from orchestrator.states import RunState
@@ -211,7 +211,7 @@ def trigger(
 
     settings = _settings()
     params = parse_params(pairs, params_json)
-    actor = f"cli:{getpass.getuser()}"
+    actor = cli_actor()
 
     async def go() -> tuple[RunState, str] | None:
         db = await _database(settings)
@@ -349,7 +349,8 @@ def show(run_id: int) -> None:
 @main.command()
 @click.argument("name", required=False)
 @click.argument("slots", type=click.IntRange(1), required=False)
-def pools(name: str | None, slots: int | None) -> None:
+@click.option("--reason", default="", help="Why (recorded in the audit log).")
+def pools(name: str | None, slots: int | None, reason: str) -> None:
     """List pools, or set pool NAME to SLOTS slots."""
     from orchestrator.engine import Engine
     from orchestrator.views import render_table
@@ -362,7 +363,7 @@ def pools(name: str | None, slots: int | None) -> None:
         db = await _database(settings)
         try:
             if name is not None and slots is not None:
-                await Engine(db).set_pool(name, slots)
+                await Engine(db).set_pool(name, slots, actor=cli_actor(), reason=reason)
                 return f"pool {name} has {slots} slots"
             from orchestrator.store import SQL
 
@@ -373,6 +374,29 @@ def pools(name: str | None, slots: int | None) -> None:
             )
         finally:
             await db.close()
+
+    click.echo(_run(go))
+
+
+@main.command("audit")
+@click.option("--workflow", "-w", default=None, help="Only actions on this workflow.")
+@click.option("--run", "run_id", type=int, default=None, help="Only actions on this run.")
+@click.option("--action", type=click.Choice(ACTIONS), default=None)
+@click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=50, show_default=True)
+def audit_cmd(workflow: str | None, run_id: int | None, action: str | None, limit: int) -> None:
+    """Who did what: operator actions, newest first."""
+    from orchestrator.audit import entries
+    from orchestrator.views import audit_table
+
+    settings = _settings()
+
+    async def go() -> str:
+        db = await _database(settings)
+        try:
+            found = await entries(db, workflow=workflow, run_id=run_id, action=action, limit=limit)
+        finally:
+            await db.close()
+        return audit_table(found) if found else "no operator actions recorded"
 
     click.echo(_run(go))
 

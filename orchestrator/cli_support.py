@@ -45,3 +45,10 @@ async def open_database(settings: Settings) -> Database:
     from orchestrator.devmode import resolve_database_url
 
     return await connect(resolve_database_url(settings), size=2, min_size=1)
+
+
+def cli_actor() -> str:
+    """Who a command acts as, in transitions and the audit log: ``cli:<OS user>``."""
+    import getpass
+
+    return f"cli:{getpass.getuser()}"

@@ -21,8 +21,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from orchestrator import audit, waits
 from orchestrator import plan as p
-from orchestrator import waits
 from orchestrator.compiled import CompiledWorkflow, SpecCache
 from orchestrator.deferral import Resolution
 from orchestrator.errors import DuplicateRunError, OrchestratorError, UnknownWorkflowError
@@ -133,11 +133,16 @@ class Engine:
                 versions[spec.name] = compiled.version
         return versions
 
-    async def set_pool(self, name: str, slots: int) -> None:
+    async def set_pool(self, name: str, slots: int, *, actor: str, reason: str = "") -> None:
         if slots < 1:
             raise OrchestratorError(f"pool {name!r} needs at least 1 slot, not {slots}")
-        async with self.db.pool.acquire() as conn:
-            await conn.execute(SQL.set_pool, name, slots)
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(SQL.set_pool, name, slots) is None:
+                return  # already so: nothing to record
+            await audit.record(
+                conn,
+                audit.Action(actor, "pool", reason, detail={"pool": name, "slots": slots}),
+            )
 
     # -- runs ----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from orchestrator.audit import AuditEntry, audit_entry
 from orchestrator.store import SQL, Database
 
 
@@ -108,6 +109,8 @@ class RunDetail:
     tasks: list[TaskRecord]
     waits: list[WaitRecord]
     transitions: list[TransitionRecord]
+    #: Operator actions on the run (clear, cancel, mark, ...), oldest first.
+    audit: list[AuditEntry]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +141,8 @@ async def list_runs(
 
 
 async def read_run(db: Database, run_id: int) -> RunDetail | None:
-    """The run with its tasks, waits and transitions; None if there is no such run."""
+    """The run with its tasks, waits, transitions and operator actions; None
+    if there is no such run."""
     async with db.pool.acquire() as conn:
         run = await conn.fetchrow(SQL.get_run, run_id)
         if run is None:
@@ -146,11 +150,13 @@ async def read_run(db: Database, run_id: int) -> RunDetail | None:
         tasks = await conn.fetch(SQL.task_instances_of_run, run_id)
         waits = await conn.fetch(SQL.deferrals_of_run, run_id)
         steps = await conn.fetch(SQL.transitions_of_run, run_id)
+        actions = await conn.fetch(SQL.audit_entries, None, run_id, None, None, 1000)
     return RunDetail(
         run=RunRecord(**dict(run)),
         tasks=[TaskRecord(**dict(t)) for t in tasks],
         waits=[WaitRecord(**dict(w)) for w in waits],
         transitions=[TransitionRecord(**dict(s)) for s in steps],
+        audit=[audit_entry(a) for a in reversed(actions)],
     )
 
 

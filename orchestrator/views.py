@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from orchestrator.audit import AuditEntry
 from orchestrator.errors import UnknownRunError, UnknownWorkflowError
 from orchestrator.run_reads import (
     TaskRecord,
@@ -121,7 +122,28 @@ async def show_run(db: Database, run_id: int) -> str:
             ],
         ),
     ]
+    if detail.audit:
+        out += ["", "operator actions:", audit_table(detail.audit)]
     return "\n".join(out)
+
+
+def audit_table(entries: Sequence[AuditEntry]) -> str:
+    return render_table(
+        ("ID", "AT", "ACTOR", "ACTION", "WORKFLOW", "RUN", "TASK", "REASON"),
+        [
+            (
+                e.id,
+                _when(e.at),
+                e.actor,
+                e.action,
+                e.workflow or "",
+                "" if e.run_id is None else e.run_id,
+                e.task_id or "",
+                e.reason,
+            )
+            for e in entries
+        ],
+    )
 
 
 def missing_run_hint(run_id: int, *, oldest: int | None, newest: int | None) -> str:

@@ -12,6 +12,7 @@ class NamedQueries:
 
     allocate_run_ids: str
     apply_decisions: str
+    audit_entries: str
     claim: str
     claim_mixed: str
     count_prunable: str
@@ -52,6 +53,7 @@ class NamedQueries:
     prune_runs: str
     queued_runs: str
     record_attempts: str
+    record_audit: str
     registered_workflows: str
     resolve_deferrals: str
     run_id_bounds: str

@@ -22,8 +22,10 @@ SELECT name, $2 FROM unnest($1::text[]) AS name
 ON CONFLICT (name) DO NOTHING;
 
 -- name: set_pool
+-- Returns a row only when the pool is new or its slots changed.
 INSERT INTO pools (name, slots) VALUES ($1, $2)
-ON CONFLICT (name) DO UPDATE SET slots = excluded.slots;
+ON CONFLICT (name) DO UPDATE SET slots = excluded.slots WHERE pools.slots <> excluded.slots
+RETURNING name;
 
 -- name: list_pools
 SELECT p.name, p.slots,
