@@ -96,7 +96,10 @@ class Orchestrator:
                 if applied:
                     log.info("applied migrations: %s", ", ".join(applied))
             self.engine = Engine(
-                self.db, lease_s=s.lease_s, default_pool_slots=s.default_pool_slots
+                self.db,
+                lease_s=s.lease_s,
+                default_pool_slots=s.default_pool_slots,
+                clock=self.clock,
             )
             for name, slots in s.pools.items():
                 await self.engine.set_pool(
