@@ -430,7 +430,7 @@ class Engine:
             case p.WaitsOn(keys):
                 return await waits.waiting_on(conn, keys)
             case p.RecordWaits(outcomes):
-                return await waits.record(conn, outcomes)
+                return await waits.record(conn, outcomes, self.clock.stamp())
             case p.RunsOfWaits(wait_ids):
                 return await waits.runs_of(conn, wait_ids)
             case p.EndWaits(resolutions):
