@@ -401,5 +401,14 @@ def audit_cmd(workflow: str | None, run_id: int | None, action: str | None, limi
     click.echo(_run(go))
 
 
+def _add_commands() -> None:
+    """Commands that live in modules of their own."""
+    from orchestrator.cli_tokens import tokens_cmd
+
+    main.add_command(tokens_cmd)
+
+
+_add_commands()
+
 if __name__ == "__main__":
     main()
