@@ -14,18 +14,22 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator import api_admin, api_audit, run_reads
+from orchestrator.api_bodies import next_page, read_query
+from orchestrator.api_models import CallbackAccepted, RunPage, Started
+from orchestrator.api_models import RunDetail as RunDetailModel
 from orchestrator.api_rules import (
+    MAX_ID,
     MAX_IDEMPOTENCY_KEY,
     api_rules_middleware,
     path_int,
-    query_int,
 )
 from orchestrator.auth import Authenticator, auth_middleware
 from orchestrator.callers import actor_of
@@ -35,8 +39,8 @@ from orchestrator.engine import Engine
 from orchestrator.errors import DuplicateRunError, ParamsError, UnknownWorkflowError
 from orchestrator.http_server import body_deadline_middleware
 from orchestrator.intake import Accepted, Event, Intake
+from orchestrator.openapi import document, operation
 from orchestrator.problems import (
-    BadInput,
     FieldError,
     json_response,
     problem,
@@ -74,8 +78,33 @@ def manual_event(
     )
 
 
+class TriggerBody(BaseModel):
+    """What a manual trigger may send; the handler checks each key itself to
+    say precisely what is wrong (e.g. params sent at the top level)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="The run's params, as the workflow declares them."
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_IDEMPOTENCY_KEY,
+        description="A retried trigger with the same key starts nothing new (200).",
+    )
+
+
+class CallbackBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["success", "failed"] = "success"
+    output: Any = Field(default=None, description="The task's output on success.")
+    error: str | None = Field(default=None, description="Why, on failure.")
+
+
 #: The keys a manual trigger's body may have.
-TRIGGER_BODY_KEYS = ("params", "idempotency_key")
+TRIGGER_BODY_KEYS = tuple(TriggerBody.model_fields)
 
 
 def _unexpected_keys(keys: Sequence[str], *, has_params: bool) -> str:
@@ -87,6 +116,15 @@ def _unexpected_keys(keys: Sequence[str], *, has_params: bool) -> str:
     )
 
 
+@operation(
+    summary="Start a run of a workflow (recorded as a manual event)",
+    response=Started,
+    status=201,
+    also={200: Started},
+    body=TriggerBody,
+    errors=(404, 409),
+    tag="workflows",
+)
 async def trigger_run(
     request: web.Request,
 ) -> web.Response:
@@ -150,6 +188,15 @@ def _answer(accepted: Accepted) -> dict[str, Any]:
     return {"event_id": accepted.event_id, "run_ids": accepted.run_ids}
 
 
+@operation(
+    summary="End a callback wait (the token in the URL authenticates it)",
+    response=CallbackAccepted,
+    status=202,
+    body=CallbackBody,
+    errors=(404,),
+    auth="none",
+    tag="callbacks",
+)
 async def complete_callback(request: web.Request) -> web.Response:
     """``POST /api/v1/callbacks/{token}`` with ``{"status": "success"|"failed",
     "output": ..., "error": "..."}`` ends the wait of a ``sensor.callback`` task."""
@@ -188,6 +235,24 @@ async def complete_callback(request: web.Request) -> web.Response:
     return json_response({"event_id": accepted.event_id, "status": status}, 202)
 
 
+def describe_api() -> dict[str, Any]:
+    """The OpenAPI document of every route, without a running server."""
+    from typing import cast
+
+    nothing = cast(Any, None)
+    return document(build_app(nothing, nothing, authenticator=nothing, max_body_bytes=1))
+
+
+@operation(
+    summary="This API's OpenAPI 3.1 document",
+    response=dict[str, Any],
+    auth="none",
+    tag="meta",
+)
+async def openapi_document(request: web.Request) -> web.Response:
+    return json_response(document(request.app))
+
+
 async def healthz(_request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -202,19 +267,42 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready"})
 
 
+class RunsQuery(BaseModel):
+    workflow: str | None = Field(default=None, description="Only runs of this workflow.")
+    state: RunState | None = Field(default=None, description="Only runs in this state.")
+    limit: int = Field(default=50, ge=1, le=1000, description="Runs per page.")
+    cursor: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="From a previous page's `next`."
+    )
+
+
+@operation(summary="List runs, newest first", response=RunPage, query=RunsQuery)
 async def list_runs(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
-    state = request.query.get("state")
-    if state is not None and state not in {s.value for s in RunState}:
-        known = ", ".join(s.value for s in RunState)
-        raise BadInput("query", "state", f"unknown state {state!r}; known: {known}")
-    limit = query_int(request, "limit", default=50, high=1000)
+    query = read_query(request, RunsQuery)
     runs = await run_reads.list_runs(
-        engine.db, workflow=request.query.get("workflow"), state=state, limit=limit
+        engine.db,
+        workflow=query.workflow,
+        state=query.state.value if query.state else None,
+        limit=query.limit + 1,
+        before=query.cursor,
     )
-    return json_response({"runs": [asdict(r) for r in runs]})
+    more = len(runs) > query.limit
+    runs = runs[: query.limit]
+    return json_response(
+        {
+            "runs": [asdict(r) for r in runs],
+            "next": next_page(request, runs[-1].id if more else None),
+        }
+    )
 
 
+@operation(
+    summary="Read a run: tasks, waits, transitions and operator actions",
+    response=RunDetailModel,
+    path={"run_id": int},
+    errors=(404,),
+)
 async def get_run(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
     run_id = path_int(request, "run_id")
@@ -279,4 +367,5 @@ def build_app(
     app.router.add_get("/api/v1/runs/{run_id}", get_run)
     api_audit.add_routes(app)
     api_admin.add_routes(app)
+    app.router.add_get("/api/v1/openapi.json", openapi_document)
     return app

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator import tokens
 from orchestrator.api_bodies import read_body
 from orchestrator.callers import actor_of
+from orchestrator.openapi import operation
 from orchestrator.problems import json_response, problem
 from orchestrator.store import SQL
 
@@ -37,6 +38,40 @@ class PoolSet(BaseModel):
     reason: str = Field(default="", max_length=2000)
 
 
+class TokenList(BaseModel):
+    tokens: list[tokens.TokenRecord]
+
+
+class TokenCreated(BaseModel):
+    name: str
+    role: str
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    token: str = Field(description="The token: shown only in this answer, stored as a hash.")
+
+
+class Revoked(BaseModel):
+    name: str
+    revoked: bool
+
+
+class Pool(BaseModel):
+    name: str
+    slots: int
+    running: int
+
+
+class PoolList(BaseModel):
+    pools: list[Pool]
+
+
+class PoolSize(BaseModel):
+    name: str
+    slots: int
+
+
 def _token_json(t: tokens.TokenRecord) -> dict[str, object]:
     return {
         "name": t.name,
@@ -48,6 +83,7 @@ def _token_json(t: tokens.TokenRecord) -> dict[str, object]:
     }
 
 
+@operation(summary="List API tokens (never the tokens themselves)", response=TokenList, tag="admin")
 async def list_tokens(request: web.Request) -> web.Response:
     from orchestrator.api import ENGINE_KEY
 
@@ -55,6 +91,14 @@ async def list_tokens(request: web.Request) -> web.Response:
     return json_response({"tokens": [_token_json(t) for t in found]})
 
 
+@operation(
+    summary="Create an API token",
+    response=TokenCreated,
+    status=201,
+    body=TokenCreate,
+    errors=(409,),
+    tag="admin",
+)
 async def create_token(request: web.Request) -> web.Response:
     from orchestrator.api import ENGINE_KEY
 
@@ -76,6 +120,7 @@ async def create_token(request: web.Request) -> web.Response:
     return json_response({**_token_json(record), "token": token}, 201)
 
 
+@operation(summary="Revoke an API token", response=Revoked, body=Reason, errors=(404,), tag="admin")
 async def revoke_token(request: web.Request) -> web.Response:
     from orchestrator.api import ENGINE_KEY
 
@@ -90,6 +135,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     return json_response({"name": name, "revoked": True})
 
 
+@operation(summary="List pools with their slots in use", response=PoolList, tag="admin")
 async def list_pools(request: web.Request) -> web.Response:
     from orchestrator.api import ENGINE_KEY
 
@@ -98,6 +144,7 @@ async def list_pools(request: web.Request) -> web.Response:
     return json_response({"pools": [dict(r) for r in rows]})
 
 
+@operation(summary="Set a pool's size", response=PoolSize, body=PoolSet, tag="admin")
 async def set_pool(request: web.Request) -> web.Response:
     from orchestrator.api import ENGINE_KEY
 

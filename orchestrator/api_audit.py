@@ -3,33 +3,54 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Literal
 
 from aiohttp import web
+from pydantic import BaseModel, Field
 
 from orchestrator import audit
-from orchestrator.api_rules import query_int
-from orchestrator.problems import BadInput, json_response
+from orchestrator.api_bodies import next_page, read_query
+from orchestrator.api_models import AuditPage
+from orchestrator.api_rules import MAX_ID
+from orchestrator.openapi import operation
+from orchestrator.problems import json_response
+
+AuditAction = Literal[audit.ACTIONS]  # type: ignore[valid-type]
 
 
+class AuditQuery(BaseModel):
+    workflow: str | None = Field(default=None, description="Only actions on this workflow.")
+    run: int | None = Field(default=None, ge=1, le=MAX_ID, description="Only actions on this run.")
+    action: AuditAction | None = Field(default=None, description="Only this kind of action.")
+    limit: int = Field(default=100, ge=1, le=1000, description="Entries per page.")
+    cursor: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="From a previous page's `next`."
+    )
+
+
+@operation(
+    summary="Operator actions, newest first", response=AuditPage, query=AuditQuery, tag="audit"
+)
 async def list_audit(request: web.Request) -> web.Response:
     from orchestrator.api import ENGINE_KEY
 
-    action = request.query.get("action")
-    if action is not None and action not in audit.ACTIONS:
-        raise BadInput(
-            "query", "action", f"unknown action {action!r}; known: {', '.join(audit.ACTIONS)}"
-        )
-    run_id = query_int(request, "run", default=0, low=0)
-    before = query_int(request, "before", default=0, low=0)
+    query = read_query(request, AuditQuery)
     found = await audit.entries(
         request.app[ENGINE_KEY].db,
-        workflow=request.query.get("workflow"),
-        run_id=run_id or None,
-        action=action,
-        before=before or None,
-        limit=query_int(request, "limit", default=100, high=1000),
+        workflow=query.workflow,
+        run_id=query.run,
+        action=query.action,
+        before=query.cursor,
+        limit=query.limit + 1,
     )
-    return json_response({"entries": [asdict(e) for e in found]})
+    more = len(found) > query.limit
+    found = found[: query.limit]
+    return json_response(
+        {
+            "entries": [asdict(e) for e in found],
+            "next": next_page(request, found[-1].id if more else None),
+        }
+    )
 
 
 def add_routes(app: web.Application) -> None:

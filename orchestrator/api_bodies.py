@@ -39,3 +39,42 @@ def _message(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
         return "unexpected key"
     return error["msg"]
+
+
+def read_query(request: web.Request, model: type[M]) -> M:
+    """The query string as ``model`` (unknown parameters are ignored); else a
+    400 problem naming each refused parameter."""
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        errors = [
+            FieldError("query", str(e["loc"][0]), _query_message(model, e))
+            for e in exc.errors(include_url=False)
+        ]
+        raise BadFields(errors, "; ".join(f.detail for f in errors)) from None
+
+
+def _query_message(model: type[BaseModel], error: ErrorDetails) -> str:
+    name = str(error["loc"][0])
+    info = model.model_fields.get(name)
+    if info is not None and error["type"] in _NUMBER_ERRORS:
+        low = next((m.ge for m in info.metadata if hasattr(m, "ge")), None)
+        high = next((m.le for m in info.metadata if hasattr(m, "le")), None)
+        if low is not None and high is not None:
+            return f"'{name}' must be an integer from {low} to {high}"
+    if error["type"] == "enum":
+        expected = (error.get("ctx") or {}).get("expected", "")
+        return f"unknown {name} {error['input']!r}; known: {expected}"
+    return f"'{name}': {error['msg']}"
+
+
+_NUMBER_ERRORS = frozenset(
+    {"int_parsing", "int_from_float", "greater_than_equal", "less_than_equal", "int_type"}
+)
+
+
+def next_page(request: web.Request, cursor: int | None) -> str | None:
+    """The URL of the page after ``cursor`` with the same filters (None: last page)."""
+    if cursor is None:
+        return None
+    return str(request.rel_url.update_query(cursor=str(cursor)))

@@ -401,6 +401,14 @@ def audit_cmd(workflow: str | None, run_id: int | None, action: str | None, limi
     click.echo(_run(go))
 
 
+@main.command("openapi")
+def openapi_cmd() -> None:
+    """Print the API's OpenAPI 3.1 document (also served at /api/v1/openapi.json)."""
+    from orchestrator.api import describe_api
+
+    click.echo(json.dumps(describe_api(), indent=2, default=str))
+
+
 def _add_commands() -> None:
     """Commands that live in modules of their own."""
     from orchestrator.cli_tokens import tokens_cmd

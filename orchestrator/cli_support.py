@@ -8,6 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
 
+import asyncpg
 import click
 
 from orchestrator import logs
@@ -39,6 +40,11 @@ def run_async(main: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(main())  # type: ignore[arg-type]
     except OrchestratorError as exc:
         fail(str(exc))
+    except asyncpg.UndefinedTableError as exc:
+        fail(
+            f"the database has not been migrated ({exc}): run `orchestrator migrate`, "
+            "or wait for `orchestrator dev`/`run` to finish starting"
+        )
 
 
 async def open_database(settings: Settings) -> Database:

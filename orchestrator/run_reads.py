@@ -130,11 +130,12 @@ class RunIdBounds:
 
 
 async def list_runs(
-    db: Database, *, workflow: str | None, state: str | None, limit: int
+    db: Database, *, workflow: str | None, state: str | None, limit: int, before: int | None = None
 ) -> list[RunSummary]:
-    """The newest runs first, optionally of one workflow or in one state."""
+    """The newest runs first, optionally of one workflow or in one state;
+    ``before`` (a run id) continues after that run."""
     async with db.pool.acquire() as conn:
-        rows = await conn.fetch(SQL.list_runs, workflow, state, limit)
+        rows = await conn.fetch(SQL.list_runs, workflow, state, limit, before)
         counts = await conn.fetch(SQL.deferred_counts, [r["id"] for r in rows]) if rows else []
     waiting = {c["run_id"]: c["deferred"] for c in counts}
     return [RunSummary(**dict(r), waiting=waiting.get(r["id"], 0)) for r in rows]

@@ -273,3 +273,35 @@ def test_the_tokens_command_shows_a_token_once_and_manages_it(db_url: str) -> No
     assert json.loads(cli("list", "--json").stdout)[0]["state"] == "revoked"
     again = cli("revoke", "ci-bot")
     assert again.returncode == 2 and "no active token named 'ci-bot'" in again.stderr
+
+
+async def test_run_and_audit_lists_are_cursor_pages_stable_under_new_runs(db_url: str) -> None:
+    async with served(db_url, auth="auto") as (orch, api):
+        assert orch.engine is not None and orch.db is not None
+        for _ in range(5):
+            await orch.engine.trigger("greeting")
+        status, page, _h = await api.call("GET", "/api/v1/runs?limit=2&workflow=greeting")
+        assert status == 200 and [r["id"] for r in page["runs"]] == [5, 4]
+        assert page["next"].startswith("/api/v1/runs?") and "workflow=greeting" in page["next"]
+        await orch.engine.trigger("greeting")  # a new run does not shift the pages
+        seen = [r["id"] for r in page["runs"]]
+        while page["next"] is not None:
+            status, page, _h = await api.call("GET", page["next"])
+            assert status == 200
+            seen += [r["id"] for r in page["runs"]]
+        assert seen == [5, 4, 3, 2, 1]
+        status, body, _h = await api.call("GET", "/api/v1/runs?cursor=abc")
+        assert status == 400 and body["errors"][0] == {
+            "in": "query",
+            "name": "cursor",
+            "detail": body["errors"][0]["detail"],
+        }
+        status, body, _h = await api.call("GET", "/api/v1/runs?state=lost")
+        assert status == 400 and body["errors"][0]["name"] == "state"
+
+        for slots in (1, 2, 3):
+            await orch.engine.set_pool("p", slots, actor="ops")
+        status, page, _h = await api.call("GET", "/api/v1/audit?limit=2&action=pool")
+        assert [e["detail"]["slots"] for e in page["entries"]] == [3, 2]
+        status, page, _h = await api.call("GET", page["next"])
+        assert [e["detail"]["slots"] for e in page["entries"]] == [1] and page["next"] is None

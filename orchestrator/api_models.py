@@ -1,0 +1,109 @@
+"""The shapes of ``/api/v1`` answers, as the OpenAPI document states them
+(:mod:`orchestrator.openapi`). Bodies and queries are read into the models
+that the routes declare next to their handlers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.audit import AuditEntry
+from orchestrator.run_reads import RunSummary, TransitionRecord
+
+
+class FieldProblem(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    location: Literal["path", "query", "header", "body"] = Field(alias="in")
+    name: str
+    detail: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    error: str = Field(description="The same text as detail, for older clients.")
+    errors: list[FieldProblem] = Field(default_factory=list)
+
+
+class Page(BaseModel):
+    next: str | None = Field(
+        description="The next page's URL (same filters), or null on the last page."
+    )
+
+
+class RunPage(Page):
+    runs: list[RunSummary]
+
+
+class Task(BaseModel):
+    id: int
+    task_id: str
+    state: str
+    attempt: int
+    handler: str
+    pool: str
+    priority: int
+    output: Any = Field(description="The task's output (JSON), once it succeeded.")
+    error: str | None
+    queued_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    lease_owner: str | None
+    lease_until: datetime | None
+    not_before: datetime | None
+
+
+class Wait(BaseModel):
+    id: int
+    task_id: str
+    attempt: int
+    kind: str
+    state: str
+    description: str
+    wake_at: datetime | None
+    timeout_at: datetime | None
+    on_timeout: str
+    outcome: str | None
+    resolved_by: str | None
+    created_at: datetime
+    resolved_at: datetime | None
+
+
+class RunDetail(BaseModel):
+    id: int
+    workflow: str
+    version: str
+    state: str
+    params: dict[str, Any]
+    logical_date: datetime | None
+    actor: str
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    tasks: list[Task]
+    waits: list[Wait]
+    transitions: list[TransitionRecord]
+    audit: list[AuditEntry]
+
+
+class Started(BaseModel):
+    event_id: int
+    run_ids: list[int]
+
+
+class CallbackAccepted(BaseModel):
+    event_id: int
+    status: Literal["success", "failed"]
+
+
+class AuditPage(Page):
+    entries: list[AuditEntry]
