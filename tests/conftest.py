@@ -74,6 +74,14 @@ async def db_url(pg_admin_url: str, template_db: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def empty_db_url(pg_admin_url: str) -> AsyncIterator[str]:
+    """A database with nothing in it, not even schema_migrations."""
+    name = f"orch_empty_{uuid.uuid4().hex[:12]}"
+    yield await create_database(pg_admin_url, name)
+    await drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
 async def db(db_url: str) -> AsyncIterator[Database]:
     database = await connect(db_url, size=8)
     yield database

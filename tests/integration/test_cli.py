@@ -127,6 +127,15 @@ def test_a_bad_setting_is_named(tmp_path: Path) -> None:
     assert "ORCHESTRATOR_DATABASE_URL" in missing.stderr
 
 
+def test_a_command_on_an_unmigrated_database_says_how_to_fix_it(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    out = cli("runs", env=base_env(ORCHESTRATOR_DATABASE_URL=empty_db_url), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "has not been migrated" in out.stderr and "orchestrator migrate" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_migrate_is_idempotent(db_url: str, tmp_path: Path) -> None:
     env = base_env(ORCHESTRATOR_DATABASE_URL=db_url)
     first = cli("migrate", env=env, cwd=tmp_path)

@@ -4,8 +4,6 @@ completion of attempts, the named queries, the enums and leases."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -22,21 +20,13 @@ from orchestrator.engine import Claimed, Engine, Outcome
 from orchestrator.run_waiter import wait_for_runs
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.states import RunState, TaskState
-from orchestrator.store import SQL, Database, create_database, drop_database
+from orchestrator.store import SQL, Database
 from orchestrator.store.migrate import available, migrate, pending
 from orchestrator.store.queries import named_queries, queries
 
 pytestmark = pytest.mark.timeout(30)
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay_s=0.01, max_delay_s=0.05, jitter=0)
-
-
-@pytest.fixture
-async def empty_db_url(pg_admin_url: str) -> AsyncIterator[str]:
-    """A database with nothing in it, not even schema_migrations."""
-    name = f"orch_empty_{uuid.uuid4().hex[:12]}"
-    yield await create_database(pg_admin_url, name)
-    await drop_database(pg_admin_url, name)
 
 
 async def fetchval(db: Database, sql: str, *args: Any) -> Any:
