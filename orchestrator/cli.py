@@ -11,7 +11,14 @@ from typing import Any
 import click
 
 from orchestrator.audit import ACTIONS
-from orchestrator.cli_support import cli_actor, cli_settings, fail, open_database, run_async
+from orchestrator.cli_support import (
+    cli_actor,
+    cli_settings,
+    echo_json,
+    fail,
+    open_database,
+    run_async,
+)
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.errors import OrchestratorError
 from orchestrator.states import RunState
@@ -312,8 +319,12 @@ def prune(days: float | None, dry_run: bool) -> None:
 @click.option("--workflow", "-w", default=None)
 @click.option("--state", "-s", type=click.Choice([s.value for s in RunState]), default=None)
 @click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
-def runs(workflow: str | None, state: str | None, limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help='As the API\'s run list ({"runs": [...]}).')
+def runs(workflow: str | None, state: str | None, limit: int, as_json: bool) -> None:
     """List recent runs, newest first."""
+    from dataclasses import asdict
+
+    from orchestrator.run_reads import list_runs
     from orchestrator.views import runs_table
 
     settings = _settings()
@@ -321,36 +332,47 @@ def runs(workflow: str | None, state: str | None, limit: int) -> None:
     async def go() -> str:
         db = await _database(settings)
         try:
+            if as_json:
+                found = await list_runs(db, workflow=workflow, state=state, limit=limit)
+                echo_json({"runs": [asdict(r) for r in found]})
+                return ""
             return await runs_table(db, workflow=workflow, state=state, limit=limit)
         finally:
             await db.close()
 
-    click.echo(_run(go))
+    if out := _run(go):
+        click.echo(out)
 
 
 @main.command()
 @click.argument("run_id", type=int)
-def show(run_id: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="As GET /api/v1/runs/RUN answers.")
+def show(run_id: int, as_json: bool) -> None:
     """Show a run: its task states and the transition timeline."""
-    from orchestrator.views import show_run
+    from orchestrator.views import show_run, show_run_json
 
     settings = _settings()
 
     async def go() -> str:
         db = await _database(settings)
         try:
+            if as_json:
+                echo_json(await show_run_json(db, run_id))
+                return ""
             return await show_run(db, run_id)
         finally:
             await db.close()
 
-    click.echo(_run(go))
+    if out := _run(go):
+        click.echo(out)
 
 
 @main.command()
 @click.argument("name", required=False)
 @click.argument("slots", type=click.IntRange(1), required=False)
 @click.option("--reason", default="", help="Why (recorded in the audit log).")
-def pools(name: str | None, slots: int | None, reason: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="List as the API does.")
+def pools(name: str | None, slots: int | None, reason: str, as_json: bool) -> None:
     """List pools, or set pool NAME to SLOTS slots."""
     from orchestrator.engine import Engine
     from orchestrator.views import render_table
@@ -369,13 +391,17 @@ def pools(name: str | None, slots: int | None, reason: str) -> None:
 
             async with db.pool.acquire() as conn:
                 rows = await conn.fetch(SQL.list_pools)
+            if as_json:
+                echo_json({"pools": [dict(r) for r in rows]})
+                return ""
             return render_table(
                 ("POOL", "SLOTS", "RUNNING"), [(r["name"], r["slots"], r["running"]) for r in rows]
             )
         finally:
             await db.close()
 
-    click.echo(_run(go))
+    if out := _run(go):
+        click.echo(out)
 
 
 @main.command("audit")
@@ -383,22 +409,30 @@ def pools(name: str | None, slots: int | None, reason: str) -> None:
 @click.option("--run", "run_id", type=int, default=None, help="Only actions on this run.")
 @click.option("--action", type=click.Choice(ACTIONS), default=None)
 @click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=50, show_default=True)
-def audit_cmd(workflow: str | None, run_id: int | None, action: str | None, limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="As the API's audit list.")
+def audit_cmd(
+    workflow: str | None, run_id: int | None, action: str | None, limit: int, as_json: bool
+) -> None:
     """Who did what: operator actions, newest first."""
-    from orchestrator.audit import entries
+    from dataclasses import asdict
+
+    from orchestrator.audit import AuditEntry, entries
     from orchestrator.views import audit_table
 
     settings = _settings()
 
-    async def go() -> str:
+    async def go() -> list[AuditEntry]:
         db = await _database(settings)
         try:
-            found = await entries(db, workflow=workflow, run_id=run_id, action=action, limit=limit)
+            return await entries(db, workflow=workflow, run_id=run_id, action=action, limit=limit)
         finally:
             await db.close()
-        return audit_table(found) if found else "no operator actions recorded"
 
-    click.echo(_run(go))
+    found = _run(go)
+    if as_json:
+        echo_json({"entries": [asdict(e) for e in found]})
+    else:
+        click.echo(audit_table(found) if found else "no operator actions recorded")
 
 
 @main.command("openapi")

@@ -58,3 +58,11 @@ def cli_actor() -> str:
     import getpass
 
     return f"cli:{getpass.getuser()}"
+
+
+def echo_json(data: object) -> None:
+    """``--json`` output: the same shapes as the API's answers (see its
+    OpenAPI document), times in ISO 8601."""
+    import orjson
+
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from orchestrator.audit import AuditEntry
 from orchestrator.errors import UnknownRunError, UnknownWorkflowError
 from orchestrator.run_reads import (
+    RunDetail,
     TaskRecord,
     WaitRecord,
     failed_tasks,
@@ -71,12 +72,24 @@ async def runs_table(db: Database, *, workflow: str | None, state: str | None, l
     )
 
 
-async def show_run(db: Database, run_id: int) -> str:
+async def _run_detail(db: Database, run_id: int) -> RunDetail:
     detail = await read_run(db, run_id)
     if detail is None:
         bounds = await run_id_bounds(db)
         hint = missing_run_hint(run_id, oldest=bounds.oldest, newest=bounds.newest)
         raise UnknownRunError(run_id, hint)
+    return detail
+
+
+async def show_run_json(db: Database, run_id: int) -> dict[str, Any]:
+    """The run as the API answers it (no callback URLs: their tokens end waits)."""
+    from orchestrator.api import run_json
+
+    return run_json(await _run_detail(db, run_id))
+
+
+async def show_run(db: Database, run_id: int) -> str:
+    detail = await _run_detail(db, run_id)
     run, waits = detail.run, detail.waits
     # A deferred task's current wait is the one recorded by its current attempt.
     current = {(w.task_id, w.attempt): w for w in waits if w.state == "waiting"}

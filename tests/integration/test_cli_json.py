@@ -1,0 +1,68 @@
+"""``--json`` on the commands that list or show: it parses and has the shapes
+the API's OpenAPI document states."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from handlers import builtin_registry
+from orchestrator import audit
+from orchestrator.api_admin import PoolList
+from orchestrator.api_models import RunDetail
+from orchestrator.app import Orchestrator
+from orchestrator.run_reads import RunSummary
+from orchestrator.run_waiter import wait_for_runs
+from orchestrator.settings import Settings
+from orchestrator.spec import TaskSpec, WorkflowSpec
+from orchestrator.states import RunState
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = WorkflowSpec(name="greeting", tasks=(TaskSpec(id="say", handler="noop"),))
+
+
+def cli_json(db_url: str, *args: str) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    env.update(PYTHONPATH=str(ROOT), ORCHESTRATOR_DATABASE_URL=db_url)
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+async def test_json_output_parses_and_matches_the_api_shapes(db_url: str) -> None:
+    async with Orchestrator(
+        Settings(worker_slots=1), db_url, registry=builtin_registry(), workflows=[SPEC]
+    ) as orch:
+        assert orch.engine is not None and orch.db is not None
+        run_id = await orch.engine.trigger("greeting")
+        assert (await wait_for_runs(orch.db, [run_id], timeout=20))[run_id] == RunState.SUCCESS
+        await orch.engine.set_pool("gpu", 2, actor="cli:ana", reason="quota")
+
+    runs = cli_json(db_url, "runs")
+    [summary] = TypeAdapter(list[RunSummary]).validate_python(runs["runs"])
+    assert summary.id == run_id and summary.state == "success"
+
+    shown = RunDetail.model_validate(cli_json(db_url, "show", str(run_id)))
+    assert shown.id == run_id and [t.task_id for t in shown.tasks] == ["say"]
+    assert shown.tasks[0].state == "success"
+
+    entries = TypeAdapter(list[audit.AuditEntry]).validate_python(
+        cli_json(db_url, "audit")["entries"]
+    )
+    assert [(e.actor, e.action, e.reason) for e in entries] == [("cli:ana", "pool", "quota")]
+
+    pools = PoolList.model_validate(cli_json(db_url, "pools"))
+    assert {p.name: p.slots for p in pools.pools}["gpu"] == 2
