@@ -1,6 +1,8 @@
 """Load generator for the ``webhook_intake`` scenario, run as a second process.
 
 ``BENCH_WEBHOOK_SECRET=whsec_... python -m bench.webhook_load --port P --requests N``
+(or ``BENCH_API_TOKEN=orch_... ... --api-workflow WF`` for authenticated manual
+triggers, the ``api`` scenario)
 
 Every request is a Standard Webhooks delivery with its own id, signed before
 the clock starts, so the measurement is the server's, not the signing. A
@@ -29,6 +31,8 @@ from sources.signatures import standard_headers
 
 #: Where the parent hands over the hook's secret (not on the command line).
 SECRET_ENV = "BENCH_WEBHOOK_SECRET"
+#: Where the parent hands over an API token (the ``api`` scenario's triggers).
+TOKEN_ENV = "BENCH_API_TOKEN"
 
 
 def build_requests(
@@ -56,8 +60,28 @@ def build_requests(
     return out
 
 
+def build_trigger_requests(
+    *, host: str, port: int, workflow: str, token: str, count: int, tag: str
+) -> list[bytes]:
+    """``count`` authenticated manual triggers, each with its own idempotency key."""
+    out = []
+    for i in range(count):
+        body = orjson.dumps({"params": {}, "idempotency_key": f"{tag}-{i}"})
+        head = (
+            f"POST /api/v1/workflows/{workflow}/runs HTTP/1.1\r\n"
+            f"Host: {host}:{port}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Authorization: Bearer {token}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "\r\n"
+        )
+        out.append(head.encode() + body)
+    return out
+
+
 class Load:
-    def __init__(self, requests: list[bytes], deadline: float) -> None:
+    def __init__(self, requests: list[bytes], deadline: float, ok: int) -> None:
+        self.ok = ok
         self.requests = requests
         self.deadline = deadline
         self.next = 0
@@ -83,7 +107,7 @@ class Load:
                     await reader.readexactly(length)
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 self.statuses[status] += 1
-                if status == 202:
+                if status == self.ok:
                     self.latencies_ms.append(elapsed_ms)
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             self.errors[type(exc).__name__] += 1
@@ -101,13 +125,13 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def run(
-    *, host: str, port: int, requests: list[bytes], connections: int, seconds: float
+    *, host: str, port: int, requests: list[bytes], connections: int, seconds: float, ok: int
 ) -> dict[str, Any]:
-    load = Load(requests, time.perf_counter() + seconds)
+    load = Load(requests, time.perf_counter() + seconds, ok)
     started = time.perf_counter()
     await asyncio.gather(*(load.connection(host, port) for _ in range(connections)))
     elapsed = time.perf_counter() - started
-    accepted = load.statuses.get(202, 0)
+    accepted = load.statuses.get(ok, 0)
     lat = load.latencies_ms
     return {
         "sent": load.next,
@@ -137,17 +161,35 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=20.0, help="measured time (at most)")
     p.add_argument("--warmup", type=int, default=1000, help="requests sent first, not measured")
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument(
+        "--api-workflow",
+        default=None,
+        help=f"send authenticated manual triggers of this workflow instead (token: ${TOKEN_ENV})",
+    )
     args = p.parse_args(argv)
-    if not args.secret:
+    if args.api_workflow:
+        args.token = os.environ.get(TOKEN_ENV)
+        if not args.token:
+            p.error(f"set {TOKEN_ENV} for --api-workflow")
+    elif not args.secret:
         p.error(f"give --secret or set {SECRET_ENV}")
     return args
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
-    common = {"host": args.host, "port": args.port, "hook": args.hook, "secret": args.secret}
-    warm = build_requests(**common, count=args.warmup, tag=f"w{tag}")
-    measured = build_requests(**common, count=args.requests, tag=f"m{tag}")
+    if args.api_workflow:
+        api = {"host": args.host, "port": args.port, "workflow": args.api_workflow}
+        warm = build_trigger_requests(**api, token=args.token, count=args.warmup, tag=f"w{tag}")
+        measured = build_trigger_requests(
+            **api, token=args.token, count=args.requests, tag=f"m{tag}"
+        )
+        ok = 201
+    else:
+        common = {"host": args.host, "port": args.port, "hook": args.hook, "secret": args.secret}
+        warm = build_requests(**common, count=args.warmup, tag=f"w{tag}")
+        measured = build_requests(**common, count=args.requests, tag=f"m{tag}")
+        ok = 202
     warmup: dict[str, Any] = {}
     if warm:
         warmup = await run(
@@ -156,6 +198,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             requests=warm,
             connections=args.connections,
             seconds=args.seconds,
+            ok=ok,
         )
     result = await run(
         host=args.host,
@@ -163,6 +206,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         requests=measured,
         connections=args.connections,
         seconds=args.seconds,
+        ok=ok,
     )
     result["warmup_accepted"] = warmup.get("accepted", 0)
     result["warmup_statuses"] = warmup.get("statuses", {})

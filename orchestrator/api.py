@@ -37,6 +37,7 @@ from orchestrator.cors import cors_middleware
 from orchestrator.deferral import callback_key
 from orchestrator.engine import Engine
 from orchestrator.errors import DuplicateRunError, ParamsError, UnknownWorkflowError
+from orchestrator.group_commit import BatcherClosedError, GroupCommit
 from orchestrator.http_server import body_deadline_middleware
 from orchestrator.intake import Accepted, Event, Intake
 from orchestrator.openapi import document, operation
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 ENGINE_KEY = web.AppKey("engine", Engine)
 INTAKE_KEY = web.AppKey("intake", Intake)
 AUTH_KEY = web.AppKey("auth", Authenticator)
+#: Manual triggers arriving together share one commit (each still answered alone).
+TRIGGERS_KEY = web.AppKey("triggers", GroupCommit)
 
 
 def manual_event(
@@ -132,7 +135,6 @@ async def trigger_run(
     "idempotency_key": "..."}``, both optional (the key may also come as the
     ``Idempotency-Key`` header). Params the workflow does not declare, or of
     the wrong type, get 400 naming each one."""
-    intake = request.app[INTAKE_KEY]
     name = request.match_info["name"]
     try:
         body = await request.json(loads=orjson.loads) if request.body_exists else {}
@@ -165,7 +167,9 @@ async def trigger_run(
     actor = actor_of(request)
     event = manual_event(name, params, actor=actor, idempotency_key=idempotency_key or header_key)
     try:
-        [accepted] = await intake.ingest([event], actor=actor)
+        accepted = await request.app[TRIGGERS_KEY].submit(event)
+    except BatcherClosedError:
+        return unavailable("the server is stopping; retry on another replica or later")
     except UnknownWorkflowError as exc:
         return problem(404, str(exc))
     except ParamsError as exc:
@@ -340,6 +344,7 @@ def build_app(
     authenticator: Authenticator,
     max_body_bytes: int,
     read_timeout_s: float = 10.0,
+    batch_delay_s: float = 0.002,
     cors_origins: Sequence[str] = (),
 ) -> web.Application:
     # Webhook bodies are capped by the hook handler itself (413 with a clear
@@ -358,6 +363,17 @@ def build_app(
     )
     app[ENGINE_KEY] = engine
     app[INTAKE_KEY] = intake
+    triggers = GroupCommit(intake, delay_s=batch_delay_s, actor="api", name="api")
+    app[TRIGGERS_KEY] = triggers
+
+    async def start_triggers(_app: web.Application) -> None:
+        await triggers.start()
+
+    async def stop_triggers(_app: web.Application) -> None:
+        await triggers.stop()
+
+    app.on_startup.append(start_triggers)
+    app.on_shutdown.append(stop_triggers)
     app[AUTH_KEY] = authenticator
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

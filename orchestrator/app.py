@@ -127,6 +127,7 @@ class Orchestrator:
                     ),
                     max_body_bytes=s.max_payload_bytes,
                     read_timeout_s=s.http_read_timeout_s,
+                    batch_delay_s=s.intake_batch_delay_s,
                     cors_origins=s.cors_origin_list,
                 )
             ctx = SourceContext(s, self.engine, self.intake, self.clock, app)

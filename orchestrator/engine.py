@@ -46,6 +46,9 @@ class RunRequest:
     interval_end: datetime | None = None
     event_id: int | None = None
     """The event that started the run, if any."""
+    actor: str | None = None
+    """Who asked for it, when not the actor of the whole call (events of
+    several callers committed together)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +245,7 @@ class Engine:
                 [r.logical_date for r in requests],
                 [r.interval_end for r in requests],
                 [r.event_id for r in requests],
-                actor,
+                [r.actor or actor for r in requests],
             )
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == "runs_logical_date":

@@ -325,7 +325,7 @@ class Intake:
             if key in inserted:
                 event_id = inserted[key]
                 for req, rid in zip(requests, rids, strict=True):
-                    new_requests.append(_with_event(req, event_id))
+                    new_requests.append(_with_event(req, event_id, event.actor or None))
                     new_ids.append(rid)
                 letters.extend(
                     DeadLetter(
@@ -486,8 +486,8 @@ class Intake:
             )
 
 
-def _with_event(req: RunRequest, event_id: int) -> RunRequest:
-    return RunRequest(req.workflow, req.params, req.logical_date, req.interval_end, event_id)
+def _with_event(req: RunRequest, event_id: int, actor: str | None) -> RunRequest:
+    return RunRequest(req.workflow, req.params, req.logical_date, req.interval_end, event_id, actor)
 
 
 def _resolution(deferral_id: int, event_id: int, event: Event) -> Resolution:

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     webhook_tolerance_s: float = Field(default=300.0, gt=0)
     """How far a signed webhook's timestamp may be from now, either way."""
     intake_batch_delay_s: float = Field(default=0.002, ge=0, le=1)
-    """Webhook requests arriving within this window share one commit."""
+    """Webhook deliveries and API triggers arriving within this window share one commit."""
 
     kafka_bootstrap: str | None = None
     """Kafka bootstrap servers (``host:port,...``). Unset: ``dev`` starts an embedded broker."""

@@ -46,6 +46,7 @@ from multidict import CIMultiDictProxy
 
 from orchestrator.api_rules import is_json_media_type
 from orchestrator.clock import Clock
+from orchestrator.group_commit import BatcherClosedError, GroupCommit
 from orchestrator.intake import Event, Router
 from orchestrator.json_limits import may_be_unstorable, unstorable
 from orchestrator.problems import FieldError, json_response, problem, unavailable
@@ -54,7 +55,6 @@ from orchestrator.sources import SourceContext
 from orchestrator.store import UNAVAILABLE
 from sources import signatures
 from sources.models import WebhookTrigger
-from sources.webhook_batch import BatcherClosedError, GroupCommit
 
 log = logging.getLogger(__name__)
 

@@ -56,21 +56,21 @@ SELECT nextval(pg_get_serial_sequence('runs', 'id')) AS id FROM generate_series(
 
 -- name: insert_runs
 -- $1 id[], $2 workflow[], $3 version[], $4 state[], $5 params(json text)[],
--- $6 logical_date[], $7 interval_end[], $8 event_id[], $9 actor
+-- $6 logical_date[], $7 interval_end[], $8 event_id[], $9 actor[]
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::run_state[], $5::text[],
-                         $6::timestamptz[], $7::timestamptz[], $8::bigint[])
-        AS i(id, workflow, version, state, params, logical_date, interval_end, event_id)
+                         $6::timestamptz[], $7::timestamptz[], $8::bigint[], $9::text[])
+        AS i(id, workflow, version, state, params, logical_date, interval_end, event_id, actor)
 ), inserted AS (
     INSERT INTO runs (id, workflow, version, state, params, logical_date, interval_end,
                       event_id, actor, started_at)
     SELECT id, workflow, version, state, params::jsonb, logical_date, interval_end, event_id,
-           $9, CASE WHEN state = 'running' THEN now() END
+           actor, CASE WHEN state = 'running' THEN now() END
     FROM input
-    RETURNING id, state
+    RETURNING id, state, actor
 )
 INSERT INTO transitions (run_id, task_id, from_state, to_state, actor, reason)
-SELECT id, NULL, NULL, state::text, $9, 'created' FROM inserted;
+SELECT id, NULL, NULL, state::text, actor, 'created' FROM inserted;
 
 -- name: insert_task_instances
 -- One row per (run, task); roots start queued, the rest scheduled.

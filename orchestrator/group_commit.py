@@ -1,6 +1,6 @@
-"""Group commit for webhook intake.
+"""Group commit for intake over HTTP (webhooks and manual triggers).
 
-Each webhook request must be answered only after its event is committed, and
+Each request must be answered only after its event is committed, and
 one commit per request caps intake at the rate of single-row transactions.
 Requests arriving within ``delay_s`` of each other (or up to ``max_batch``)
 therefore share one :meth:`Intake.ingest` call — one transaction — and each is
@@ -59,6 +59,7 @@ class GroupCommit:
         max_batch: int = 256,
         flushers: int = 3,
         actor: str = "webhook",
+        name: str = "webhook",
     ) -> None:
         if max_batch < 1 or flushers < 1:
             raise ValueError("max_batch and flushers must be at least 1")
@@ -67,6 +68,7 @@ class GroupCommit:
         self.max_batch = max_batch
         self.flushers = flushers
         self.actor = actor
+        self.name = name
         self._pending: list[_Waiter] = []
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -78,7 +80,7 @@ class GroupCommit:
     async def start(self) -> None:
         self._closing = False
         self._tasks = [
-            asyncio.create_task(self._flusher(), name=f"webhook-group-commit-{i}")
+            asyncio.create_task(self._flusher(), name=f"{self.name}-group-commit-{i}")
             for i in range(self.flushers)
         ]
 
@@ -90,12 +92,12 @@ class GroupCommit:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         # Nothing should be left, but a waiter must never hang.
-        self._fail(self._take_all(), BatcherClosedError("webhook intake is stopping"))
+        self._fail(self._take_all(), BatcherClosedError(f"{self.name} intake is stopping"))
 
     async def submit(self, event: Event) -> Accepted:
         """Wait until ``event`` is committed (or its batch failed)."""
         if self._closing or not self._tasks:
-            raise BatcherClosedError("webhook intake is not running")
+            raise BatcherClosedError(f"{self.name} intake is not running")
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._pending.append((event, future))
         self._ready.set()
@@ -119,7 +121,7 @@ class GroupCommit:
             try:
                 await self._commit(batch)
             except Exception as exc:  # a bug here must not leave requests waiting forever
-                log.exception("webhook group commit failed unexpectedly")
+                log.exception("%s group commit failed unexpectedly", self.name)
                 self._fail(batch, exc)
 
     def _take_all(self) -> list[_Waiter]:
@@ -137,7 +139,7 @@ class GroupCommit:
                 self._fail(batch, exc)
             else:
                 log.warning(
-                    "a webhook batch of %d failed (%s); retrying one by one", len(batch), exc
+                    "a %s batch of %d failed (%s); retrying one by one", self.name, len(batch), exc
                 )
                 for one in batch:
                     await self._commit([one])
@@ -150,7 +152,9 @@ class GroupCommit:
         try:
             answers = await self.intake.ingest(events, actor=self.actor)
         except _CONNECTION_LOST as exc:
-            log.info("database connection lost during webhook intake (%s); retrying once", exc)
+            log.info(
+                "database connection lost during %s intake (%s); retrying once", self.name, exc
+            )
             answers = await self.intake.ingest(events, actor=self.actor)
         self.batches += 1
         self.events += len(events)
