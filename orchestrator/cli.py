@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Container
@@ -21,7 +22,7 @@ from orchestrator.cli_support import (
 )
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.errors import OrchestratorError
-from orchestrator.states import RunState
+from orchestrator.states import TERMINAL_TASK_STATES, RunState, TaskState
 from orchestrator.store import connect
 
 # The short names this module uses throughout.
@@ -79,7 +80,18 @@ def _source_commands() -> dict[str, click.Command]:
 @click.group(cls=_WithSourceCommands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="orchestrator")
 def main() -> None:
-    """Event-driven workflow orchestrator on PostgreSQL."""
+    """Event-driven workflow orchestrator on PostgreSQL.
+
+    \b
+    Exit codes:
+      0  done
+      1  the work failed (a run that did not succeed under --wait,
+         files that do not validate)
+      2  usage, configuration or input error (unknown workflow, refused
+         params, unreachable or unmigrated database)
+
+    Commands that list or show take --json: the shapes of the HTTP API's
+    answers (`orchestrator openapi`). Long commands report progress on stderr."""
 
 
 @main.command()
@@ -241,12 +253,17 @@ def trigger(
             async with RunWaiter(db) as waiter:
                 run_id = await start()
                 click.echo(run_id)
+                first = await progress_line(db, run_id)
+                click.echo(first, err=True)
+                progress = asyncio.create_task(report_progress(db, run_id, first))
                 try:
                     states = await waiter.wait([run_id], timeout=timeout)
                 except TimeoutError:
                     raise OrchestratorError(
                         f"run {run_id} has not ended after {timeout}s (it goes on)"
                     ) from None
+                finally:
+                    progress.cancel()
             final = states[run_id]
             return final, "" if final == RunState.SUCCESS else await failure_report(db, run_id)
         finally:
@@ -259,6 +276,31 @@ def trigger(
         if report:
             click.secho(report, fg="red", err=True)
         sys.exit(0 if final == RunState.SUCCESS else 1)
+
+
+async def progress_line(db: Any, run_id: int) -> str:
+    """How far a run has come: ``run 7: 2/5 tasks ended (2 success, 1 running, ...)``."""
+    from orchestrator.store import SQL
+
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(SQL.task_state_counts, run_id)
+    counts = {r["state"]: r["n"] for r in rows}
+    ended = sum(n for state, n in counts.items() if TaskState(state) in TERMINAL_TASK_STATES)
+    return (
+        f"run {run_id}: {ended}/{sum(counts.values())} tasks ended ("
+        + ", ".join(f"{n} {state}" for state, n in counts.items())
+        + ")"
+    )
+
+
+async def report_progress(db: Any, run_id: int, last: str, every_s: float = 1.0) -> None:
+    """While a run is waited for: its progress on stderr whenever it changes."""
+    while True:
+        await SYSTEM_CLOCK.sleep(every_s)
+        line = await progress_line(db, run_id)
+        if line != last:
+            click.echo(line, err=True)
+            last = line
 
 
 @main.command()

@@ -67,6 +67,7 @@ class NamedQueries:
     set_pool: str
     start_runs: str
     task_instances_of_run: str
+    task_state_counts: str
     token_by_hash: str
     transitions_of_run: str
     triggerer_due_between: str

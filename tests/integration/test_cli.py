@@ -187,6 +187,7 @@ def test_run_then_trigger_wait_runs_the_example_end_to_end(
     assert done.returncode == 0, done.stderr
     run_id, final = done.stdout.split()
     assert final == "success"
+    assert re.search(rf"run {run_id}: \d/7 tasks ended \(", done.stderr), done.stderr
 
     shown = cli("show", run_id, env=env)
     assert shown.returncode == 0, shown.stderr

@@ -26,3 +26,8 @@ ORDER BY (state = 'upstream_failed'), ended_at NULLS LAST, id;
 -- name: run_id_bounds
 -- The oldest and newest run ids kept: what `show` says about an id it cannot find.
 SELECT min(id) AS oldest, max(id) AS newest FROM runs;
+
+-- name: task_state_counts
+-- How far a run has come: its tasks counted by state.
+SELECT state::text AS state, count(*)::int AS n FROM task_instances
+WHERE run_id = $1 GROUP BY state ORDER BY state;
