@@ -40,6 +40,7 @@ from orchestrator.errors import DuplicateRunError, ParamsError, UnknownWorkflowE
 from orchestrator.group_commit import BatcherClosedError, GroupCommit
 from orchestrator.http_server import body_deadline_middleware
 from orchestrator.intake import Accepted, Event, Intake
+from orchestrator.metrics import count_responses, metrics_handler
 from orchestrator.openapi import document, operation
 from orchestrator.problems import (
     FieldError,
@@ -354,6 +355,7 @@ def build_app(
         middlewares=[
             # Outermost first: CORS headers go on every answer, errors included;
             # the body deadline covers the rules' reading of the body.
+            count_responses,
             cors_middleware(cors_origins),
             problems_middleware,
             auth_middleware(authenticator),  # before any body is read
@@ -384,4 +386,6 @@ def build_app(
     api_audit.add_routes(app)
     api_admin.add_routes(app)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
+    if engine is not None:
+        app.router.add_get("/metrics", metrics_handler(engine.db))
     return app

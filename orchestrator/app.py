@@ -19,6 +19,7 @@ from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine
 from orchestrator.http_server import HttpServer
 from orchestrator.intake import Intake, Router
+from orchestrator.metrics import metrics_app, watch_loop_lag
 from orchestrator.notices import TASKS_CHANNEL
 from orchestrator.registry import HandlerRegistry
 from orchestrator.retention import prune_periodically
@@ -75,6 +76,8 @@ class Orchestrator:
         self._pruner: asyncio.Task[None] | None = None
         self.intake: Intake | None = None
         self.http: HttpServer | None = None
+        self.metrics_http: HttpServer | None = None
+        self._loop_lag: asyncio.Task[None] | None = None
         self.database_url = database_url
         self.registry = registry or HandlerRegistry()
         self._initial_workflows = list(workflows)
@@ -143,6 +146,12 @@ class Orchestrator:
                     max_connections=s.http_max_connections,
                 )
                 await self.http.start()
+            if s.metrics_port is not None:
+                self.metrics_http = HttpServer(
+                    metrics_app(self.db), s.http_host, s.metrics_port, read_timeout_s=10.0
+                )
+                await self.metrics_http.start()
+            self._loop_lag = asyncio.create_task(watch_loop_lag(), name="orchestrator-loop-lag")
             for source in self.sources:
                 await source.start()
                 self._started_sources.append(source)
@@ -179,6 +188,10 @@ class Orchestrator:
             await self._stop_sources()
             if self.http is not None:
                 await self.http.stop()
+            if self.metrics_http is not None:
+                await self.metrics_http.stop()
+            if self._loop_lag is not None:
+                self._loop_lag.cancel()
             await self.db.close()
             raise
 
@@ -224,6 +237,12 @@ class Orchestrator:
                 await self._pruner
         if self.http is not None:
             await _shutdown_step("the HTTP server", self.http.stop())
+        if self.metrics_http is not None:
+            await _shutdown_step("the metrics server", self.metrics_http.stop())
+        if self._loop_lag is not None:
+            self._loop_lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_lag
         if self.worker is not None:
             await self.worker.stop(grace_s)
         if self._wakeups is not None:

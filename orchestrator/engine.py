@@ -27,6 +27,7 @@ from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.compiled import CompiledWorkflow, SpecCache
 from orchestrator.deferral import Resolution
 from orchestrator.errors import DuplicateRunError, OrchestratorError, UnknownWorkflowError
+from orchestrator.metrics import METRICS
 from orchestrator.notices import Notices
 from orchestrator.plan import Outcome
 from orchestrator.spec import WorkflowSpec
@@ -256,6 +257,7 @@ class Engine:
             raise
         await self._insert_tasks(conn, started, actor)
         notices.queued += sum(len(c.dag.roots) for _, c in started)
+        METRICS.runs_created(r.workflow for r in requests)
 
     @staticmethod
     async def _active_runs(
@@ -411,6 +413,7 @@ class Engine:
                     actor,
                     "all tasks ended",
                 )
+                METRICS.runs_finished((r["workflow"], r["state"]) for r in rows)
                 return [
                     p.EndedRun(r["id"], r["workflow"], r["logical_date"], RunState(r["state"]))
                     for r in rows

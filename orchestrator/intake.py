@@ -35,6 +35,7 @@ from jmespath.exceptions import JMESPathError
 from orchestrator.deferral import Resolution, channel_key, correlation_key
 from orchestrator.engine import Engine, RunRequest
 from orchestrator.errors import OrchestratorError, ParamsError
+from orchestrator.metrics import METRICS
 from orchestrator.notices import Notices
 from orchestrator.params import ParamsSchema
 from orchestrator.plugins import SourceRegistry, source_registry
@@ -362,6 +363,14 @@ class Intake:
                 answer = Accepted(answer.event_id, answer.run_ids, True)
             first_seen.add(event.dedup_key)
             results.append(answer)
+            outcome = (
+                "duplicate"
+                if answer.duplicate
+                else "dead_lettered"
+                if answer.dead_letters
+                else "recorded"
+            )
+            METRICS.intake_events.labels(event.source, outcome).inc()
         return results
 
     async def _known(

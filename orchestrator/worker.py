@@ -28,12 +28,13 @@ from typing import Any
 import orjson
 
 from orchestrator.backoff import Backoff
-from orchestrator.clock import SYSTEM_CLOCK, Clock, real_pause
+from orchestrator.clock import SYSTEM_CLOCK, Clock, monotonic, real_pause
 from orchestrator.context import TaskContext
 from orchestrator.deferral import Defer
 from orchestrator.engine import Claimed, Engine, Outcome
 from orchestrator.errors import NonRetryableError, OutputNotJSONError, OutputTooLargeError
 from orchestrator.handler_inputs import input_problems
+from orchestrator.metrics import METRICS
 from orchestrator.registry import HandlerRegistry
 from orchestrator.retry import decide_failure
 from orchestrator.settings import Settings
@@ -284,6 +285,7 @@ class Worker:
                 f"handler {name!r} cannot be called with the task's inputs ({given}): "
                 + "; ".join(problems)
             )
+        started = monotonic()
         try:
             async with asyncio.timeout(timeout):
                 if self.registry.is_async(name):
@@ -291,6 +293,8 @@ class Worker:
                 return await asyncio.to_thread(fn, ctx, **inputs)
         except TimeoutError as exc:
             raise TimeoutError(f"attempt timed out after {timeout:g}s") from exc
+        finally:
+            METRICS.task_duration.observe(monotonic() - started)
 
     def _encode(self, result: Any) -> str | None:
         if result is None:
@@ -394,6 +398,7 @@ class Worker:
             self._reserved -= want
         self._busy -= len(batch)
         for o in result.accepted:
+            METRICS.task_attempts.labels(o.target.value).inc()
             if self._interrupted and (o.id, o.attempt) in self._interrupted:
                 self._interrupted.discard((o.id, o.attempt))
                 log.warning(

@@ -48,6 +48,7 @@ class NamedQueries:
     lock_limited_claims: str
     lock_runs: str
     lock_workflow: str
+    metrics_gauges: str
     notify: str
     poll_again: str
     prune_dead_letters: str

@@ -31,3 +31,12 @@ SELECT min(id) AS oldest, max(id) AS newest FROM runs;
 -- How far a run has come: its tasks counted by state.
 SELECT state::text AS state, count(*)::int AS n FROM task_instances
 WHERE run_id = $1 GROUP BY state ORDER BY state;
+
+-- name: metrics_gauges
+-- What /metrics reads at scrape time (cached): work waiting for a slot, waits.
+SELECT
+    (SELECT count(*) FROM task_instances WHERE state IN ('queued', 'up_for_retry')
+        AND (not_before IS NULL OR not_before <= now()))::bigint AS queued,
+    (SELECT extract(epoch FROM now() - min(queued_at)) FROM task_instances
+        WHERE state = 'queued')::float8 AS oldest_queued_s,
+    (SELECT count(*) FROM task_instances WHERE state = 'deferred')::bigint AS deferred;

@@ -1,0 +1,176 @@
+"""Prometheus metrics: counted in memory where things happen, database-wide
+gauges read at scrape time (cached), served at ``/metrics``.
+
+Counting costs no database round trip: the engine, intake, worker and HTTP
+middleware increment process-local counters. What only the database knows
+(tasks queued, the oldest queued task's age, waits) is read when scraped, at
+most once per :data:`GAUGE_CACHE_S`. Every replica serves ``/metrics``: on the
+API port, or on ``ORCHESTRATOR_METRICS_PORT`` (a replica without the API
+role still has one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+from orchestrator.clock import monotonic, real_pause
+
+if TYPE_CHECKING:
+    from orchestrator.store import Database
+
+log = logging.getLogger(__name__)
+
+#: Database-wide gauges are read at most this often, however often scraped.
+GAUGE_CACHE_S = 5.0
+_DURATIONS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.runs_started = Counter(
+            "orchestrator_runs_started", "Runs created, by workflow.", ["workflow"], registry=r
+        )
+        self.runs_ended = Counter(
+            "orchestrator_runs_ended",
+            "Runs that ended, by workflow and final state.",
+            ["workflow", "state"],
+            registry=r,
+        )
+        self.task_attempts = Counter(
+            "orchestrator_task_attempts_ended",
+            "Task attempts ended in this process's worker, by outcome.",
+            ["state"],
+            registry=r,
+        )
+        self.task_duration = Histogram(
+            "orchestrator_task_duration_seconds",
+            "How long task attempts ran in this process's worker.",
+            buckets=_DURATIONS,
+            registry=r,
+        )
+        self.intake_events = Counter(
+            "orchestrator_intake_events",
+            "Events taken in, by source and outcome (recorded, duplicate, dead_lettered).",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.http_responses = Counter(
+            "orchestrator_http_responses",
+            "HTTP answers, by kind of route (api, hooks, other) and status code.",
+            ["route", "code"],
+            registry=r,
+        )
+        self.tasks_queued = Gauge(
+            "orchestrator_tasks_queued", "Tasks waiting for a worker slot.", registry=r
+        )
+        self.oldest_queued_s = Gauge(
+            "orchestrator_oldest_queued_task_age_seconds",
+            "Age of the task waiting longest for a slot (0: none waits).",
+            registry=r,
+        )
+        self.tasks_deferred = Gauge(
+            "orchestrator_tasks_deferred", "Tasks waiting without a slot (deferred).", registry=r
+        )
+        self.db_pool_size = Gauge(
+            "orchestrator_db_pool_connections", "Connections in this process's pool.", registry=r
+        )
+        self.db_pool_in_use = Gauge(
+            "orchestrator_db_pool_in_use", "Pool connections in use right now.", registry=r
+        )
+        self.loop_lag_s = Gauge(
+            "orchestrator_event_loop_lag_seconds",
+            "How late the event loop ran a timer at the last look (a busy loop is late).",
+            registry=r,
+        )
+        self._gauges_read_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    def runs_created(self, workflows: Iterable[str]) -> None:
+        for workflow in workflows:
+            self.runs_started.labels(workflow).inc()
+
+    def runs_finished(self, ended: Iterable[tuple[str, str]]) -> None:
+        for workflow, state in ended:
+            self.runs_ended.labels(workflow, state).inc()
+
+    async def refresh(self, db: Database) -> None:
+        """Read the database-wide gauges, unless read within :data:`GAUGE_CACHE_S`."""
+        from orchestrator.store import SQL
+
+        async with self._lock:
+            now = monotonic()
+            if self._gauges_read_at is not None and now - self._gauges_read_at < GAUGE_CACHE_S:
+                return
+            async with db.pool.acquire() as conn:
+                row = await conn.fetchrow(SQL.metrics_gauges)
+            assert row is not None
+            self.tasks_queued.set(row["queued"])
+            self.oldest_queued_s.set(row["oldest_queued_s"] or 0)
+            self.tasks_deferred.set(row["deferred"])
+            self._gauges_read_at = now
+        self.db_pool_size.set(db.pool.get_size())
+        self.db_pool_in_use.set(db.pool.get_size() - db.pool.get_idle_size())
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+#: This process's metrics.
+METRICS = Metrics()
+
+
+async def watch_loop_lag(metrics: Metrics = METRICS, every_s: float = 0.5) -> None:
+    """Measure how late the event loop wakes a timer (a blocked loop is late):
+    real time by nature."""
+    while True:
+        started = monotonic()
+        await real_pause(every_s)
+        metrics.loop_lag_s.set(max(0.0, monotonic() - started - every_s))
+
+
+def metrics_handler(db: Database, metrics: Metrics = METRICS) -> Handler:
+    async def serve(_request: web.Request) -> web.Response:
+        try:
+            await metrics.refresh(db)
+        except Exception as exc:  # a scrape must still answer what is counted in memory
+            log.warning("metrics: database gauges not read (%s)", exc)
+        return web.Response(
+            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    return serve
+
+
+@web.middleware
+async def count_responses(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    kind = "api" if path.startswith("/api/") else "hooks" if path.startswith("/hooks/") else "other"
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        METRICS.http_responses.labels(kind, str(exc.status)).inc()
+        raise
+    METRICS.http_responses.labels(kind, str(response.status)).inc()
+    return response
+
+
+def metrics_app(db: Database) -> web.Application:
+    """``/metrics`` and ``/healthz`` alone: ``ORCHESTRATOR_METRICS_PORT``."""
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application(middlewares=[count_responses])
+    app.router.add_get("/metrics", metrics_handler(db))
+    app.router.add_get("/healthz", healthz)
+    return app
