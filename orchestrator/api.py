@@ -38,6 +38,7 @@ from orchestrator.deferral import callback_key
 from orchestrator.engine import Engine
 from orchestrator.errors import DuplicateRunError, ParamsError, UnknownWorkflowError
 from orchestrator.group_commit import BatcherClosedError, GroupCommit
+from orchestrator.health import Liveness
 from orchestrator.http_server import body_deadline_middleware
 from orchestrator.intake import Accepted, Event, Intake
 from orchestrator.metrics import count_responses, metrics_handler
@@ -59,6 +60,7 @@ INTAKE_KEY = web.AppKey("intake", Intake)
 AUTH_KEY = web.AppKey("auth", Authenticator)
 #: Manual triggers arriving together share one commit (each still answered alone).
 TRIGGERS_KEY = web.AppKey("triggers", GroupCommit)
+LIVENESS_KEY = web.AppKey("liveness", Liveness)
 
 
 def manual_event(
@@ -258,17 +260,40 @@ async def openapi_document(request: web.Request) -> web.Response:
     return json_response(document(request.app))
 
 
-async def healthz(_request: web.Request) -> web.Response:
+async def healthz(request: web.Request) -> web.Response:
+    """The process's loops come round (:mod:`orchestrator.health`)."""
+    return liveness_answer(request.app.get(LIVENESS_KEY))
+
+
+def liveness_answer(liveness: Liveness | None) -> web.Response:
+    stuck = liveness.stuck() if liveness is not None else []
+    if stuck:
+        return problem(
+            503,
+            f"stuck: {', '.join(stuck)} (not come round for over {liveness.stale_s:g}s)"
+            if liveness is not None
+            else "stuck",
+            extra={"stuck": stuck},
+        )
     return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """The database answers and its schema is current."""
+    from orchestrator.store.migrate import pending
+
     engine = request.app[ENGINE_KEY]
     try:
         async with engine.db.pool.acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1")
+            missing = await pending(conn)
     except (*UNAVAILABLE, asyncpg.PostgresError):
         return unavailable()
+    if missing:
+        return problem(
+            503,
+            f"the database lacks migrations {', '.join(missing)}: run `orchestrator migrate`",
+            {"Retry-After": "5"},
+        )
     return json_response({"status": "ready"})
 
 
@@ -346,6 +371,7 @@ def build_app(
     max_body_bytes: int,
     read_timeout_s: float = 10.0,
     batch_delay_s: float = 0.002,
+    liveness: Liveness | None = None,
     cors_origins: Sequence[str] = (),
 ) -> web.Application:
     # Webhook bodies are capped by the hook handler itself (413 with a clear
@@ -377,6 +403,8 @@ def build_app(
     app.on_startup.append(start_triggers)
     app.on_shutdown.append(stop_triggers)
     app[AUTH_KEY] = authenticator
+    if liveness is not None:
+        app[LIVENESS_KEY] = liveness
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/api/v1/workflows/{name}/runs", trigger_run)

@@ -17,6 +17,7 @@ from orchestrator.api import build_app
 from orchestrator.auth import Authenticator, tokens_required
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine
+from orchestrator.health import Liveness
 from orchestrator.http_server import HttpServer
 from orchestrator.intake import Intake, Router
 from orchestrator.metrics import metrics_app, watch_loop_lag
@@ -77,6 +78,7 @@ class Orchestrator:
         self.intake: Intake | None = None
         self.http: HttpServer | None = None
         self.metrics_http: HttpServer | None = None
+        self.liveness = Liveness(settings.health_stale_s)
         self._loop_lag: asyncio.Task[None] | None = None
         self.database_url = database_url
         self.registry = registry or HandlerRegistry()
@@ -131,6 +133,7 @@ class Orchestrator:
                     max_body_bytes=s.max_payload_bytes,
                     read_timeout_s=s.http_read_timeout_s,
                     batch_delay_s=s.intake_batch_delay_s,
+                    liveness=self.liveness,
                     cors_origins=s.cors_origin_list,
                 )
             ctx = SourceContext(s, self.engine, self.intake, self.clock, app)
@@ -148,7 +151,10 @@ class Orchestrator:
                 await self.http.start()
             if s.metrics_port is not None:
                 self.metrics_http = HttpServer(
-                    metrics_app(self.db), s.http_host, s.metrics_port, read_timeout_s=10.0
+                    metrics_app(self.db, self.liveness),
+                    s.http_host,
+                    s.metrics_port,
+                    read_timeout_s=10.0,
                 )
                 await self.metrics_http.start()
             self._loop_lag = asyncio.create_task(watch_loop_lag(), name="orchestrator-loop-lag")
@@ -170,6 +176,7 @@ class Orchestrator:
                 self.triggerer = Triggerer(
                     self.engine, self.clock, poll_s=s.poll_interval_s, registry=self.registry
                 )
+                self.triggerer.liveness = self.liveness
                 self.triggerer.start()
             if s.worker_slots > 0 and s.has_role("worker"):
                 self.worker = Worker(
@@ -180,6 +187,7 @@ class Orchestrator:
                     fault=self._fault,
                     clock=self.clock,
                 )
+                self.worker.liveness = self.liveness
                 self._wakeups = self.db.listener.subscribe(TASKS_CHANNEL, self.worker.wake)
                 self.worker.start()
         except BaseException:

@@ -24,6 +24,7 @@ from prometheus_client.exposition import generate_latest
 from orchestrator.clock import monotonic, real_pause
 
 if TYPE_CHECKING:
+    from orchestrator.health import Liveness
     from orchestrator.store import Database
 
 log = logging.getLogger(__name__)
@@ -164,11 +165,12 @@ async def count_responses(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
-def metrics_app(db: Database) -> web.Application:
+def metrics_app(db: Database, liveness: Liveness) -> web.Application:
     """``/metrics`` and ``/healthz`` alone: ``ORCHESTRATOR_METRICS_PORT``."""
+    from orchestrator.api import liveness_answer
 
     async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return liveness_answer(liveness)
 
     app = web.Application(middlewares=[count_responses])
     app.router.add_get("/metrics", metrics_handler(db))

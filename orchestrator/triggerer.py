@@ -47,6 +47,7 @@ from orchestrator.backoff import Backoff
 from orchestrator.clock import Clock, wait_for_event
 from orchestrator.deferral import Resolution
 from orchestrator.engine import Engine
+from orchestrator.health import Liveness
 from orchestrator.notices import DEFERRALS_CHANNEL
 from orchestrator.polls import PollRunner
 from orchestrator.registry import HandlerRegistry
@@ -120,6 +121,8 @@ class Triggerer:
         self._extend_at = _BEGINNING
         self._next_reload = _BEGINNING
         self._next_poll = _BEGINNING
+        self.liveness: Liveness | None = None
+        """Told each time the loop comes round (``/healthz``)."""
         self._dirty = asyncio.Event()
         #: Set when the loop must look again before its planned time: new
         #: waits were noticed, or a poll check armed its next time.
@@ -216,6 +219,8 @@ class Triggerer:
             self._last_id = max(0, newest - self.batch)
         await self._reload()
         while True:
+            if self.liveness is not None:
+                self.liveness.beat("triggerer")
             now = self.clock.now()
             if now >= self._next_reload:
                 await self._reload()

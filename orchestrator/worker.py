@@ -34,6 +34,7 @@ from orchestrator.deferral import Defer
 from orchestrator.engine import Claimed, Engine, Outcome
 from orchestrator.errors import NonRetryableError, OutputNotJSONError, OutputTooLargeError
 from orchestrator.handler_inputs import input_problems
+from orchestrator.health import Liveness
 from orchestrator.metrics import METRICS
 from orchestrator.registry import HandlerRegistry
 from orchestrator.retry import decide_failure
@@ -49,7 +50,9 @@ INTERRUPTED = "worker shut down during the attempt"
 #: Called at the named fault-injection points ``"before_handler"`` and
 #: ``"after_handler"`` with the attempt; recovery tests pass one to make an
 #: attempt stall or crash there (e.g. tests/integration/test_limits.py).
-FaultHook = Callable[[str, Claimed], Awaitable[None]]
+#: Test fault points: ("claim_loop", None) each time the claim loop comes
+#: round, ("before_handler" | "after_handler", the attempt) around a handler.
+FaultHook = Callable[[str, Claimed | None], Awaitable[None]]
 
 
 def _describe(exc: BaseException) -> str:
@@ -78,6 +81,8 @@ class Worker:
         # then leaves claiming to the claim loop, which orders both kinds by priority.
         self._limited_waiting = False
         self._fault = fault
+        self.liveness: Liveness | None = None
+        """Told each time the claim loop comes round (``/healthz``)."""
         self._busy = 0  # slots running a handler or waiting for their result to commit
         self._reserved = 0  # slots promised to a claim in flight
         self._running: set[asyncio.Task[None]] = set()
@@ -181,6 +186,10 @@ class Worker:
     async def _claim_loop(self) -> None:
         poll = self.settings.poll_interval_s
         while not self._stopping:
+            if self.liveness is not None:
+                self.liveness.beat("worker claim loop")
+            if self._fault:
+                await self._fault("claim_loop", None)
             self._wake.clear()
             # free can be negative while a flush holds a reservation: never reserve less.
             want = max(0, min(self.free, self.settings.claim_batch))

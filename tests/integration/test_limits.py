@@ -164,8 +164,8 @@ async def test_a_named_pool_holds_across_two_workers(db_url: str, engine: Engine
     ran: dict[str, list[int]] = defaultdict(list)
 
     def hook(name: str) -> FaultHook:
-        async def fault(point: str, c: Claimed) -> None:
-            if point == "before_handler" and c.task_id == "w":
+        async def fault(point: str, c: Claimed | None) -> None:
+            if point == "before_handler" and c is not None and c.task_id == "w":
                 owner_of[c.run_id] = name
                 ran[name].append(c.run_id)
 

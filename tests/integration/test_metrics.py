@@ -82,3 +82,65 @@ async def test_a_replica_without_the_api_serves_metrics_on_its_own_port(db_url: 
         assert ("orchestrator_tasks_deferred", ()) in found
         async with aiohttp.ClientSession() as http, http.get(base + "/healthz") as resp:
             assert resp.status == 200
+
+
+async def test_a_wedged_claim_loop_turns_healthz_unhealthy(db_url: str) -> None:
+    import asyncio
+
+    from orchestrator.engine import Claimed
+
+    wedge = asyncio.Event()
+    wedged = asyncio.Event()
+    release = asyncio.Event()
+
+    async def fault(point: str, _c: Claimed | None) -> None:
+        if point == "claim_loop" and wedge.is_set():
+            wedged.set()
+            await release.wait()  # the loop never comes round again
+
+    settings = Settings(
+        worker_slots=1, roles="worker", metrics_port=0, health_stale_s=0.5, poll_interval_s=0.05
+    )
+    async with Orchestrator(settings, db_url, registry=builtin_registry(), fault=fault) as orch:
+        assert orch.metrics_http is not None
+        url = f"http://127.0.0.1:{orch.metrics_http.port}/healthz"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as resp:
+                assert resp.status == 200
+            wedge.set()
+            await asyncio.wait_for(wedged.wait(), 10)
+
+            async def unhealthy() -> dict[str, object] | None:
+                async with http.get(url) as resp:
+                    return await resp.json() if resp.status == 503 else None
+
+            from eventually import eventually
+
+            body = await eventually(unhealthy, timeout=10, what="/healthz to see the stuck loop")
+            assert body is not None and body["stuck"] == ["worker claim loop"]
+            release.set()
+            wedge.clear()
+
+            async def healthy() -> bool:
+                async with http.get(url) as resp:
+                    return resp.status == 200
+
+            await eventually(healthy, timeout=10, what="/healthz to recover")
+
+
+async def test_readyz_names_missing_migrations(db_url: str) -> None:
+    settings = Settings(worker_slots=0, http_port=0)
+    async with Orchestrator(settings, db_url, registry=builtin_registry(), http=True) as orch:
+        assert orch.http is not None and orch.db is not None
+        base = f"http://127.0.0.1:{orch.http.port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + "/readyz") as resp:
+                assert resp.status == 200
+            async with orch.db.pool.acquire() as conn:
+                await conn.execute(
+                    "DELETE FROM schema_migrations WHERE version = "
+                    "(SELECT max(version) FROM schema_migrations)"
+                )
+            async with http.get(base + "/readyz") as resp:
+                body = await resp.json()
+                assert resp.status == 503 and "orchestrator migrate" in body["detail"]

@@ -349,10 +349,10 @@ async def test_an_expired_lease_is_taken_back_and_retried(db_url: str, db: Datab
     frozen = asyncio.Event()
     thaw = asyncio.Event()
 
-    async def freeze_first_attempt(point: str, c: Claimed) -> None:
+    async def freeze_first_attempt(point: str, c: Claimed | None) -> None:
         # Stands for a worker that stopped making progress: attempt 1 never ends
         # on its own. Heartbeat and reaper are set far apart so neither interferes.
-        if point == "before_handler" and c.attempt == 1:
+        if point == "before_handler" and c is not None and c.attempt == 1:
             frozen.set()
             await thaw.wait()
 
