@@ -22,6 +22,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator import api_admin, api_audit, run_reads
+from orchestrator.access_log import access_log_middleware
 from orchestrator.api_bodies import next_page, read_query
 from orchestrator.api_models import CallbackAccepted, RunPage, Started
 from orchestrator.api_models import RunDetail as RunDetailModel
@@ -372,6 +373,7 @@ def build_app(
     read_timeout_s: float = 10.0,
     batch_delay_s: float = 0.002,
     liveness: Liveness | None = None,
+    access_log: bool = False,
     cors_origins: Sequence[str] = (),
 ) -> web.Application:
     # Webhook bodies are capped by the hook handler itself (413 with a clear
@@ -382,6 +384,7 @@ def build_app(
             # Outermost first: CORS headers go on every answer, errors included;
             # the body deadline covers the rules' reading of the body.
             count_responses,
+            access_log_middleware(access_log),
             cors_middleware(cors_origins),
             problems_middleware,
             auth_middleware(authenticator),  # before any body is read

@@ -134,6 +134,7 @@ class Orchestrator:
                     read_timeout_s=s.http_read_timeout_s,
                     batch_delay_s=s.intake_batch_delay_s,
                     liveness=self.liveness,
+                    access_log=s.access_log,
                     cors_origins=s.cors_origin_list,
                 )
             ctx = SourceContext(s, self.engine, self.intake, self.clock, app)

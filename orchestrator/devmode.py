@@ -214,6 +214,8 @@ async def _serve(
 
 def run_dev(settings: Settings, path: Path) -> None:
     """``orchestrator dev``: everything in one process, zero setup."""
+    if "access_log" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"access_log": False})  # a quieter terminal
     _run_loop(_dev_main(settings, path))
 
 

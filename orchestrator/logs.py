@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 TASK_LOGGER = "orchestrator.task"
@@ -23,23 +24,34 @@ def task_logger(run_id: int, task_id: str, attempt: int) -> logging.LoggerAdapte
 class HumanFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
-        tags = [
-            f"{key}={getattr(record, key)}"
-            for key in ("run_id", "task_id", "attempt")
-            if hasattr(record, key)
-        ]
+        tags = [f"{key}={getattr(record, key)}" for key in RECORD_IDS if hasattr(record, key)]
         return f"{base} [{' '.join(tags)}]" if tags else base
 
 
+#: Ids a record may carry (``extra=``), written as fields of their own.
+RECORD_IDS = ("workflow", "run_id", "task_id", "attempt", "event_id")
+#: What access-log records carry (:mod:`orchestrator.access_log`).
+ACCESS_FIELDS = ("method", "path", "status")
+
+
+def rfc3339_utc(created: float) -> str:
+    """A record's time as RFC 3339 in UTC, to the millisecond: ``2026-12-01T00:15:02.113Z``."""
+    stamp = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    return stamp.removesuffix("+00:00") + "Z"
+
+
 class JSONFormatter(logging.Formatter):
+    """One object per line: ``at`` (RFC 3339, UTC), ``level``, ``logger``,
+    ``message``, and the ids the record carries."""
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "at": self.formatTime(record),
+            "at": rfc3339_utc(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("run_id", "task_id", "attempt"):
+        for key in (*RECORD_IDS, *ACCESS_FIELDS):
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_info:

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     head; else 408 or the connection is closed. Idle connections close after it too."""
     http_max_connections: int = Field(default=1000, ge=1, le=1_000_000)
     """HTTP connections served at once; more are answered 503 and closed."""
+    access_log: bool = True
+    """One INFO line per HTTP answer (method, path without tokens, status,
+    duration); ``dev`` leaves it off unless set."""
     health_stale_s: float = Field(default=60.0, gt=0, le=3600)
     """A loop (worker claims, triggerer) that has not come round for this long
     makes ``/healthz`` answer 503: the process is stuck and should be restarted."""

@@ -3,9 +3,12 @@ prometheus-client's own parser and checked against the database."""
 
 from __future__ import annotations
 
+import logging
+import re
 import uuid
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from handlers import builtin_registry
@@ -144,3 +147,22 @@ async def test_readyz_names_missing_migrations(db_url: str) -> None:
             async with http.get(base + "/readyz") as resp:
                 body = await resp.json()
                 assert resp.status == 503 and "orchestrator migrate" in body["detail"]
+
+
+async def test_each_answer_is_access_logged_without_tokens(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(worker_slots=0, http_port=0, access_log=True)
+    async with Orchestrator(settings, db_url, registry=builtin_registry(), http=True) as orch:
+        assert orch.http is not None
+        base = f"http://127.0.0.1:{orch.http.port}"
+        with caplog.at_level(logging.INFO, logger="orchestrator.access"):
+            async with aiohttp.ClientSession() as http:
+                async with http.get(base + "/api/v1/runs?limit=1") as resp:
+                    assert resp.status == 200
+                async with http.post(base + "/api/v1/callbacks/tok-s3cret", json={}) as resp:
+                    assert resp.status == 404
+    lines = [r.getMessage() for r in caplog.records if r.name == "orchestrator.access"]
+    assert any(re.fullmatch(r"GET /api/v1/runs 200 [0-9.]+ms", line) for line in lines), lines
+    assert any(line.startswith("POST /api/v1/callbacks/*** 404") for line in lines), lines
+    assert not any("tok-s3cret" in line for line in lines)
