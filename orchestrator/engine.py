@@ -350,6 +350,17 @@ class Engine:
 
     # -- carrying out a plan -------------------------------------------------------
 
+    async def carry_out(
+        self, conn: asyncpg.Connection, planning: p.Planning, *, actor: str, notices: Notices
+    ) -> p.Plan:
+        """Carry out ``planning`` in the caller's transaction (operator actions
+        decide what follows them through the same planner as completions)."""
+        done = await self._carry_out(conn, planning, actor)
+        notices.queued += done.queued
+        notices.runs_ended(done.ended_runs)
+        notices.timed_waits |= done.timed_waits
+        return done
+
     async def _carry_out(
         self, conn: asyncpg.Connection, planning: p.Planning, actor: str
     ) -> p.Plan:
@@ -480,9 +491,21 @@ class Engine:
 
     # -- leases ------------------------------------------------------------------
 
-    async def heartbeat(self, owner: str) -> None:
+    async def heartbeat(self, owner: str, attempts: Sequence[tuple[int, int]] = ()) -> list[int]:
+        """Renew ``owner``'s leases. Of its ``attempts`` (task instance id,
+        attempt), returns the ids that are no longer its to run (the run was
+        cancelled, or the lease taken back): the worker stops those handlers."""
         async with self.db.pool.acquire() as conn:
             await conn.execute(SQL.heartbeat, owner, self.lease_s)
+            if not attempts:
+                return []
+            rows = await conn.fetch(
+                SQL.cancelled_attempts,
+                owner,
+                [a[0] for a in attempts],
+                [a[1] for a in attempts],
+            )
+        return [r["id"] for r in rows]
 
     async def expire_leases(self, *, actor: str, limit: int = 500) -> int:
         """Attempts whose lease ran out (worker died or froze) are lost: retry

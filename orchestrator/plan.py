@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
-from orchestrator.decisions import Dag, decide, run_outcome
+from orchestrator.decisions import Dag, cleared_roots, decide, run_outcome
 from orchestrator.deferral import Defer, Resolution, run_key
 from orchestrator.states import TERMINAL_TASK_STATES, RunState, TaskState
 
@@ -412,6 +412,33 @@ def end_waits(resolutions: Sequence[Resolution]) -> Planning:
     return plan
 
 
+def reconsider(run: LockedRun, states: Mapping[str, TaskState], changed: Sequence[str]) -> Planning:
+    """An operator moved ``changed`` tasks of a running ``run`` (cleared back
+    to scheduled, or marked): decide what follows exactly as after a
+    completion — successors queued or skipped, the run ended if every task
+    is final, and what its end sets off."""
+    plan = Plan()
+    now = dict(states)
+    dags = yield from ask(Dags([run.version]))
+    roots = cleared_roots(dags[run.version], now, changed)
+    if roots:
+        moves = [Move(run.id, t.task_id, t.source, t.target, "cleared") for t in roots]
+        plan.queued += yield from ask(ApplyMoves(moves))
+        plan.moves += moves
+        now.update({t.task_id: t.target for t in roots})
+    yield from _settle(plan, {run.id: run}, {run.id: now}, {run.id: list(changed)}, [])
+    return plan
+
+
+def runs_ended(done: Sequence[EndedRun]) -> Planning:
+    """Runs an operator ended (cancel): what their end sets off."""
+    plan = Plan()
+    plan.ended_runs.update({r.id: r.state for r in done})
+    resolutions = yield from _after_ends(plan, done)
+    yield from _settle(plan, {}, {}, {}, resolutions)
+    return plan
+
+
 def _settle(
     plan: Plan,
     runs: Mapping[int, LockedRun],
@@ -467,6 +494,12 @@ def _advance(
         return []
     done = yield from ask(FinishRuns(finished))
     plan.ended_runs.update(finished)
+    return (yield from _after_ends(plan, done))
+
+
+def _after_ends(plan: Plan, done: Sequence[EndedRun]) -> _Steps[list[Resolution]]:
+    """Runs ended: start queued runs in the room they leave, and say how the
+    waits on them end."""
     for name in sorted({r.workflow for r in done}):
         yield from _admit(plan, name)
     # Runs that others wait for (sensor.run): end those waits in this commit.

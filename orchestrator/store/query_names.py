@@ -10,9 +10,13 @@ from __future__ import annotations
 class NamedQueries:
     """``SQL.<name>`` is the text of the ``-- name: <name>`` block."""
 
+    add_hold: str
     allocate_run_ids: str
     apply_decisions: str
     audit_entries: str
+    cancel_run: str
+    cancel_tasks: str
+    cancelled_attempts: str
     claim: str
     claim_mixed: str
     count_prunable: str
@@ -22,6 +26,7 @@ class NamedQueries:
     deferrals_of_run: str
     deferred_counts: str
     end_deferred_tasks: str
+    end_run_waits: str
     ensure_pools: str
     events_by_key: str
     events_for_keys: str
@@ -32,6 +37,7 @@ class NamedQueries:
     get_run: str
     get_version: str
     heartbeat: str
+    holds_of_workflow: str
     insert_dead_letters: str
     insert_deferrals: str
     insert_event_keys: str
@@ -44,9 +50,13 @@ class NamedQueries:
     list_workflows: str
     lock_keys: str
     lock_limited_claims: str
+    lock_live_runs: str
+    lock_run_for_operation: str
     lock_runs: str
     lock_workflow: str
+    move_held: str
     notify: str
+    operator_moves: str
     poll_again: str
     prune_dead_letters: str
     prune_events: str
@@ -55,6 +65,8 @@ class NamedQueries:
     record_attempts: str
     record_audit: str
     registered_workflows: str
+    remove_hold: str
+    reopen_run: str
     resolve_deferrals: str
     run_id_bounds: str
     run_states: str
