@@ -401,5 +401,11 @@ def audit_cmd(workflow: str | None, run_id: int | None, action: str | None, limi
     click.echo(_run(go))
 
 
+# Operator actions on runs (orchestrator/cli_operations.py).
+from orchestrator.cli_operations import COMMANDS as _OPERATIONS  # noqa: E402
+
+for _command in _OPERATIONS:
+    main.add_command(_command)
+
 if __name__ == "__main__":
     main()
