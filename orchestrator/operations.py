@@ -11,7 +11,7 @@ the audit log. A refused action raises before anything is written.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "MarkResult",
     "cancel_run",
     "clear_run",
+    "clear_runs",
     "mark_task",
     "pause_task",
     "unpause_task",
@@ -96,73 +97,98 @@ def _why(verb: str, actor: str, reason: str) -> str:
     return f"{verb} by {actor}" + (f": {reason}" if reason else "")
 
 
-async def _lock_run(conn: asyncpg.Connection, run_id: int) -> p.LockedRun:
-    row = await conn.fetchrow(SQL.lock_run_for_operation, run_id)
-    if row is None:
-        raise UnknownRunError(run_id, "`orchestrator runs` lists the runs there are")
-    return p.LockedRun(row["id"], row["workflow"], row["version"], RunState(row["state"]))
-
-
-async def _task_states(conn: asyncpg.Connection, run_id: int) -> dict[str, TaskState]:
-    return {
-        r["task_id"]: TaskState(r["state"]) for r in await conn.fetch(SQL.run_task_states, [run_id])
+async def _lock_runs(conn: asyncpg.Connection, run_ids: Sequence[int]) -> dict[int, p.LockedRun]:
+    """Lock the runs' rows, in id order (as completions lock them), and read them."""
+    found = {
+        r["id"]: p.LockedRun(r["id"], r["workflow"], r["version"], RunState(r["state"]))
+        for r in await conn.fetch(SQL.lock_runs, sorted(set(run_ids)))
     }
+    for run_id in run_ids:
+        if run_id not in found:
+            raise UnknownRunError(run_id, "`orchestrator runs` lists the runs there are")
+    return found
+
+
+async def _lock_run(conn: asyncpg.Connection, run_id: int) -> p.LockedRun:
+    return (await _lock_runs(conn, [run_id]))[run_id]
+
+
+async def _task_states(
+    conn: asyncpg.Connection, run_ids: Sequence[int]
+) -> dict[int, dict[str, TaskState]]:
+    states: dict[int, dict[str, TaskState]] = {run_id: {} for run_id in run_ids}
+    for r in await conn.fetch(SQL.run_task_states, list(run_ids)):
+        states[r["run_id"]][r["task_id"]] = TaskState(r["state"])
+    return states
 
 
 async def _apply(
     conn: asyncpg.Connection,
-    run_id: int,
-    moves: Sequence[Transition],
+    moves: Mapping[int, Sequence[Transition]],
     actor: str,
     reason: str,
     output: str | None = None,
 ) -> None:
     """Apply operator moves, each guarded by its source state; all or nothing."""
-    moved = await conn.fetch(
+    flat = [(run_id, m) for run_id, ms in moves.items() for m in ms]
+    moved = await conn.fetchval(
         SQL.operator_moves,
-        run_id,
-        [m.task_id for m in moves],
-        [m.source.value for m in moves],
-        [m.target.value for m in moves],
-        [output if m.target == TaskState.SUCCESS else None for m in moves],
+        [run_id for run_id, _ in flat],
+        [m.task_id for _, m in flat],
+        [m.source.value for _, m in flat],
+        [m.target.value for _, m in flat],
+        [output if m.target == TaskState.SUCCESS else None for _, m in flat],
         actor,
         reason,
     )
-    if len(moved) != len(moves):
-        # Under the run's lock only a claim can move a task meanwhile.
+    if moved != len(flat):
+        # Under the runs' locks only a claim can move a task meanwhile.
         raise OperationRefusedError(
-            f"tasks of run {run_id} changed state while the action was applied; try again",
-            run_id=run_id,
+            "tasks changed state while the action was applied; nothing was changed, try again"
         )
 
 
 async def _reopen(
-    conn: asyncpg.Connection, run: p.LockedRun, actor: str, reason: str
-) -> p.LockedRun:
-    """A finished run runs again (operator edge); a running one is left as is."""
-    if run.state not in TERMINAL_RUN_STATES:
-        return run
-    if (
-        await conn.fetchval(
-            SQL.reopen_run,
-            run.id,
+    conn: asyncpg.Connection, runs: Mapping[int, p.LockedRun], actor: str, reason: str
+) -> dict[int, p.LockedRun]:
+    """Finished runs run again (operator edge); running ones are left as they are."""
+    ended = [r.id for r in runs.values() if r.state in TERMINAL_RUN_STATES]
+    if ended:
+        rows = await conn.fetch(
+            SQL.reopen_runs,
+            ended,
             legal_run_sources(RunState.RUNNING, operator=True),
             actor,
             reason,
         )
-        is None
-    ):
-        raise OperationRefusedError(f"run {run.id} could not be re-opened", run_id=run.id)
-    return p.LockedRun(run.id, run.workflow, run.version, RunState.RUNNING)
+        if len(rows) != len(ended):
+            raise OperationRefusedError(f"runs {ended} could not all be re-opened")
+    return {i: p.LockedRun(r.id, r.workflow, r.version, RunState.RUNNING) for i, r in runs.items()}
 
 
 async def _dag(engine: Engine, conn: asyncpg.Connection, version: str) -> Dag:
     return (await engine.compiled_workflow(version, conn)).dag
 
 
-async def _run_state(conn: asyncpg.Connection, run_id: int) -> RunState:
-    rows = await conn.fetch(SQL.run_states, [run_id])
-    return RunState(rows[0]["state"])
+async def _run_states(conn: asyncpg.Connection, run_ids: Sequence[int]) -> dict[int, RunState]:
+    return {r["id"]: RunState(r["state"]) for r in await conn.fetch(SQL.run_states, list(run_ids))}
+
+
+async def _record_per_run(conn: asyncpg.Connection, actions: Sequence[audit.Action]) -> None:
+    """One audit entry per run of a batch action, in one statement."""
+    if len(actions) == 1:
+        await audit.record(conn, actions[0])
+        return
+    first = actions[0]
+    await conn.execute(
+        SQL.record_audits,
+        first.actor,
+        first.action,
+        [a.workflow for a in actions],
+        [a.run_id for a in actions],
+        first.reason,
+        [orjson.dumps(dict(a.detail)).decode() for a in actions],
+    )
 
 
 # -- clear ------------------------------------------------------------------------------
@@ -184,45 +210,79 @@ async def clear_run(
     :func:`orchestrator.operator_decisions.clear_transitions` for which tasks.
     Attempt numbers keep counting; earlier attempts stay in ``transitions``.
     """
+    [result] = await clear_runs(
+        engine,
+        [run_id],
+        tasks=tasks,
+        downstream=downstream,
+        failed_only=failed_only,
+        actor=actor,
+        reason=reason,
+    )
+    return result
+
+
+async def clear_runs(
+    engine: Engine,
+    run_ids: Sequence[int],
+    *,
+    tasks: Sequence[str] | None = None,
+    downstream: bool = False,
+    failed_only: bool = False,
+    actor: str,
+    reason: str = "",
+) -> list[ClearResult]:
+    """:func:`clear_run` for many runs in one transaction (a backfill that
+    reprocesses failed dates, or a bench): all of them, or, if any one is
+    refused, none. Results in the order of ``run_ids``."""
+    if not run_ids:
+        return []
     why = _why("cleared", actor, reason)
     async with engine.unit() as (conn, notices):
-        run = await _lock_run(conn, run_id)
-        dag = await _dag(engine, conn, run.version)
-        states = await _task_states(conn, run_id)
-        moves = clear_transitions(
-            dag,
-            states,
-            run.state,
-            run_id=run_id,
-            tasks=tasks,
-            downstream=downstream,
-            failed_only=failed_only,
-        )
-        reopened = run.state in TERMINAL_RUN_STATES
-        run = await _reopen(conn, run, actor, why)
-        await _apply(conn, run_id, moves, actor, why)
-        cleared = [m.task_id for m in moves]
-        await engine.carry_out(
-            conn, p.reconsider(run, after(states, moves), cleared), actor=actor, notices=notices
-        )
-        await audit.record(
-            conn,
-            audit.Action(
-                actor,
-                "clear",
-                reason,
-                workflow=run.workflow,
+        runs = await _lock_runs(conn, run_ids)
+        states = await _task_states(conn, list(runs))
+        moves: dict[int, list[Transition]] = {}
+        for run_id, run in runs.items():
+            moves[run_id] = clear_transitions(
+                await _dag(engine, conn, run.version),
+                states[run_id],
+                run.state,
                 run_id=run_id,
-                detail={
-                    "tasks": cleared,
-                    "named": list(tasks or []),
-                    "downstream": downstream,
-                    "failed_only": failed_only,
-                },
-            ),
+                tasks=tasks,
+                downstream=downstream,
+                failed_only=failed_only,
+            )
+        reopened = {i for i, r in runs.items() if r.state in TERMINAL_RUN_STATES}
+        running = await _reopen(conn, runs, actor, why)
+        await _apply(conn, moves, actor, why)
+        cleared = {i: [m.task_id for m in ms] for i, ms in moves.items()}
+        await engine.carry_out(
+            conn,
+            p.reconsider(running, {i: after(states[i], moves[i]) for i in runs}, cleared),
+            actor=actor,
+            notices=notices,
         )
-        state = await _run_state(conn, run_id)
-    return ClearResult(run_id, cleared, reopened, state)
+        await _record_per_run(
+            conn,
+            [
+                audit.Action(
+                    actor,
+                    "clear",
+                    reason,
+                    workflow=runs[i].workflow,
+                    run_id=i,
+                    detail={
+                        "tasks": cleared[i],
+                        "named": list(tasks or []),
+                        "downstream": downstream,
+                        "failed_only": failed_only,
+                    },
+                )
+                for i in run_ids
+            ],
+        )
+        now = await _run_states(conn, list(runs))
+    return [ClearResult(i, cleared[i], i in reopened, now[i]) for i in run_ids]
 
 
 # -- cancel ---------------------------------------------------------------------------------
@@ -317,15 +377,17 @@ async def mark_task(
                 run_id=run_id,
                 task_id=task_id,
             )
-        states = await _task_states(conn, run_id)
+        states = (await _task_states(conn, [run_id]))[run_id]
         moves = mark_transitions(dag, states, run_id=run_id, task_id=task_id, target=target)
-        run = await _reopen(conn, run, actor, why)
+        running = await _reopen(conn, {run_id: run}, actor, why)
         if states[task_id] == TaskState.DEFERRED:
             await conn.fetch(SQL.end_run_waits, run_id, [task_id], "marked", actor)
-        await _apply(conn, run_id, moves, actor, why, output_json)
+        await _apply(conn, {run_id: moves}, actor, why, output_json)
         await engine.carry_out(
             conn,
-            p.reconsider(run, after(states, moves), [m.task_id for m in moves]),
+            p.reconsider(
+                running, {run_id: after(states, moves)}, {run_id: [m.task_id for m in moves]}
+            ),
             actor=actor,
             notices=notices,
         )
@@ -347,7 +409,7 @@ async def mark_task(
                 },
             ),
         )
-        run_state = await _run_state(conn, run_id)
+        run_state = (await _run_states(conn, [run_id]))[run_id]
     return MarkResult(run_id, task_id, target, redecided, run_state)
 
 

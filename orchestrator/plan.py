@@ -412,21 +412,27 @@ def end_waits(resolutions: Sequence[Resolution]) -> Planning:
     return plan
 
 
-def reconsider(run: LockedRun, states: Mapping[str, TaskState], changed: Sequence[str]) -> Planning:
-    """An operator moved ``changed`` tasks of a running ``run`` (cleared back
-    to scheduled, or marked): decide what follows exactly as after a
-    completion — successors queued or skipped, the run ended if every task
-    is final, and what its end sets off."""
+def reconsider(
+    runs: Mapping[int, LockedRun],
+    states: Mapping[int, Mapping[str, TaskState]],
+    changed: Mapping[int, Sequence[str]],
+) -> Planning:
+    """An operator moved the ``changed`` tasks of running ``runs`` (cleared
+    back to scheduled, or marked): decide what follows exactly as after a
+    completion -- successors queued or skipped, runs ended once every task is
+    final, and what their end sets off. Cleared roots are queued first."""
     plan = Plan()
-    now = dict(states)
-    dags = yield from ask(Dags([run.version]))
-    roots = cleared_roots(dags[run.version], now, changed)
-    if roots:
-        moves = [Move(run.id, t.task_id, t.source, t.target, "cleared") for t in roots]
+    now = {run_id: dict(s) for run_id, s in states.items()}
+    dags = yield from ask(Dags(sorted({runs[i].version for i in changed})))
+    moves: list[Move] = []
+    for run_id, tasks in changed.items():
+        for t in cleared_roots(dags[runs[run_id].version], now[run_id], tasks):
+            moves.append(Move(run_id, t.task_id, t.source, t.target, "cleared"))
+            now[run_id][t.task_id] = t.target
+    if moves:
         plan.queued += yield from ask(ApplyMoves(moves))
         plan.moves += moves
-        now.update({t.task_id: t.target for t in roots})
-    yield from _settle(plan, {run.id: run}, {run.id: now}, {run.id: list(changed)}, [])
+    yield from _settle(plan, runs, now, {i: list(t) for i, t in changed.items()}, [])
     return plan
 
 

@@ -51,7 +51,6 @@ class NamedQueries:
     lock_keys: str
     lock_limited_claims: str
     lock_live_runs: str
-    lock_run_for_operation: str
     lock_runs: str
     lock_workflow: str
     move_held: str
@@ -64,9 +63,10 @@ class NamedQueries:
     queued_runs: str
     record_attempts: str
     record_audit: str
+    record_audits: str
     registered_workflows: str
     remove_hold: str
-    reopen_run: str
+    reopen_runs: str
     resolve_deferrals: str
     run_id_bounds: str
     run_states: str

@@ -476,7 +476,11 @@ def operate(draw: Draw, model: Model, action: str) -> p.Plan | None:
         task.owner = None
         model.expected.pop(task.id, None)
     locked = p.LockedRun(run.id, run.workflow, run.version, run.state)
-    return model.drive(p.reconsider(locked, after(states, moves), [m.task_id for m in moves]))
+    return model.drive(
+        p.reconsider(
+            {run.id: locked}, {run.id: after(states, moves)}, {run.id: [m.task_id for m in moves]}
+        )
+    )
 
 
 def step(draw: Draw, model: Model) -> None:

@@ -50,7 +50,7 @@ def test_operator_sql_guards_take_their_sources_from_the_table() -> None:
         s.value for s in TERMINAL_TASK_STATES
     }
     assert all(is_legal(TaskState(s), TaskState.SKIPPED) for s in _CANCELLABLE)
-    for name in ("reopen_run", "cancel_run", "operator_moves"):
+    for name in ("reopen_runs", "cancel_run", "operator_moves"):
         assert "state = ANY($2::run_state[])" in queries()[name] or name == "operator_moves"
     assert "t.state = i.source" in queries()["operator_moves"]
 

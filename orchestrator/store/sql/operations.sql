@@ -2,18 +2,14 @@
 -- cancel and task holds. Every move is guarded by the source state the
 -- operation decided from and logged in transitions with its actor and reason.
 
--- name: lock_run_for_operation
-SELECT id, workflow, version, state::text AS state FROM runs WHERE id = $1 FOR UPDATE;
-
 -- name: operator_moves
--- $1 run id, $2 task_id[], $3 source[], $4 target[], $5 output json text[]
--- (targets success/failed/skipped by mark; NULL keeps nothing for scheduled),
--- $6 actor, $7 reason. A task moved back to scheduled loses its lease, error
--- and output (its earlier attempts stay in transitions); a marked task gets
--- the given output.
+-- $1 run id[], $2 task_id[], $3 source[], $4 target[], $5 output json text[]
+-- (for targets success), $6 actor, $7 reason. A task moved back to scheduled
+-- loses its lease, error and output (its earlier attempts and their errors
+-- stay in transitions); a task marked success gets the given output.
 WITH input AS (
-    SELECT * FROM unnest($2::text[], $3::task_state[], $4::task_state[], $5::text[])
-        AS i(task_id, source, target, output)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::task_state[], $4::task_state[], $5::text[])
+        AS i(run_id, task_id, source, target, output)
 ), updated AS (
     UPDATE task_instances t
     SET state = i.target,
@@ -24,7 +20,7 @@ WITH input AS (
         lease_owner = NULL, lease_until = NULL, not_before = NULL, resume_payload = NULL,
         queued_at = CASE WHEN i.target = 'scheduled' THEN NULL ELSE t.queued_at END,
         ended_at = CASE WHEN i.target = 'scheduled' THEN NULL ELSE now() END
-    FROM input i JOIN task_instances o ON o.run_id = $1 AND o.task_id = i.task_id
+    FROM input i JOIN task_instances o ON o.run_id = i.run_id AND o.task_id = i.task_id
     WHERE t.id = o.id AND t.state = i.source
     RETURNING t.run_id, t.task_id, t.attempt, i.source, t.state, o.error AS old_error
 ), logged AS (
@@ -34,12 +30,20 @@ WITH input AS (
            $7 || coalesce(' (its error was: ' || left(old_error, 2000) || ')', '')
     FROM updated
 )
-SELECT task_id FROM updated;
+SELECT count(*) AS moved FROM updated;
 
--- name: reopen_run
--- $1 run id, $2 expected sources (operator edges to running), $3 actor, $4 reason
+-- name: record_audits
+-- One audit entry per run of a batch action: $1 actor, $2 action, $3 workflow[],
+-- $4 run id[], $5 reason, $6 detail json[]
+INSERT INTO audit (actor, action, workflow, run_id, reason, detail)
+SELECT $1, $2, i.workflow, i.run_id, $5, i.detail::jsonb
+FROM unnest($3::text[], $4::bigint[], $6::text[]) AS i(workflow, run_id, detail);
+
+-- name: reopen_runs
+-- $1 run id[], $2 expected sources (operator edges to running), $3 actor, $4 reason
 WITH old AS (
-    SELECT id, state FROM runs WHERE id = $1 AND state = ANY($2::run_state[]) FOR UPDATE
+    SELECT id, state FROM runs
+    WHERE id = ANY($1::bigint[]) AND state = ANY($2::run_state[]) FOR UPDATE
 ), updated AS (
     UPDATE runs r SET state = 'running', ended_at = NULL, started_at = coalesce(started_at, now())
     FROM old WHERE r.id = old.id
