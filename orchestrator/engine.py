@@ -64,6 +64,9 @@ class Claimed:
     upstream: dict[str, Any]
     resumed: Any = None
     """What woke this task, when a handler deferred and is resumed."""
+    tries_before: int = 0
+    """Attempts made before an operator last cleared the task: its retry
+    policy counts only the attempts since (``attempt - tries_before``)."""
 
 
 @dataclass(slots=True)
@@ -89,6 +92,7 @@ def _claimed(rows: Iterable[asyncpg.Record]) -> list[Claimed]:
             interval_end=r["interval_end"],
             upstream=orjson.loads(r["upstream"]) if r["upstream"] else {},
             resumed=orjson.loads(r["resume_payload"]) if r["resume_payload"] else None,
+            tries_before=r["tries_before"],
         )
         for r in rows
     ]
@@ -519,7 +523,9 @@ class Engine:
             outcomes = []
             for r in rows:
                 compiled = await self.specs.get(conn, r["version"])
-                decision = decide_failure(compiled.retry[r["task_id"]], r["attempt"], None)
+                decision = decide_failure(
+                    compiled.retry[r["task_id"]], r["attempt"] - r["tries_before"], None
+                )
                 outcomes.append(
                     Outcome(
                         id=r["id"],

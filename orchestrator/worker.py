@@ -329,7 +329,8 @@ class Worker:
         if policy is None:
             target, delay = TaskState.UP_FOR_RETRY, 0.0
         else:
-            decision = decide_failure(policy, c.attempt, exc)
+            # Counted from the last clear: a cleared task has its retries again.
+            decision = decide_failure(policy, c.attempt - c.tries_before, exc)
             target, delay = decision.target, decision.delay_s
         error = _describe(exc) if exc is not None else reason
         if target == TaskState.UP_FOR_RETRY and not self._stopping:

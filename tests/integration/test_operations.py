@@ -195,11 +195,16 @@ async def test_clear_of_a_dead_lettered_task(db_url: str) -> None:
         run_id = await o.engine.trigger("dl", actor="test")
         assert await ended(o, run_id) == RunState.FAILED
         assert await states(o, run_id) == {"t": "dead_lettered", "after": "upstream_failed"}
-        switch.failing.clear()
+        # Cleared while still broken: the task has its whole retry budget again.
         result = await clear_run(o.engine, run_id, failed_only=True, actor="t", reason="redrive")
         assert result.cleared == ["t", "after"]
+        assert await ended(o, run_id) == RunState.FAILED
+        assert (await rows(o, run_id))["t"]["attempt"] == 4
+        assert switch.calls.count("t") == 4
+        switch.failing.clear()
+        await clear_run(o.engine, run_id, actor="t")
         assert await ended(o, run_id) == RunState.SUCCESS
-        assert (await rows(o, run_id))["t"]["attempt"] == 3
+        assert (await rows(o, run_id))["t"]["attempt"] == 5
 
 
 async def test_clear_refusals_change_nothing(db_url: str) -> None:

@@ -12,3 +12,7 @@ CREATE TABLE task_holds (
     at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (workflow, task)
 );
+
+-- Attempts made before the task was last cleared: a cleared task starts a new
+-- try with its whole retry budget, while attempt numbers keep counting.
+ALTER TABLE task_instances ADD COLUMN tries_before integer NOT NULL DEFAULT 0;

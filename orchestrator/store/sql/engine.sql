@@ -111,13 +111,14 @@ WITH picked AS (
     SET state = 'running', attempt = t.attempt + 1, lease_owner = $1,
         lease_until = clock_timestamp() + make_interval(secs => $3), started_at = now(), not_before = NULL
     FROM picked p WHERE t.id = p.id
-    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.handler, t.needs, t.resume_payload
+    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.tries_before, t.handler, t.needs,
+              t.resume_payload
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
     SELECT c.run_id, c.task_id, p.state::text, 'running', c.attempt, $1, 'claimed'
     FROM claimed c JOIN picked p ON p.id = c.id
 )
-SELECT c.id, c.run_id, c.task_id, c.attempt, c.handler, r.workflow, r.version,
+SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workflow, r.version,
        c.resume_payload::text AS resume_payload,
        r.params::text AS params, r.logical_date, r.interval_end,
        CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
@@ -179,13 +180,14 @@ WITH running_pools AS (
         lease_until = clock_timestamp() + make_interval(secs => $3), started_at = now(),
         not_before = NULL
     FROM picked p WHERE t.id = p.id
-    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.handler, t.needs, t.resume_payload
+    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.tries_before, t.handler, t.needs,
+              t.resume_payload
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
     SELECT c.run_id, c.task_id, p.state::text, 'running', c.attempt, $1, 'claimed'
     FROM claimed c JOIN picked p ON p.id = c.id
 )
-SELECT c.id, c.run_id, c.task_id, c.attempt, c.handler, r.workflow, r.version,
+SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workflow, r.version,
        c.resume_payload::text AS resume_payload,
        r.params::text AS params, r.logical_date, r.interval_end,
        CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
@@ -307,7 +309,7 @@ WHERE id IN (
 );
 
 -- name: expired_leases
-SELECT t.id, t.run_id, t.task_id, t.attempt, t.lease_owner, r.version
+SELECT t.id, t.run_id, t.task_id, t.attempt, t.tries_before, t.lease_owner, r.version
 FROM task_instances t JOIN runs r ON r.id = t.run_id
 WHERE t.state = 'running' AND t.lease_until < now()
 ORDER BY t.lease_until LIMIT $1;

@@ -18,6 +18,7 @@ WITH input AS (
         error = CASE WHEN i.target IN ('scheduled', 'success', 'skipped') THEN NULL
                      ELSE coalesce(t.error, $7) END,
         lease_owner = NULL, lease_until = NULL, not_before = NULL, resume_payload = NULL,
+        tries_before = CASE WHEN i.target = 'scheduled' THEN t.attempt ELSE t.tries_before END,
         queued_at = CASE WHEN i.target = 'scheduled' THEN NULL ELSE t.queued_at END,
         ended_at = CASE WHEN i.target = 'scheduled' THEN NULL ELSE now() END
     FROM input i JOIN task_instances o ON o.run_id = i.run_id AND o.task_id = i.task_id
