@@ -389,3 +389,30 @@ async def test_cancel_racing_a_completion_one_wins(db_url: str) -> None:
             else:
                 assert state == RunState.SUCCESS and completed.accepted
             assert_all_legal(await transitions(o, run_id))
+
+
+async def test_clearing_many_runs_is_all_or_nothing(db_url: str) -> None:
+    from orchestrator.operations import clear_runs
+
+    switch = Switch()
+    switch.failing.add("b")
+    async with Orchestrator(
+        suite_settings(), db_url, registry=switch.registry(), workflows=[diamond()]
+    ) as o:
+        assert o.engine is not None and o.db is not None
+        failed = [await o.engine.trigger("diamond", actor="test") for _ in range(3)]
+        assert set((await wait_for_runs(o.db, failed, timeout=20)).values()) == {RunState.FAILED}
+        switch.failing.clear()
+        ok = await o.engine.trigger("diamond", actor="test")
+        assert await ended(o, ok) == RunState.SUCCESS
+        before = await o.db.pool.fetchval("SELECT count(*) FROM transitions")
+        with pytest.raises(OperationRefusedError, match=f"nothing to clear in run {ok}"):
+            await clear_runs(o.engine, [*failed, ok], actor="t")
+        assert await o.db.pool.fetchval("SELECT count(*) FROM transitions") == before
+        results = await clear_runs(o.engine, failed, actor="cli:ana", reason="batch")
+        assert [r.cleared for r in results] == [["b", "d"]] * 3
+        done = await wait_for_runs(o.db, failed, timeout=20)
+        assert set(done.values()) == {RunState.SUCCESS}
+        entries = await audit.entries(o.db, action="clear")
+        assert sorted(e.run_id or 0 for e in entries) == sorted(failed)
+        assert {(e.actor, e.reason) for e in entries} == {("cli:ana", "batch")}
