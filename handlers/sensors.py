@@ -19,8 +19,8 @@ from orchestrator.deferral import (
     Defer,
     TimeoutOutcome,
     callback_key,
-    file_key,
-    kafka_key,
+    channel_key,
+    correlation_key,
     run_key,
 )
 from orchestrator.errors import NonRetryableError
@@ -69,7 +69,7 @@ async def kafka(
     raise Defer(
         "kafka",
         f"a message on {topic} with {correlation} = {equals!r}",
-        match_key=kafka_key(topic, correlation, equals),
+        match_key=correlation_key("kafka", topic, correlation, equals),
         timeout_s=timeout_s,
         on_timeout=_outcome(on_timeout),
         since=_since(since),
@@ -95,7 +95,7 @@ async def file(
     raise Defer(
         "file",
         f"a file {path} in the landing zone",
-        match_key=file_key(path) if exact else None,
+        match_key=channel_key("file", path) if exact else None,
         match_pattern=None if exact else glob_regex(path).pattern,
         timeout_s=timeout_s,
         on_timeout=_outcome(on_timeout),

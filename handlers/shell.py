@@ -18,6 +18,7 @@ import signal
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from orchestrator.clock import real_pause
 from orchestrator.context import TaskContext
 from orchestrator.errors import NonRetryableError, TaskError
 from orchestrator.handler_inputs import ByteCount, PositiveSeconds
@@ -293,7 +294,7 @@ async def _until(condition: Callable[[], bool], within: float) -> bool:
     while not condition():
         if loop.time() >= deadline:
             return False
-        await asyncio.sleep(_POLL_S)
+        await real_pause(_POLL_S)
     return True
 
 

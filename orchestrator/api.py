@@ -20,13 +20,14 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from orchestrator import api_audit, api_operations, run_reads
+from orchestrator import api_admin, api_audit, api_operations, run_reads
 from orchestrator.api_rules import (
     MAX_IDEMPOTENCY_KEY,
     api_rules_middleware,
     path_int,
     query_int,
 )
+from orchestrator.auth import Authenticator, auth_middleware
 from orchestrator.callers import actor_of
 from orchestrator.cors import cors_middleware
 from orchestrator.deferral import callback_key
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 ENGINE_KEY = web.AppKey("engine", Engine)
 INTAKE_KEY = web.AppKey("intake", Intake)
+AUTH_KEY = web.AppKey("auth", Authenticator)
 
 
 def manual_event(
@@ -247,6 +249,7 @@ def build_app(
     engine: Engine,
     intake: Intake,
     *,
+    authenticator: Authenticator,
     max_body_bytes: int,
     read_timeout_s: float = 10.0,
     cors_origins: Sequence[str] = (),
@@ -260,12 +263,14 @@ def build_app(
             # the body deadline covers the rules' reading of the body.
             cors_middleware(cors_origins),
             problems_middleware,
+            auth_middleware(authenticator),  # before any body is read
             body_deadline_middleware(read_timeout_s),
             api_rules_middleware,
         ],
     )
     app[ENGINE_KEY] = engine
     app[INTAKE_KEY] = intake
+    app[AUTH_KEY] = authenticator
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/api/v1/workflows/{name}/runs", trigger_run)
@@ -273,5 +278,6 @@ def build_app(
     app.router.add_get("/api/v1/runs", list_runs)
     app.router.add_get("/api/v1/runs/{run_id}", get_run)
     api_audit.add_routes(app)
+    api_admin.add_routes(app)
     api_operations.add_routes(app)
     return app

@@ -14,6 +14,7 @@ from datetime import timedelta
 from types import TracebackType
 
 from orchestrator.api import build_app
+from orchestrator.auth import Authenticator, tokens_required
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine
 from orchestrator.http_server import HttpServer
@@ -96,7 +97,10 @@ class Orchestrator:
                 if applied:
                     log.info("applied migrations: %s", ", ".join(applied))
             self.engine = Engine(
-                self.db, lease_s=s.lease_s, default_pool_slots=s.default_pool_slots
+                self.db,
+                lease_s=s.lease_s,
+                default_pool_slots=s.default_pool_slots,
+                clock=self.clock,
             )
             for name, slots in s.pools.items():
                 await self.engine.set_pool(
@@ -107,9 +111,20 @@ class Orchestrator:
                 await self.register(self._initial_workflows)
             app = None
             if self._serve_http:
+                required = tokens_required(s.api_auth, s.http_host)
+                if not required:
+                    log.warning(
+                        "the API is open to any caller that reaches %s "
+                        "(ORCHESTRATOR_API_AUTH=%s); tokens are still checked when sent",
+                        s.http_host,
+                        s.api_auth,
+                    )
                 app = build_app(
                     self.engine,
                     self.intake,
+                    authenticator=Authenticator(
+                        self.db, self.clock, cache_s=s.api_token_cache_s, required=required
+                    ),
                     max_body_bytes=s.max_payload_bytes,
                     read_timeout_s=s.http_read_timeout_s,
                     cors_origins=s.cors_origin_list,

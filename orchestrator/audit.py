@@ -1,11 +1,11 @@
 """Who did what: the append-only record of operator actions.
 
 Every operator action (clear, cancel, mark, pause, unpause, redrive,
-backfill, pool change) writes one entry with its actor, time and reason, in
-the same transaction as the change it describes, so an action is never done
-without its entry nor recorded without being done. Retention leaves the table
-alone (the database refuses to change or delete its rows outside an explicit
-prune, see migration ``0008_audit``).
+backfill, pool change, token created or revoked) writes one entry with its
+actor, time and reason, in the same transaction as the change it describes,
+so an action is never done without its entry nor recorded without being
+done. Retention leaves the table alone (the database refuses to change or
+delete its rows outside an explicit prune, see migration ``0008_audit``).
 
 The actor is decided where the action comes in: ``cli:<OS user>`` for the
 command line, :func:`orchestrator.callers.actor_of` for the API.
@@ -33,6 +33,7 @@ ACTIONS = (
     "redrive",
     "backfill",
     "pool",
+    "token",
 )
 
 

@@ -401,11 +401,17 @@ def audit_cmd(workflow: str | None, run_id: int | None, action: str | None, limi
     click.echo(_run(go))
 
 
-# Operator actions on runs (orchestrator/cli_operations.py).
-from orchestrator.cli_operations import COMMANDS as _OPERATIONS  # noqa: E402
+def _add_commands() -> None:
+    """Commands that live in modules of their own."""
+    from orchestrator.cli_operations import COMMANDS as operations
+    from orchestrator.cli_tokens import tokens_cmd
 
-for _command in _OPERATIONS:
-    main.add_command(_command)
+    main.add_command(tokens_cmd)
+    for command in operations:
+        main.add_command(command)
+
+
+_add_commands()
 
 if __name__ == "__main__":
     main()

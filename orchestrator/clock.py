@@ -1,21 +1,25 @@
 """Time as a dependency: every part that reads the time or waits for it takes
 a clock, so tests can move time instead of waiting for it.
 
-This is the one module that reads real time. Schedules, time sensors, poll
-sensors, quiet windows of the landing zone, heartbeats and reaper passes,
-and every backoff between retries run on the injected clock; the orchestrator
-hands its clock to all of them and handlers find it as ``ctx.clock``.
+This is the one module that reads real time (a test greps the tree for
+any other). Schedules, time sensors, poll sensors, quiet windows of the
+landing zone, heartbeats, leases and reaper passes, and every backoff between
+retries run on the injected clock; the orchestrator hands its clock to all of
+them and handlers find it as ``ctx.clock``. Leases are stamped in the
+database: on the :class:`SystemClock` by the database's own clock (one clock
+for every replica), on a :class:`ManualClock` by the test's time.
 
-What stays on the event loop's own time, on purpose: ``asyncio.timeout``
-around handlers (a handler is real work), and pacing that must go on while a
-test holds a :class:`ManualClock` still (the worker's flush window, its poll
-safety net and shutdown grace, whose counterparts are stamped by the
-database's ``now()``).
+What stays on real time, on purpose, through the named helpers at the end:
+``asyncio.timeout`` around handlers (a handler is real work), and pacing that
+must go on while a test holds a :class:`ManualClock` still (the worker's
+flush window and the webhook batching window), polls of child processes and
+brokers, and the deadlines of test helpers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -27,12 +31,20 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def stamp(self) -> datetime | None:
+        """The time to stamp leases with in the database, or None to let the
+        database use its own clock (one clock for every replica)."""
+        ...
+
 
 class SystemClock:
     """Real time."""
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def stamp(self) -> None:
+        return None
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -55,6 +67,10 @@ class ManualClock:
         self._arrived = asyncio.Event()
 
     def now(self) -> datetime:
+        return self._now
+
+    def stamp(self) -> datetime:
+        """Leases too run on this clock: a test moves them past their end."""
         return self._now
 
     async def advance(self, delta: timedelta | float) -> None:
@@ -123,3 +139,26 @@ async def wait_for_event(clock: Clock, event: asyncio.Event, seconds: float | No
             waiter.cancel()
         await asyncio.gather(sleeper, woken, return_exceptions=True)
     return event.is_set()
+
+
+# -- real time, where nothing else will do ------------------------------------------
+# Pacing that must go on while a test holds a ManualClock still (the worker's
+# flush window and the webhook batching window let concurrent work share one
+# commit), polls of things that answer in real time (child processes, a
+# broker, the embedded PostgreSQL) and the deadlines of test helpers. The
+# names say which; nothing else in the project reads or waits for real time.
+
+
+async def real_pause(seconds: float) -> None:
+    """Let the event loop run for ``seconds`` of real time."""
+    await asyncio.sleep(seconds)
+
+
+def real_block(seconds: float) -> None:
+    """Block the thread for ``seconds`` (only where no event loop runs)."""
+    time.sleep(seconds)
+
+
+def monotonic() -> float:
+    """Seconds on a clock that never goes back, for real-time deadlines."""
+    return time.monotonic()

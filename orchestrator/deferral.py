@@ -81,13 +81,10 @@ def correlation_key(source: str, channel: str, expression: str, value: Any) -> s
     return f"{source}:{channel}:{expression}:{value_json}"
 
 
-def kafka_key(topic: str, expression: str, value: Any) -> str:
-    """The key of a Kafka event whose ``expression`` evaluates to ``value``."""
-    return correlation_key("kafka", topic, expression, value)
-
-
-def file_key(relative_path: str) -> str:
-    return f"file:{relative_path}"
+def channel_key(source: str, channel: str) -> str:
+    """The key of every event of ``source`` on ``channel``: what a wait on one
+    exact channel names (e.g. a landed file's path)."""
+    return f"{source}:{channel}"
 
 
 def callback_key(token: str) -> str:

@@ -250,7 +250,7 @@ async def _dev_main(settings: Settings, path: Path) -> None:
             }
             state_file.write_text(json.dumps(state))
             started.callback(state_file.unlink, missing_ok=True)
-            banner = _dev_banner(path, preparations)
+            banner = _dev_banner(path, preparations, settings)
             await serve(settings, url, path, reload=True, banner=banner, stop=stop)
 
 
@@ -280,13 +280,24 @@ async def _quietly(cleanup: Callable[[], Awaitable[None]]) -> None:
         log.exception("a dev-mode service did not stop cleanly")
 
 
-def _dev_banner(path: Path, preparations: list[DevPreparation]) -> str:
+def _dev_banner(path: Path, preparations: list[DevPreparation], settings: Settings) -> str:
+    from orchestrator.auth import tokens_required
+
+    where = f"http://{settings.http_host}:{settings.http_port}/api/v1"
+    if tokens_required(settings.api_auth, settings.http_host):
+        api = f"The API at {where} needs a token: orchestrator tokens create NAME --role operator"
+    else:
+        api = (
+            f"The API at {where} is open to anyone who reaches {settings.http_host} "
+            "(ORCHESTRATOR_API_AUTH=tokens requires tokens)."
+        )
     lines = [
         "",
         "orchestrator dev is running; Ctrl-C stops it. In another terminal:",
         "  orchestrator trigger daily_sales --param date=2026-02-01 --wait",
         "  orchestrator runs",
         "  orchestrator show RUN_ID",
+        api,
     ]
     for prep in preparations:
         lines += prep.banner

@@ -8,11 +8,12 @@ import logging
 import os
 import signal
 import subprocess
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from orchestrator.clock import monotonic, real_block
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +79,15 @@ def _postmaster_pid(data_dir: Path) -> int | None:
 def _stop_postmaster(pid: int, timeout: float) -> None:
     """Fast shutdown (SIGINT), then SIGKILL if it is still there after ``timeout``."""
     sig: int = signal.SIGINT
-    deadline = time.monotonic() + timeout
+    deadline = monotonic() + timeout
     while True:
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             return
         # Signal 0 only asks whether it is still there.
-        sig = signal.SIGKILL if time.monotonic() > deadline else 0
-        time.sleep(0.05)
+        sig = signal.SIGKILL if monotonic() > deadline else 0
+        real_block(0.05)
 
 
 class EmbeddedPostgres:

@@ -23,6 +23,7 @@ import orjson
 
 from orchestrator import audit, waits
 from orchestrator import plan as p
+from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.compiled import CompiledWorkflow, SpecCache
 from orchestrator.deferral import Resolution
 from orchestrator.errors import DuplicateRunError, OrchestratorError, UnknownWorkflowError
@@ -99,8 +100,17 @@ def _claimed(rows: Iterable[asyncpg.Record]) -> list[Claimed]:
 
 
 class Engine:
-    def __init__(self, db: Database, *, lease_s: float = 30.0, default_pool_slots: int = 128):
+    def __init__(
+        self,
+        db: Database,
+        *,
+        lease_s: float = 30.0,
+        default_pool_slots: int = 128,
+        clock: Clock = SYSTEM_CLOCK,
+    ):
         self.db = db
+        #: Leases are stamped on this clock (the database's own for real time).
+        self.clock = clock
         self.specs = SpecCache()
         self.lease_s = lease_s
         self.default_pool_slots = default_pool_slots
@@ -292,11 +302,18 @@ class Engine:
             if limit <= 0:
                 return [], waiting
             if not waiting:
-                return _claimed(await conn.fetch(SQL.claim, owner, limit, self.lease_s)), False
+                return _claimed(
+                    await conn.fetch(SQL.claim, owner, limit, self.lease_s, self.clock.stamp())
+                ), False
             async with conn.transaction():
                 await conn.execute(SQL.lock_limited_claims)
                 rows = await conn.fetch(
-                    SQL.claim_mixed, owner, limit, self.lease_s, self.default_pool_slots
+                    SQL.claim_mixed,
+                    owner,
+                    limit,
+                    self.lease_s,
+                    self.default_pool_slots,
+                    self.clock.stamp(),
                 )
             return _claimed(rows), True
 
@@ -316,7 +333,9 @@ class Engine:
             claimed: list[Claimed] = []
             if claim_for is not None and claim_limit > 0:
                 claimed = _claimed(
-                    await conn.fetch(SQL.claim, claim_for, claim_limit, self.lease_s)
+                    await conn.fetch(
+                        SQL.claim, claim_for, claim_limit, self.lease_s, self.clock.stamp()
+                    )
                 )
             # What this worker claims itself needs nobody woken.
             notices.queued += done.queued - len(claimed)
@@ -426,7 +445,7 @@ class Engine:
             case p.WaitsOn(keys):
                 return await waits.waiting_on(conn, keys)
             case p.RecordWaits(outcomes):
-                return await waits.record(conn, outcomes)
+                return await waits.record(conn, outcomes, self.clock.stamp())
             case p.RunsOfWaits(wait_ids):
                 return await waits.runs_of(conn, wait_ids)
             case p.EndWaits(resolutions):
@@ -464,6 +483,7 @@ class Engine:
             actor,
             bool(deciding),
             deciding,
+            self.clock.stamp(),
         )
         accepted: set[tuple[int, int]] = set()
         states: dict[int, dict[str, TaskState]] = {}
@@ -500,7 +520,7 @@ class Engine:
         attempt), returns the ids that are no longer its to run (the run was
         cancelled, or the lease taken back): the worker stops those handlers."""
         async with self.db.pool.acquire() as conn:
-            await conn.execute(SQL.heartbeat, owner, self.lease_s)
+            await conn.execute(SQL.heartbeat, owner, self.lease_s, self.clock.stamp())
             if not attempts:
                 return []
             rows = await conn.fetch(
@@ -517,7 +537,7 @@ class Engine:
         from orchestrator.retry import decide_failure  # local: keeps import graph flat
 
         async with self.db.pool.acquire() as conn:
-            rows = await conn.fetch(SQL.expired_leases, limit)
+            rows = await conn.fetch(SQL.expired_leases, limit, self.clock.stamp())
             if not rows:
                 return 0
             outcomes = []

@@ -32,7 +32,7 @@ import jmespath
 import orjson
 from jmespath.exceptions import JMESPathError
 
-from orchestrator.deferral import Resolution, correlation_key
+from orchestrator.deferral import Resolution, channel_key, correlation_key
 from orchestrator.engine import Engine, RunRequest
 from orchestrator.errors import OrchestratorError, ParamsError
 from orchestrator.notices import Notices
@@ -170,9 +170,7 @@ class Router:
         #: sources whose waits may match an event's channel by pattern
         self.pattern_waits = frozenset(s.source for s in plugins.sensors.values() if s.by_pattern)
         #: source -> the key each of its events carries, from its channel
-        self._channel_keys = {
-            s.source: s.channel_key for s in plugins.sensors.values() if s.channel_key
-        }
+        self._keyed_by_channel = {s.source for s in plugins.sensors.values() if s.keyed_by_channel}
         self.looked_up_first = LOOKED_UP_FIRST | plugins.looked_up_first
         sensors = plugins.sensors
         for spec in workflows:
@@ -229,9 +227,8 @@ class Router:
         """Correlation keys of an event, for waits now or later: those the
         source gave, and one per expression a sensor waits on for its channel."""
         keys = list(event.keys)
-        channel_key = self._channel_keys.get(event.source)
-        if channel_key is not None:
-            keys.append(channel_key(event.channel))
+        if event.source in self._keyed_by_channel:
+            keys.append(channel_key(event.source, event.channel))
         by_channel = self._waits.get(event.source)
         expressions = by_channel.get(event.channel) if by_channel is not None else None
         if expressions:

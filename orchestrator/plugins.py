@@ -66,9 +66,10 @@ class SensorKeys:
     None when they are not literal. Intake then records
     :func:`~orchestrator.deferral.correlation_key` of each event on that
     channel, which the sensor's wait names as its ``match_key``."""
-    channel_key: Callable[[str], str] | None = None
-    """The key of every event of ``source``, from its channel: what a wait on
-    one exact channel names (a file's path)."""
+    keyed_by_channel: bool = False
+    """Every event of ``source`` is also keyed by its channel
+    (:func:`~orchestrator.deferral.channel_key`): a wait on one exact channel
+    (a file's path) names that key."""
     by_pattern: bool = False
     """Its waits may hold a ``match_pattern`` (a regex) that each event of
     ``source`` is matched against by channel."""

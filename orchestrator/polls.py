@@ -116,7 +116,13 @@ class PollRunner:
             )
             return
         async with self.engine.db.pool.acquire() as conn:
-            due = await conn.fetchval(SQL.poll_again, row["id"], next_delay(config, checks), checks)
+            due = await conn.fetchval(
+                SQL.poll_again,
+                row["id"],
+                next_delay(config, checks),
+                checks,
+                self.clock.stamp(),
+            )
         if due is not None:
             self._rearm(due, row["id"])
 

@@ -100,6 +100,17 @@ class BadInput(OrchestratorError):
         return problem(self.status, self.field.detail, errors=[self.field])
 
 
+class BadFields(BadInput):
+    """Several inputs are unusable at once (a body a model refused)."""
+
+    def __init__(self, fields: Sequence[FieldError], detail: str) -> None:
+        super().__init__(fields[0].location, fields[0].name, detail)
+        self.fields = list(fields)
+
+    def response(self) -> web.Response:
+        return problem(self.status, str(self), errors=self.fields)
+
+
 #: Headers of an aiohttp HTTP error worth keeping on the problem answer.
 _KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 

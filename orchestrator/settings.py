@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +67,13 @@ class Settings(BaseSettings):
     head; else 408 or the connection is closed. Idle connections close after it too."""
     http_max_connections: int = Field(default=1000, ge=1, le=1_000_000)
     """HTTP connections served at once; more are answered 503 and closed."""
+    api_auth: Literal["auto", "tokens", "none"] = "auto"
+    """``auto``: the API is open to callers on a loopback ``http_host`` and
+    needs a token (``orchestrator tokens create``) on any other; ``tokens``:
+    always needs one; ``none``: open wherever it listens (set it explicitly)."""
+    api_token_cache_s: float = Field(default=5.0, ge=0, le=300)
+    """How long a looked-up token is trusted before it is read again: a
+    revoked or expired token is refused within this time."""
     cors_origins: str = ""
     """Comma-separated origins (``https://ui.example.com``) whose web pages may
     call ``/api/v1`` cross-origin. Empty: none may."""

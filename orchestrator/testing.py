@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from orchestrator.app import Orchestrator
-from orchestrator.clock import SYSTEM_CLOCK, Clock, ManualClock, SystemClock
+from orchestrator.clock import SYSTEM_CLOCK, Clock, ManualClock, SystemClock, real_pause
 from orchestrator.registry import HandlerRegistry
 from orchestrator.run_waiter import RunWaiter
 from orchestrator.settings import Settings
@@ -200,7 +200,7 @@ class WorkflowTest:
                 if task is not None and task.state == state:
                     return task
                 # Task states send no notification: look again shortly.
-                await asyncio.sleep(TASK_POLL_S)
+                await real_pause(TASK_POLL_S)
 
     async def tasks(self, run_id: int) -> dict[str, TaskResult]:
         """The tasks of a run as they are now, by task id."""

@@ -121,6 +121,9 @@ class Triggerer:
         self._next_reload = _BEGINNING
         self._next_poll = _BEGINNING
         self._dirty = asyncio.Event()
+        #: Set when the loop must look again before its planned time: new
+        #: waits were noticed, or a poll check armed its next time.
+        self._woken = asyncio.Event()
         self._backoff = Backoff(0.05, 5.0)
         self._task: asyncio.Task[None] | None = None
         self._listen = listen
@@ -131,7 +134,7 @@ class Triggerer:
                 registry,
                 actor=self.name,
                 concurrency=poll_concurrency,
-                rearm=self._arm,
+                rearm=self._rearm_checked,
                 clock=clock,
             )
             if registry is not None
@@ -183,6 +186,13 @@ class Triggerer:
 
     def _on_notify(self, _payload: str) -> None:
         self._dirty.set()
+        self._woken.set()
+
+    def _rearm_checked(self, due: datetime, deferral_id: int) -> None:
+        """A poll check found nothing: arm its next time (or its time limit)
+        and let the loop sleep again with it in view."""
+        self._arm(due, deferral_id)
+        self._woken.set()
 
     async def _run(self) -> None:
         """Keep the loop alive across database errors: log, back off, start
@@ -226,7 +236,10 @@ class Triggerer:
             await self._sleep_until(wake)
 
     async def _sleep_until(self, when: datetime) -> None:
-        await wait_for_event(self.clock, self._dirty, (when - self.clock.now()).total_seconds())
+        self._woken.clear()
+        if self._dirty.is_set():
+            return
+        await wait_for_event(self.clock, self._woken, (when - self.clock.now()).total_seconds())
 
     # -- reading waits -------------------------------------------------------------
 
@@ -295,6 +308,7 @@ class Triggerer:
             self._last_id = top
         if len(rows) == self.batch:
             self._dirty.set()  # there may be more
+            self._woken.set()
 
     # -- ending waits ----------------------------------------------------------------
 

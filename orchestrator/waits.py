@@ -7,6 +7,7 @@ engine answers its requests with, inside its transactions."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -18,9 +19,12 @@ from orchestrator.states import TaskState
 from orchestrator.store import SQL
 
 
-async def record(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> list[Resolution]:
-    """Write the waits of attempts that just deferred; return resolutions for
-    those whose event was already recorded (the check-then-wait race is
+async def record(
+    conn: asyncpg.Connection, outcomes: Sequence[Outcome], stamp: datetime | None
+) -> list[Resolution]:
+    """Write the waits of attempts that just deferred (time limits counted
+    from ``stamp``, the clock's time; None: the database's); return
+    resolutions for those whose event was already recorded (the check-then-wait race is
     closed by the key locks, taken by the commit before anything else, that
     intake takes too)."""
     waits = [(o, o.deferral) for o in outcomes if o.deferral is not None]
@@ -40,6 +44,7 @@ async def record(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> list[
         [d.timeout_s for _, d in waits],
         [d.on_timeout for _, d in waits],
         [d.resume for _, d in waits],
+        stamp,
     )
     found = []
     keyed = [r for r in rows if r["match_key"]]

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from orchestrator.backoff import Backoff
-from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.clock import SYSTEM_CLOCK, Clock, real_pause
 from orchestrator.context import TaskContext
 from orchestrator.deferral import Defer
 from orchestrator.engine import Claimed, Engine, Outcome
@@ -382,7 +382,7 @@ class Worker:
                 and len(self._buffer) < self.settings.claim_batch
             ):
                 # Let attempts finishing within a millisecond share the commit.
-                await asyncio.sleep(self.settings.flush_delay_s)
+                await real_pause(self.settings.flush_delay_s)
             self._flush_wanted.clear()
             batch, self._buffer = self._buffer, []
             if batch:

@@ -14,12 +14,12 @@ import socket
 import struct
 import subprocess
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from orchestrator.clock import monotonic, real_block
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings
 from sources.kafka_config import NewTopic, TopicAlreadyExistsError, make_admin
@@ -166,7 +166,7 @@ class EmbeddedKafka:
             # still stopping; whoever started it stops it, after them.
             start_new_session=True,
         )
-        deadline = time.monotonic() + self.start_timeout
+        deadline = monotonic() + self.start_timeout
         while not answers_metadata(self.host, port):
             if self._proc.poll() is not None:
                 err = self._output_tail()
@@ -174,13 +174,13 @@ class EmbeddedKafka:
                 raise _ExitedAtStart(
                     f"the embedded Kafka broker exited at start on port {port}: {err}"
                 )
-            if time.monotonic() > deadline:
+            if monotonic() > deadline:
                 self.stop()
                 raise EmbeddedKafkaError(
                     f"the embedded Kafka broker did not answer on {self.host}:{self.port} "
                     f"within {self.start_timeout}s"
                 )
-            time.sleep(0.02)
+            real_block(0.02)
         return self.bootstrap
 
     def _output_tail(self) -> str:

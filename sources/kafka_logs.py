@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.clock import monotonic
 from orchestrator.settings import Settings
 from orchestrator.store import Database
 from sources.kafka_config import AIOKafkaConsumer, OffsetOutOfRangeError, make_consumer
@@ -337,8 +337,8 @@ async def records_at(
         consumer.assign(sorted(offsets))
         for tp, offset in offsets.items():
             consumer.seek(tp, offset)
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while len(found) < len(offsets) and time.monotonic() < deadline:
+        deadline = monotonic() + READ_TIMEOUT_S
+        while len(found) < len(offsets) and monotonic() < deadline:
             try:
                 fetched = await consumer.getmany(timeout_ms=100)
             except OffsetOutOfRangeError as exc:

@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.deferral import file_key
 from orchestrator.plugins import DevPreparation, SensorKeys, SourcePlugin
 from orchestrator.settings import Settings
 from sources.models import FileTrigger, KafkaTrigger, ScheduleTrigger, WebhookTrigger
@@ -105,8 +104,8 @@ class WebhookPlugin(SourcePlugin):
 
 class FilesPlugin(SourcePlugin):
     triggers = (FileTrigger,)
-    # Waits on one path name its file_key; waits on a glob match paths by pattern.
-    sensors = (SensorKeys("sensor.file", "file", channel_key=file_key, by_pattern=True),)
+    # Waits on one path name its channel key; waits on a glob match paths by pattern.
+    sensors = (SensorKeys("sensor.file", "file", keyed_by_channel=True, by_pattern=True),)
     store = STORE
 
     def create(self, settings: Settings) -> Source | None:

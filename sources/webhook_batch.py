@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from orchestrator.clock import real_pause
 from orchestrator.errors import OrchestratorError
 from orchestrator.intake import Accepted, Event, Intake
 from orchestrator.store import UNAVAILABLE
@@ -110,7 +111,7 @@ class GroupCommit:
                 continue
             if self.delay_s and not self._closing and len(self._pending) < self.max_batch:
                 # Let concurrent requests join this commit.
-                await asyncio.sleep(self.delay_s)
+                await real_pause(self.delay_s)
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]
             if not batch:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+from orchestrator.clock import monotonic, real_block, real_pause
 
 T = TypeVar("T")
 
@@ -18,15 +18,15 @@ async def eventually(
     what: str = "condition",
 ) -> T:
     """Call ``probe`` until it returns a truthy value; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
+    deadline = monotonic() + timeout
     last: T | None = None
     while True:
         last = await probe()
         if last:
             return last
-        if time.monotonic() > deadline:
+        if monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        await asyncio.sleep(interval)
+        await real_pause(interval)
 
 
 def wait_until(
@@ -37,11 +37,11 @@ def wait_until(
     what: str = "condition",
 ) -> T:
     """Blocking twin of :func:`eventually` for tests that drive subprocesses."""
-    deadline = time.monotonic() + timeout
+    deadline = monotonic() + timeout
     while True:
         last = probe()
         if last:
             return last
-        if time.monotonic() > deadline:
+        if monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
+        real_block(interval)

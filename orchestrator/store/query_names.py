@@ -21,6 +21,7 @@ class NamedQueries:
     claim_mixed: str
     count_prunable: str
     count_running_runs: str
+    create_token: str
     current_versions: str
     deferral_runs: str
     deferrals_of_run: str
@@ -47,6 +48,7 @@ class NamedQueries:
     limited_waiting: str
     list_pools: str
     list_runs: str
+    list_tokens: str
     list_workflows: str
     lock_keys: str
     lock_limited_claims: str
@@ -68,6 +70,7 @@ class NamedQueries:
     remove_hold: str
     reopen_runs: str
     resolve_deferrals: str
+    revoke_token: str
     run_id_bounds: str
     run_states: str
     run_task_states: str
@@ -76,6 +79,7 @@ class NamedQueries:
     set_pool: str
     start_runs: str
     task_instances_of_run: str
+    token_by_hash: str
     transitions_of_run: str
     triggerer_due_between: str
     triggerer_last_id: str

@@ -5,7 +5,6 @@ keeps serving everyone else."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from eventually import eventually
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
+from orchestrator.clock import SYSTEM_CLOCK, monotonic
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from sources.models import WebhookTrigger
@@ -45,11 +45,11 @@ class Outcome:
 async def trickle(port: int, head: bytes, *, drip: bytes = b"x") -> Outcome:
     """Send ``head``, then ``drip`` a byte at a time, until the server answers
     or closes the connection, or until :data:`DEADLINE_S`."""
-    started = time.monotonic()
+    started = monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(head)
-        while time.monotonic() - started < DEADLINE_S:
+        while monotonic() - started < DEADLINE_S:
             try:
                 # Waiting for an answer also paces the drip.
                 data = await asyncio.wait_for(reader.read(4096), timeout=0.1)
@@ -58,10 +58,10 @@ async def trickle(port: int, head: bytes, *, drip: bytes = b"x") -> Outcome:
                 await writer.drain()
                 continue
             how = data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/1.1 ") else "closed"
-            return Outcome(how, time.monotonic() - started)
-        return Outcome("held", time.monotonic() - started)
+            return Outcome(how, monotonic() - started)
+        return Outcome("held", monotonic() - started)
     except ConnectionError:
-        return Outcome("closed", time.monotonic() - started)
+        return Outcome("closed", monotonic() - started)
     finally:
         writer.close()
 
@@ -101,7 +101,7 @@ async def server(db_url: str, **overrides: Any) -> AsyncIterator[tuple[Orchestra
 async def deliver(port: int, n: int) -> int:
     """A normal, signed webhook delivery on a fresh connection; its status."""
     body = b'{"order": %d}' % n
-    headers = standard_headers(SECRET, f"msg_{n}", int(time.time()), body)
+    headers = standard_headers(SECRET, f"msg_{n}", int(SYSTEM_CLOCK.now().timestamp()), body)
     async with (
         aiohttp.ClientSession() as http,
         http.post(

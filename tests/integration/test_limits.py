@@ -17,6 +17,7 @@ from suite_settings import suite_settings
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
+from orchestrator.clock import real_pause
 from orchestrator.engine import Claimed, Engine, RunRequest
 from orchestrator.registry import HandlerRegistry
 from orchestrator.run_waiter import wait_for_runs
@@ -131,7 +132,7 @@ async def test_a_worker_never_runs_more_handlers_than_its_slots(db_url: str, slo
         try:
             # The first `slots` attempts wait for each other, so the limit is reached.
             await wait_event(gauge.full)
-            await asyncio.sleep(0.005)
+            await real_pause(0.005)
         finally:
             gauge.leave()
 
@@ -176,7 +177,7 @@ async def test_a_named_pool_holds_across_two_workers(db_url: str, engine: Engine
         per_worker[who] += 1
         try:
             await wait_event(release_pool)
-            await asyncio.sleep(0.01)
+            await real_pause(0.01)
         finally:
             per_worker[who] -= 1
             pool.leave()
@@ -252,14 +253,14 @@ async def test_max_concurrency_one_serialises_a_task_across_runs(db_url: str) ->
         capped.enter()
         try:
             # Longer than a poll interval: the worker tries to claim while it runs.
-            await asyncio.sleep(0.1)
+            await real_pause(0.1)
         finally:
             capped.leave()
 
     async def anything(ctx: Any) -> None:
         free.enter()
         try:
-            await asyncio.sleep(0.02)
+            await real_pause(0.02)
         finally:
             free.leave()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 
 import orjson
 import pytest
@@ -11,10 +12,12 @@ from eventually import eventually
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
+from orchestrator.clock import SYSTEM_CLOCK, ManualClock
 from orchestrator.run_waiter import wait_for_runs
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
+from orchestrator.store import Database
 
 
 class Endpoint:
@@ -70,54 +73,79 @@ def waiting_on(url: str, **extra: object) -> WorkflowSpec:
     )
 
 
+async def _deferral(db: Database) -> tuple[int, datetime] | None:
+    """The poll wait's checks so far and when it is due next (None before it is recorded)."""
+    async with db.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT coalesce((config->>'checks')::int, 0) AS checks, wake_at FROM deferrals"
+        )
+    return None if row is None else (row["checks"], row["wake_at"])
+
+
 async def test_a_poll_wait_ends_when_the_condition_holds(
     db_url: str, endpoint: tuple[Endpoint, str]
 ) -> None:
+    """Checks a minute apart on the manual clock: the test moves time past
+    each next check instead of waiting for it."""
     state, url = endpoint
+    clock = ManualClock(SYSTEM_CLOCK.now())
     settings = Settings(worker_slots=1, poll_interval_s=0.2)
+    spec = waiting_on(url, interval_s=60)
     async with Orchestrator(
-        settings, db_url, registry=builtin_registry(), workflows=[waiting_on(url)]
+        settings, db_url, registry=builtin_registry(), workflows=[spec], clock=clock
     ) as o:
         assert o.engine is not None and o.db is not None
+        db = o.db
         run = await o.engine.trigger("export_ready")
-        await eventually(lambda: _hits_at_least(state, 3), what="several checks")
-        async with o.db.pool.acquire() as conn:
-            # Checked by the triggerer: the only worker slot is free.
-            assert (
-                await conn.fetchval("SELECT count(*) FROM task_instances WHERE state = 'running'")
-                == 0
-            )
-        state.ready = True
-        assert (await wait_for_runs(o.db, [run], timeout=20))[run] == RunState.SUCCESS
-        async with o.db.pool.acquire() as conn:
+        for checks in (1, 2, 3):
+
+            async def checked(n: int = checks) -> bool:
+                found = await _deferral(db)
+                return found is not None and found[0] >= n and found[1] > clock.now()
+
+            await eventually(checked, what=f"check {checks} to find nothing and re-arm")
+            assert state.hits == checks  # nothing is checked before its time
+            async with db.pool.acquire() as conn:
+                # Checked by the triggerer: the only worker slot is free.
+                running = "SELECT count(*) FROM task_instances WHERE state = 'running'"
+                assert await conn.fetchval(running) == 0
+            if checks == 3:
+                state.ready = True
+            await clock.advance(timedelta(seconds=70))  # past the next check (60 s + jitter)
+        assert (await wait_for_runs(db, [run], timeout=20))[run] == RunState.SUCCESS
+        async with db.pool.acquire() as conn:
             out = await conn.fetchval(
                 "SELECT output::text FROM task_instances WHERE run_id=$1 AND task_id='load'", run
             )
-            checks = await conn.fetchval("SELECT (config->>'checks')::int FROM deferrals")
         assert orjson.loads(out) == {"rows": 42}
-        assert checks >= 3
+        assert state.hits == 4
 
 
 async def test_a_poll_wait_times_out_as_told(db_url: str, endpoint: tuple[Endpoint, str]) -> None:
     _state, url = endpoint
-    spec = waiting_on(url, timeout_s=0.5, on_timeout="skipped")
+    clock = ManualClock(SYSTEM_CLOCK.now())
+    spec = waiting_on(url, interval_s=60, timeout_s=600, on_timeout="skipped")
     async with Orchestrator(
         Settings(worker_slots=1, poll_interval_s=0.2),
         db_url,
         registry=builtin_registry(),
         workflows=[spec],
+        clock=clock,
     ) as o:
         assert o.engine is not None and o.db is not None
+        db = o.db
         run = await o.engine.trigger("export_ready")
-        assert (await wait_for_runs(o.db, [run], timeout=20))[run] == RunState.SUCCESS
-        async with o.db.pool.acquire() as conn:
+
+        async def waiting() -> bool:
+            return await _deferral(db) is not None
+
+        await eventually(waiting, what="the poll wait to be recorded")
+        await clock.advance(timedelta(seconds=601))
+        assert (await wait_for_runs(db, [run], timeout=20))[run] == RunState.SUCCESS
+        async with db.pool.acquire() as conn:
             states = dict(
                 await conn.fetch(
                     "SELECT task_id, state::text FROM task_instances WHERE run_id=$1", run
                 )
             )
         assert states == {"ready": "skipped", "load": "skipped"}
-
-
-async def _hits_at_least(state: Endpoint, n: int) -> bool:
-    return state.hits >= n

@@ -14,7 +14,7 @@ from suite_settings import suite_settings
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.context import TaskContext
-from orchestrator.deferral import Defer, kafka_key
+from orchestrator.deferral import Defer, correlation_key
 from orchestrator.intake import Event
 from orchestrator.run_waiter import wait_for_runs
 from orchestrator.spec import TaskSpec, WorkflowSpec
@@ -130,7 +130,7 @@ async def test_an_event_that_arrived_first_still_satisfies_the_sensor(db_url: st
             assert (
                 await conn.fetchval(
                     "SELECT count(*) FROM event_keys WHERE key = $1",
-                    kafka_key("shipments", "payload.order_id", "B-1"),
+                    correlation_key("kafka", "shipments", "payload.order_id", "B-1"),
                 )
                 == 1
             )
@@ -197,7 +197,7 @@ async def test_a_handler_can_defer_mid_work_and_resume_with_the_event(db_url: st
                 "kafka",
                 "job J-1 to finish",
                 resume="handler",
-                match_key=kafka_key("shipments", "payload.order_id", "J-1"),
+                match_key=correlation_key("kafka", "shipments", "payload.order_id", "J-1"),
             )
         return {"finished": ctx.resumed["payload"]["carrier"]}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -16,6 +17,7 @@ from suite_settings import suite_settings
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
+from orchestrator.clock import SYSTEM_CLOCK, ManualClock
 from orchestrator.engine import Claimed, Engine, Outcome
 from orchestrator.run_waiter import wait_for_runs
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
@@ -303,34 +305,43 @@ settings = partial(suite_settings, poll_interval_s=0.1)
 
 
 async def test_heartbeats_keep_a_long_attempt_leased(db_url: str) -> None:
+    """Leases run on the orchestrator's clock: the test moves time 2.5 s past
+    a 1 s lease in heartbeat-sized steps, and the attempt is never taken back."""
     reg = builtin_registry()
     started = asyncio.Event()
+    clock = ManualClock(SYSTEM_CLOCK.now())
 
     async def slow(ctx: Any) -> dict[str, int]:
         started.set()
-        await ctx.clock.sleep(2.5)  # real time: leases are stamped by the database
+        await ctx.clock.sleep(2.5)
         return {"attempt": ctx.attempt}
 
     reg.register("slow", slow)
     spec = WorkflowSpec(name="long", tasks=(TaskSpec(id="t", handler="slow", retry=FAST_RETRY),))
     cfg = settings(lease_s=1.0, heartbeat_s=0.3)
-    async with Orchestrator(cfg, db_url, registry=reg, workflows=[spec]) as o:
+    async with Orchestrator(cfg, db_url, registry=reg, workflows=[spec], clock=clock) as o:
         assert o.engine is not None and o.db is not None
         db = o.db
         run_id = await o.engine.trigger("long")
         async with asyncio.timeout(10):
             await started.wait()
-        first = await fetchval(
-            db, "SELECT lease_until FROM task_instances WHERE run_id = $1", run_id
-        )
+        lease = timedelta(seconds=cfg.lease_s)
 
-        async def renewed() -> bool:
-            now = await fetchval(
+        async def lease_until() -> datetime | None:
+            value: datetime | None = await fetchval(
                 db, "SELECT lease_until FROM task_instances WHERE run_id = $1", run_id
             )
-            return now is not None and now > first
+            return value
 
-        await eventually(renewed, timeout=5, what="a heartbeat to push the lease forward")
+        assert await lease_until() == clock.now() + lease  # claimed on the manual clock
+        for _step in range(9):  # 2.7 s of manual time in 0.3 s steps
+            await clock.advance(0.3)
+
+            async def renewed() -> bool:
+                until = await lease_until()  # None once the handler has returned
+                return until is None or until >= clock.now() + lease
+
+            await eventually(renewed, timeout=10, what="a heartbeat to push the lease forward")
         states = await wait_for_runs(o.db, [run_id], timeout=15)
         assert states[run_id] == RunState.SUCCESS
         steps = await task_transitions(o.db, run_id, "t")

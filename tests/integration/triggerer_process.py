@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 import handlers.sensors_time
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
-from orchestrator.clock import SYSTEM_CLOCK
+from orchestrator.clock import SYSTEM_CLOCK, real_pause
 from orchestrator.logs import configure
 from orchestrator.registry import HandlerRegistry
 from orchestrator.settings import Settings
@@ -45,6 +45,9 @@ class OffsetClock:
     async def sleep(self, seconds: float) -> None:
         await SYSTEM_CLOCK.sleep(seconds)
 
+    def stamp(self) -> None:
+        return None  # leases stay on the database's clock
+
 
 def registry() -> HandlerRegistry:
     time_sensor = HandlerRegistry()
@@ -58,7 +61,7 @@ async def report_armed(triggerer: Triggerer) -> None:
         if triggerer.armed != last:
             last = triggerer.armed
             print(f"ARMED {last}", flush=True)
-        await asyncio.sleep(0.05)
+        await real_pause(0.05)
 
 
 async def serve(args: argparse.Namespace) -> None:

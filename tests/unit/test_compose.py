@@ -161,7 +161,9 @@ def healthcheck_command() -> list[str]:
 def test_the_healthcheck_calls_an_existing_route_with_python() -> None:
     command = healthcheck_command()
     assert command[0] == "python" and "curl" not in " ".join(command)
-    app = build_app(cast(Any, None), cast(Any, None), max_body_bytes=1024)
+    app = build_app(
+        cast(Any, None), cast(Any, None), authenticator=cast(Any, None), max_body_bytes=1024
+    )
     routes = {r.canonical for r in app.router.resources()}
     called = re.findall(r"/[a-z]+\b", command[-1])
     assert "/healthz" in called and "/healthz" in routes
@@ -170,7 +172,9 @@ def test_the_healthcheck_calls_an_existing_route_with_python() -> None:
 async def test_the_healthcheck_passes_against_a_live_server_and_fails_without_one() -> None:
     """Run the image's health check command (with this interpreter) against the
     real /healthz route, then against a port nobody listens on."""
-    app = build_app(cast(Any, None), cast(Any, None), max_body_bytes=1024)
+    app = build_app(
+        cast(Any, None), cast(Any, None), authenticator=cast(Any, None), max_body_bytes=1024
+    )
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

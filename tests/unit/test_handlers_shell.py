@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from handlers import shell as shell_module
+from orchestrator.clock import real_pause
 from orchestrator.context import TaskContext
 from orchestrator.errors import NonRetryableError, TaskError
 
@@ -31,7 +32,7 @@ async def eventually(check: Callable[[], bool], *, within: float = 3.0) -> None:
     while not check():
         if loop.time() > deadline:
             raise AssertionError(f"{check!r} still false after {within} s")
-        await asyncio.sleep(0.01)
+        await real_pause(0.01)
 
 
 def process_state(pid: int) -> str | None:

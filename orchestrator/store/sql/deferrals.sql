@@ -4,14 +4,14 @@
 -- $1 task_instance_id[], $2 run_id[], $3 task_id[], $4 attempt[], $5 kind[],
 -- $6 match_key[], $7 match_pattern[], $8 since[] (NULL: the run's creation),
 -- $9 config json[], $10 description[], $11 wake_at[], $12 timeout_s[],
--- $13 on_timeout[], $14 resume[]
+-- $13 on_timeout[], $14 resume[], $15 the clock's time (NULL: the database's)
 INSERT INTO deferrals (task_instance_id, run_id, task_id, attempt, kind, match_key,
                        match_pattern, since, config, description, wake_at, timeout_at,
                        on_timeout, resume)
 SELECT i.ti, i.run_id, i.task_id, i.attempt, i.kind, i.match_key, i.match_pattern,
        coalesce(i.since, r.created_at), i.config::jsonb, i.description, i.wake_at,
        CASE WHEN i.timeout_s IS NULL THEN NULL
-            ELSE now() + make_interval(secs => i.timeout_s) END,
+            ELSE coalesce($15::timestamptz, now()) + make_interval(secs => i.timeout_s) END,
        i.on_timeout, i.resume
 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[],
             $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::timestamptz[],

@@ -109,7 +109,8 @@ WITH picked AS (
 ), claimed AS (
     UPDATE task_instances t
     SET state = 'running', attempt = t.attempt + 1, lease_owner = $1,
-        lease_until = clock_timestamp() + make_interval(secs => $3), started_at = now(), not_before = NULL
+        lease_until = coalesce($4::timestamptz, clock_timestamp()) + make_interval(secs => $3),
+        started_at = now(), not_before = NULL
     FROM picked p WHERE t.id = p.id
     RETURNING t.id, t.run_id, t.task_id, t.attempt, t.tries_before, t.handler, t.needs,
               t.resume_payload
@@ -177,8 +178,8 @@ WITH running_pools AS (
 ), claimed AS (
     UPDATE task_instances t
     SET state = 'running', attempt = t.attempt + 1, lease_owner = $1,
-        lease_until = clock_timestamp() + make_interval(secs => $3), started_at = now(),
-        not_before = NULL
+        lease_until = coalesce($5::timestamptz, clock_timestamp()) + make_interval(secs => $3),
+        started_at = now(), not_before = NULL
     FROM picked p WHERE t.id = p.id
     RETURNING t.id, t.run_id, t.task_id, t.attempt, t.tries_before, t.handler, t.needs,
               t.resume_payload
@@ -207,7 +208,8 @@ WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE;
 -- $1 id[], $2 attempt[], $3 target[], $4 output json text[], $5 error[],
 -- $6 retry delay s[], $7 lease owner[], $8 expired_only[] (reaper: lease must
 -- have run out), $9 reason[], $10 expected source state, $11 actor,
--- $12 whether to return task states, $13 the runs whose task states to return
+-- $12 whether to return task states, $13 the runs whose task states to return,
+-- $14 the lease clock's time (NULL: the database's)
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::integer[], $3::task_state[], $4::text[],
                          $5::text[], $6::float8[], $7::text[], $8::boolean[], $9::text[])
@@ -222,7 +224,7 @@ WITH input AS (
     FROM input i
     WHERE t.id = i.id AND t.state = $10::task_state AND t.attempt = i.attempt
       AND t.lease_owner = i.owner
-      AND (NOT i.expired_only OR t.lease_until < now())
+      AND (NOT i.expired_only OR t.lease_until < coalesce($14::timestamptz, now()))
     RETURNING t.id, t.run_id, t.task_id, t.attempt, t.state, i.reason
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
@@ -301,7 +303,8 @@ SELECT pg_notify(n.channel, n.payload) FROM unnest($1::text[], $2::text[]) AS n(
 -- name: heartbeat
 -- Rows locked right now are being recorded by this worker's own flush: skip
 -- them rather than wait (two multi-row updates in different orders deadlock).
-UPDATE task_instances SET lease_until = now() + make_interval(secs => $2)
+UPDATE task_instances
+SET lease_until = coalesce($3::timestamptz, now()) + make_interval(secs => $2)
 WHERE id IN (
     SELECT id FROM task_instances
     WHERE state = 'running' AND lease_owner = $1
@@ -311,7 +314,7 @@ WHERE id IN (
 -- name: expired_leases
 SELECT t.id, t.run_id, t.task_id, t.attempt, t.tries_before, t.lease_owner, r.version
 FROM task_instances t JOIN runs r ON r.id = t.run_id
-WHERE t.state = 'running' AND t.lease_until < now()
+WHERE t.state = 'running' AND t.lease_until < coalesce($2::timestamptz, now())
 ORDER BY t.lease_until LIMIT $1;
 
 -- name: get_run

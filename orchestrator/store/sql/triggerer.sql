@@ -37,8 +37,10 @@ WHERE id = ANY($1::bigint[]) AND state = 'waiting';
 
 -- name: poll_again
 -- A poll said "not yet": its next check, guarded so an ended wait stays ended.
+-- $4 the clock's time (NULL: the database's)
 UPDATE deferrals
-SET wake_at = now() + make_interval(secs => $2),
+SET wake_at = coalesce($4::timestamptz, now()) + make_interval(secs => $2),
     config = jsonb_set(config, '{checks}', to_jsonb($3::integer))
 WHERE id = $1 AND state = 'waiting'
-RETURNING wake_at;
+-- Due at the next check or at the time limit, whichever comes first.
+RETURNING least(wake_at, timeout_at) AS due;
