@@ -13,14 +13,15 @@ decides it, never a value from the request.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import orjson
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from orchestrator import operations
+from orchestrator.api_bodies import read_body
 from orchestrator.api_rules import path_int
 from orchestrator.callers import actor_of
 from orchestrator.errors import (
@@ -29,45 +30,48 @@ from orchestrator.errors import (
     UnknownTaskError,
     UnknownWorkflowError,
 )
-from orchestrator.problems import BadInput, json_response, problem
+from orchestrator.problems import json_response, problem
 
-_MAX_REASON = 2000
-_MAX_TASKS = 1000
-
-
-async def _body(request: web.Request, allowed: Sequence[str]) -> dict[str, Any]:
-    if not request.body_exists:
-        return {}
-    try:
-        body = await request.json(loads=orjson.loads)
-    except orjson.JSONDecodeError as exc:
-        raise BadInput("body", "body", f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadInput("body", "body", "body must be a JSON object")
-    for key in body:
-        if key not in allowed:
-            raise BadInput(
-                "body",
-                key,
-                f"unexpected key {key!r} in the body (allowed keys: {', '.join(allowed)})",
-            )
-    return body
+Reason = Annotated[str, Field(max_length=2000)]
+TaskId = Annotated[str, Field(min_length=1, max_length=200)]
 
 
-def _reason(body: dict[str, Any]) -> str:
-    reason = body.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > _MAX_REASON:
-        raise BadInput(
-            "body", "reason", f"'reason' must be a string of at most {_MAX_REASON} characters"
-        )
-    return reason
+class ClearBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[TaskId] | None = Field(default=None, max_length=1000)
+    """Clear these tasks (default: the failed ones and what they skipped)."""
+    downstream: StrictBool = False
+    """Also clear everything downstream of ``tasks``."""
+    failed_only: StrictBool = False
+    reason: Reason = ""
+
+    @model_validator(mode="after")
+    def _downstream_needs_tasks(self) -> ClearBody:
+        if self.downstream and not self.tasks:
+            raise ValueError("'downstream' needs 'tasks' to start from")
+        return self
 
 
-def _flag(body: dict[str, Any], name: str) -> bool:
-    value = body.get(name, False)
-    if not isinstance(value, bool):
-        raise BadInput("body", name, f"{name!r} must be true or false")
-    return value
+class CancelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Reason = ""
+
+
+class MarkBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["success", "failed", "skipped"]
+    output: Any = None
+    """The task's output; only with ``state: success``."""
+    reason: Reason = ""
+
+    @model_validator(mode="after")
+    def _output_only_on_success(self) -> MarkBody:
+        if self.output is not None and self.state != "success":
+            raise ValueError("'output' is only given with state success")
+        return self
 
 
 async def _answer(action: Callable[[], Awaitable[Any]]) -> web.Response:
@@ -84,27 +88,16 @@ async def clear(request: web.Request) -> web.Response:
     from orchestrator.api import ENGINE_KEY
 
     run_id = path_int(request, "run_id")
-    body = await _body(request, ("tasks", "downstream", "failed_only", "reason"))
-    tasks = body.get("tasks")
-    if tasks is not None and (
-        not isinstance(tasks, list)
-        or not all(isinstance(t, str) and t for t in tasks)
-        or len(tasks) > _MAX_TASKS
-    ):
-        raise BadInput("body", "tasks", "'tasks' must be a list of task ids (non-empty strings)")
-    downstream = _flag(body, "downstream")
-    if downstream and not tasks:
-        raise BadInput("body", "downstream", "'downstream' needs 'tasks' to start from")
-    failed_only, reason = _flag(body, "failed_only"), _reason(body)
+    body = await read_body(request, ClearBody)
     return await _answer(
         lambda: operations.clear_run(
             request.app[ENGINE_KEY],
             run_id,
-            tasks=tasks or None,
-            downstream=downstream,
-            failed_only=failed_only,
+            tasks=body.tasks or None,
+            downstream=body.downstream,
+            failed_only=body.failed_only,
             actor=actor_of(request),
-            reason=reason,
+            reason=body.reason,
         )
     )
 
@@ -113,10 +106,10 @@ async def cancel(request: web.Request) -> web.Response:
     from orchestrator.api import ENGINE_KEY
 
     run_id = path_int(request, "run_id")
-    reason = _reason(await _body(request, ("reason",)))
+    body = await read_body(request, CancelBody)
     return await _answer(
         lambda: operations.cancel_run(
-            request.app[ENGINE_KEY], run_id, actor=actor_of(request), reason=reason
+            request.app[ENGINE_KEY], run_id, actor=actor_of(request), reason=body.reason
         )
     )
 
@@ -126,23 +119,16 @@ async def mark(request: web.Request) -> web.Response:
 
     run_id = path_int(request, "run_id")
     task_id = request.match_info["task_id"]
-    body = await _body(request, ("state", "output", "reason"))
-    state = body.get("state")
-    if state not in ("success", "failed", "skipped"):
-        raise BadInput("body", "state", "'state' must be one of success, failed, skipped")
-    output = body.get("output")
-    if output is not None and state != "success":
-        raise BadInput("body", "output", "'output' is only given with state success")
-    reason = _reason(body)
+    body = await read_body(request, MarkBody)
     return await _answer(
         lambda: operations.mark_task(
             request.app[ENGINE_KEY],
             run_id,
             task_id,
-            state,
-            output=output,
+            body.state,
+            output=body.output,
             actor=actor_of(request),
-            reason=reason,
+            reason=body.reason,
         )
     )
 
@@ -151,10 +137,12 @@ async def _hold(request: web.Request, *, release: bool) -> web.Response:
     from orchestrator.api import ENGINE_KEY
 
     name, task = request.match_info["name"], request.match_info["task"]
-    reason = _reason(await _body(request, ("reason",)))
+    body = await read_body(request, CancelBody)
     act = operations.unpause_task if release else operations.pause_task
     return await _answer(
-        lambda: act(request.app[ENGINE_KEY], name, task, actor=actor_of(request), reason=reason)
+        lambda: act(
+            request.app[ENGINE_KEY], name, task, actor=actor_of(request), reason=body.reason
+        )
     )
 
 
