@@ -20,6 +20,7 @@ SCENARIO_MODULES = (
     "file_scenarios",
     "wait_scenarios",
     "api_scenarios",
+    "operation_scenarios",
 )
 
 

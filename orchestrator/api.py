@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator import api_admin, api_audit, run_reads
+from orchestrator import api_admin, api_audit, api_operations, run_reads
 from orchestrator.access_log import access_log_middleware
 from orchestrator.api_bodies import next_page, read_query
 from orchestrator.api_models import CallbackAccepted, RunPage, Started
@@ -416,6 +416,7 @@ def build_app(
     app.router.add_get("/api/v1/runs/{run_id}", get_run)
     api_audit.add_routes(app)
     api_admin.add_routes(app)
+    api_operations.add_routes(app)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
     if engine is not None:
         app.router.add_get("/metrics", metrics_handler(engine.db))

@@ -203,6 +203,18 @@ def decide(
     return out
 
 
+def cleared_roots(
+    dag: Dag, states: Mapping[str, TaskState], changed: Iterable[str]
+) -> list[Transition]:
+    """Roots among ``changed`` that are scheduled (an operator cleared them)
+    are queued: with no upstream, nothing else is to be waited for."""
+    return [
+        _checked(t, T.SCHEDULED, T.QUEUED)
+        for t in changed
+        if not dag.upstream[t] and states[t] == T.SCHEDULED
+    ]
+
+
 def run_outcome(dag: Dag, states: Mapping[str, TaskState]) -> RunState | None:
     """A run ends when every task is final; it succeeds only if none failed."""
     failed = False

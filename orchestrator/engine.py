@@ -69,6 +69,9 @@ class Claimed:
     upstream: dict[str, Any]
     resumed: Any = None
     """What woke this task, when a handler deferred and is resumed."""
+    tries_before: int = 0
+    """Attempts made before an operator last cleared the task: its retry
+    policy counts only the attempts since (``attempt - tries_before``)."""
 
 
 @dataclass(slots=True)
@@ -94,6 +97,7 @@ def _claimed(rows: Iterable[asyncpg.Record]) -> list[Claimed]:
             interval_end=r["interval_end"],
             upstream=orjson.loads(r["upstream"]) if r["upstream"] else {},
             resumed=orjson.loads(r["resume_payload"]) if r["resume_payload"] else None,
+            tries_before=r["tries_before"],
         )
         for r in rows
     ]
@@ -374,6 +378,17 @@ class Engine:
 
     # -- carrying out a plan -------------------------------------------------------
 
+    async def carry_out(
+        self, conn: asyncpg.Connection, planning: p.Planning, *, actor: str, notices: Notices
+    ) -> p.Plan:
+        """Carry out ``planning`` in the caller's transaction (operator actions
+        decide what follows them through the same planner as completions)."""
+        done = await self._carry_out(conn, planning, actor)
+        notices.queued += done.queued
+        notices.runs_ended(done.ended_runs)
+        notices.timed_waits |= done.timed_waits
+        return done
+
     async def _carry_out(
         self, conn: asyncpg.Connection, planning: p.Planning, actor: str
     ) -> p.Plan:
@@ -506,9 +521,24 @@ class Engine:
 
     # -- leases ------------------------------------------------------------------
 
-    async def heartbeat(self, owner: str) -> None:
+    async def heartbeat(self, owner: str, attempts: Sequence[tuple[int, int]] = ()) -> list[int]:
+        """Renew ``owner``'s leases. Of its ``attempts`` (task instance id,
+        attempt), returns the ids that are no longer its to run (the run was
+        cancelled, or the lease taken back): the worker stops those handlers."""
         async with self.db.pool.acquire() as conn:
+            gone: list[int] = []
+            if attempts:
+                rows = await conn.fetch(
+                    SQL.cancelled_attempts,
+                    owner,
+                    [a[0] for a in attempts],
+                    [a[1] for a in attempts],
+                )
+                gone = [r["id"] for r in rows]
+            # The renewal last: once it shows, the heartbeat is done (tests on
+            # a manual clock move time as soon as they see it).
             await conn.execute(SQL.heartbeat, owner, self.lease_s, self.clock.stamp())
+        return gone
 
     async def expire_leases(self, *, actor: str, limit: int = 500) -> int:
         """Attempts whose lease ran out (worker died or froze) are lost: retry
@@ -522,7 +552,9 @@ class Engine:
             outcomes = []
             for r in rows:
                 compiled = await self.specs.get(conn, r["version"])
-                decision = decide_failure(compiled.retry[r["task_id"]], r["attempt"], None)
+                decision = decide_failure(
+                    compiled.retry[r["task_id"]], r["attempt"] - r["tries_before"], None
+                )
                 outcomes.append(
                     Outcome(
                         id=r["id"],

@@ -143,3 +143,24 @@ class ParamsError(OrchestratorError):
             f"params of workflow {workflow!r} refused: {wrong}. "
             f"Declared params: {described or ', '.join(self.declared)}"
         )
+
+
+class UnknownTaskError(OrchestratorError):
+    """A task id that the run's (or workflow's) pinned version does not have."""
+
+    def __init__(self, task_id: str, where: str, known: Iterable[str] = ()) -> None:
+        self.task_id = task_id
+        self.known = sorted(known)
+        listed = f" (its tasks: {', '.join(self.known)})" if self.known else ""
+        super().__init__(f"{where} has no task {task_id!r}{listed}")
+
+
+class OperationRefusedError(OrchestratorError):
+    """An operator action that the current state of the run or task does not
+    allow (clearing a running task, cancelling a finished run, ...); nothing
+    was changed. The API answers 409."""
+
+    def __init__(self, message: str, *, run_id: int | None = None, task_id: str | None = None):
+        self.run_id = run_id
+        self.task_id = task_id
+        super().__init__(message)

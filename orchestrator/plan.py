@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
-from orchestrator.decisions import Dag, decide, run_outcome
+from orchestrator.decisions import Dag, cleared_roots, decide, run_outcome
 from orchestrator.deferral import Defer, Resolution, run_key
 from orchestrator.states import TERMINAL_TASK_STATES, RunState, TaskState
 
@@ -412,6 +412,39 @@ def end_waits(resolutions: Sequence[Resolution]) -> Planning:
     return plan
 
 
+def reconsider(
+    runs: Mapping[int, LockedRun],
+    states: Mapping[int, Mapping[str, TaskState]],
+    changed: Mapping[int, Sequence[str]],
+) -> Planning:
+    """An operator moved the ``changed`` tasks of running ``runs`` (cleared
+    back to scheduled, or marked): decide what follows exactly as after a
+    completion -- successors queued or skipped, runs ended once every task is
+    final, and what their end sets off. Cleared roots are queued first."""
+    plan = Plan()
+    now = {run_id: dict(s) for run_id, s in states.items()}
+    dags = yield from ask(Dags(sorted({runs[i].version for i in changed})))
+    moves: list[Move] = []
+    for run_id, tasks in changed.items():
+        for t in cleared_roots(dags[runs[run_id].version], now[run_id], tasks):
+            moves.append(Move(run_id, t.task_id, t.source, t.target, "cleared"))
+            now[run_id][t.task_id] = t.target
+    if moves:
+        plan.queued += yield from ask(ApplyMoves(moves))
+        plan.moves += moves
+    yield from _settle(plan, runs, now, {i: list(t) for i, t in changed.items()}, [])
+    return plan
+
+
+def runs_ended(done: Sequence[EndedRun]) -> Planning:
+    """Runs an operator ended (cancel): what their end sets off."""
+    plan = Plan()
+    plan.ended_runs.update({r.id: r.state for r in done})
+    resolutions = yield from _after_ends(plan, done)
+    yield from _settle(plan, {}, {}, {}, resolutions)
+    return plan
+
+
 def _settle(
     plan: Plan,
     runs: Mapping[int, LockedRun],
@@ -467,6 +500,12 @@ def _advance(
         return []
     done = yield from ask(FinishRuns(finished))
     plan.ended_runs.update(finished)
+    return (yield from _after_ends(plan, done))
+
+
+def _after_ends(plan: Plan, done: Sequence[EndedRun]) -> _Steps[list[Resolution]]:
+    """Runs ended: start queued runs in the room they leave, and say how the
+    waits on them end."""
     for name in sorted({r.workflow for r in done}):
         yield from _admit(plan, name)
     # Runs that others wait for (sensor.run): end those waits in this commit.

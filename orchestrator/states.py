@@ -7,6 +7,13 @@ compare-and-set on the exact source state the decision saw (``WHERE state =
 :func:`legal_run_sources` into their guard (``WHERE state = ANY($n)``). The
 claim SQL lists the claimable states literally (for its partial indexes); a
 unit test keeps those lists equal to :data:`CLAIMABLE_TASK_STATES`.
+
+Operator actions (clear, mark, cancel, task holds: :mod:`orchestrator.operations`)
+may also take the edges of :data:`OPERATOR_TASK_TRANSITIONS` and
+:data:`OPERATOR_RUN_TRANSITIONS`, which the engine's own decisions never take:
+``legal_sources(target, operator=True)`` is their guard. Kept apart so that
+the engine's table stays acyclic (terminal states have no engine edge, and no
+engine edge leads back to ``scheduled``).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ class TaskState(StrEnum):
     SKIPPED = "skipped"
     UPSTREAM_FAILED = "upstream_failed"
     DEAD_LETTERED = "dead_lettered"
+    HELD = "held"
+    """Runnable, but its task is paused by an operator: waits without a slot."""
 
 
 class RunState(StrEnum):
@@ -39,7 +48,8 @@ T = TaskState
 
 #: Legal task transitions: source state -> the states it may move to.
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    T.SCHEDULED: frozenset({T.QUEUED, T.SKIPPED, T.UPSTREAM_FAILED}),
+    # -> held: runnable while an operator holds the task (decided instead of queued).
+    T.SCHEDULED: frozenset({T.QUEUED, T.HELD, T.SKIPPED, T.UPSTREAM_FAILED}),
     # queued -> skipped/upstream_failed happens only when a run is cancelled.
     T.QUEUED: frozenset({T.RUNNING, T.SKIPPED, T.UPSTREAM_FAILED}),
     T.RUNNING: frozenset(
@@ -54,6 +64,25 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     T.SKIPPED: frozenset(),
     T.UPSTREAM_FAILED: frozenset(),
     T.DEAD_LETTERED: frozenset(),
+    # A held task leaves only by an operator (unpause, mark) or a cancel.
+    T.HELD: frozenset({T.SKIPPED}),
+}
+
+_MARKED = frozenset({T.SUCCESS, T.FAILED, T.SKIPPED})
+_ENDED = (T.SUCCESS, T.FAILED, T.SKIPPED, T.UPSTREAM_FAILED, T.DEAD_LETTERED)
+
+#: Operator-only task edges, never taken by the engine's decisions:
+#: clear (a finished task -> scheduled, decided again), mark (any task not
+#: running -> success/failed/skipped by hand), hold and release (queued <-> held).
+OPERATOR_TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    **{s: frozenset({T.SCHEDULED} | _MARKED) - {s} for s in _ENDED},
+    T.SCHEDULED: _MARKED,
+    T.QUEUED: _MARKED | {T.HELD},
+    T.UP_FOR_RETRY: _MARKED,
+    T.DEFERRED: _MARKED,
+    T.HELD: _MARKED | {T.QUEUED},
+    # A running attempt is never marked or cleared: cancel the run, or let it end.
+    T.RUNNING: frozenset(),
 }
 
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
@@ -62,6 +91,15 @@ RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.SUCCESS: frozenset(),
     RunState.FAILED: frozenset(),
     RunState.CANCELLED: frozenset(),
+}
+
+#: Operator-only run edge: clearing or marking tasks of a finished run re-opens it.
+OPERATOR_RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    RunState.QUEUED: frozenset(),
+    RunState.RUNNING: frozenset(),
+    RunState.SUCCESS: frozenset({RunState.RUNNING}),
+    RunState.FAILED: frozenset({RunState.RUNNING}),
+    RunState.CANCELLED: frozenset({RunState.RUNNING}),
 }
 
 TERMINAL_TASK_STATES: frozenset[TaskState] = frozenset(
@@ -76,18 +114,24 @@ FAILED_TASK_STATES: frozenset[TaskState] = frozenset({T.FAILED, T.UPSTREAM_FAILE
 CLAIMABLE_TASK_STATES: frozenset[TaskState] = frozenset({T.QUEUED, T.UP_FOR_RETRY})
 
 
-def is_legal(source: TaskState, target: TaskState) -> bool:
-    return target in TASK_TRANSITIONS[source]
+def is_legal(source: TaskState, target: TaskState, *, operator: bool = False) -> bool:
+    """Whether ``source -> target`` is an engine edge (or, with ``operator``,
+    an engine or operator edge)."""
+    return target in TASK_TRANSITIONS[source] or (
+        operator and target in OPERATOR_TASK_TRANSITIONS[source]
+    )
 
 
-def is_legal_run(source: RunState, target: RunState) -> bool:
-    return target in RUN_TRANSITIONS[source]
+def is_legal_run(source: RunState, target: RunState, *, operator: bool = False) -> bool:
+    return target in RUN_TRANSITIONS[source] or (
+        operator and target in OPERATOR_RUN_TRANSITIONS[source]
+    )
 
 
-def legal_sources(target: TaskState) -> list[str]:
+def legal_sources(target: TaskState, *, operator: bool = False) -> list[str]:
     """The states a task may be in for a move to ``target``: the SQL guard."""
-    return sorted(s.value for s, targets in TASK_TRANSITIONS.items() if target in targets)
+    return sorted(s.value for s in TaskState if is_legal(s, target, operator=operator))
 
 
-def legal_run_sources(target: RunState) -> list[str]:
-    return sorted(s.value for s, targets in RUN_TRANSITIONS.items() if target in targets)
+def legal_run_sources(target: RunState, *, operator: bool = False) -> list[str]:
+    return sorted(s.value for s in RunState if is_legal_run(s, target, operator=operator))

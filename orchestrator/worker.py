@@ -86,6 +86,9 @@ class Worker:
         self._busy = 0  # slots running a handler or waiting for their result to commit
         self._reserved = 0  # slots promised to a claim in flight
         self._running: set[asyncio.Task[None]] = set()
+        # The handler tasks by (task instance id, attempt): cancelled when the
+        # heartbeat says the attempt is no longer this worker's (run cancelled).
+        self._attempts: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._buffer: list[Outcome] = []
         self._wake = asyncio.Event()
         self._flush_wanted = asyncio.Event()
@@ -211,6 +214,15 @@ class Worker:
             task = asyncio.create_task(self._execute(c))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+            key = (c.id, c.attempt)
+            self._attempts[key] = task
+            task.add_done_callback(self._forget(key))
+
+    def _forget(self, key: tuple[int, int]) -> Callable[[asyncio.Task[None]], None]:
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._attempts.pop(key, None)
+
+        return forget
 
     # -- executing -----------------------------------------------------------------
 
@@ -330,7 +342,8 @@ class Worker:
         if policy is None:
             target, delay = TaskState.UP_FOR_RETRY, 0.0
         else:
-            decision = decide_failure(policy, c.attempt, exc)
+            # Counted from the last clear: a cleared task has its retries again.
+            decision = decide_failure(policy, c.attempt - c.tries_before, exc)
             target, delay = decision.target, decision.delay_s
         error = _describe(exc) if exc is not None else reason
         if target == TaskState.UP_FOR_RETRY and not self._stopping:
@@ -465,7 +478,16 @@ class Worker:
         while True:
             await self.clock.sleep(interval)
             if self._busy:
-                await self.engine.heartbeat(self.owner)
+                running = [k for k, t in self._attempts.items() if not t.done()]
+                gone = set(await self.engine.heartbeat(self.owner, running))
+                for key in running:
+                    task = self._attempts.get(key)
+                    if key[0] in gone and task is not None:
+                        # Its run was cancelled: the handler stops (a shell
+                        # command's process group is killed); the result it
+                        # would have is refused by the lease guard anyway.
+                        log.info("attempt %d of task instance %d cancelled", key[1], key[0])
+                        task.cancel()
 
     async def _reaper_loop(self) -> None:
         interval = self.settings.reaper_interval

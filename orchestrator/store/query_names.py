@@ -10,9 +10,13 @@ from __future__ import annotations
 class NamedQueries:
     """``SQL.<name>`` is the text of the ``-- name: <name>`` block."""
 
+    add_hold: str
     allocate_run_ids: str
     apply_decisions: str
     audit_entries: str
+    cancel_run: str
+    cancel_tasks: str
+    cancelled_attempts: str
     claim: str
     claim_mixed: str
     count_prunable: str
@@ -23,6 +27,7 @@ class NamedQueries:
     deferrals_of_run: str
     deferred_counts: str
     end_deferred_tasks: str
+    end_run_waits: str
     ensure_pools: str
     events_by_key: str
     events_for_keys: str
@@ -33,6 +38,7 @@ class NamedQueries:
     get_run: str
     get_version: str
     heartbeat: str
+    holds_of_workflow: str
     insert_dead_letters: str
     insert_deferrals: str
     insert_event_keys: str
@@ -46,10 +52,13 @@ class NamedQueries:
     list_workflows: str
     lock_keys: str
     lock_limited_claims: str
+    lock_live_runs: str
     lock_runs: str
     lock_workflow: str
     metrics_gauges: str
+    move_held: str
     notify: str
+    operator_moves: str
     poll_again: str
     prune_dead_letters: str
     prune_events: str
@@ -57,7 +66,10 @@ class NamedQueries:
     queued_runs: str
     record_attempts: str
     record_audit: str
+    record_audits: str
     registered_workflows: str
+    remove_hold: str
+    reopen_runs: str
     resolve_deferrals: str
     revoke_token: str
     run_id_bounds: str

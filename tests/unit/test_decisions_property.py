@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.decisions import Dag, Transition, decide, initial_states, run_outcome
+from orchestrator.decisions import (
+    Dag,
+    Transition,
+    cleared_roots,
+    decide,
+    initial_states,
+    run_outcome,
+)
+from orchestrator.errors import OperationRefusedError
+from orchestrator.operator_decisions import MARKABLE, clear_transitions, mark_transitions
 from orchestrator.spec import TriggerRule
 from orchestrator.states import RunState, TaskState, is_legal
 
@@ -101,9 +110,10 @@ class Sim:
             self.ran.append(t)
         return queued
 
-    def run(self) -> None:
+    def run(self, changed: set[str] | None = None) -> None:
         dag = self.dag
-        changed: set[str] = set(dag.roots)  # what initial_states moved
+        if changed is None:
+            changed = set(dag.roots)  # what initial_states moved
         for _ in range(2 * len(dag.tasks) + 2):
             before = dict(self.states)
             full = decide(dag, self.states)
@@ -143,3 +153,58 @@ def test_random_workflows_settle_and_obey_trigger_rules(case: Case) -> None:
         else:
             assert not satisfied(rule, ups), (task, rule, ups)
             assert final[task] in allowed_instead_of_running(rule, ups), (task, rule, ups)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cases(), st.data())
+def test_clear_and_mark_of_an_ended_run_settle_it_again(case: Case, data: st.DataObject) -> None:
+    """After random clears and marks (each followed by the ordinary decisions
+    and runs, with new outcomes drawn), the run settles again, along legal
+    edges only, and every task a trigger rule decided agrees with its
+    upstreams as they ended up."""
+    sim = Sim(case)
+    sim.run()
+    dag = sim.dag
+    marked: set[str] = set()
+    for _ in range(data.draw(st.integers(1, 4))):
+        sim.outcome = {t: data.draw(st.sampled_from(OUTCOMES)) for t in dag.tasks}
+        run_state = run_outcome(dag, sim.states)
+        assert run_state is not None
+        try:
+            if data.draw(st.booleans()):
+                named = data.draw(st.lists(st.sampled_from(dag.tasks), max_size=2, unique=True))
+                moves = clear_transitions(
+                    dag,
+                    sim.states,
+                    run_state,
+                    run_id=1,
+                    tasks=named or None,
+                    downstream=bool(named) and data.draw(st.booleans()),
+                    failed_only=data.draw(st.booleans()),
+                )
+                assert {m.target for m in moves} == {S.SCHEDULED}
+                marked -= {m.task_id for m in moves}
+            else:
+                task = data.draw(st.sampled_from(dag.tasks))
+                target = data.draw(st.sampled_from(MARKABLE))
+                moves = mark_transitions(dag, sim.states, run_id=1, task_id=task, target=target)
+                marked = (marked - {m.task_id for m in moves}) | {task}
+        except OperationRefusedError:
+            continue
+        for m in moves:
+            assert m.source is sim.states[m.task_id]
+            assert is_legal(m.source, m.target, operator=True), m
+            sim.states[m.task_id] = m.target
+        changed = {m.task_id for m in moves}
+        roots = cleared_roots(dag, sim.states, sorted(changed))
+        sim.apply(roots)
+        sim.run(changed | sim.run_queued())
+        final = sim.states
+        assert set(final.values()) <= FINAL
+        assert run_outcome(dag, final) is not None
+        for t in dag.tasks:
+            if t in marked or not dag.upstream[t] or final[t] not in (S.SKIPPED, S.UPSTREAM_FAILED):
+                continue
+            ups = [final[u] for u in dag.upstream[t]]
+            assert not satisfied(dag.rules[t], ups), (t, dag.rules[t], ups)
+            assert final[t] in allowed_instead_of_running(dag.rules[t], ups), (t, ups)

@@ -32,8 +32,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator import plan as p
-from orchestrator.decisions import Dag, initial_states, run_outcome
+from orchestrator.decisions import Dag, cancel_transitions, initial_states, run_outcome
 from orchestrator.deferral import Defer, Resolution, run_key
+from orchestrator.errors import OperationRefusedError
+from orchestrator.operator_decisions import MARKABLE, after, clear_transitions, mark_transitions
 from orchestrator.spec import TriggerRule
 from orchestrator.states import (
     TERMINAL_RUN_STATES,
@@ -98,17 +100,22 @@ class Model:
 
     # -- rows ---------------------------------------------------------------------
 
-    def move(self, task: Task, target: TaskState) -> None:
-        assert is_legal(task.state, target), (task, target)
+    reopened: set[int] = field(default_factory=set)
+    """Runs an operator re-opened: they run beside the workflow's limit."""
+
+    def move(self, task: Task, target: TaskState, *, operator: bool = False) -> None:
+        assert is_legal(task.state, target, operator=operator), (task, target)
         task.state = target
         if target == S.QUEUED:
             self.queued_moves += 1
 
-    def move_run(self, run: Run, target: RunState) -> None:
-        assert is_legal_run(run.state, target), (run, target)
-        run.state = target
-        if target == RunState.RUNNING:
+    def move_run(self, run: Run, target: RunState, *, operator: bool = False) -> None:
+        assert is_legal_run(run.state, target, operator=operator), (run, target)
+        if operator and target == RunState.RUNNING:
+            self.reopened.add(run.id)
+        elif target == RunState.RUNNING:
             self.started_order.setdefault(run.workflow, []).append(run.id)
+        run.state = target
         if target in TERMINAL_RUN_STATES:
             self.ended_runs.append(run.id)
 
@@ -121,9 +128,13 @@ class Model:
             self.tasks[task.id] = task
             self.queued_moves += state == S.QUEUED
 
-    def running(self, workflow: str) -> int:
+    def running(self, workflow: str, *, reopened: bool = True) -> int:
         return sum(
-            1 for r in self.runs.values() if r.workflow == workflow and r.state == RunState.RUNNING
+            1
+            for r in self.runs.values()
+            if r.workflow == workflow
+            and r.state == RunState.RUNNING
+            and (reopened or r.id not in self.reopened)
         )
 
     def create_runs(self, workflows: Sequence[str]) -> None:
@@ -306,7 +317,7 @@ def check(model: Model, plan: p.Plan, ended_before: int, queued_before: int) -> 
         )
         queued = [r.id for r in runs if r.state == RunState.QUEUED]
         if limit is not None:
-            assert model.running(workflow) <= limit
+            assert model.running(workflow, reopened=False) <= limit
             if model.running(workflow) < limit:
                 assert not queued, f"{workflow} has room but runs {queued} wait"
         started = model.started_order.get(workflow, [])
@@ -321,7 +332,7 @@ def check(model: Model, plan: p.Plan, ended_before: int, queued_before: int) -> 
         states = {t.task_id: t.state for t in tasks}
         final = all(s in TERMINAL_TASK_STATES for s in states.values())
         assert final == (run.state in TERMINAL_RUN_STATES), (run, states)
-        if final:
+        if final and run.state != RunState.CANCELLED:  # cancelled: ended by an operator
             assert run.state == run_outcome(model.dags[run.version], states)
     assert all(n == 1 for n in model.wait_ends.values())
     for wait in model.waits.values():
@@ -413,9 +424,75 @@ def outcome_for(draw: Draw, model: Model, task: Task) -> p.Outcome:
     )
 
 
+def operate(draw: Draw, model: Model, action: str) -> p.Plan | None:
+    """An operator action, as orchestrator/operations.py carries it out: the
+    pure choice of moves, the guarded writes, then the planner."""
+    live = sorted(i for i, r in model.runs.items() if r.state != RunState.QUEUED)
+    if not live:
+        return None
+    run = model.runs[draw(st.sampled_from(live))]
+    dag = model.dags[run.version]
+    tasks = {t.task_id: t for t in model.run_tasks(run.id)}
+    states = {k: t.state for k, t in tasks.items()}
+    if action == "cancel":
+        if run.state in TERMINAL_RUN_STATES:
+            return None
+        for t in cancel_transitions(states):
+            model.move(tasks[t.task_id], S.SKIPPED)
+            tasks[t.task_id].owner = None
+            model.expected.pop(tasks[t.task_id].id, None)
+        for w in model.waits.values():
+            if w.waiting and w.task.run_id == run.id:
+                w.waiting = False
+        model.move_run(run, RunState.CANCELLED)
+        return model.drive(p.runs_ended([p.EndedRun(run.id, run.workflow, None, run.state)]))
+    try:
+        if action == "clear":
+            named = draw(st.lists(st.sampled_from(dag.tasks), max_size=2, unique=True))
+            moves = clear_transitions(
+                dag,
+                states,
+                run.state,
+                run_id=run.id,
+                tasks=named or None,
+                downstream=bool(named) and draw(st.booleans()),
+                failed_only=draw(st.booleans()),
+            )
+        else:
+            target = draw(st.sampled_from(MARKABLE))
+            task_id = draw(st.sampled_from(dag.tasks))
+            moves = mark_transitions(dag, states, run_id=run.id, task_id=task_id, target=target)
+    except OperationRefusedError:
+        return None  # refused before anything was written
+    if run.state in TERMINAL_RUN_STATES:
+        model.move_run(run, RunState.RUNNING, operator=True)
+    for m in moves:
+        task = tasks[m.task_id]
+        if task.state == S.DEFERRED:
+            for w in model.waits.values():
+                if w.waiting and w.task is task:
+                    w.waiting = False
+        model.move(task, m.target, operator=True)
+        task.owner = None
+        model.expected.pop(task.id, None)
+    locked = p.LockedRun(run.id, run.workflow, run.version, run.state)
+    return model.drive(
+        p.reconsider(
+            {run.id: locked}, {run.id: after(states, moves)}, {run.id: [m.task_id for m in moves]}
+        )
+    )
+
+
 def step(draw: Draw, model: Model) -> None:
-    action = draw(st.sampled_from(["work", "work", "work", "waits", "create"]))
+    action = draw(
+        st.sampled_from(["work", "work", "work", "waits", "create", "clear", "mark", "cancel"])
+    )
     ended_before, queued_before = len(model.ended_runs), model.queued_moves
+    if action in ("clear", "mark", "cancel"):
+        done = operate(draw, model, action)
+        if done is not None:
+            check(model, done, ended_before, queued_before)
+        return
     if action == "create":
         model.create_runs(draw(st.lists(st.sampled_from(sorted(model.limits)), max_size=3)))
         return

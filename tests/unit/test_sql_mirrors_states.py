@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from orchestrator.states import CLAIMABLE_TASK_STATES, TaskState, is_legal
+from orchestrator.states import CLAIMABLE_TASK_STATES, TERMINAL_TASK_STATES, TaskState, is_legal
 from orchestrator.store.migrate import available
 from orchestrator.store.queries import queries
 
@@ -37,7 +37,22 @@ def test_enum_labels_are_the_python_states() -> None:
     match = re.search(r"CREATE TYPE task_state AS ENUM \(([^)]*)\)", schema)
     assert match
     labels = [s.strip().strip("'") for s in match.group(1).replace("\n", " ").split(",")]
+    # Later migrations append labels, in order.
+    labels += re.findall(r"ALTER TYPE task_state ADD VALUE (?:IF NOT EXISTS )?'(\w+)'", schema)
     assert labels == [s.value for s in TaskState]
+
+
+def test_operator_sql_guards_take_their_sources_from_the_table() -> None:
+    from orchestrator.operations import _CANCELLABLE
+
+    # A cancel ends exactly the unfinished states, each along a legal edge.
+    assert set(_CANCELLABLE) == {s.value for s in TaskState} - {
+        s.value for s in TERMINAL_TASK_STATES
+    }
+    assert all(is_legal(TaskState(s), TaskState.SKIPPED) for s in _CANCELLABLE)
+    for name in ("reopen_runs", "cancel_run", "operator_moves"):
+        assert "state = ANY($2::run_state[])" in queries()[name] or name == "operator_moves"
+    assert "t.state = i.source" in queries()["operator_moves"]
 
 
 def test_every_named_query_is_unique_and_non_empty() -> None:

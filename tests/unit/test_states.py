@@ -7,6 +7,8 @@ import pytest
 from orchestrator.states import (
     CLAIMABLE_TASK_STATES,
     FAILED_TASK_STATES,
+    OPERATOR_RUN_TRANSITIONS,
+    OPERATOR_TASK_TRANSITIONS,
     RUN_TRANSITIONS,
     TASK_TRANSITIONS,
     TERMINAL_RUN_STATES,
@@ -59,8 +61,44 @@ def test_no_self_loops() -> None:
 
 def test_nothing_moves_back_to_scheduled() -> None:
     # decide() only ever looks at scheduled tasks; a task leaving scheduled
-    # is therefore decided at most once.
+    # is therefore decided at most once -- unless an operator clears it.
     assert legal_sources(T.SCHEDULED) == []
+    assert legal_sources(T.SCHEDULED, operator=True) == sorted(
+        s.value for s in TERMINAL_TASK_STATES
+    )
+
+
+def test_operator_edges_are_apart_from_the_engine_table() -> None:
+    assert set(OPERATOR_TASK_TRANSITIONS) == set(TaskState)
+    assert set(OPERATOR_RUN_TRANSITIONS) == set(RunState)
+    # Clear: every finished task may be scheduled again, never a running one.
+    for state in TERMINAL_TASK_STATES:
+        assert is_legal(state, T.SCHEDULED, operator=True)
+        assert not is_legal(state, T.SCHEDULED)
+    assert OPERATOR_TASK_TRANSITIONS[T.RUNNING] == frozenset()
+    assert not is_legal(T.RUNNING, T.SCHEDULED, operator=True)
+    # Mark: any state but running reaches each markable outcome.
+    for state in set(TaskState) - {T.RUNNING}:
+        for target in (T.SUCCESS, T.FAILED, T.SKIPPED):
+            assert state == target or is_legal(state, target, operator=True), (state, target)
+    # Holds: queued <-> held only by an operator; scheduled -> held by a decision.
+    assert is_legal(T.SCHEDULED, T.HELD)
+    assert is_legal(T.QUEUED, T.HELD, operator=True) and not is_legal(T.QUEUED, T.HELD)
+    assert is_legal(T.HELD, T.QUEUED, operator=True) and not is_legal(T.HELD, T.QUEUED)
+    for state in OPERATOR_TASK_TRANSITIONS:
+        assert state not in OPERATOR_TASK_TRANSITIONS[state]
+
+
+def test_operator_run_edges_reopen_finished_runs() -> None:
+    assert legal_run_sources(RunState.RUNNING) == ["queued"]
+    assert legal_run_sources(RunState.RUNNING, operator=True) == [
+        "cancelled",
+        "failed",
+        "queued",
+        "success",
+    ]
+    assert not is_legal_run(RunState.FAILED, RunState.RUNNING)
+    assert is_legal_run(RunState.FAILED, RunState.RUNNING, operator=True)
 
 
 @pytest.mark.parametrize("state", sorted(set(TaskState) - TERMINAL_TASK_STATES))
@@ -79,12 +117,13 @@ def test_every_state_reaches_a_terminal_state() -> None:
         assert seen & TERMINAL_TASK_STATES, start
 
 
+@pytest.mark.parametrize("operator", [False, True])
 @pytest.mark.parametrize("target", list(TaskState))
-def test_legal_sources_matches_the_table(target: TaskState) -> None:
-    got = legal_sources(target)
+def test_legal_sources_matches_the_table(target: TaskState, operator: bool) -> None:
+    got = legal_sources(target, operator=operator)
     assert got == sorted(got)
     assert all(type(s) is str for s in got)  # plain values, as SQL parameters
-    assert set(got) == {s.value for s in TaskState if is_legal(s, target)}
+    assert set(got) == {s.value for s in TaskState if is_legal(s, target, operator=operator)}
 
 
 def test_legal_sources_examples() -> None:

@@ -82,7 +82,12 @@ WITH input AS (
 ), inserted AS (
     INSERT INTO task_instances (run_id, task_id, state, handler, pool, priority, limited,
                                 concurrency_key, max_concurrency, needs, queued_at)
-    SELECT run_id, task_id, state, handler, pool, priority, limited, concurrency_key,
+    SELECT run_id, task_id,
+           -- A root of a task an operator holds waits held (no slot) instead.
+           CASE WHEN state = 'queued' AND EXISTS (SELECT 1 FROM task_holds h JOIN runs hr ON hr.workflow = h.workflow
+                    WHERE hr.id = input.run_id AND h.task IN (input.task_id, '*'))
+                THEN 'held'::task_state ELSE state END,
+           handler, pool, priority, limited, concurrency_key,
            max_concurrency, needs::text[],
            CASE WHEN state = 'queued' THEN now() END
     FROM input
@@ -107,13 +112,14 @@ WITH picked AS (
         lease_until = coalesce($4::timestamptz, clock_timestamp()) + make_interval(secs => $3),
         started_at = now(), not_before = NULL
     FROM picked p WHERE t.id = p.id
-    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.handler, t.needs, t.resume_payload
+    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.tries_before, t.handler, t.needs,
+              t.resume_payload
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
     SELECT c.run_id, c.task_id, p.state::text, 'running', c.attempt, $1, 'claimed'
     FROM claimed c JOIN picked p ON p.id = c.id
 )
-SELECT c.id, c.run_id, c.task_id, c.attempt, c.handler, r.workflow, r.version,
+SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workflow, r.version,
        c.resume_payload::text AS resume_payload,
        r.params::text AS params, r.logical_date, r.interval_end,
        CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
@@ -175,13 +181,14 @@ WITH running_pools AS (
         lease_until = coalesce($5::timestamptz, clock_timestamp()) + make_interval(secs => $3),
         started_at = now(), not_before = NULL
     FROM picked p WHERE t.id = p.id
-    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.handler, t.needs, t.resume_payload
+    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.tries_before, t.handler, t.needs,
+              t.resume_payload
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
     SELECT c.run_id, c.task_id, p.state::text, 'running', c.attempt, $1, 'claimed'
     FROM claimed c JOIN picked p ON p.id = c.id
 )
-SELECT c.id, c.run_id, c.task_id, c.attempt, c.handler, r.workflow, r.version,
+SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workflow, r.version,
        c.resume_payload::text AS resume_payload,
        r.params::text AS params, r.logical_date, r.interval_end,
        CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
@@ -232,14 +239,20 @@ SELECT NULL, NULL, t.run_id, t.task_id, t.state::text FROM task_instances t
 WHERE $12 AND t.run_id = ANY($13::bigint[]);
 
 -- name: apply_decisions
--- Decided task moves (queued, skipped, upstream_failed), each guarded by its source.
+-- Decided task moves (queued, skipped, upstream_failed), each guarded by its
+-- source. A task an operator holds is made held instead of queued: checked
+-- here, under the run's lock, so a hold added or removed meanwhile is seen.
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::task_state[], $4::task_state[],
                          $5::text[])
         AS i(run_id, task_id, source, target, reason)
 ), updated AS (
     UPDATE task_instances t
-    SET state = i.target,
+    SET state = CASE WHEN i.target IN ('queued', 'held') THEN
+                    CASE WHEN EXISTS (SELECT 1 FROM task_holds h JOIN runs hr ON hr.workflow = h.workflow
+                    WHERE hr.id = i.run_id AND h.task IN (i.task_id, '*'))
+                         THEN 'held'::task_state ELSE 'queued'::task_state END
+                ELSE i.target END,
         queued_at = CASE WHEN i.target = 'queued' THEN now() ELSE t.queued_at END,
         ended_at = CASE WHEN i.target = 'queued' THEN t.ended_at ELSE now() END,
         lease_owner = NULL, lease_until = NULL
@@ -299,7 +312,7 @@ WHERE id IN (
 );
 
 -- name: expired_leases
-SELECT t.id, t.run_id, t.task_id, t.attempt, t.lease_owner, r.version
+SELECT t.id, t.run_id, t.task_id, t.attempt, t.tries_before, t.lease_owner, r.version
 FROM task_instances t JOIN runs r ON r.id = t.run_id
 WHERE t.state = 'running' AND t.lease_until < coalesce($2::timestamptz, now())
 ORDER BY t.lease_until LIMIT $1;
