@@ -401,5 +401,9 @@ def audit_cmd(workflow: str | None, run_id: int | None, action: str | None, limi
     click.echo(_run(go))
 
 
+from orchestrator.cli_dead_letters import dead_letters_cmd  # noqa: E402
+
+main.add_command(dead_letters_cmd)
+
 if __name__ == "__main__":
     main()
