@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from orchestrator.cli_support import cli_settings, fail, open_database, run_async
+from orchestrator.cli_support import cli_actor, cli_settings, fail, open_database, run_async
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.errors import OrchestratorError
 
@@ -37,11 +37,42 @@ from orchestrator.errors import OrchestratorError
     help="Most runs of this backfill unfinished at once.",
 )
 @click.option("--dry-run", is_flag=True, help="List the logical dates; create nothing.")
-def backfill(workflow: str, start: str, end: str, max_active: int, dry_run: bool) -> None:
-    """Run WORKFLOW for every interval of its schedule with a logical date in
-    [--start, --end), at most --max-active at once, and wait for them. Dates
-    that already have a run (from the scheduler or an earlier backfill) are
-    reported and not run again. Exit 0 when every created run succeeded."""
+@click.option(
+    "--reprocess",
+    type=click.Choice(["failed", "all"]),
+    default=None,
+    help="Also clear and rerun the dates whose runs exist: those that failed, or all.",
+)
+@click.option(
+    "--interval",
+    default=None,
+    metavar="15m|1h|1d|1w",
+    help="Intervals of this length instead of the workflow's schedule.",
+)
+@click.option("--cron", default=None, metavar="EXPR", help="Intervals of this cron schedule.")
+@click.option(
+    "--timezone", default="UTC", show_default=True, help="Time zone of --interval / --cron."
+)
+@click.option("--reason", default="", help="Why (recorded in the audit log).")
+def backfill(
+    workflow: str,
+    start: str,
+    end: str,
+    max_active: int,
+    dry_run: bool,
+    reprocess: str | None,
+    interval: str | None,
+    cron: str | None,
+    timezone: str,
+    reason: str,
+) -> None:
+    """Run WORKFLOW for every interval of its schedule (or of --interval /
+    --cron) with a logical date in [--start, --end), at most --max-active at
+    once, and wait for them, with a progress line on stderr. Dates that
+    already have a run (from the scheduler or an earlier backfill), or had
+    one that retention has pruned, are reported and not run again; with
+    --reprocess, existing runs are cleared and rerun. Exit 0 when every
+    created or reprocessed run succeeded."""
     from datetime import datetime
 
     from orchestrator.engine import Engine
@@ -76,6 +107,13 @@ def backfill(workflow: str, start: str, end: str, max_active: int, dry_run: bool
                 max_active=max_active,
                 dry_run=dry_run,
                 progress=click.echo,
+                reprocess="all" if reprocess == "all" else "failed" if reprocess else None,
+                interval=interval,
+                cron=cron,
+                timezone=timezone,
+                status=lambda line: click.echo(line, err=True),
+                actor=cli_actor(),
+                reason=reason,
             )
         finally:
             await db.close()

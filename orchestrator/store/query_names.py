@@ -53,6 +53,7 @@ class NamedQueries:
     lock_limited_claims: str
     lock_runs: str
     lock_workflow: str
+    logical_dates_pruned: str
     notify: str
     pending_dead_letter_ids: str
     poll_again: str
