@@ -146,6 +146,7 @@ class Progress:
         self.every_s = every_s
         self.started = clock.now()
         self._last: datetime | None = None
+        self._shown = ""
 
     def line(self, done: int, running: int, failed: int) -> str:
         elapsed = (self.clock.now() - self.started).total_seconds()
@@ -161,8 +162,10 @@ class Progress:
         now = self.clock.now()
         due = self._last is None or (now - self._last).total_seconds() >= self.every_s
         if force or due or done >= self.total:
-            self._last = now
-            self.emit(self.line(done, running, failed))
+            text = self.line(done, running, failed)
+            if text != self._shown:  # the same line again says nothing new
+                self._last, self._shown = now, text
+                self.emit(text)
 
 
 async def registered_spec(intake: Intake, workflow: str) -> WorkflowSpec:
@@ -312,9 +315,13 @@ async def backfill(
             "nothing was changed"
         )
         return result
+    for logical, (run_id, state) in sorted(existing.items()):
+        result.existed[logical] = run_id
+        if (logical, run_id) not in to_clear:
+            progress(f"already existed: {local(logical)} (run {run_id}, {state})")
+    for logical, why in result.not_reprocessed.items():
+        progress(f"not reprocessed: {local(logical)}: {why}")
     if not to_create and not to_clear:
-        for logical in existing:
-            result.existed[logical] = existing[logical][0]
         progress(
             f"{spec.name}: nothing to start: every date in the range was processed already "
             f"({len(existing)} with a run, {len(result.pruned)} pruned)"

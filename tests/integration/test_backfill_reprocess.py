@@ -1,0 +1,284 @@
+"""Backfill beyond creating runs: reprocessing existing dates, intervals for
+unscheduled workflows, the progress line, and the retention ledger that keeps
+a pruned date processed."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import pytest
+from eventually import eventually
+from suite_settings import suite_settings
+
+from handlers import builtin_registry
+from orchestrator import audit
+from orchestrator.app import Orchestrator
+from orchestrator.clock import SYSTEM_CLOCK, ManualClock
+from orchestrator.context import TaskContext
+from orchestrator.errors import TaskError
+from orchestrator.registry import HandlerRegistry
+from orchestrator.retention import prune_periodically
+from orchestrator.spec import TaskSpec, WorkflowSpec
+from orchestrator.states import RunState
+from orchestrator.store import Database
+from sources.backfill import BackfillError, Progress, backfill, interval_cron
+from sources.models import ScheduleTrigger
+
+pytestmark = pytest.mark.timeout(60)
+
+settings = partial(suite_settings, worker_slots=4)
+HAS_OPERATIONS = importlib.util.find_spec("orchestrator.operations") is not None
+
+
+def utc(year: int, month: int, day: int, hour: int = 0) -> datetime:
+    return datetime(year, month, day, hour, tzinfo=UTC)
+
+
+def daily(name: str = "daily") -> WorkflowSpec:
+    return WorkflowSpec(
+        name=name,
+        tasks=(
+            TaskSpec(id="load", handler="flaky", inputs={"day": "{{ params.day }}"}),
+            TaskSpec(id="report", handler="noop", upstream=("load",)),
+        ),
+        triggers=(ScheduleTrigger(cron="0 0 * * *", params={"day": "{{ meta.date }}"}),),
+    )
+
+
+PLAIN = WorkflowSpec(name="plain", tasks=(TaskSpec(id="t", handler="noop"),))
+
+
+class Flaky:
+    """A handler failing (for good) on the days in :attr:`bad`."""
+
+    def __init__(self) -> None:
+        self.bad: set[str] = set()
+        self.calls: list[str] = []
+
+    def handler(self) -> Any:
+        async def flaky(ctx: TaskContext, *, day: str = "") -> dict[str, Any]:
+            self.calls.append(day)
+            if day in self.bad:
+                raise TaskError(f"bad data for {day}", non_retryable=True)
+            return {"day": day}
+
+        return flaky
+
+
+def registry(flaky: Flaky) -> HandlerRegistry:
+    found = builtin_registry()
+    found.register("flaky", flaky.handler())
+    return found
+
+
+async def scalar(db: Database, sql: str, *args: object) -> Any:
+    async with db.pool.acquire() as conn:
+        return await conn.fetchval(sql, *args)
+
+
+async def test_a_pruned_range_is_processed_and_a_backfill_starts_nothing(
+    db_url: str, db: Database
+) -> None:
+    spec, flaky = daily(), Flaky()
+    async with Orchestrator(
+        settings(), db_url, registry=registry(flaky), workflows=[spec, PLAIN]
+    ) as orch:
+        assert orch.intake is not None
+        first = await backfill(
+            orch.intake, spec, utc(2026, 1, 1), utc(2026, 1, 4), actor="cli:ana", reason="init"
+        )
+        assert len(first.created) == 3 and first.ok
+        assert await scalar(db, "SELECT count(*) FROM runs") == 3
+        # Retention runs on an injected clock 31 days on: the runs and their
+        # events are pruned, the audit log is not.
+        clock = ManualClock(SYSTEM_CLOCK.now() + timedelta(days=31))
+        pruner = asyncio.create_task(
+            prune_periodically(
+                db, clock, retention=timedelta(days=30), interval_s=3600, batch=2
+            )
+        )
+        try:
+
+            async def pruned() -> bool:
+                runs = await scalar(db, "SELECT count(*) FROM runs")
+                events = await scalar(db, "SELECT count(*) FROM events")
+                return runs == 0 and events == 0
+
+            await eventually(pruned, what="retention pruning the runs and events")
+        finally:
+            pruner.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pruner
+        assert await scalar(db, "SELECT count(*) FROM logical_dates_pruned") == 3
+        [entry] = await audit.entries(db, action="backfill")
+        assert (entry.actor, entry.reason, entry.workflow) == ("cli:ana", "init", "daily")
+        assert entry.detail["start"] == "2026-01-01T00:00:00+00:00"
+
+        messages: list[str] = []
+        again = await backfill(
+            orch.intake, spec, utc(2026, 1, 1), utc(2026, 1, 5), progress=messages.append
+        )
+        # Only 4 January, never processed, is created.
+        assert list(again.created) == [utc(2026, 1, 4)]
+        assert sorted(again.pruned) == [utc(2026, 1, d) for d in (1, 2, 3)]
+        assert {p.run_id for p in again.pruned.values()} == set(first.created.values())
+        assert sum("its history was pruned" in m for m in messages) == 3
+
+        messages.clear()
+        nothing = await backfill(
+            orch.intake, spec, utc(2026, 1, 1), utc(2026, 1, 4), progress=messages.append
+        )
+        assert nothing.created == {} and len(nothing.pruned) == 3
+        assert any("nothing to start" in m for m in messages)
+        dry: list[str] = []
+        await backfill(
+            orch.intake, spec, utc(2026, 1, 1), utc(2026, 1, 4), dry_run=True, progress=dry.append
+        )
+        assert "0 run(s) would be created" in dry[-1] and "3 processed and pruned" in dry[-1]
+    assert await scalar(db, "SELECT count(*) FROM runs") == 1
+    # One entry per backfill that started something; pruning kept them all.
+    assert len(await audit.entries(db, action="backfill")) == 2
+
+
+async def test_unscheduled_workflows_backfill_over_an_interval_or_a_cron(
+    db_url: str, db: Database
+) -> None:
+    async with Orchestrator(
+        settings(), db_url, registry=builtin_registry(), workflows=[PLAIN]
+    ) as orch:
+        assert orch.intake is not None
+        with pytest.raises(BackfillError, match="give --interval 1d or --cron EXPR"):
+            await backfill(orch.intake, PLAIN, utc(2026, 1, 1), utc(2026, 1, 2))
+        by_interval = await backfill(
+            orch.intake, PLAIN, utc(2026, 1, 1), utc(2026, 1, 2), interval="6h"
+        )
+        assert sorted(by_interval.created) == [utc(2026, 1, 1, h) for h in (0, 6, 12, 18)]
+        assert by_interval.ok
+        by_cron = await backfill(
+            orch.intake, PLAIN, utc(2026, 1, 1), utc(2026, 1, 3), cron="0 12 * * *"
+        )
+        assert list(by_cron.created) == [utc(2026, 1, 2, 12)]
+        assert list(by_cron.existed) == [utc(2026, 1, 1, 12)]
+        with pytest.raises(BackfillError, match="not both"):
+            await backfill(
+                orch.intake, PLAIN, utc(2026, 1, 1), utc(2026, 1, 2), interval="1h", cron="* * * * *"
+            )
+        with pytest.raises(BackfillError, match="not a valid cron"):
+            await backfill(orch.intake, PLAIN, utc(2026, 1, 1), utc(2026, 1, 2), cron="nope")
+    assert await scalar(db, "SELECT count(*) FROM runs WHERE workflow = 'plain'") == 5
+
+
+def test_intervals_become_cron_expressions_or_are_refused_clearly() -> None:
+    assert interval_cron("15m") == "*/15 * * * *"
+    assert interval_cron("1h") == "0 * * * *"
+    assert interval_cron("6h") == "0 */6 * * *"
+    assert interval_cron("1d") == "0 0 * * *"
+    assert interval_cron("1w") == "0 0 * * 1"
+    for bad in ("7h", "2d", "0m", "soon", ""):
+        with pytest.raises(BackfillError, match="--interval"):
+            interval_cron(bad)
+
+
+async def test_progress_lines_count_and_estimate_at_a_sane_rate() -> None:
+    clock = ManualClock(utc(2026, 1, 1))
+    lines: list[str] = []
+    meter = Progress(10, clock, lines.append, every_s=2.0)
+    meter.update(0, 2, 0)
+    meter.update(1, 2, 0)  # no time has passed: not shown
+    await clock.advance(10)
+    meter.update(2, 2, 1)
+    await clock.advance(1)
+    meter.update(3, 2, 1)  # within 2 s of the last line
+    await clock.advance(30)
+    meter.update(10, 0, 1)
+    assert lines == [
+        "0 of 10 done, 2 running, 0 failed, ETA unknown",
+        "2 of 10 done, 2 running, 1 failed, ETA 0:00:40",
+        "10 of 10 done, 0 running, 1 failed, done",
+    ]
+
+
+async def test_an_attached_backfill_reports_progress_and_failures(
+    db_url: str, db: Database
+) -> None:
+    spec, flaky = daily(), Flaky()
+    flaky.bad = {"2026-01-02"}
+    lines: list[str] = []
+    async with Orchestrator(
+        settings(), db_url, registry=registry(flaky), workflows=[spec]
+    ) as orch:
+        assert orch.intake is not None
+        result = await backfill(
+            orch.intake,
+            spec,
+            utc(2026, 1, 1),
+            utc(2026, 1, 4),
+            max_active=1,
+            status=lines.append,
+            clock=ManualClock(utc(2026, 6, 1)),
+        )
+    assert not result.ok and len(result.failed) == 1
+    # Time stands still: the first line and the last one, nothing in between.
+    assert lines == [
+        "0 of 3 done, 0 running, 0 failed, ETA unknown",
+        "3 of 3 done, 0 running, 1 failed, done",
+    ]
+
+
+@pytest.mark.skipif(HAS_OPERATIONS, reason="orchestrator.operations is installed")
+async def test_reprocess_without_run_clearing_is_refused_before_anything(engine: Any) -> None:
+    from orchestrator.intake import Intake
+
+    with pytest.raises(BackfillError, match="needs run clearing"):
+        await backfill(
+            Intake(engine), daily(), utc(2026, 1, 1), utc(2026, 1, 2), reprocess="failed"
+        )
+    assert await audit.entries(engine.db) == []
+
+
+async def test_reprocess_failed_reruns_only_the_failed_dates_in_their_runs(
+    db_url: str, db: Database
+) -> None:
+    pytest.importorskip("orchestrator.operations")
+    spec, flaky = daily(), Flaky()
+    flaky.bad = {"2026-01-02", "2026-01-04"}
+    async with Orchestrator(
+        settings(), db_url, registry=registry(flaky), workflows=[spec]
+    ) as orch:
+        assert orch.intake is not None
+        first = await backfill(orch.intake, spec, utc(2026, 1, 1), utc(2026, 1, 6))
+        failed = {d for d, run in first.created.items() if first.final[run] != RunState.SUCCESS}
+        assert failed == {utc(2026, 1, 2), utc(2026, 1, 4)}
+        flaky.bad.clear()  # the data was fixed
+        flaky.calls.clear()
+        fixed = await backfill(
+            orch.intake,
+            spec,
+            utc(2026, 1, 1),
+            utc(2026, 1, 6),
+            reprocess="failed",
+            actor="cli:ana",
+            reason="bad data fixed",
+        )
+        assert fixed.created == {}
+        assert fixed.reprocessed == {d: first.created[d] for d in failed}
+        assert fixed.ok and set(fixed.final.values()) == {RunState.SUCCESS}
+        assert sorted(flaky.calls) == ["2026-01-02", "2026-01-04"]
+
+        flaky.calls.clear()
+        everything = await backfill(
+            orch.intake, spec, utc(2026, 1, 1), utc(2026, 1, 6), reprocess="all", actor="cli:bo"
+        )
+        assert everything.reprocessed == first.created and everything.ok
+        assert len(flaky.calls) == 5
+    assert await scalar(db, "SELECT count(*) FROM runs") == 5
+    entries = await audit.entries(db, action="backfill")
+    assert [(e.actor, e.reason, e.detail["reprocess"]) for e in entries] == [
+        ("cli:bo", "", "all"),
+        ("cli:ana", "bad data fixed", "failed"),
+        ("backfill", "", None),
+    ]
