@@ -337,7 +337,7 @@ async def backfill(
                 reason,
                 workflow=spec.name,
                 detail=_audit_detail(start, end, triggers, reprocess, max_active)
-                | {"create": len(to_create), "reprocess": len(to_clear)},
+                | {"to_create": len(to_create), "to_reprocess": len(to_clear)},
             ),
         )
     progress(

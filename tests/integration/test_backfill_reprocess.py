@@ -97,16 +97,14 @@ async def test_a_pruned_range_is_processed_and_a_backfill_starts_nothing(
         # events are pruned, the audit log is not.
         clock = ManualClock(SYSTEM_CLOCK.now() + timedelta(days=31))
         pruner = asyncio.create_task(
-            prune_periodically(
-                db, clock, retention=timedelta(days=30), interval_s=3600, batch=2
-            )
+            prune_periodically(db, clock, retention=timedelta(days=30), interval_s=3600, batch=2)
         )
         try:
 
             async def pruned() -> bool:
                 runs = await scalar(db, "SELECT count(*) FROM runs")
                 events = await scalar(db, "SELECT count(*) FROM events")
-                return runs == 0 and events == 0
+                return bool(runs == 0 and events == 0)
 
             await eventually(pruned, what="retention pruning the runs and events")
         finally:
@@ -165,7 +163,12 @@ async def test_unscheduled_workflows_backfill_over_an_interval_or_a_cron(
         assert list(by_cron.existed) == [utc(2026, 1, 1, 12)]
         with pytest.raises(BackfillError, match="not both"):
             await backfill(
-                orch.intake, PLAIN, utc(2026, 1, 1), utc(2026, 1, 2), interval="1h", cron="* * * * *"
+                orch.intake,
+                PLAIN,
+                utc(2026, 1, 1),
+                utc(2026, 1, 2),
+                interval="1h",
+                cron="* * * * *",
             )
         with pytest.raises(BackfillError, match="not a valid cron"):
             await backfill(orch.intake, PLAIN, utc(2026, 1, 1), utc(2026, 1, 2), cron="nope")
@@ -208,9 +211,7 @@ async def test_an_attached_backfill_reports_progress_and_failures(
     spec, flaky = daily(), Flaky()
     flaky.bad = {"2026-01-02"}
     lines: list[str] = []
-    async with Orchestrator(
-        settings(), db_url, registry=registry(flaky), workflows=[spec]
-    ) as orch:
+    async with Orchestrator(settings(), db_url, registry=registry(flaky), workflows=[spec]) as orch:
         assert orch.intake is not None
         result = await backfill(
             orch.intake,
@@ -246,9 +247,7 @@ async def test_reprocess_failed_reruns_only_the_failed_dates_in_their_runs(
     pytest.importorskip("orchestrator.operations")
     spec, flaky = daily(), Flaky()
     flaky.bad = {"2026-01-02", "2026-01-04"}
-    async with Orchestrator(
-        settings(), db_url, registry=registry(flaky), workflows=[spec]
-    ) as orch:
+    async with Orchestrator(settings(), db_url, registry=registry(flaky), workflows=[spec]) as orch:
         assert orch.intake is not None
         first = await backfill(orch.intake, spec, utc(2026, 1, 1), utc(2026, 1, 6))
         failed = {d for d, run in first.created.items() if first.final[run] != RunState.SUCCESS}
