@@ -46,9 +46,11 @@ __all__ = [
     "BackfillError",
     "BackfillResult",
     "Progress",
+    "Survey",
     "backfill",
     "interval_cron",
     "registered_spec",
+    "survey",
 ]
 
 #: What ``--reprocess`` may say: rerun the dates whose runs failed, or every ended one.
@@ -225,6 +227,85 @@ def _plan(
     return dict(sorted(due.items())), sorted(not_ended, key=lambda ti: ti[1])
 
 
+@dataclass
+class Survey:
+    """What a backfill of a range finds: its dates, the runs that hold some of
+    them, and what is left to create or to reprocess."""
+
+    spec: WorkflowSpec
+    triggers: list[ScheduleTrigger]
+    planned: dict[datetime, tuple[ScheduleTrigger, Interval]]
+    existing: dict[datetime, tuple[int, str]]
+    """Logical date -> (run id, run state)."""
+    to_create: list[datetime]
+    to_clear: list[tuple[datetime, int]]
+    result: BackfillResult
+
+    def local(self, logical: datetime) -> str:
+        return schedule_of(self.planned[logical][0]).local(logical).isoformat()
+
+    @property
+    def work(self) -> list[tuple[datetime, int | None]]:
+        """Oldest first: (date, None) to create, (date, run id) to reprocess."""
+        return sorted([(d, None) for d in self.to_create] + list(self.to_clear))
+
+
+def check_request(
+    max_active: int, reprocess: str | None, cron: str | None, interval: str | None
+) -> str | None:
+    """Refuse a bad request before anything is read; the cron expression to use."""
+    if max_active < 1:
+        raise BackfillError(f"--max-active must be at least 1, not {max_active}")
+    if cron is not None and interval is not None:
+        raise BackfillError("give --interval or --cron, not both")
+    if reprocess is not None and reprocess not in REPROCESS:
+        raise BackfillError(f"--reprocess must be one of {', '.join(REPROCESS)}, not {reprocess!r}")
+    return interval_cron(interval) if interval is not None else cron
+
+
+async def survey(
+    intake: Intake,
+    spec: WorkflowSpec,
+    start: datetime,
+    end: datetime,
+    *,
+    now: datetime,
+    reprocess: Reprocess | None = None,
+    cron: str | None = None,
+    timezone: str = "UTC",
+    progress: Callable[[str], None] = _quiet,
+) -> Survey:
+    """The dates of ``[start, end)`` and what a backfill would do with each."""
+    triggers = _triggers(spec, cron, timezone)
+    planned, not_ended = _plan(spec, triggers, start, end, now, progress)
+    result = BackfillResult(spec.name, False, [iv for _t, iv in planned.values()], {}, {})
+    result.not_ended = [iv for _t, iv in not_ended]
+    found = Survey(spec, triggers, planned, {}, [], [], result)
+    if not_ended:
+        trigger, interval_ = not_ended[0]
+        first = schedule_of(trigger).local(interval_.start)
+        progress(
+            f"{len(not_ended)} interval(s) from {first.isoformat()} on have not ended yet: "
+            "the scheduler creates them when they end"
+        )
+    if not planned:
+        return found
+    db = intake.engine.db
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(TRIGGERS_SQL.runs_at_logical_dates, spec.name, list(planned))
+    existing = found.existing = {r["logical_date"]: (r["id"], r["state"]) for r in rows}
+    result.pruned = await pruned_dates(db, spec.name, [d for d in planned if d not in existing])
+    found.to_create = [d for d in planned if d not in existing and d not in result.pruned]
+    for logical, (run_id, state) in sorted(existing.items()):
+        if reprocess is None:
+            continue
+        if state in ("queued", "running"):
+            result.not_reprocessed[logical] = f"run {run_id} is still {state}"
+        elif reprocess == "all" or state == "failed":
+            found.to_clear.append((logical, run_id))
+    return found
+
+
 async def backfill(
     intake: Intake,
     spec: WorkflowSpec,
@@ -253,55 +334,32 @@ async def backfill(
     ``status`` gets a progress line (n of m, running, failed, ETA) now and
     then; ``progress`` one line per thing done. Unless a dry run, one audit
     entry (``backfill``) names ``actor``, ``reason`` and the range."""
-    if max_active < 1:
-        raise BackfillError(f"--max-active must be at least 1, not {max_active}")
-    if cron is not None and interval is not None:
-        raise BackfillError("give --interval or --cron, not both")
-    if reprocess is not None and reprocess not in REPROCESS:
-        raise BackfillError(f"--reprocess must be one of {', '.join(REPROCESS)}, not {reprocess!r}")
+    cron = check_request(max_active, reprocess, cron, interval)
     clear_run = _clear_run() if reprocess is not None and not dry_run else None
-    if interval is not None:
-        cron = interval_cron(interval)
-    triggers = _triggers(spec, cron, timezone)
-    now = now or clock.now()
-    planned, not_ended = _plan(spec, triggers, start, end, now, progress)
-    result = BackfillResult(spec.name, dry_run, [iv for _t, iv in planned.values()], {}, {})
-    result.not_ended = [iv for _t, iv in not_ended]
-    if not_ended:
-        trigger, interval_ = not_ended[0]
-        first = schedule_of(trigger).local(interval_.start)
-        progress(
-            f"{len(not_ended)} interval(s) from {first.isoformat()} on have not ended yet: "
-            "the scheduler creates them when they end"
-        )
-    if not planned:
+    found = await survey(
+        intake,
+        spec,
+        start,
+        end,
+        now=now or clock.now(),
+        reprocess=reprocess,
+        cron=cron,
+        timezone=timezone,
+        progress=progress,
+    )
+    result, local = found.result, found.local
+    result.dry_run = dry_run
+    existing, to_create, to_clear = found.existing, found.to_create, found.to_clear
+    if not found.planned:
         progress(f"{spec.name}: no ended interval has a logical date in the range")
         return result
-    db = intake.engine.db
-
-    def local(logical: datetime) -> str:
-        return schedule_of(planned[logical][0]).local(logical).isoformat()
-
-    async with db.pool.acquire() as conn:
-        rows = await conn.fetch(TRIGGERS_SQL.runs_at_logical_dates, spec.name, list(planned))
-    existing = {r["logical_date"]: (r["id"], r["state"]) for r in rows}
-    result.pruned = await pruned_dates(db, spec.name, [d for d in planned if d not in existing])
     for logical, gone in result.pruned.items():
         progress(
             f"processed    {local(logical)}  (run {gone.run_id}, {gone.state}; its history "
             "was pruned): not run again"
         )
-    to_create = [d for d in planned if d not in existing and d not in result.pruned]
-    to_clear: list[tuple[datetime, int]] = []
-    for logical, (run_id, state) in existing.items():
-        if reprocess is None:
-            continue
-        if state in ("queued", "running"):
-            result.not_reprocessed[logical] = f"run {run_id} is still {state}"
-        elif reprocess == "all" or state == "failed":
-            to_clear.append((logical, run_id))
     if dry_run:
-        for logical in planned:
+        for logical in found.planned:
             if logical in existing:
                 result.existed[logical] = existing[logical][0]
                 run_id, state = existing[logical]
@@ -322,32 +380,19 @@ async def backfill(
     for logical, why in result.not_reprocessed.items():
         progress(f"not reprocessed: {local(logical)}: {why}")
     if not to_create and not to_clear:
-        progress(
-            f"{spec.name}: nothing to start: every date in the range was processed already "
-            f"({len(existing)} with a run, {len(result.pruned)} pruned)"
-            + ("" if reprocess else "; --reprocess failed|all reruns existing ones")
-        )
+        progress(nothing_to_start(found, reprocess))
         return result
+    db = intake.engine.db
     async with db.transaction() as conn:
         await audit.record(
-            conn,
-            audit.Action(
-                actor,
-                "backfill",
-                reason,
-                workflow=spec.name,
-                detail=_audit_detail(start, end, triggers, reprocess, max_active)
-                | {"to_create": len(to_create), "to_reprocess": len(to_clear)},
-            ),
+            conn, backfill_action(found, start, end, reprocess, max_active, actor, reason)
         )
     progress(
         f"{spec.name}: {len(to_create)} interval(s) to backfill"
         + (f", {len(to_clear)} to reprocess ({reprocess})" if reprocess else "")
         + f", at most {max_active} at a time"
     )
-    work: list[tuple[datetime, int | None]] = [(d, None) for d in to_create]
-    work += to_clear
-    work.sort()
+    work = found.work
     pending = work
     active: dict[int, str] = {}
     meter = Progress(len(work), clock, status) if status is not None else None
@@ -364,26 +409,9 @@ async def backfill(
             room = max_active - len(active)
             if pending and room > 0:
                 batch, pending = pending[:room], pending[room:]
-                fresh = [(d, planned[d]) for d, run in batch if run is None]
-                if fresh:
-                    await _create(intake, spec.name, fresh, result, active, progress)
-                for logical, run_id in batch:
-                    if run_id is not None:
-                        assert clear_run is not None and reprocess is not None
-                        await _reprocess(
-                            intake,
-                            clear_run,
-                            spec,
-                            logical,
-                            run_id,
-                            reprocess,
-                            local(logical),
-                            result,
-                            active,
-                            progress,
-                            actor=actor,
-                            reason=reason,
-                        )
+                await start_dates(
+                    intake, found, batch, active, progress, clear_run, reprocess, actor, reason
+                )
                 report()
                 continue
             for run_id, state in sorted((await ends.first_ended(active)).items()):
@@ -398,6 +426,65 @@ async def backfill(
         "(history pruned)"
     )
     return result
+
+
+def nothing_to_start(found: Survey, reprocess: str | None) -> str:
+    return (
+        f"{found.spec.name}: nothing to start: every date in the range was processed "
+        f"already ({len(found.existing)} with a run, {len(found.result.pruned)} pruned)"
+        + ("" if reprocess else "; --reprocess failed|all reruns existing ones")
+    )
+
+
+def backfill_action(
+    found: Survey,
+    start: datetime,
+    end: datetime,
+    reprocess: str | None,
+    max_active: int,
+    actor: str,
+    reason: str,
+    **extra: Any,
+) -> audit.Action:
+    """The audit entry of a backfill: who, why, the range and what it does."""
+    detail = _audit_detail(start, end, found.triggers, reprocess, max_active)
+    detail |= {"to_create": len(found.to_create), "to_reprocess": len(found.to_clear)}
+    return audit.Action(actor, "backfill", reason, workflow=found.spec.name, detail=detail | extra)
+
+
+async def start_dates(
+    intake: Intake,
+    found: Survey,
+    batch: list[tuple[datetime, int | None]],
+    active: dict[int, str],
+    progress: Callable[[str], None],
+    clear_run: Callable[..., Any] | None,
+    reprocess: Reprocess | None,
+    actor: str,
+    reason: str,
+) -> None:
+    """Create the runs of the new dates in ``batch`` and clear the existing
+    ones; what starts goes into ``active`` (run id -> local date)."""
+    fresh = [(d, found.planned[d]) for d, run in batch if run is None]
+    if fresh:
+        await _create(intake, found.spec.name, fresh, found.result, active, progress)
+    for logical, run_id in batch:
+        if run_id is not None:
+            assert clear_run is not None and reprocess is not None
+            await _reprocess(
+                intake,
+                clear_run,
+                found.spec,
+                logical,
+                run_id,
+                reprocess,
+                found.local(logical),
+                found.result,
+                active,
+                progress,
+                actor=actor,
+                reason=reason,
+            )
 
 
 def _audit_detail(
