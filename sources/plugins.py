@@ -134,9 +134,9 @@ class SchedulerPlugin(SourcePlugin):
     store = STORE
 
     def commands(self) -> Sequence[click.Command]:
-        from sources.commands import backfill
+        from sources.commands import backfill, backfills
 
-        return (backfill,)
+        return (backfill, backfills)
 
     def create(self, settings: Settings) -> Source | None:
         if not settings.has_role("scheduler"):

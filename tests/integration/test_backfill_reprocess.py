@@ -26,7 +26,9 @@ from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
 from orchestrator.store import Database
 from sources.backfill import BackfillError, Progress, backfill, interval_cron
+from sources.backfill_jobs import UnknownBackfillError, cancel, drive, job, jobs, submit
 from sources.models import ScheduleTrigger
+from sources.schedule import ScheduleSource
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -281,3 +283,168 @@ async def test_reprocess_failed_reruns_only_the_failed_dates_in_their_runs(
         ("cli:ana", "bad data fixed", "failed"),
         ("backfill", "", None),
     ]
+
+
+# -- detached backfills ----------------------------------------------------------------
+
+
+async def ticked(source: ScheduleSource, after: int) -> None:
+    async def probe() -> bool:
+        return source.ticks > after
+
+    await eventually(probe, what="a scheduler tick")
+
+
+async def test_a_detached_backfill_is_driven_by_the_leader_until_done(
+    db_url: str, db: Database
+) -> None:
+    clock = ManualClock(utc(2026, 6, 1))
+    source = ScheduleSource()
+    async with Orchestrator(
+        settings(schedule_tick_s=60),
+        db_url,
+        registry=builtin_registry(),
+        workflows=[PLAIN],
+        sources=[source],
+        clock=clock,
+    ) as orch:
+        assert orch.intake is not None
+        await ticked(source, 0)
+        made, _found = await submit(
+            orch.intake,
+            "plain",
+            "2026-01-01",
+            "2026-01-06",
+            now=clock.now(),
+            interval="1d",
+            max_active=2,
+            actor="cli:ana",
+            reason="history",
+        )
+        assert made is not None and made.state == "running" and made.counts["total"] == 5
+        # A second request for the same range has nothing left to start once
+        # the first is driven; submitted now, it would start the same dates
+        # once only (runs are unique per date).
+        steps: list[str] = []
+
+        async def finished() -> bool:
+            before = source.ticks
+            await clock.advance(60)
+            await ticked(source, before)
+            current = await job(db, made.id)
+            steps.append(current.progress())
+            return current.state == "done"
+
+        await eventually(finished, what="the detached backfill to end", timeout=30)
+        done = await job(db, made.id)
+        assert done.counts["created"] == 5 and done.counts["succeeded"] == 5
+        assert done.active == [] and done.progress() == "5 of 5 done, 0 running, 0 failed"
+        assert done.message.startswith("done: 5 created")
+        # Never more than max_active runs in flight at once.
+        assert all(int(s.split(", ")[1].split()[0]) <= 2 for s in steps)
+        again, found = await submit(
+            orch.intake,
+            "plain",
+            "2026-01-01",
+            "2026-01-06",
+            now=clock.now(),
+            interval="1d",
+            actor="cli:ana",
+        )
+        assert again is None and len(found.existing) == 5
+    assert await scalar(db, "SELECT count(*) FROM runs") == 5
+    [entry] = await audit.entries(db, action="backfill")
+    assert (entry.actor, entry.reason, entry.detail["backfill"]) == ("cli:ana", "history", made.id)
+
+
+async def test_a_detached_backfill_can_be_listed_and_cancelled(engine: Any, db: Database) -> None:
+    from orchestrator.intake import Intake
+
+    await engine.register([PLAIN])
+    intake = Intake(engine)
+    made, _ = await submit(
+        intake,
+        "plain",
+        "2026-02-01",
+        "2026-03-01",
+        now=utc(2026, 6, 1),
+        interval="1d",
+        max_active=1,
+        actor="cli:ana",
+    )
+    assert made is not None and made.counts["total"] == 28
+    stepped = await drive(intake, made.id, now=utc(2026, 6, 1))
+    assert stepped.counts["started"] == 1 and len(stepped.active) == 1
+    assert [j.id for j in await jobs(db, workflow="plain", state="running")] == [made.id]
+    cancelled = await cancel(db, made.id, actor="cli:bo", reason="wrong range")
+    assert cancelled.state == "cancelled" and cancelled.message == "cancelled by cli:bo"
+    after = await drive(intake, made.id, now=utc(2026, 6, 1))
+    assert after.counts["started"] == 1  # a cancelled backfill starts nothing more
+    assert await scalar(db, "SELECT count(*) FROM runs") == 1
+    with pytest.raises(BackfillError, match="is cancelled: only a running backfill"):
+        await cancel(db, made.id, actor="cli:bo")
+    with pytest.raises(UnknownBackfillError, match="no backfill 999"):
+        await cancel(db, 999, actor="cli:bo")
+    with pytest.raises(BackfillError, match="unknown backfill state"):
+        await jobs(db, state="paused")
+    [entry] = await audit.entries(db, action="cancel")
+    assert (entry.actor, entry.reason) == ("cli:bo", "wrong range")
+    assert entry.detail == {"backfill": made.id}
+
+
+@pytest.mark.timeout(120)  # a few CLI processes, each importing the package
+def test_the_cli_detaches_lists_shows_and_cancels_backfills(db_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    async def prepare() -> None:
+        from orchestrator.engine import Engine
+        from orchestrator.store import connect
+
+        db = await connect(db_url, size=2, min_size=1)
+        try:
+            await Engine(db).register([PLAIN])
+        finally:
+            await db.close()
+
+    asyncio.run(prepare())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    env["ORCHESTRATOR_DATABASE_URL"] = db_url
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+
+    made = cli(
+        "backfill",
+        "plain",
+        "--start",
+        "2026-01-01",
+        "--end",
+        "2026-01-03",
+        "--interval",
+        "1d",
+        "--detach",
+        "--reason",
+        "replay",
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("backfill 1 of plain: 2 date(s) to run")
+    listed = cli("backfills", "--state", "running")
+    assert listed.returncode == 0 and "0 of 2 done, 0 running, 0 failed" in listed.stdout
+    shown = cli("backfills", "show", "1")
+    assert "backfill 1 of plain: running" in shown.stdout and "replay" in shown.stdout
+    assert cli("backfills", "cancel", "1").returncode == 0
+    again = cli("backfills", "cancel", "1")
+    assert again.returncode == 2 and "only a running backfill can be cancelled" in again.stderr
+    refused = cli("backfill", "plain", "--start", "2026-01-01", "--end", "2026-01-03", "--detach")
+    assert refused.returncode == 2 and "--interval 1d or --cron EXPR" in refused.stderr

@@ -269,6 +269,7 @@ async def test_the_api_lists_shows_and_redrives_and_names_what_is_wrong(server: 
     assert entry.actor.startswith("api:") and entry.reason == "fix"
 
 
+@pytest.mark.timeout(120)  # a few CLI processes, each importing the package
 def test_the_cli_lists_shows_and_redrives(db_url: str) -> None:
     async def prepare() -> int:
         from orchestrator.store import connect
