@@ -34,6 +34,7 @@ from orchestrator.engine import Engine
 from orchestrator.errors import DuplicateRunError, ParamsError, UnknownWorkflowError
 from orchestrator.http_server import body_deadline_middleware
 from orchestrator.intake import Accepted, Event, Intake
+from orchestrator.plugins import source_registry
 from orchestrator.problems import (
     BadInput,
     FieldError,
@@ -274,4 +275,5 @@ def build_app(
     app.router.add_get("/api/v1/runs/{run_id}", get_run)
     api_audit.add_routes(app)
     api_dead_letters.add_routes(app)
+    source_registry().add_routes(app)
     return app

@@ -17,6 +17,7 @@ from sources.models import FileTrigger, KafkaTrigger, ScheduleTrigger, WebhookTr
 
 if TYPE_CHECKING:
     import click
+    from aiohttp import web
 
     from orchestrator.sources import Source
 
@@ -137,6 +138,11 @@ class SchedulerPlugin(SourcePlugin):
         from sources.commands import backfill, backfills
 
         return (backfill, backfills)
+
+    def add_routes(self, app: web.Application) -> None:
+        from sources import api_backfills
+
+        api_backfills.add_routes(app)
 
     def create(self, settings: Settings) -> Source | None:
         if not settings.has_role("scheduler"):

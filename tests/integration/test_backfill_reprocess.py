@@ -448,3 +448,75 @@ def test_the_cli_detaches_lists_shows_and_cancels_backfills(db_url: str) -> None
     assert again.returncode == 2 and "only a running backfill can be cancelled" in again.stderr
     refused = cli("backfill", "plain", "--start", "2026-01-01", "--end", "2026-01-03", "--detach")
     assert refused.returncode == 2 and "--interval 1d or --cron EXPR" in refused.stderr
+
+
+async def test_the_api_creates_lists_shows_and_cancels_backfills(db_url: str, db: Database) -> None:
+    import aiohttp
+    import orjson
+
+    async with Orchestrator(
+        settings(worker_slots=0),
+        db_url,
+        registry=builtin_registry(),
+        workflows=[PLAIN],
+        http=True,
+    ) as orch:
+        assert orch.http is not None
+        base = f"http://127.0.0.1:{orch.http.port}"
+        async with aiohttp.ClientSession(base_url=base) as client:
+
+            async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+                kwargs: dict[str, Any] = {}
+                if body is not None:
+                    kwargs = {
+                        "data": orjson.dumps(body),
+                        "headers": {"Content-Type": "application/json"},
+                    }
+                async with client.request(method, path, **kwargs) as resp:
+                    return resp.status, await resp.json(content_type=None)
+
+            good = {"workflow": "plain", "start": "2026-01-01", "end": "2026-01-04"}
+            status, made = await call(
+                "POST", "/api/v1/backfills", {**good, "interval": "1d", "reason": "api"}
+            )
+            assert status == 201, made
+            assert made["state"] == "running" and made["counts"]["total"] == 3
+            assert made["actor"].startswith("api:") and made["reason"] == "api"
+            status, listed = await call("GET", "/api/v1/backfills?workflow=plain&state=running")
+            assert [b["id"] for b in listed["backfills"]] == [made["id"]]
+            status, shown = await call("GET", f"/api/v1/backfills/{made['id']}")
+            assert status == 200 and shown["progress"] == "0 of 3 done, 0 running, 0 failed"
+            status, cancelled = await call(
+                "POST", f"/api/v1/backfills/{made['id']}/cancel", {"reason": "oops"}
+            )
+            assert status == 200 and cancelled["state"] == "cancelled"
+            bad = [
+                ("POST", f"/api/v1/backfills/{made['id']}/cancel", {}, 409, "is cancelled"),
+                ("POST", "/api/v1/backfills/999/cancel", {}, 404, "no backfill 999"),
+                ("GET", "/api/v1/backfills/999", None, 404, "no backfill 999"),
+                ("GET", "/api/v1/backfills/abc", None, 400, "id must be an integer"),
+                ("GET", "/api/v1/backfills?state=paused", None, 400, "unknown state"),
+                ("POST", "/api/v1/backfills", {"workflow": "plain"}, 400, "'start' is required"),
+                ("POST", "/api/v1/backfills", {**good, "max_active": 0}, 400, "'max_active'"),
+                ("POST", "/api/v1/backfills", {**good, "reprocess": "some"}, 400, "'reprocess'"),
+                ("POST", "/api/v1/backfills", {**good, "dry": True}, 400, "unexpected key"),
+                ("POST", "/api/v1/backfills", good, 400, "no schedule trigger"),
+                ("POST", "/api/v1/backfills", {**good, "start": "soon"}, 400, "ISO 8601"),
+                (
+                    "POST",
+                    "/api/v1/backfills",
+                    {**good, "interval": "1d", "cron": "* * * * *"},
+                    400,
+                    "not both",
+                ),
+                ("POST", "/api/v1/backfills", {**good, "workflow": "plane"}, 404, "did you mean"),
+            ]
+            for method, path, body, want, detail in bad:
+                status, problem = await call(method, path, body)
+                assert (status, detail in problem["detail"]) == (want, True), (path, problem)
+    assert len(await backfill_list(db)) == 1
+    assert await scalar(db, "SELECT count(*) FROM runs") == 0
+
+
+async def backfill_list(db: Database) -> list[Any]:
+    return await jobs(db)
