@@ -43,7 +43,7 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 settings = partial(suite_settings, worker_slots=0, intake_batch_delay_s=0.002)
 
 
-def orders(order_type: str) -> WorkflowSpec:
+def orders(order_type: str, topic: str = "orders") -> WorkflowSpec:
     """The `orders` workflow; version "integer" refuses the order ids partners send."""
     return WorkflowSpec(
         name="orders",
@@ -51,7 +51,7 @@ def orders(order_type: str) -> WorkflowSpec:
         tasks=(TaskSpec(id="t", handler="noop"),),
         triggers=(
             WebhookTrigger(hook="orders", auth="none", params={"order_id": "{{ payload.id }}"}),
-            KafkaTrigger(topic="orders", params={"order_id": "{{ payload.id }}"}),
+            KafkaTrigger(topic=topic, params={"order_id": "{{ payload.id }}"}),
         ),
     )
 
@@ -324,3 +324,51 @@ def test_the_cli_lists_shows_and_redrives(db_url: str) -> None:
     assert cli("dead-letters", "redrive", "--all").stdout.strip() == "no dead letters to redrive"
     logged = cli("audit", "--action", "redrive")
     assert f"cli:{getpass.getuser()}" in logged.stdout and "types fixed" in logged.stdout
+
+
+async def test_a_kafka_message_refused_by_a_broken_workflow_is_redriven_after_the_fix(
+    db_url: str, db: Database, kafka_env: Any
+) -> None:
+    from eventually import eventually
+
+    from sources.kafka import KafkaSource
+    from sources.kafka_config import make_producer
+
+    topic = await kafka_env.create_topic("orders")
+    settings_ = kafka_env.settings()
+    producer = make_producer(settings_, linger_ms=2)
+    await producer.start()
+    try:
+        for value in (orjson.dumps({"id": "K-1"}), b"{not json"):
+            await (await producer.send(topic, value, headers=[("x-api-key", b"k3y")]))
+    finally:
+        await producer.stop()
+    source = KafkaSource(consumer_options=kafka_env.consumer_options)
+    async with Orchestrator(
+        settings_, db_url, workflows=[orders("integer", topic)], sources=[source]
+    ) as orch:
+        assert orch.engine is not None
+        engine = orch.engine
+
+        async def both_dead_lettered() -> bool:
+            return len(await dead_letters(engine, source="kafka")) == 2
+
+        await eventually(both_dead_lettered, timeout=30, what="two Kafka dead letters")
+        letters = await dead_letters(engine, source="kafka")
+        [raw] = [d for d in letters if d.workflow is None]
+        [refused] = [d for d in letters if d.workflow is not None]
+        assert refused.workflow == "orders" and refused.event_id is not None
+        assert raw.workflow is None and "not JSON" in raw.reason
+        assert (await dead_letter(engine, raw.id)).headers["x-api-key"] == "***"
+
+        await orch.register([orders("string", topic)])
+        results = await redrive(engine, await pending_ids(engine), actor="cli:ana", reason="fix")
+        assert sorted((r.id, r.ok) for r in results) == sorted(
+            [(refused.id, True), (raw.id, False)]
+        )
+        async with db.pool.acquire() as conn:
+            runs = await conn.fetch("SELECT params->>'order_id' AS o, event_id FROM runs")
+        assert [(r["o"], r["event_id"]) for r in runs] == [("K-1", refused.event_id)]
+        [again] = await redrive(engine, [refused.id], actor="cli:ana")
+        assert again.already
+        assert len(await audit.entries(engine.db, action="redrive")) == 2
