@@ -335,7 +335,7 @@ async def backfill(
     then; ``progress`` one line per thing done. Unless a dry run, one audit
     entry (``backfill``) names ``actor``, ``reason`` and the range."""
     cron = check_request(max_active, reprocess, cron, interval)
-    clear_run = _clear_run() if reprocess is not None and not dry_run else None
+    clear_run = clear_run_or_refuse() if reprocess is not None and not dry_run else None
     found = await survey(
         intake,
         spec,
@@ -504,7 +504,7 @@ def _audit_detail(
     }
 
 
-def _clear_run() -> Callable[..., Any]:
+def clear_run_or_refuse() -> Callable[..., Any]:
     """:func:`orchestrator.operations.clear_run`, checked before anything is done."""
     try:
         from orchestrator.operations import clear_run  # type: ignore[import-not-found,unused-ignore]

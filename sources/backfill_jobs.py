@@ -29,10 +29,9 @@ from sources.backfill import (
     BackfillError,
     Reprocess,
     Survey,
-    _clear_run,
-    _quiet,
     backfill_action,
     check_request,
+    clear_run_or_refuse,
     registered_spec,
     start_dates,
     survey,
@@ -169,7 +168,7 @@ async def submit(
     range holds nothing to start (the survey says why)."""
     cron = check_request(max_active, reprocess, cron, interval)
     if reprocess is not None:
-        _clear_run()
+        clear_run_or_refuse()
     spec = await registered_spec(intake, workflow)
     lo, hi = parse_when("start", start), parse_when("end", end)
     found = await survey(
@@ -291,7 +290,7 @@ async def drive(intake: Intake, backfill_id: int, *, now: datetime) -> BackfillJ
         active = still
     try:
         spec = await registered_spec(intake, current.workflow)
-        clear_run = _clear_run() if current.reprocess else None
+        clear_run = clear_run_or_refuse() if current.reprocess else None
         found = await survey(
             intake,
             spec,
@@ -316,7 +315,7 @@ async def drive(intake: Intake, backfill_id: int, *, now: datetime) -> BackfillJ
             found,
             batch,
             started,
-            _quiet,
+            lambda line: log.info("backfill %s: %s", current.id, line),
             clear_run,
             current.reprocess,
             current.actor,
