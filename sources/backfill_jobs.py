@@ -265,7 +265,11 @@ async def drive_all(intake: Intake, *, now: datetime) -> int:
     async with intake.engine.db.pool.acquire() as conn:
         ids = [r["id"] for r in await conn.fetch(SQL.running_backfill_ids)]
     for backfill_id in ids:
-        await drive(intake, backfill_id, now=now)
+        try:
+            await drive(intake, backfill_id, now=now)
+        except BackfillError as exc:
+            # E.g. its workflow is paused: it waits, and the others go on.
+            log.warning("backfill %s: %s; trying again", backfill_id, exc)
     return len(ids)
 
 
