@@ -354,6 +354,12 @@ async def _route_again(
             whose = f"workflow {workflow!r} is not registered, so it has"
         raise _StillRefused(f"{whose} no trigger for {event.source} {event.channel!r} now")
     requests = [_request(route, event, row["event_id"]) for route in routes]
+    paused = await _paused(conn, [r.workflow for r in requests])
+    if paused:
+        raise _StillRefused(
+            f"workflow {', '.join(map(repr, paused))} is paused: it starts no run until "
+            "unpaused; redrive it then"
+        )
     ids = await intake.engine.allocate_run_ids(conn, len(requests))
     try:
         await intake.engine.create_runs_in(conn, requests, ids, actor=actor, notices=notices)
@@ -361,6 +367,20 @@ async def _route_again(
         raise _StillRefused(str(exc)) from None
     await conn.execute(SQL.add_event_runs, row["event_id"], ids)
     return row["event_id"], ids
+
+
+async def _paused(conn: asyncpg.Connection, names: list[str]) -> list[str]:
+    """The paused workflows among ``names``, where workflows can be paused (a
+    letter recorded as an event goes through intake, which holds it per the
+    workflow's ``on_pause``; one redriven for its workflow is refused)."""
+    try:
+        from orchestrator.pausing import (  # type: ignore[import-not-found,unused-ignore]
+            paused_among,
+        )
+    except ImportError:
+        return []
+    found: dict[str, str] = await paused_among(conn, names)
+    return sorted(found)
 
 
 def _request(route: Route, event: Event, event_id: int) -> RunRequest:

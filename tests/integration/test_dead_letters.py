@@ -372,3 +372,19 @@ async def test_a_kafka_message_refused_by_a_broken_workflow_is_redriven_after_th
         [again] = await redrive(engine, [refused.id], actor="cli:ana")
         assert again.already
         assert len(await audit.entries(engine.db, action="redrive")) == 2
+
+
+async def test_a_redrive_into_a_paused_workflow_is_refused_until_unpaused(
+    server: Server,
+) -> None:
+    pausing = pytest.importorskip("orchestrator.pausing")
+    await server.hook({"id": "P-1"}, "d-1")
+    await server.orch.register([FIXED])
+    [letter_id] = await pending_ids(server.engine)
+    await pausing.pause_workflow(server.engine, "orders", actor="cli:ana", reason="outage")
+    [held] = await redrive(server.engine, [letter_id], actor="cli:ana")
+    assert not held.ok and "'orders' is paused" in held.message
+    assert await server.runs() == []
+    await pausing.unpause_workflow(server.engine, "orders", actor="cli:ana")
+    [done] = await redrive(server.engine, [letter_id], actor="cli:ana")
+    assert done.ok and len(done.run_ids) == 1
