@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator import api_admin, api_audit, api_operations, run_reads
+from orchestrator import api_admin, api_audit, api_dead_letters, api_operations, run_reads
 from orchestrator.access_log import access_log_middleware
 from orchestrator.api_bodies import next_page, read_query
 from orchestrator.api_models import CallbackAccepted, RunPage, Started
@@ -44,6 +44,7 @@ from orchestrator.http_server import body_deadline_middleware
 from orchestrator.intake import Accepted, Event, Intake
 from orchestrator.metrics import count_responses, metrics_handler
 from orchestrator.openapi import document, operation
+from orchestrator.plugins import source_registry
 from orchestrator.problems import (
     FieldError,
     json_response,
@@ -417,6 +418,8 @@ def build_app(
     api_audit.add_routes(app)
     api_admin.add_routes(app)
     api_operations.add_routes(app)
+    api_dead_letters.add_routes(app)
+    source_registry().add_routes(app)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
     if engine is not None:
         app.router.add_get("/metrics", metrics_handler(engine.db))

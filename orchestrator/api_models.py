@@ -107,3 +107,77 @@ class CallbackAccepted(BaseModel):
 
 class AuditPage(Page):
     entries: list[AuditEntry]
+
+
+class DeadLetter(BaseModel):
+    id: int
+    source: str
+    channel: str
+    dedup_key: str
+    workflow: str | None
+    error: str
+    received_at: datetime
+    event_id: int | None
+    attempts: int
+    last_attempt_at: datetime | None
+    redriven_at: datetime | None
+    redriven_by: str | None
+    redrive_event_id: int | None
+    redrive_run_ids: list[int] | None
+
+
+class DeadLetterDetail(DeadLetter):
+    payload: Any = Field(description="The event's payload; for a refused message, its raw text.")
+    raw: str | None
+    headers: dict[str, Any] = Field(description="Signature, token and secret headers masked.")
+    meta: dict[str, Any]
+
+
+class DeadLetterList(BaseModel):
+    dead_letters: list[DeadLetter]
+
+
+class RedriveOutcome(BaseModel):
+    id: int
+    redriven: bool
+    already: bool
+    event_id: int | None
+    run_ids: list[int]
+    message: str
+
+
+class RedriveAnswer(BaseModel):
+    redriven: list[RedriveOutcome]
+
+
+class Backfill(BaseModel):
+    id: int
+    workflow: str
+    start: str
+    end: str
+    cron: str | None
+    timezone: str
+    reprocess: Literal["failed", "all"] | None
+    max_active: int
+    state: str
+    actor: str
+    reason: str
+    cursor: datetime | None
+    active_run_ids: list[int]
+    counts: dict[str, int]
+    progress: str
+    message: str
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+
+
+class BackfillList(BaseModel):
+    backfills: list[Backfill]
+
+
+class NothingToBackfill(BaseModel):
+    backfill: None
+    existed: int
+    pruned: int
+    detail: str

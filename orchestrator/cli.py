@@ -487,10 +487,12 @@ def openapi_cmd() -> None:
 
 def _add_commands() -> None:
     """Commands that live in modules of their own."""
+    from orchestrator.cli_dead_letters import dead_letters_cmd
     from orchestrator.cli_operations import COMMANDS as operations
     from orchestrator.cli_tokens import tokens_cmd
 
     main.add_command(tokens_cmd)
+    main.add_command(dead_letters_cmd)
     for command in operations:
         main.add_command(command)
 

@@ -33,6 +33,7 @@ from orchestrator.trigger_spec import Trigger
 
 if TYPE_CHECKING:
     import click
+    from aiohttp import web
 
     from orchestrator.sources import Source
 
@@ -101,6 +102,9 @@ class SourcePlugin:
     def commands(self) -> Sequence[click.Command]:
         """CLI commands added to ``orchestrator`` (e.g. ``publish``)."""
         return ()
+
+    def add_routes(self, app: web.Application) -> None:
+        """Add this source's HTTP API routes (under ``/api/v1``) to ``app``."""
 
 
 def _tag_of(model: type[Trigger]) -> str:
@@ -181,6 +185,11 @@ class SourceRegistry:
     def stores(self) -> list[str]:
         """Packages with SQL and migrations, each once, in plugin order."""
         return list(dict.fromkeys(p.store for _n, p in self._plugins.items() if p.store))
+
+    def add_routes(self, app: web.Application) -> None:
+        """Every plugin's HTTP API routes."""
+        for _name, plugin in self._plugins.items():
+            plugin.add_routes(app)
 
     def commands(self) -> dict[str, click.Command]:
         found: dict[str, click.Command] = {}

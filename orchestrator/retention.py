@@ -5,12 +5,17 @@ transitions with them); events once older than the cutoff and none of the
 runs they started is still queued or running; dead letters by age. Each batch
 is its own short transaction, so pruning never holds locks for long and
 several processes may prune at once (``SKIP LOCKED``).
+
+A pruned run with a logical date (a schedule's or a backfill's) leaves a row
+in the ``logical_dates_pruned`` ledger, so its date stays processed: neither
+a backfill nor the scheduler creates it again. The audit log is never touched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -68,3 +73,29 @@ async def prune_periodically(
         except Exception:
             log.exception("retention pass failed; trying again next interval")
         await clock.sleep(interval_s)
+
+
+@dataclass(frozen=True, slots=True)
+class PrunedDate:
+    """A (workflow, logical date) whose run retention deleted."""
+
+    logical_date: datetime
+    run_id: int
+    state: str
+    """How the run had ended."""
+    pruned_at: datetime
+
+
+async def pruned_dates(
+    db: Database, workflow: str, logical_dates: Sequence[datetime]
+) -> dict[datetime, PrunedDate]:
+    """Which of ``logical_dates`` of ``workflow`` were processed by a run that
+    retention has since deleted: they count as done, and are never run again."""
+    if not logical_dates:
+        return {}
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(SQL.logical_dates_pruned, workflow, list(logical_dates))
+    return {
+        r["logical_date"]: PrunedDate(r["logical_date"], r["run_id"], r["state"], r["pruned_at"])
+        for r in rows
+    }

@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from orchestrator.cli_support import cli_settings, fail, open_database, run_async
+from orchestrator.cli_support import cli_actor, cli_settings, fail, open_database, run_async
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.errors import OrchestratorError
+
+if TYPE_CHECKING:
+    from orchestrator.store import Database
+    from sources.backfill import Reprocess
+
+T = TypeVar("T")
 
 
 @click.command("backfill")
@@ -37,11 +45,49 @@ from orchestrator.errors import OrchestratorError
     help="Most runs of this backfill unfinished at once.",
 )
 @click.option("--dry-run", is_flag=True, help="List the logical dates; create nothing.")
-def backfill(workflow: str, start: str, end: str, max_active: int, dry_run: bool) -> None:
-    """Run WORKFLOW for every interval of its schedule with a logical date in
-    [--start, --end), at most --max-active at once, and wait for them. Dates
-    that already have a run (from the scheduler or an earlier backfill) are
-    reported and not run again. Exit 0 when every created run succeeded."""
+@click.option(
+    "--reprocess",
+    type=click.Choice(["failed", "all"]),
+    default=None,
+    help="Also clear and rerun the dates whose runs exist: those that failed, or all.",
+)
+@click.option(
+    "--interval",
+    default=None,
+    metavar="15m|1h|1d|1w",
+    help="Intervals of this length instead of the workflow's schedule.",
+)
+@click.option("--cron", default=None, metavar="EXPR", help="Intervals of this cron schedule.")
+@click.option(
+    "--timezone", default="UTC", show_default=True, help="Time zone of --interval / --cron."
+)
+@click.option("--reason", default="", help="Why (recorded in the audit log).")
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Record the backfill and return: the scheduler's leader drives it "
+    "(follow it with `orchestrator backfills show ID`).",
+)
+def backfill(
+    workflow: str,
+    start: str,
+    end: str,
+    max_active: int,
+    dry_run: bool,
+    reprocess: str | None,
+    interval: str | None,
+    cron: str | None,
+    timezone: str,
+    reason: str,
+    detach: bool,
+) -> None:
+    """Run WORKFLOW for every interval of its schedule (or of --interval /
+    --cron) with a logical date in [--start, --end), at most --max-active at
+    once, and wait for them, with a progress line on stderr. Dates that
+    already have a run (from the scheduler or an earlier backfill), or had
+    one that retention has pruned, are reported and not run again; with
+    --reprocess, existing runs are cleared and rerun. Exit 0 when every
+    created or reprocessed run succeeded."""
     from datetime import datetime
 
     from orchestrator.engine import Engine
@@ -62,6 +108,12 @@ def backfill(workflow: str, start: str, end: str, max_active: int, dry_run: bool
             ) from None
 
     start_at, end_at = parse("start", start), parse("end", end)
+    mode: Reprocess | None = "all" if reprocess == "all" else "failed" if reprocess else None
+    if detach:
+        if dry_run:
+            fail("--dry-run shows what a backfill would do; leave out --detach")
+        _detach(workflow, start, end, max_active, mode, interval, cron, timezone, reason)
+        return
 
     async def go() -> BackfillResult:
         db = await open_database(settings)
@@ -76,12 +128,154 @@ def backfill(workflow: str, start: str, end: str, max_active: int, dry_run: bool
                 max_active=max_active,
                 dry_run=dry_run,
                 progress=click.echo,
+                reprocess=mode,
+                interval=interval,
+                cron=cron,
+                timezone=timezone,
+                status=lambda line: click.echo(line, err=True),
+                actor=cli_actor(),
+                reason=reason,
             )
         finally:
             await db.close()
 
     result = run_async(go)
     sys.exit(0 if result.ok else 1)
+
+
+def _detach(
+    workflow: str,
+    start: str,
+    end: str,
+    max_active: int,
+    reprocess: Reprocess | None,
+    interval: str | None,
+    cron: str | None,
+    timezone: str,
+    reason: str,
+) -> None:
+    from orchestrator.engine import Engine
+    from orchestrator.intake import Intake
+    from sources.backfill import nothing_to_start
+    from sources.backfill_jobs import submit
+
+    settings = cli_settings()
+
+    async def go() -> str:
+        db = await open_database(settings)
+        try:
+            made, found = await submit(
+                Intake(Engine(db, lease_s=settings.lease_s)),
+                workflow,
+                start,
+                end,
+                now=SYSTEM_CLOCK.now(),
+                max_active=max_active,
+                reprocess=reprocess,
+                cron=cron,
+                interval=interval,
+                timezone=timezone,
+                actor=cli_actor(),
+                reason=reason,
+            )
+        finally:
+            await db.close()
+        if made is None:
+            return nothing_to_start(found, reprocess)
+        return (
+            f"backfill {made.id} of {workflow}: {made.counts['total']} date(s) to run, at most "
+            f"{max_active} at a time, driven by the scheduler; follow it with "
+            f"`orchestrator backfills show {made.id}`"
+        )
+
+    click.echo(run_async(go))
+
+
+@click.group("backfills", invoke_without_command=True)
+@click.option("--workflow", "-w", default=None, help="Only backfills of this workflow.")
+@click.option(
+    "--state", type=click.Choice(["running", "done", "cancelled", "failed"]), default=None
+)
+@click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.pass_context
+def backfills(ctx: click.Context, workflow: str | None, state: str | None, limit: int) -> None:
+    """Detached backfills (`backfill … --detach`), newest first; `show ID`,
+    `cancel ID`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from orchestrator.views import render_table
+    from sources.backfill_jobs import jobs
+
+    found = _with_db(lambda db: jobs(db, workflow=workflow, state=state, limit=limit))
+    if not found:
+        click.echo("no backfills")
+        return
+    click.echo(
+        render_table(
+            ("ID", "WORKFLOW", "RANGE", "STATE", "PROGRESS", "BY", "REASON"),
+            [
+                (
+                    j.id,
+                    j.workflow,
+                    f"{j.start} .. {j.end}",
+                    j.state,
+                    j.progress(),
+                    j.actor,
+                    j.reason,
+                )
+                for j in found
+            ],
+        )
+    )
+
+
+@backfills.command("show")
+@click.argument("backfill_id", type=int, metavar="ID")
+def backfills_show(backfill_id: int) -> None:
+    """One detached backfill: its range, progress, runs in flight, counts."""
+    from sources.backfill_jobs import job
+
+    j = _with_db(lambda db: job(db, backfill_id))
+    lines = [
+        f"backfill {j.id} of {j.workflow}: {j.state}",
+        f"  range      {j.start} .. {j.end}"
+        + (f"  (cron {j.cron!r} in {j.timezone})" if j.cron else ""),
+        f"  reprocess  {j.reprocess or '-'}   max active {j.max_active}",
+        f"  by         {j.actor}" + (f": {j.reason}" if j.reason else ""),
+        f"  progress   {j.progress()}",
+        f"  running    {', '.join(map(str, j.active)) or '-'}",
+        "  counts     " + ", ".join(f"{k} {v}" for k, v in j.counts.items()),
+        f"  created    {j.created_at.isoformat()}",
+    ]
+    if j.ended_at is not None:
+        lines.append(f"  ended      {j.ended_at.isoformat()}")
+    if j.message:
+        lines.append(f"  message    {j.message}")
+    click.echo("\n".join(lines))
+
+
+@backfills.command("cancel")
+@click.argument("backfill_id", type=int, metavar="ID")
+@click.option("--reason", default="", help="Why (recorded in the audit log).")
+def backfills_cancel(backfill_id: int, reason: str) -> None:
+    """Stop a detached backfill from starting more runs (those started go on)."""
+    from sources.backfill_jobs import cancel
+
+    j = _with_db(lambda db: cancel(db, backfill_id, actor=cli_actor(), reason=reason))
+    click.echo(f"backfill {j.id} cancelled; {len(j.active)} run(s) already started go on")
+
+
+def _with_db(work: Callable[[Database], Awaitable[T]]) -> T:
+    settings = cli_settings()
+
+    async def go() -> T:
+        db = await open_database(settings)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return run_async(go)
 
 
 @click.command()

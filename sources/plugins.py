@@ -16,6 +16,7 @@ from sources.models import FileTrigger, KafkaTrigger, ScheduleTrigger, WebhookTr
 
 if TYPE_CHECKING:
     import click
+    from aiohttp import web
 
     from orchestrator.sources import Source
 
@@ -133,9 +134,14 @@ class SchedulerPlugin(SourcePlugin):
     store = STORE
 
     def commands(self) -> Sequence[click.Command]:
-        from sources.commands import backfill
+        from sources.commands import backfill, backfills
 
-        return (backfill,)
+        return (backfill, backfills)
+
+    def add_routes(self, app: web.Application) -> None:
+        from sources import api_backfills
+
+        api_backfills.add_routes(app)
 
     def create(self, settings: Settings) -> Source | None:
         if not settings.has_role("scheduler"):

@@ -10,6 +10,10 @@ from __future__ import annotations
 class SourceQueryNames:
     """``SQL.<name>`` is the text of the ``-- name: <name>`` block."""
 
+    backfill_by_id: str
+    backfill_step: str
+    cancel_backfill: str
+    insert_backfill: str
     insert_landing_moves: str
     kafka_logs_checked: str
     kafka_logs_current: str
@@ -19,7 +23,9 @@ class SourceQueryNames:
     landing_move_done: str
     landing_move_target: str
     landing_moves_due: str
+    list_backfills: str
     logical_dates_taken: str
+    running_backfill_ids: str
     runs_at_logical_dates: str
     schedule_advance: str
     schedule_first_seen: str

@@ -19,7 +19,9 @@ event's dedup key is ``schedule:<workflow>:<logical date in UTC, ISO 8601>``
 Between due times a tick costs no database work beyond one ``SELECT 1``
 (proof that the leader's session is alive): the next due time of each
 schedule is kept in memory and recomputed from the database whenever
-leadership or the loaded workflows change.
+leadership or the loaded workflows change. Every couple of seconds the leader
+also looks for detached backfills to drive (one indexed query when there are
+none; see :mod:`sources.backfill_jobs`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ log = logging.getLogger(__name__)
 
 #: The advisory lock whose holder is the one replica that ticks ("orchsch").
 LEADER_LOCK = 0x6F726368736368
+#: Detached backfills are driven at most this often (seconds), by the leader.
+BACKFILL_EVERY_S = 2.0
 #: ``application_name`` of the leadership connection (visible in pg_stat_activity).
 APPLICATION_NAME = "orchestrator-scheduler"
 
@@ -243,6 +247,7 @@ class ScheduleSource:
         """Clock time of the last tick this replica completed as leader."""
         self.ticks = 0
         """Loop iterations completed (as leader or not): tests wait on it."""
+        self._backfills_at: datetime | None = None
 
     # -- Source protocol ---------------------------------------------------------
 
@@ -329,8 +334,24 @@ class ScheduleSource:
         else:
             await conn.fetchval(SQL.scheduler_alive)
         more = await self._tick(conn, now)
+        if self._backfills_at is None or now >= self._backfills_at:
+            self._backfills_at = now + timedelta(seconds=max(self._tick_s, BACKFILL_EVERY_S))
+            await self._drive_backfills(now)
         self.last_tick = now
         return more
+
+    async def _drive_backfills(self, now: datetime) -> None:
+        """One step of each detached backfill (:mod:`sources.backfill_jobs`);
+        a failing one is logged and tried again, never stops the schedules."""
+        from sources.backfill_jobs import drive_all
+
+        assert self._ctx is not None
+        try:
+            await drive_all(self._ctx.intake, now=now)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scheduler: driving backfills failed; trying again")
 
     def _set_follower(self) -> None:
         self.is_leader = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 class NamedQueries:
     """``SQL.<name>`` is the text of the ``-- name: <name>`` block."""
 
+    add_event_runs: str
     add_hold: str
     allocate_run_ids: str
     apply_decisions: str
@@ -23,6 +24,10 @@ class NamedQueries:
     count_running_runs: str
     create_token: str
     current_versions: str
+    dead_letter: str
+    dead_letter_failed_again: str
+    dead_letter_redriven: str
+    dead_letters_exist: str
     deferral_runs: str
     deferrals_of_run: str
     deferred_counts: str
@@ -46,19 +51,23 @@ class NamedQueries:
     insert_runs: str
     insert_task_instances: str
     limited_waiting: str
+    list_dead_letters: str
     list_pools: str
     list_runs: str
     list_tokens: str
     list_workflows: str
+    lock_dead_letter: str
     lock_keys: str
     lock_limited_claims: str
     lock_live_runs: str
     lock_runs: str
     lock_workflow: str
+    logical_dates_pruned: str
     metrics_gauges: str
     move_held: str
     notify: str
     operator_moves: str
+    pending_dead_letter_ids: str
     poll_again: str
     prune_dead_letters: str
     prune_events: str
@@ -90,3 +99,4 @@ class NamedQueries:
     upsert_version: str
     waiting_for_keys: str
     waiting_for_paths: str
+    workflows_of_runs: str

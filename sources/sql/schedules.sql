@@ -36,10 +36,17 @@ FROM runs WHERE workflow = $1 AND logical_date = ANY($2::timestamptz[]);
 -- name: logical_dates_taken
 -- $1 workflow[], $2 logical_date[], $3 dedup_key[]: the positions (from 1) of
 -- the (workflow, logical date) pairs that already have a run which no event
--- with that key started (a manual run, another schedule trigger, a pruned event).
+-- with that key started (a manual run, another schedule trigger, a pruned event),
+-- or whose run retention has deleted (see logical_dates_pruned).
 SELECT i.n
 FROM unnest($1::text[], $2::timestamptz[], $3::text[])
     WITH ORDINALITY AS i(workflow, logical_date, dedup_key, n)
 JOIN runs r ON r.workflow = i.workflow AND r.logical_date = i.logical_date
 LEFT JOIN events e ON e.id = r.event_id
-WHERE e.dedup_key IS DISTINCT FROM i.dedup_key;
+WHERE e.dedup_key IS DISTINCT FROM i.dedup_key
+UNION
+-- A date whose run retention has deleted was processed: it does not run again.
+SELECT i.n
+FROM unnest($1::text[], $2::timestamptz[])
+    WITH ORDINALITY AS i(workflow, logical_date, n)
+JOIN logical_dates_pruned p ON p.workflow = i.workflow AND p.logical_date = i.logical_date;

@@ -11,6 +11,13 @@ WITH doomed AS (
     FOR UPDATE SKIP LOCKED
 ), history AS (
     DELETE FROM transitions WHERE run_id IN (SELECT id FROM doomed)
+), ledger AS (
+    -- A date once processed stays processed: backfills and the scheduler
+    -- read this ledger, so pruning a run never lets its date run again.
+    INSERT INTO logical_dates_pruned (workflow, logical_date, run_id, state, ended_at)
+    SELECT workflow, logical_date, id, state::text, ended_at FROM runs
+    WHERE id IN (SELECT id FROM doomed) AND logical_date IS NOT NULL
+    ON CONFLICT (workflow, logical_date) DO NOTHING
 )
 DELETE FROM runs WHERE id IN (SELECT id FROM doomed) RETURNING id;
 
@@ -57,3 +64,9 @@ SELECT
                 'infinity')))
         AS events,
     (SELECT count(*) FROM dead_letter_events WHERE received_at < $1) AS dead_letters;
+
+-- name: logical_dates_pruned
+-- $1 workflow, $2 logical_date[]: which of these dates had a run that
+-- retention deleted (the run's id and how it ended).
+SELECT logical_date, run_id, state, ended_at, pruned_at
+FROM logical_dates_pruned WHERE workflow = $1 AND logical_date = ANY($2::timestamptz[]);
