@@ -403,9 +403,11 @@ def audit_cmd(workflow: str | None, run_id: int | None, action: str | None, limi
 
 def _add_commands() -> None:
     """Commands that live in modules of their own."""
+    from orchestrator.cli_logs import logs_cmd
     from orchestrator.cli_tokens import tokens_cmd
 
     main.add_command(tokens_cmd)
+    main.add_command(logs_cmd)
 
 
 _add_commands()

@@ -38,6 +38,7 @@ from orchestrator.registry import HandlerRegistry
 from orchestrator.retry import decide_failure
 from orchestrator.settings import Settings
 from orchestrator.states import TaskState
+from orchestrator.task_logs import TaskLogWriter
 from orchestrator.templates import build_scope, render
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,10 @@ class Worker:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self.executed = 0
         self.rejected = 0
+        s = settings
+        self.task_logs = TaskLogWriter(
+            engine.db, max_bytes=s.task_log_max_bytes, flush_interval_s=s.task_log_flush_s
+        )
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -103,6 +108,7 @@ class Worker:
         ]
         for label, fn in loops:
             self._loops[label] = asyncio.create_task(self._guard(label, fn), name=f"worker-{label}")
+        self.task_logs.start()
 
     def wake(self, _payload: str = "") -> None:
         """Called on NOTIFY: there may be new work."""
@@ -140,6 +146,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._loops.clear()
+        await self.task_logs.stop()
 
     async def _finish_attempts(self, grace_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -206,12 +213,14 @@ class Worker:
 
     async def _execute(self, c: Claimed) -> None:
         outcome: Outcome
-        try:
-            outcome = await self._attempt(c)
-        except asyncio.CancelledError:
-            # Logged once committed (see _flush): until then nothing has changed.
-            outcome = self._failure(c, None, INTERRUPTED, announce=False)
-            self._interrupted.add((c.id, c.attempt))
+        with self.task_logs.capture(c.run_id, c.task_id, c.attempt) as attempt_log:
+            try:
+                outcome = await self._attempt(c)
+            except asyncio.CancelledError:
+                # Logged once committed (see _flush): until then nothing has changed.
+                outcome = self._failure(c, None, INTERRUPTED, announce=False)
+                self._interrupted.add((c.id, c.attempt))
+        await self.task_logs.close(attempt_log)  # its last lines are stored first
         self._buffer.append(outcome)
         self._flush_wanted.set()
 

@@ -39,6 +39,7 @@ class NamedQueries:
     insert_events: str
     insert_runs: str
     insert_task_instances: str
+    insert_task_logs: str
     limited_waiting: str
     list_pools: str
     list_runs: str
@@ -67,6 +68,9 @@ class NamedQueries:
     set_pool: str
     start_runs: str
     task_instances_of_run: str
+    task_log_attempt: str
+    task_log_chunks: str
+    task_log_last_chunks: str
     token_by_hash: str
     transitions_of_run: str
     triggerer_due_between: str
