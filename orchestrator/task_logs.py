@@ -177,7 +177,8 @@ class AttemptLog:
         self._lines.append((stream, line))
 
     def _dirty(self, count: int) -> None:
-        if self.writer is not None:
+        # An attempt that wrote nothing costs the writer (and its end) nothing.
+        if self.writer is not None and self._lines:
             self.writer.mark_dirty(self, count)
 
     def take(self) -> list[tuple[str, str]]:
