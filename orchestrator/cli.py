@@ -162,6 +162,10 @@ def validate(path: Path) -> None:
             f"ok  {name} ({len(spec.tasks)} tasks, version {spec.version}) "
             f"in {result.workflow_files.get(name, '?')}"
         )
+    from orchestrator.secrets import unresolved
+
+    for warning in unresolved(result.workflows.values(), _settings()):
+        click.secho(warning, fg="yellow", err=True)
     if result.errors:
         click.secho(format_errors(result.errors), fg="red", err=True)
         click.secho(

@@ -32,10 +32,11 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import json
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,10 +67,53 @@ def current() -> AttemptLog | None:
 
 
 def mask(text: str, secrets: frozenset[str] | set[str]) -> str:
-    for value in secrets:
+    # Longest first: a secret that contains another is masked whole.
+    for value in sorted(secrets, key=len, reverse=True):
         if value and value in text:
             text = text.replace(value, MASK)
     return text
+
+
+def protect(values: Iterable[str]) -> None:
+    """Mask ``values`` (secrets) in everything the current attempt leaves behind:
+    its captured log, and through :func:`mask_current` its error and output."""
+    attempt = CURRENT.get()
+    if attempt is None:
+        return
+    for value in values:
+        if value:
+            # As written, and as it appears inside JSON text.
+            attempt.secrets.add(value)
+            attempt.secrets.add(json.dumps(value)[1:-1])
+
+
+def mask_current(text: str) -> str:
+    """``text`` with the current attempt's secrets masked."""
+    attempt = CURRENT.get()
+    if attempt is None or not attempt.secrets:
+        return text
+    return mask(text, attempt.secrets)
+
+
+def mask_outcome(fields: dict[str, Any]) -> dict[str, Any]:
+    """An attempt's outcome (error, reason, JSON output) with its secrets masked."""
+    attempt = CURRENT.get()
+    if attempt is None or not attempt.secrets:
+        return fields
+    out = dict(fields)
+    for key in ("error", "reason"):
+        if isinstance(out.get(key), str):
+            out[key] = mask(out[key], attempt.secrets)
+    output = out.get("output")
+    if isinstance(output, str):
+        masked = mask(output, attempt.secrets)
+        if masked != output:
+            try:
+                json.loads(masked)
+            except ValueError:
+                masked = json.dumps(f"{MASK} (the output held a secret and is withheld)")
+            out["output"] = masked
+    return out
 
 
 class AttemptLog:
@@ -197,6 +241,12 @@ class TaskLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         attempt = CURRENT.get()
+        if attempt is not None and attempt.secrets:
+            # The process's own log must not show a secret either.
+            try:
+                msg, args = mask(str(msg) % args if args else str(msg), attempt.secrets), ()
+            except (TypeError, ValueError):
+                msg, args = mask(f"{msg} {args}", attempt.secrets), ()
         if attempt is not None and level >= logging.INFO:
             try:
                 text = str(msg) % args if args else str(msg)

@@ -36,9 +36,10 @@ from orchestrator.errors import NonRetryableError, OutputNotJSONError, OutputToo
 from orchestrator.handler_inputs import input_problems
 from orchestrator.registry import HandlerRegistry
 from orchestrator.retry import decide_failure
+from orchestrator.secrets import Secrets, TaskSecrets
 from orchestrator.settings import Settings
 from orchestrator.states import TaskState
-from orchestrator.task_logs import TaskLogWriter
+from orchestrator.task_logs import TaskLogWriter, mask_current, mask_outcome, protect
 from orchestrator.templates import build_scope, render
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Worker:
         self.task_logs = TaskLogWriter(
             engine.db, max_bytes=s.task_log_max_bytes, flush_interval_s=s.task_log_flush_s
         )
+        self.secrets = TaskSecrets(Secrets.from_settings(settings))
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -262,6 +264,9 @@ class Worker:
                     logical_date=c.logical_date,
                     interval_end=c.interval_end,
                 )
+                if values := self.secrets.for_task(c.version, c.task_id, task.inputs):
+                    protect(values.values())  # masked in whatever this attempt leaves behind
+                    scope["secrets"] = values
                 inputs = render(task.inputs, scope)
             result = await self._call(c.handler, ctx, inputs, timeout)
             output = self._encode(result)
@@ -328,7 +333,7 @@ class Worker:
         else:
             decision = decide_failure(policy, c.attempt, exc)
             target, delay = decision.target, decision.delay_s
-        error = _describe(exc) if exc is not None else reason
+        error = mask_current(_describe(exc) if exc is not None else reason)
         if target == TaskState.UP_FOR_RETRY and not self._stopping:
             self._wake_later(delay)
         if announce:
@@ -351,6 +356,7 @@ class Worker:
 
     def _outcome(self, c: Claimed, target: TaskState, **fields: Any) -> Outcome:
         """The end of attempt ``c`` under this worker's lease."""
+        fields = mask_outcome(fields)
         return Outcome(
             id=c.id,
             run_id=c.run_id,
