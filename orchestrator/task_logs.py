@@ -95,6 +95,15 @@ def mask_current(text: str) -> str:
     return mask(text, attempt.secrets)
 
 
+def holds_secret(value: Any) -> bool:
+    """Whether ``value`` (as JSON) holds one of the current attempt's secrets."""
+    attempt = CURRENT.get()
+    if attempt is None or not attempt.secrets:
+        return False
+    text = json.dumps(value, default=str)
+    return any(secret and secret in text for secret in attempt.secrets)
+
+
 def mask_outcome(fields: dict[str, Any]) -> dict[str, Any]:
     """An attempt's outcome (error, reason, JSON output) with its secrets masked."""
     attempt = CURRENT.get()

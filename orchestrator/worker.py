@@ -39,7 +39,13 @@ from orchestrator.retry import decide_failure
 from orchestrator.secrets import Secrets, TaskSecrets
 from orchestrator.settings import Settings
 from orchestrator.states import TaskState
-from orchestrator.task_logs import TaskLogWriter, mask_current, mask_outcome, protect
+from orchestrator.task_logs import (
+    TaskLogWriter,
+    holds_secret,
+    mask_current,
+    mask_outcome,
+    protect,
+)
 from orchestrator.templates import build_scope, render
 
 log = logging.getLogger(__name__)
@@ -275,6 +281,10 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except Defer as wait:
+            if holds_secret([wait.config, wait.match_key, wait.match_pattern]):
+                # A wait's settings are stored: a secret must not be among them.
+                leak = NonRetryableError("a wait's settings may not hold a secret (stored)")
+                return self._failure(c, leak, compiled=compiled)
             # The slot is given back as soon as this outcome is recorded.
             self.executed += 1
             return self._outcome(

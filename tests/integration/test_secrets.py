@@ -232,3 +232,31 @@ def test_validate_warns_about_a_secret_no_backend_holds(tmp_path: Path) -> None:
     assert "ok  needs_secret" in done.stdout
     assert "secret 'NOBODY_HAS_THIS' is not set in any secret backend" in done.stderr
     assert "KNOWN_ONE" not in done.stderr
+
+
+async def test_a_wait_whose_settings_hold_a_secret_is_refused(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.deferral import Defer
+
+    monkeypatch.setenv("ORCHESTRATOR_SECRET_POLL_KEY", SECRET)
+    reg = builtin_registry()
+
+    async def waits_with(ctx: Any, key: str) -> None:
+        raise Defer("poll", "a poll", config={"headers": {"X-Key": key}}, timeout_s=60)
+
+    reg.register("waits_with", waits_with)
+    spec = WorkflowSpec(
+        name="waiting",
+        tasks=(TaskSpec(id="t", handler="waits_with", inputs={"key": "{{ secrets.POLL_KEY }}"}),),
+    )
+    async with Orchestrator(suite_settings(), db_url, registry=reg, workflows=[spec]) as o:
+        assert o.db is not None and o.engine is not None
+        run_id = await o.engine.trigger("waiting", {}, actor="test")
+        assert (await wait_for_runs(o.db, [run_id], timeout=30))[run_id] == RunState.FAILED
+        async with o.db.pool.acquire() as conn:
+            error = await conn.fetchval(
+                "SELECT error FROM task_instances WHERE run_id = $1", run_id
+            )
+        assert "may not hold a secret" in error
+        assert await tables_holding(o.db, SECRET) == []
