@@ -260,3 +260,19 @@ async def test_a_wait_whose_settings_hold_a_secret_is_refused(
             )
         assert "may not hold a secret" in error
         assert await tables_holding(o.db, SECRET) == []
+
+
+def test_a_trigger_param_may_not_take_a_secret() -> None:
+    from orchestrator.validation import collect_errors
+
+    spec = WorkflowSpec.model_validate(
+        {
+            "name": "hooked",
+            "triggers": [
+                {"source": "webhook", "hook": "h", "params": {"token": "{{ secrets.API_TOKEN }}"}}
+            ],
+            "tasks": [{"id": "t", "handler": "echo"}],
+        }
+    )
+    errors = collect_errors(spec, builtin_registry())
+    assert any("secrets cannot be used here" in str(e) for e in errors), errors
