@@ -126,7 +126,30 @@ def mask_outcome(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 class AttemptLog:
-    """One attempt's lines waiting to be stored; writable from any thread."""
+    """One attempt's lines waiting to be stored; writable from any thread.
+
+    Entered (``with``), it is the current attempt's log for the code inside.
+    Cheap to make and to end when nothing is written: every attempt has one.
+    """
+
+    __slots__ = (
+        "_decoders",
+        "_lines",
+        "_lock",
+        "_partial",
+        "_token",
+        "attempt",
+        "cut",
+        "dropped",
+        "finished",
+        "marked",
+        "max_bytes",
+        "run_id",
+        "secrets",
+        "task_id",
+        "used",
+        "writer",
+    )
 
     def __init__(
         self,
@@ -142,16 +165,25 @@ class AttemptLog:
         self.task_id = task_id
         self.attempt = attempt
         self.max_bytes = max_bytes
+        # Values replaced by ``***`` in every line (see :mod:`orchestrator.secrets`).
         self.secrets: set[str] = set()
-        """Values replaced by ``***`` in every line (see :mod:`orchestrator.secrets`)."""
         self.used = 0
         self.dropped = 0
         self.cut = False
         self.finished = False
+        self.marked = False  # handed to the writer at least once
         self._lines: list[tuple[str, str]] = []
         self._partial: dict[str, str] = {}
         self._decoders: dict[str, codecs.IncrementalDecoder] = {}
         self._lock = threading.Lock()
+        self._token: Any = None
+
+    def __enter__(self) -> AttemptLog:
+        self._token = CURRENT.set(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        CURRENT.reset(self._token)
 
     # -- writing -------------------------------------------------------------------
 
@@ -195,6 +227,9 @@ class AttemptLog:
 
     def finish(self) -> None:
         """Store what is left of unfinished lines; the attempt has ended."""
+        if not (self._partial or self._decoders or self.dropped):
+            self.finished = True
+            return
         with self._lock:
             for stream, decoder in self._decoders.items():
                 tail = decoder.decode(b"", final=True)
@@ -232,6 +267,7 @@ class AttemptLog:
     def _dirty(self, count: int) -> None:
         # An attempt that wrote nothing costs the writer (and its end) nothing.
         if self.writer is not None and self._lines:
+            self.marked = True
             self.writer.mark_dirty(self, count)
 
     def take(self) -> list[tuple[str, str]]:
@@ -366,23 +402,16 @@ class TaskLogWriter:
                 await self._task
             self._task = None
 
-    def open(self, run_id: int, task_id: str, attempt: int) -> AttemptLog:
+    def capture(self, run_id: int, task_id: str, attempt: int) -> AttemptLog:
+        """The attempt's log, to enter: the code run inside writes to it."""
         return AttemptLog(self, run_id, task_id, attempt, max_bytes=self.max_bytes)
-
-    @contextlib.contextmanager
-    def capture(self, run_id: int, task_id: str, attempt: int) -> Iterator[AttemptLog]:
-        """Make the attempt's log current for the code run inside."""
-        attempt_log = self.open(run_id, task_id, attempt)
-        token = CURRENT.set(attempt_log)
-        try:
-            yield attempt_log
-        finally:
-            CURRENT.reset(token)
 
     async def close(self, attempt_log: AttemptLog) -> None:
         """End ``attempt_log`` and wait (at most ``final_wait_s``) until its
         lines are stored."""
         attempt_log.finish()
+        if not attempt_log.marked:
+            return
         with self._dirty_lock:
             waiting = attempt_log in self._dirty
         if not waiting or self._task is None or self._task.done():
