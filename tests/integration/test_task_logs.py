@@ -199,17 +199,35 @@ async def test_follow_prints_until_the_attempt_ends(db_url: str) -> None:
             return bool(await texts(db, run_id, "t", 1))
 
         await eventually(first_line_stored, what="the first line stored")
-        follower = asyncio.create_task(
-            asyncio.to_thread(cli, db_url, "logs", str(run_id), "t", "--follow")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+        follower = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "logs",
+            str(run_id),
+            "t",
+            "--follow",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**env, "PYTHONPATH": str(ROOT), "ORCHESTRATOR_DATABASE_URL": db_url},
         )
-        # The follower runs on while the attempt does; it ends once the attempt has.
-        done, _ = await asyncio.wait({follower}, timeout=1.0)
-        assert not done
-        release.set()
+        assert follower.stdout is not None
+        try:
+            # The follower prints what is there while the attempt still runs ...
+            first = await asyncio.wait_for(follower.stdout.readline(), timeout=30)
+            assert first.decode().rstrip("\n") == "before the wait"
+            assert follower.returncode is None
+            release.set()
+            # ... and the rest once it is stored, then ends with the attempt.
+            rest, err = await asyncio.wait_for(follower.communicate(), timeout=30)
+        finally:
+            if follower.returncode is None:
+                follower.kill()
+                await follower.wait()
+        assert follower.returncode == 0, err.decode()
+        assert rest.decode().splitlines() == ["after the wait"]
         await wait_for_runs(db, [run_id], timeout=20)
-        result = await asyncio.wait_for(follower, timeout=30)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["before the wait", "after the wait"]
 
 
 async def test_logs_are_pruned_with_their_run(db_url: str) -> None:
