@@ -164,7 +164,7 @@ def validate(path: Path) -> None:
         )
     from orchestrator.secrets import unresolved
 
-    for warning in unresolved(result.workflows.values(), _settings()):
+    for warning in unresolved(result.workflows.values()):
         click.secho(warning, fg="yellow", err=True)
     if result.errors:
         click.secho(format_errors(result.errors), fg="red", err=True)

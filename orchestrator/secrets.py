@@ -132,9 +132,16 @@ def referenced_secrets(inputs: Any) -> set[str]:
     return {key for root, key in referenced_fields(inputs) if root == ROOT and key}
 
 
-def unresolved(workflows: Iterable[Any], settings: Any) -> list[str]:
+def unresolved(workflows: Iterable[Any]) -> list[str]:
     """A warning for each secret a task names that no configured backend holds
     now (``orchestrator validate``; at run time the attempt fails naming it)."""
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.settings import load_settings
+
+    try:
+        settings: Any = load_settings()
+    except OrchestratorError:
+        settings = None  # validate checks workflows, not settings: use the defaults
     secrets = Secrets.from_settings(settings)
     backends = ", ".join(b.name for b in secrets.backends)
     return [
