@@ -23,6 +23,7 @@ from orchestrator.context import TaskContext
 from orchestrator.errors import NonRetryableError, TaskError
 from orchestrator.handler_inputs import ByteCount, PositiveSeconds
 from orchestrator.registry import handler
+from orchestrator.task_logs import current as current_task_log
 
 __all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "KILL_GRACE_S", "shell"]
 
@@ -117,8 +118,8 @@ async def shell(
     stdout, stderr = _Tail(max_output_bytes), _Tail(max_output_bytes)
     assert proc.stdout is not None and proc.stderr is not None  # both are PIPE
     pumps = [
-        asyncio.create_task(_pump(proc.stdout, stdout)),
-        asyncio.create_task(_pump(proc.stderr, stderr)),
+        asyncio.create_task(_pump(proc.stdout, stdout, "stdout")),
+        asyncio.create_task(_pump(proc.stderr, stderr, "stderr")),
     ]
     timed_out = False
     try:
@@ -207,9 +208,12 @@ def _positive_number(name: str, value: object) -> float:
 # --- output ------------------------------------------------------------------
 
 
-async def _pump(stream: asyncio.StreamReader, tail: _Tail) -> None:
+async def _pump(stream: asyncio.StreamReader, tail: _Tail, name: str) -> None:
+    task_log = current_task_log()  # the attempt's log keeps the output too, as it comes
     while chunk := await stream.read(_READ_CHUNK):
         tail.add(chunk)
+        if task_log is not None:
+            task_log.write_bytes(name, chunk)
 
 
 def _detail(stdout: _Tail, stderr: _Tail, *, prefix: str = ": ") -> str:

@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator import api_admin, api_audit, api_dead_letters, api_operations, run_reads
+from orchestrator import api_admin, api_audit, api_dead_letters, api_logs, api_operations, run_reads
 from orchestrator.access_log import access_log_middleware
 from orchestrator.api_bodies import next_page, read_query
 from orchestrator.api_models import CallbackAccepted, RunPage, Started
@@ -419,6 +419,7 @@ def build_app(
     api_admin.add_routes(app)
     api_operations.add_routes(app)
     api_dead_letters.add_routes(app)
+    api_logs.add_routes(app)
     source_registry().add_routes(app)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
     if engine is not None:

@@ -181,6 +181,10 @@ def validate(path: Path) -> None:
             f"ok  {name} ({len(spec.tasks)} tasks, version {spec.version}) "
             f"in {result.workflow_files.get(name, '?')}"
         )
+    from orchestrator.secrets import unresolved
+
+    for warning in unresolved(result.workflows.values()):
+        click.secho(warning, fg="yellow", err=True)
     if result.errors:
         click.secho(format_errors(result.errors), fg="red", err=True)
         click.secho(
@@ -488,11 +492,13 @@ def openapi_cmd() -> None:
 def _add_commands() -> None:
     """Commands that live in modules of their own."""
     from orchestrator.cli_dead_letters import dead_letters_cmd
+    from orchestrator.cli_logs import logs_cmd
     from orchestrator.cli_operations import COMMANDS as operations
     from orchestrator.cli_tokens import tokens_cmd
 
     main.add_command(tokens_cmd)
     main.add_command(dead_letters_cmd)
+    main.add_command(logs_cmd)
     for command in operations:
         main.add_command(command)
 

@@ -15,7 +15,10 @@ TASK_LOGGER = "orchestrator.task"
 
 
 def task_logger(run_id: int, task_id: str, attempt: int) -> logging.LoggerAdapter[logging.Logger]:
-    return logging.LoggerAdapter(
+    """A handler's ``ctx.log``: its records also go to the attempt's task log."""
+    from orchestrator.task_logs import TaskLogAdapter
+
+    return TaskLogAdapter(
         logging.getLogger(TASK_LOGGER),
         {"run_id": run_id, "task_id": task_id, "attempt": attempt},
     )

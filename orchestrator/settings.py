@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     """How long finished attempts wait to share one commit with others."""
     max_output_bytes: int = Field(default=1_048_576, ge=1)
     """Largest JSON output a handler may return."""
+    task_log_max_bytes: int = Field(default=1_048_576, ge=1024)
+    """Most bytes of log kept per attempt (``ctx.log`` records, stdout, stderr);
+    the rest is dropped and the cut is marked in the log."""
+    secrets_dir: Path | None = None
+    """A directory of secret files (Kubernetes / Docker secrets layout): the file
+    ``NAME`` holds the value of ``{{ secrets.NAME }}``."""
+    task_log_flush_s: float = Field(default=0.2, gt=0, le=60)
+    """How long captured task log lines wait to be stored together in one batch."""
     default_pool_slots: int = Field(default=128, ge=1)
     """Slots given to a named pool the first time a workflow uses it."""
     pools: dict[str, int] = Field(default_factory=dict)

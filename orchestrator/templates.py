@@ -7,7 +7,11 @@ Expressions are evaluated (never ``eval``-ed) against a scope built by
      "run": {"id": 7, "workflow": "daily_sales", "logical_date": "2026-01-01T00:00:00+00:00",
              "interval_start": "2026-01-01T00:00:00+00:00",
              "interval_end": "2026-01-02T00:00:00+00:00"},
-     "task": {"id": "load", "attempt": 1}}
+     "task": {"id": "load", "attempt": 1},
+     "secrets": {name: value, ...}}
+
+``secrets`` holds only the secrets the task's inputs name, resolved by the
+worker for each attempt (:mod:`orchestrator.secrets`).
 
 Rendering rules (:func:`render`):
 
@@ -62,7 +66,7 @@ OPEN = "{{"
 CLOSE = "}}"
 
 #: The names a template may start from.
-ROOTS = frozenset({"params", "upstream", "run", "task"})
+ROOTS = frozenset({"params", "upstream", "run", "task", "secrets"})
 
 #: Known keys of the fixed-shape roots (``params`` and ``upstream`` are open-ended).
 ROOT_FIELDS: Mapping[str, frozenset[str]] = {
@@ -110,6 +114,8 @@ class _Parsed:
 
 # --------------------------------------------------------------------------- scope
 
+_NO_SECRETS: Mapping[str, str] = {}
+
 
 def build_scope(
     *,
@@ -138,6 +144,7 @@ def build_scope(
             "interval_end": interval_end.isoformat() if interval_end is not None else None,
         },
         "task": {"id": task_id, "attempt": attempt},
+        "secrets": _NO_SECRETS,  # the worker sets the secrets the task names
     }
 
 

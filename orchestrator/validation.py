@@ -402,7 +402,14 @@ def _trigger_errors(index: int, trigger: TriggerSpec, err: _Err) -> Iterator[Spe
             yield SpecError(f"{path}: {exc.message}", file=err.file, workflow=err.workflow)
             continue
         for root in sorted({root for root, _key in fields}):
-            if root not in EVENT_ROOTS:
+            if root == "secrets":
+                # Rendered params are stored with the run (and its event).
+                yield err(
+                    f"{path}: secrets cannot be used here: a trigger's params are stored "
+                    "with the run; name the secret in the task's inputs instead "
+                    "({{ secrets.NAME }})"
+                )
+            elif root not in EVENT_ROOTS:
                 yield err(
                     f"{path}: uses unknown name {root!r}{_suggest(root, EVENT_ROOTS)} "
                     f"(event templates start from {', '.join(sorted(EVENT_ROOTS))})"

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from orchestrator import task_logs
 from orchestrator.audit import AuditEntry
 from orchestrator.errors import UnknownRunError, UnknownWorkflowError
 from orchestrator.run_reads import (
@@ -114,6 +115,7 @@ async def show_run(db: Database, run_id: int) -> str:
             ],
         ),
     ]
+    out += await _failed_log_tails(db, run.id, detail.tasks)
     if waits:
         out += ["", "waits:", _waits_table(waits)]
     out += [
@@ -138,6 +140,27 @@ async def show_run(db: Database, run_id: int) -> str:
     if detail.audit:
         out += ["", "operator actions:", audit_table(detail.audit)]
     return "\n".join(out)
+
+
+_FAILED = frozenset({"failed", "dead_lettered", "up_for_retry"})
+_TAIL_LINES = 10
+
+
+async def _failed_log_tails(db: Database, run_id: int, tasks: Sequence[TaskRecord]) -> list[str]:
+    """The last lines of each failed attempt's captured log."""
+    out: list[str] = []
+    for t in tasks:
+        if t.state not in _FAILED or not t.attempt:
+            continue
+        lines = await task_logs.tail(db, run_id, t.task_id, t.attempt, _TAIL_LINES)
+        if lines:
+            out += [
+                "",
+                f"log of {t.task_id} attempt {t.attempt} (last lines; "
+                f"orchestrator logs {run_id} {t.task_id} --attempt {t.attempt} for all):",
+            ]
+            out += [f"  {line.text}" for line in lines]
+    return out
 
 
 def audit_table(entries: Sequence[AuditEntry]) -> str:

@@ -38,8 +38,16 @@ from orchestrator.health import Liveness
 from orchestrator.metrics import METRICS
 from orchestrator.registry import HandlerRegistry
 from orchestrator.retry import decide_failure
+from orchestrator.secrets import Secrets, TaskSecrets
 from orchestrator.settings import Settings
 from orchestrator.states import TaskState
+from orchestrator.task_logs import (
+    TaskLogWriter,
+    holds_secret,
+    mask_current,
+    mask_outcome,
+    protect,
+)
 from orchestrator.templates import build_scope, render
 
 log = logging.getLogger(__name__)
@@ -100,6 +108,11 @@ class Worker:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self.executed = 0
         self.rejected = 0
+        s = settings
+        self.task_logs = TaskLogWriter(
+            engine.db, max_bytes=s.task_log_max_bytes, flush_interval_s=s.task_log_flush_s
+        )
+        self.secrets = TaskSecrets(Secrets.from_settings(settings))
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -112,6 +125,7 @@ class Worker:
         ]
         for label, fn in loops:
             self._loops[label] = asyncio.create_task(self._guard(label, fn), name=f"worker-{label}")
+        self.task_logs.start()
 
     def wake(self, _payload: str = "") -> None:
         """Called on NOTIFY: there may be new work."""
@@ -149,6 +163,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._loops.clear()
+        await self.task_logs.stop()
 
     async def _finish_attempts(self, grace_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -228,12 +243,14 @@ class Worker:
 
     async def _execute(self, c: Claimed) -> None:
         outcome: Outcome
-        try:
-            outcome = await self._attempt(c)
-        except asyncio.CancelledError:
-            # Logged once committed (see _flush): until then nothing has changed.
-            outcome = self._failure(c, None, INTERRUPTED, announce=False)
-            self._interrupted.add((c.id, c.attempt))
+        with self.task_logs.capture(c.run_id, c.task_id, c.attempt) as attempt_log:
+            try:
+                outcome = await self._attempt(c)
+            except asyncio.CancelledError:
+                # Logged once committed (see _flush): until then nothing has changed.
+                outcome = self._failure(c, None, INTERRUPTED, announce=False)
+                self._interrupted.add((c.id, c.attempt))
+        await self.task_logs.close(attempt_log)  # its last lines are stored first
         self._buffer.append(outcome)
         self._flush_wanted.set()
 
@@ -275,6 +292,9 @@ class Worker:
                     logical_date=c.logical_date,
                     interval_end=c.interval_end,
                 )
+                if values := self.secrets.for_task(c.version, c.task_id, task.inputs):
+                    protect(values.values())  # masked in whatever this attempt leaves behind
+                    scope["secrets"] = values
                 inputs = render(task.inputs, scope)
             result = await self._call(c.handler, ctx, inputs, timeout)
             output = self._encode(result)
@@ -283,6 +303,10 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except Defer as wait:
+            if holds_secret([wait.config, wait.match_key, wait.match_pattern]):
+                # A wait's settings are stored: a secret must not be among them.
+                leak = NonRetryableError("a wait's settings may not hold a secret (stored)")
+                return self._failure(c, leak, compiled=compiled)
             # The slot is given back as soon as this outcome is recorded.
             self.executed += 1
             return self._outcome(
@@ -345,7 +369,7 @@ class Worker:
             # Counted from the last clear: a cleared task has its retries again.
             decision = decide_failure(policy, c.attempt - c.tries_before, exc)
             target, delay = decision.target, decision.delay_s
-        error = _describe(exc) if exc is not None else reason
+        error = mask_current(_describe(exc) if exc is not None else reason)
         if target == TaskState.UP_FOR_RETRY and not self._stopping:
             self._wake_later(delay)
         if announce:
@@ -368,6 +392,7 @@ class Worker:
 
     def _outcome(self, c: Claimed, target: TaskState, **fields: Any) -> Outcome:
         """The end of attempt ``c`` under this worker's lease."""
+        fields = mask_outcome(fields)
         return Outcome(
             id=c.id,
             run_id=c.run_id,

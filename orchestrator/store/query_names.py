@@ -50,6 +50,7 @@ class NamedQueries:
     insert_events: str
     insert_runs: str
     insert_task_instances: str
+    insert_task_logs: str
     limited_waiting: str
     list_dead_letters: str
     list_pools: str
@@ -89,6 +90,9 @@ class NamedQueries:
     set_pool: str
     start_runs: str
     task_instances_of_run: str
+    task_log_attempt: str
+    task_log_chunks: str
+    task_log_last_chunks: str
     task_state_counts: str
     token_by_hash: str
     transitions_of_run: str

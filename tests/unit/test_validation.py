@@ -233,7 +233,7 @@ def test_template_unknown_root(registry: HandlerRegistry) -> None:
     assert error.message.startswith(
         "inputs.items[1]: template uses unknown name 'parms'; did you mean 'params'?"
     )
-    assert "params, run, task, upstream" in error.message
+    assert "params, run, secrets, task, upstream" in error.message
 
 
 def test_template_unknown_run_field(registry: HandlerRegistry) -> None:

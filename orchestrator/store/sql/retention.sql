@@ -1,8 +1,8 @@
 -- Named queries of retention: batched deletes of ended history.
 
 -- name: prune_runs
--- Ended runs older than the cutoff, with their task instances (cascade) and
--- transitions; a live run is never touched.
+-- Ended runs older than the cutoff, with their task instances (cascade),
+-- transitions and task logs; a live run is never touched.
 WITH doomed AS (
     SELECT id FROM runs
     WHERE ended_at < $1 AND state IN ('success', 'failed', 'cancelled')
@@ -18,6 +18,8 @@ WITH doomed AS (
     SELECT workflow, logical_date, id, state::text, ended_at FROM runs
     WHERE id IN (SELECT id FROM doomed) AND logical_date IS NOT NULL
     ON CONFLICT (workflow, logical_date) DO NOTHING
+), logs AS (
+    DELETE FROM task_logs WHERE run_id IN (SELECT id FROM doomed)
 )
 DELETE FROM runs WHERE id IN (SELECT id FROM doomed) RETURNING id;
 
