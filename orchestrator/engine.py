@@ -45,6 +45,8 @@ class RunRequest:
     interval_end: datetime | None = None
     event_id: int | None = None
     """The event that started the run, if any."""
+    trigger: str = ""
+    """Which trigger of the workflow asked for it (intake: to hold it while paused)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,17 +10,21 @@ from __future__ import annotations
 class NamedQueries:
     """``SQL.<name>`` is the text of the ``-- name: <name>`` block."""
 
+    add_event_runs: str
     allocate_run_ids: str
     apply_decisions: str
     audit_entries: str
+    buffered_events: str
     claim: str
     claim_mixed: str
     count_prunable: str
     count_running_runs: str
     current_versions: str
+    current_versions_one: str
     deferral_runs: str
     deferrals_of_run: str
     deferred_counts: str
+    delete_pause: str
     end_deferred_tasks: str
     ensure_pools: str
     events_by_key: str
@@ -32,10 +36,13 @@ class NamedQueries:
     get_run: str
     get_version: str
     heartbeat: str
+    held_counts: str
     insert_dead_letters: str
     insert_deferrals: str
     insert_event_keys: str
     insert_events: str
+    insert_held_events: str
+    insert_pause: str
     insert_runs: str
     insert_task_instances: str
     limited_waiting: str
@@ -44,9 +51,12 @@ class NamedQueries:
     list_workflows: str
     lock_keys: str
     lock_limited_claims: str
+    lock_pause: str
     lock_runs: str
     lock_workflow: str
     notify: str
+    paused_among: str
+    pauses: str
     poll_again: str
     prune_dead_letters: str
     prune_events: str
@@ -55,6 +65,7 @@ class NamedQueries:
     record_attempts: str
     record_audit: str
     registered_workflows: str
+    release_held: str
     resolve_deferrals: str
     run_id_bounds: str
     run_states: str

@@ -1,0 +1,75 @@
+-- Named queries of pausing workflows (see orchestrator/pausing.py).
+
+-- name: paused_among
+-- $1 names; takes the shared pause locks (see migration 0010)
+SELECT workflow, version FROM orchestrator_paused($1::text[]);
+
+-- name: lock_pause
+-- $1 workflow: the exclusive pause lock, held to commit
+SELECT pg_advisory_xact_lock(1346459989, hashtext($1));
+
+-- name: insert_pause
+-- $1 workflow, $2 actor, $3 reason, $4 hold running
+INSERT INTO workflow_pauses (workflow, actor, reason, hold_running)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (workflow) DO NOTHING
+RETURNING workflow;
+
+-- name: delete_pause
+DELETE FROM workflow_pauses WHERE workflow = $1 RETURNING hold_running;
+
+-- name: pauses
+-- $1 names (NULL: every paused workflow)
+SELECT workflow, paused_at, actor, reason, hold_running
+FROM workflow_pauses
+WHERE $1::text[] IS NULL OR workflow = ANY($1::text[])
+ORDER BY workflow;
+
+-- name: insert_held_events
+-- $1 workflow[], $2 event id[], $3 trigger key[], $4 policy[], $5 state[],
+-- $6 params json[], $7 logical date[], $8 interval end[], $9 reason[]
+INSERT INTO held_events (workflow, event_id, trigger_key, policy, state, params,
+                         logical_date, interval_end, reason)
+SELECT workflow, event_id, trigger_key, policy, state, params::jsonb, logical_date,
+       interval_end, reason
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::timestamptz[], $8::timestamptz[], $9::text[])
+    AS i(workflow, event_id, trigger_key, policy, state, params, logical_date, interval_end,
+         reason);
+
+-- name: buffered_events
+-- A paused workflow's buffered events in arrival order, with what coalescing
+-- re-renders params from.
+SELECT h.id, h.event_id, h.trigger_key, h.policy, h.params::text AS params, h.logical_date,
+       h.interval_end, e.source, e.channel, e.dedup_key, e.payload::text AS payload,
+       e.headers::text AS headers, e.meta::text AS meta
+FROM held_events h JOIN events e ON e.id = h.event_id
+WHERE h.workflow = $1 AND h.state = 'buffered'
+ORDER BY h.id;
+
+-- name: release_held
+-- $1 held id[], $2 state[], $3 run id[]
+UPDATE held_events h
+SET state = r.state, run_id = r.run_id, released_at = now()
+FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS r(id, state, run_id)
+WHERE h.id = r.id AND h.state = 'buffered';
+
+-- name: add_event_runs
+-- $1 event id[], $2 run id[]: the runs started at unpause, on their events
+UPDATE events e
+SET run_ids = e.run_ids || r.ids
+FROM (SELECT event_id, array_agg(run_id ORDER BY run_id) AS ids
+      FROM unnest($1::bigint[], $2::bigint[]) AS u(event_id, run_id)
+      GROUP BY event_id) r
+WHERE e.id = r.event_id;
+
+-- name: held_counts
+-- Per workflow ($1 names, NULL: all) and state, how many held events.
+SELECT workflow, state, count(*) AS n
+FROM held_events
+WHERE ($1::text[] IS NULL OR workflow = ANY($1::text[]))
+  AND state IN ('buffered', 'dropped')
+GROUP BY workflow, state;
+
+-- name: current_versions_one
+SELECT current_version FROM workflows WHERE name = $1;
