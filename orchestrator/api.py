@@ -141,6 +141,8 @@ async def trigger_run(
         return problem(409, str(exc))
     except UNAVAILABLE:
         return unavailable()
+    if accepted.paused:  # recorded; its run starts per the workflow's on_pause
+        return json_response({**_answer(accepted), "paused": True}, 202)
     return json_response(_answer(accepted), 200 if accepted.duplicate else 201)
 
 

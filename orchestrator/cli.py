@@ -226,6 +226,11 @@ def trigger(
 
             async def start() -> int:
                 [accepted] = await intake.ingest([event], actor=actor)
+                if accepted.paused:
+                    raise OrchestratorError(
+                        f"workflow {workflow!r} is paused: the trigger is recorded as event "
+                        f"{accepted.event_id} and follows its on_pause policy at unpause"
+                    )
                 return accepted.run_ids[0]
 
             if not wait:
