@@ -20,7 +20,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from orchestrator import api_audit, run_reads
+from orchestrator import api_audit, api_workflows, run_reads
 from orchestrator.api_rules import (
     MAX_IDEMPOTENCY_KEY,
     api_rules_middleware,
@@ -275,4 +275,5 @@ def build_app(
     app.router.add_get("/api/v1/runs", list_runs)
     app.router.add_get("/api/v1/runs/{run_id}", get_run)
     api_audit.add_routes(app)
+    api_workflows.add_routes(app)
     return app

@@ -261,9 +261,12 @@ def trigger(
 
 @main.command()
 @click.argument("name", required=False)
-def workflows(name: str | None) -> None:
-    """List the registered workflows (what new runs start with), or show NAME:
-    its triggers and the params it accepts."""
+@click.option("--owner", default=None, help="Only the workflows of this owner.")
+@click.option("--tag", default=None, help="Only the workflows with this tag.")
+def workflows(name: str | None, owner: str | None, tag: str | None) -> None:
+    """List the registered workflows (what new runs start with: paused or
+    not, owner, tags, triggers, next schedule time, newest run, events held
+    while paused), or show NAME: its triggers and the params it accepts."""
     from orchestrator.views import describe_workflow, workflows_table
 
     settings = _settings()
@@ -273,7 +276,7 @@ def workflows(name: str | None) -> None:
         try:
             if name is not None:
                 return await describe_workflow(db, name)
-            return await workflows_table(db)
+            return await workflows_table(db, owner=owner, tag=tag)
         finally:
             await db.close()
 
@@ -317,7 +320,11 @@ def prune(days: float | None, dry_run: bool) -> None:
 @click.option("--workflow", "-w", default=None)
 @click.option("--state", "-s", type=click.Choice([s.value for s in RunState]), default=None)
 @click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
-def runs(workflow: str | None, state: str | None, limit: int) -> None:
+@click.option("--owner", default=None, help="Only runs of the workflows of this owner.")
+@click.option("--tag", default=None, help="Only runs of the workflows with this tag.")
+def runs(
+    workflow: str | None, state: str | None, limit: int, owner: str | None, tag: str | None
+) -> None:
     """List recent runs, newest first."""
     from orchestrator.views import runs_table
 
@@ -326,7 +333,9 @@ def runs(workflow: str | None, state: str | None, limit: int) -> None:
     async def go() -> str:
         db = await _database(settings)
         try:
-            return await runs_table(db, workflow=workflow, state=state, limit=limit)
+            return await runs_table(
+                db, workflow=workflow, state=state, limit=limit, owner=owner, tag=tag
+            )
         finally:
             await db.close()
 
@@ -405,6 +414,12 @@ def audit_cmd(workflow: str | None, run_id: int | None, action: str | None, limi
 
     click.echo(_run(go))
 
+
+from orchestrator import cli_pause  # noqa: E402 - registered after the core commands
+
+main.add_command(cli_pause.pause)
+main.add_command(cli_pause.unpause)
+main.add_command(cli_pause.held)
 
 if __name__ == "__main__":
     main()

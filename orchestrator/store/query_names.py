@@ -37,6 +37,7 @@ class NamedQueries:
     get_version: str
     heartbeat: str
     held_counts: str
+    held_events_of: str
     insert_dead_letters: str
     insert_deferrals: str
     insert_event_keys: str
@@ -45,6 +46,7 @@ class NamedQueries:
     insert_pause: str
     insert_runs: str
     insert_task_instances: str
+    last_runs: str
     limited_waiting: str
     list_pools: str
     list_runs: str

@@ -199,3 +199,27 @@ async def test_unpause_racing_intake_loses_nothing_and_starts_nothing_twice(
     assert sorted(r["params"]["n"] for r in runs) == list(range(600))
     async with db.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM held_events WHERE state='buffered'") == 0
+
+
+async def test_retention_keeps_buffered_events_until_their_runs_start(
+    intake: Intake, engine: Engine, db: Database
+) -> None:
+    from datetime import timedelta
+
+    from orchestrator.clock import SYSTEM_CLOCK
+    from orchestrator.retention import count_prunable, prune
+
+    await pause_workflow(engine, "buf", actor="t")
+    await pause_workflow(engine, "drop", actor="t")
+    await pause_workflow(engine, "coal", actor="t")
+    await pause_workflow(engine, "other", actor="t")
+    await intake.ingest([kafka(1), kafka(2)])
+    later = SYSTEM_CLOCK.now() + timedelta(days=1)
+    # buf and coal still need both events; drop's hold does not keep them.
+    assert (await count_prunable(db, later)).events == 0
+    await prune(db, later)
+    await unpause_workflow(engine, "buf", actor="t")
+    assert [r["params"]["n"] for r in await runs_of(db, "buf")] == [1, 2]
+    await unpause_workflow(engine, "coal", actor="t")
+    await unpause_workflow(engine, "other", actor="t")
+    assert len(await runs_of(db, "coal")) == 1

@@ -51,3 +51,6 @@ BEGIN
         FROM workflow_pauses p JOIN workflows w ON w.name = p.workflow
         WHERE p.workflow = ANY(names);
 END $$;
+
+-- `orchestrator workflows` shows each workflow's newest run.
+CREATE INDEX runs_by_workflow ON runs (workflow, id);

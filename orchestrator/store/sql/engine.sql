@@ -313,6 +313,7 @@ SELECT id, state::text AS state FROM runs WHERE id = ANY($1::bigint[]);
 SELECT id, workflow, version, state::text AS state, actor, created_at, started_at, ended_at
 FROM runs
 WHERE ($1::text IS NULL OR workflow = $1) AND ($2::run_state IS NULL OR state = $2)
+  AND ($4::text[] IS NULL OR workflow = ANY($4::text[]))
 ORDER BY id DESC LIMIT $3;
 
 -- name: task_instances_of_run

@@ -73,3 +73,20 @@ GROUP BY workflow, state;
 
 -- name: current_versions_one
 SELECT current_version FROM workflows WHERE name = $1;
+
+-- name: last_runs
+-- $1 names: each workflow's newest run (id and state).
+SELECT w.name AS workflow, r.id, r.state::text AS state
+FROM unnest($1::text[]) AS w(name)
+CROSS JOIN LATERAL (
+    SELECT id, state FROM runs WHERE workflow = w.name ORDER BY id DESC LIMIT 1
+) r;
+
+-- name: held_events_of
+-- $1 workflow, $2 state (NULL: any), $3 limit; newest first
+SELECT h.id, h.event_id, h.trigger_key, h.policy, h.state, h.reason, h.run_id, h.held_at,
+       h.released_at, e.source, e.channel
+FROM held_events h JOIN events e ON e.id = h.event_id
+WHERE h.workflow = $1 AND ($2::text IS NULL OR h.state = $2)
+ORDER BY h.id DESC
+LIMIT $3;

@@ -1,0 +1,127 @@
+"""Workflows over the API: list and describe them, pause and unpause.
+
+- ``GET /api/v1/workflows[?owner=&tag=]``: every registered workflow with its
+  paused state, version, owner, tags, triggers, next schedule time, newest run
+  and the events it holds (``buffered``, ``dropped``).
+- ``GET /api/v1/workflows/{name}``: one of them.
+- ``POST /api/v1/workflows/{name}/pause`` with ``{"reason"?, "hold_running"?}``:
+  200 ``{"workflow", "paused": true, "changed"}``; pausing a paused workflow is
+  idempotent (200, ``"changed": false``, nothing recorded).
+- ``POST /api/v1/workflows/{name}/unpause`` with ``{"reason"?}``: 200
+  ``{"workflow", "paused": false, "changed", "run_ids", "coalesced"}``.
+
+An unknown workflow is 404 naming it; a bad body is 400 naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from orchestrator.callers import actor_of
+from orchestrator.errors import UnknownWorkflowError
+from orchestrator.pausing import pause_workflow, unpause_workflow
+from orchestrator.problems import BadInput, FieldError, json_response, problem
+from orchestrator.workflow_list import list_workflows, workflow_summary
+
+MAX_REASON = 2000
+PAUSE_KEYS = ("reason", "hold_running")
+UNPAUSE_KEYS = ("reason",)
+
+
+def _engine(request: web.Request) -> Any:
+    from orchestrator.api import ENGINE_KEY
+
+    return request.app[ENGINE_KEY]
+
+
+async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not request.body_exists:
+        return {}
+    try:
+        body = await request.json(loads=orjson.loads)
+    except orjson.JSONDecodeError as exc:
+        raise BadInput("body", "body", f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadInput("body", "body", "body must be a JSON object")
+    for key in body:
+        if key not in allowed:
+            raise BadInput(
+                "body", key, f"unexpected key {key!r} in the body (allowed: {', '.join(allowed)})"
+            )
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise BadInput("body", "reason", f"'reason' must be a string of at most {MAX_REASON}")
+    if "hold_running" in body and not isinstance(body["hold_running"], bool):
+        raise BadInput("body", "hold_running", "'hold_running' must be true or false")
+    return body
+
+
+def _summary_json(summary: Any) -> dict[str, Any]:
+    return asdict(summary)
+
+
+async def list_all(request: web.Request) -> web.Response:
+    found = await list_workflows(
+        _engine(request).db, owner=request.query.get("owner"), tag=request.query.get("tag")
+    )
+    return json_response({"workflows": [_summary_json(s) for s in found]})
+
+
+async def get_one(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        summary = await workflow_summary(_engine(request).db, name)
+    except UnknownWorkflowError as exc:
+        return _unknown(exc)
+    return json_response(_summary_json(summary))
+
+
+def _unknown(exc: UnknownWorkflowError) -> web.Response:
+    return problem(404, str(exc), errors=[FieldError("path", "name", str(exc))])
+
+
+async def pause(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await _body(request, PAUSE_KEYS)
+    try:
+        changed = await pause_workflow(
+            _engine(request),
+            name,
+            actor=actor_of(request),
+            reason=body.get("reason", ""),
+            hold_running=body.get("hold_running", False),
+        )
+    except UnknownWorkflowError as exc:
+        return _unknown(exc)
+    return json_response({"workflow": name, "paused": True, "changed": changed})
+
+
+async def unpause(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await _body(request, UNPAUSE_KEYS)
+    try:
+        done = await unpause_workflow(
+            _engine(request), name, actor=actor_of(request), reason=body.get("reason", "")
+        )
+    except UnknownWorkflowError as exc:
+        return _unknown(exc)
+    return json_response(
+        {
+            "workflow": name,
+            "paused": False,
+            "changed": done.changed,
+            "run_ids": done.run_ids,
+            "coalesced": done.coalesced,
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/workflows", list_all)
+    app.router.add_get("/api/v1/workflows/{name}", get_one)
+    app.router.add_post("/api/v1/workflows/{name}/pause", pause)
+    app.router.add_post("/api/v1/workflows/{name}/unpause", unpause)
