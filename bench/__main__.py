@@ -19,6 +19,7 @@ SCENARIO_MODULES = (
     "webhook_scenarios",
     "file_scenarios",
     "wait_scenarios",
+    "pause_scenarios",
 )
 
 
