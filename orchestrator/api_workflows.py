@@ -10,6 +10,9 @@
 - ``POST /api/v1/workflows/{name}/unpause`` with ``{"reason"?}``: 200
   ``{"workflow", "paused": false, "changed", "run_ids", "coalesced"}``.
 
+- ``GET /api/v1/workflows/{name}/held[?state=&limit=]``: the events it held
+  while paused (buffered, started, coalesced, dropped with the reason).
+
 An unknown workflow is 404 naming it; a bad body is 400 naming the field.
 """
 
@@ -21,11 +24,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from orchestrator.api_rules import query_int
 from orchestrator.callers import actor_of
 from orchestrator.errors import UnknownWorkflowError
 from orchestrator.pausing import pause_workflow, unpause_workflow
 from orchestrator.problems import BadInput, FieldError, json_response, problem
-from orchestrator.workflow_list import list_workflows, workflow_summary
+from orchestrator.workflow_list import held_events, list_workflows, workflow_summary
 
 MAX_REASON = 2000
 PAUSE_KEYS = ("reason", "hold_running")
@@ -120,8 +124,30 @@ async def unpause(request: web.Request) -> web.Response:
     )
 
 
+HELD_STATES = ("buffered", "started", "coalesced", "dropped")
+
+
+async def list_held(request: web.Request) -> web.Response:
+    """``GET /api/v1/workflows/{name}/held[?state=&limit=]``: the events the
+    workflow held while paused, newest first (dropped ones with the reason)."""
+    name = request.match_info["name"]
+    state = request.query.get("state")
+    if state is not None and state not in HELD_STATES:
+        raise BadInput(
+            "query", "state", f"unknown state {state!r}; known: {', '.join(HELD_STATES)}"
+        )
+    limit = query_int(request, "limit", default=100, high=1000)
+    db = _engine(request).db
+    try:
+        await workflow_summary(db, name)
+    except UnknownWorkflowError as exc:
+        return _unknown(exc)
+    return json_response({"held": await held_events(db, name, state=state, limit=limit)})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/workflows", list_all)
     app.router.add_get("/api/v1/workflows/{name}", get_one)
     app.router.add_post("/api/v1/workflows/{name}/pause", pause)
     app.router.add_post("/api/v1/workflows/{name}/unpause", unpause)
+    app.router.add_get("/api/v1/workflows/{name}/held", list_held)

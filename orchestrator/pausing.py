@@ -7,7 +7,9 @@ starting them, per the workflow's ``on_pause`` policy
 (:class:`~orchestrator.spec.OnPause`):
 
 - ``buffer``: held as ``buffered``; :func:`unpause_workflow` starts one run per
-  held event, in arrival order, in its own transaction: exactly once;
+  held event, in arrival order, in its own transaction: exactly once (the run
+  names its event, ``runs.event_id``, and the held row names its run; the
+  event row keeps the answer it was given, no run ids, for redeliveries);
 - ``coalesce``: held as ``buffered``; at unpause one run starts per trigger,
   with the latest event, whose trigger params are rendered again with
   ``meta.coalesced`` = how many earlier events it stands for (those are marked
@@ -205,7 +207,7 @@ class _Held:
     params: dict[str, Any]
     logical_date: datetime | None
     interval_end: datetime | None
-    row: asyncpg.Record
+    policy: str
 
 
 async def _release(
@@ -220,7 +222,7 @@ async def _release(
             orjson.loads(r["params"]),
             r["logical_date"],
             r["interval_end"],
-            r,
+            r["policy"],
         )
         for r in rows
     ]
@@ -233,7 +235,7 @@ async def _release(
     folded: dict[int, list[int]] = {}
     latest: dict[str, _Held] = {}
     for h in held:
-        if h.row["policy"] == OnPause.COALESCE:
+        if h.policy == OnPause.COALESCE:
             previous = latest.get(h.trigger_key)
             if previous is not None:
                 folded[h.id] = [*folded.pop(previous.id, []), previous.id]
@@ -243,8 +245,12 @@ async def _release(
     if latest:
         current = await conn.fetchval(SQL.current_versions_one, workflow)
         spec = (await engine.compiled_workflow(current, conn)).spec
+        events = {
+            r["id"]: r
+            for r in await conn.fetch(SQL.coalesced_events, [h.event_id for h in latest.values()])
+        }
         for h in latest.values():
-            h.params = _coalesced_params(spec, h, len(folded.get(h.id, [])))
+            h.params = _coalesced_params(spec, h, events[h.event_id], len(folded.get(h.id, [])))
         starts = sorted(starts + list(latest.values()), key=lambda h: h.id)
     ids_of: list[int] = []
     states: list[str] = []
@@ -257,7 +263,6 @@ async def _release(
             for h in chunk
         ]
         await engine.create_runs_in(conn, requests, run_ids, actor=actor, notices=notices)
-        await conn.execute(SQL.add_event_runs, [h.event_id for h in chunk], run_ids)
         for h, run_id in zip(chunk, run_ids, strict=True):
             ids_of.append(h.id)
             states.append("started")
@@ -272,7 +277,7 @@ async def _release(
     return result
 
 
-def _coalesced_params(spec: Any, held: _Held, others: int) -> dict[str, Any]:
+def _coalesced_params(spec: Any, held: _Held, row: asyncpg.Record, others: int) -> dict[str, Any]:
     """The run params of the latest event of a coalesced trigger, rendered
     again with ``meta.coalesced`` = ``others``; the params held at intake when
     the trigger is no longer there (the workflow changed while paused)."""
@@ -281,7 +286,6 @@ def _coalesced_params(spec: Any, held: _Held, others: int) -> dict[str, Any]:
     trigger = trigger_at(spec, held.trigger_key)
     if trigger is None:
         return held.params
-    row = held.row
     meta = orjson.loads(row["meta"]) if row["meta"] else {}
     event = Event(
         source=row["source"],

@@ -10,13 +10,13 @@ from __future__ import annotations
 class NamedQueries:
     """``SQL.<name>`` is the text of the ``-- name: <name>`` block."""
 
-    add_event_runs: str
     allocate_run_ids: str
     apply_decisions: str
     audit_entries: str
     buffered_events: str
     claim: str
     claim_mixed: str
+    coalesced_events: str
     count_prunable: str
     count_running_runs: str
     current_versions: str

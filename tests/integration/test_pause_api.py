@@ -126,6 +126,12 @@ async def test_pause_list_and_unpause_over_http(db_url: str) -> None:
             assert status == 400 and bad["errors"][0]["name"] == "hold_running"
             assert not (await call("GET", "/workflows/ads"))[1]["paused"]
 
+            status, held = await call("GET", "/workflows/sales/held?state=started")
+            assert status == 200 and [h["source"] for h in held["held"]] == ["manual"]
+            assert held["held"][0]["run_id"] == done["run_ids"][0]
+            status, bad = await call("GET", "/workflows/sales/held?state=lost")
+            assert status == 400 and bad["errors"][0]["name"] == "state"
+            assert (await call("GET", "/workflows/nope/held"))[0] == 404
             status, audit = await call("GET", "/audit?workflow=sales")
             assert [(e["action"], e["actor"], e["reason"]) for e in audit["entries"]] == [
                 ("unpause", "api:127.0.0.1", "provider back"),

@@ -38,14 +38,17 @@ FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::te
          reason);
 
 -- name: buffered_events
--- A paused workflow's buffered events in arrival order, with what coalescing
--- re-renders params from.
-SELECT h.id, h.event_id, h.trigger_key, h.policy, h.params::text AS params, h.logical_date,
-       h.interval_end, e.source, e.channel, e.dedup_key, e.payload::text AS payload,
-       e.headers::text AS headers, e.meta::text AS meta
-FROM held_events h JOIN events e ON e.id = h.event_id
-WHERE h.workflow = $1 AND h.state = 'buffered'
-ORDER BY h.id;
+-- A paused workflow's buffered events in arrival order.
+SELECT id, event_id, trigger_key, policy, params::text AS params, logical_date, interval_end
+FROM held_events
+WHERE workflow = $1 AND state = 'buffered'
+ORDER BY id;
+
+-- name: coalesced_events
+-- $1 event ids: what coalescing renders trigger params from again.
+SELECT id, source, channel, dedup_key, payload::text AS payload, headers::text AS headers,
+       meta::text AS meta
+FROM events WHERE id = ANY($1::bigint[]);
 
 -- name: release_held
 -- $1 held id[], $2 state[], $3 run id[]
@@ -53,15 +56,6 @@ UPDATE held_events h
 SET state = r.state, run_id = r.run_id, released_at = now()
 FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS r(id, state, run_id)
 WHERE h.id = r.id AND h.state = 'buffered';
-
--- name: add_event_runs
--- $1 event id[], $2 run id[]: the runs started at unpause, on their events
-UPDATE events e
-SET run_ids = e.run_ids || r.ids
-FROM (SELECT event_id, array_agg(run_id ORDER BY run_id) AS ids
-      FROM unnest($1::bigint[], $2::bigint[]) AS u(event_id, run_id)
-      GROUP BY event_id) r
-WHERE e.id = r.event_id;
 
 -- name: held_counts
 -- Per workflow ($1 names, NULL: all) and state, how many held events.
