@@ -14,6 +14,10 @@ Params are checked against what each workflow declares
 params one workflow refuses is a dead letter for that workflow only (the
 others it matches still start), except a manual event, whose caller gets the
 :class:`~orchestrator.errors.ParamsError` and nothing is recorded.
+
+A paused workflow starts nothing here: the event is recorded all the same and
+its runs are held per the workflow's ``on_pause`` (:mod:`orchestrator.pausing`),
+decided under the workflow's shared pause lock in this same transaction.
 """
 
 from __future__ import annotations
