@@ -26,7 +26,7 @@ from aiohttp import web
 
 from orchestrator.api_rules import query_int
 from orchestrator.callers import actor_of
-from orchestrator.errors import UnknownWorkflowError
+from orchestrator.errors import OrchestratorError, UnknownWorkflowError
 from orchestrator.pausing import pause_workflow, unpause_workflow
 from orchestrator.problems import BadInput, FieldError, json_response, problem
 from orchestrator.workflow_list import held_events, list_workflows, workflow_summary
@@ -101,6 +101,8 @@ async def pause(request: web.Request) -> web.Response:
         )
     except UnknownWorkflowError as exc:
         return _unknown(exc)
+    except OrchestratorError as exc:  # hold_running where tasks cannot be held
+        raise BadInput("body", "hold_running", str(exc), status=501) from None
     return json_response({"workflow": name, "paused": True, "changed": changed})
 
 

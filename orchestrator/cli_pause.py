@@ -83,8 +83,9 @@ def unpause(workflow: str, task: str | None, reason: str) -> None:
 async def _task_hold(
     engine: object, workflow: str, task: str, actor: str, reason: str, *, hold: bool
 ) -> str:  # pragma: no cover - task holds are built with operations
-    from orchestrator import operations  # type: ignore[attr-defined,unused-ignore]
+    from orchestrator.pausing import task_holds
 
+    operations = task_holds()
     if hold:
         await operations.pause_task(engine, workflow, task, actor=actor, reason=reason)
         return f"paused task {task} of {workflow}"

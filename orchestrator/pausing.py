@@ -28,6 +28,7 @@ workflow (or unpausing one that is not) changes nothing and records nothing.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -40,7 +41,7 @@ import orjson
 
 from orchestrator import audit
 from orchestrator.engine import Engine, RunRequest
-from orchestrator.errors import UnknownWorkflowError
+from orchestrator.errors import OrchestratorError, UnknownWorkflowError
 from orchestrator.spec import OnPause
 from orchestrator.store import SQL
 
@@ -136,6 +137,8 @@ async def pause_workflow(
     too (:func:`orchestrator.operations.pause_task` for every task). Returns
     False when it was paused already (nothing changed, nothing recorded).
     Raises :class:`UnknownWorkflowError` for a workflow never registered."""
+    if hold_running:
+        task_holds()  # refused before anything changes when tasks cannot be held
     async with engine.db.transaction() as conn:
         await _require_workflow(conn, workflow)
         await conn.execute(SQL.lock_pause, workflow)
@@ -153,11 +156,21 @@ async def pause_workflow(
     return True
 
 
+def task_holds() -> Any:
+    """The module that holds and releases tasks (:mod:`orchestrator.operations`),
+    or :class:`OrchestratorError` saying this build cannot hold tasks."""
+    try:
+        return importlib.import_module("orchestrator.operations")
+    except ModuleNotFoundError as exc:
+        if exc.name != "orchestrator.operations":
+            raise
+        raise OrchestratorError("holding tasks is not available in this build") from None
+
+
 async def _hold_tasks(
     engine: Engine, workflow: str, *, actor: str, reason: str, hold: bool
 ) -> None:  # pragma: no cover - operations is wired where task holds are built
-    from orchestrator import operations  # type: ignore[attr-defined,unused-ignore]
-
+    operations = task_holds()
     if hold:
         await operations.pause_task(engine, workflow, None, actor=actor, reason=reason)
     else:

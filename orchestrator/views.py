@@ -303,6 +303,8 @@ async def workflows_table(db: Database, *, owner: str | None = None, tag: str | 
                 last,
                 w.live_runs,
                 w.buffered,
+                w.params,
+                w.description,
             )
         )
     header = (
@@ -316,6 +318,8 @@ async def workflows_table(db: Database, *, owner: str | None = None, tag: str | 
         "LAST RUN",
         "LIVE",
         "BUFFERED",
+        "PARAMS",
+        "DESCRIPTION",
     )
     return render_table(header, rows)
 
