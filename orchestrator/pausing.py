@@ -55,6 +55,7 @@ __all__ = [
     "pause_workflow",
     "paused_among",
     "pauses",
+    "task_holds",
     "unpause_workflow",
 ]
 
