@@ -21,6 +21,7 @@ SCENARIO_MODULES = (
     "wait_scenarios",
     "api_scenarios",
     "operation_scenarios",
+    "pause_scenarios",
 )
 
 

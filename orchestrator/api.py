@@ -21,10 +21,18 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator import api_admin, api_audit, api_dead_letters, api_logs, api_operations, run_reads
+from orchestrator import (
+    api_admin,
+    api_audit,
+    api_dead_letters,
+    api_logs,
+    api_operations,
+    api_workflows,
+    run_reads,
+)
 from orchestrator.access_log import access_log_middleware
 from orchestrator.api_bodies import next_page, read_query
-from orchestrator.api_models import CallbackAccepted, RunPage, Started
+from orchestrator.api_models import CallbackAccepted, Held, RunPage, Started
 from orchestrator.api_models import RunDetail as RunDetailModel
 from orchestrator.api_rules import (
     MAX_ID,
@@ -128,7 +136,7 @@ def _unexpected_keys(keys: Sequence[str], *, has_params: bool) -> str:
     summary="Start a run of a workflow (recorded as a manual event)",
     response=Started,
     status=201,
-    also={200: Started},
+    also={200: Started, 202: Held},
     body=TriggerBody,
     errors=(404, 409),
     tag="workflows",
@@ -190,6 +198,8 @@ async def trigger_run(
         return problem(409, str(exc))
     except UNAVAILABLE:
         return unavailable()
+    if accepted.paused:  # recorded; its run starts per the workflow's on_pause
+        return json_response({**_answer(accepted), "paused": True}, 202)
     return json_response(_answer(accepted), 200 if accepted.duplicate else 201)
 
 
@@ -420,6 +430,7 @@ def build_app(
     api_operations.add_routes(app)
     api_dead_letters.add_routes(app)
     api_logs.add_routes(app)
+    api_workflows.add_routes(app)
     source_registry().add_routes(app)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
     if engine is not None:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.audit import AuditEntry
 from orchestrator.run_reads import RunSummary, TransitionRecord
+from orchestrator.workflow_list import WorkflowSummary
 
 
 class FieldProblem(BaseModel):
@@ -181,3 +182,45 @@ class NothingToBackfill(BaseModel):
     existed: int
     pruned: int
     detail: str
+
+
+class Held(Started):
+    """A trigger of a paused workflow: recorded, its run starts per ``on_pause``."""
+
+    paused: bool
+
+
+class WorkflowList(BaseModel):
+    workflows: list[WorkflowSummary]
+
+
+class PauseAnswer(BaseModel):
+    workflow: str
+    paused: bool
+    changed: bool = Field(description="False: it was paused already; nothing recorded.")
+
+
+class UnpauseAnswer(BaseModel):
+    workflow: str
+    paused: bool
+    changed: bool
+    run_ids: list[int] = Field(description="Runs of held events started now.")
+    coalesced: int
+
+
+class HeldEvent(BaseModel):
+    id: int
+    event_id: int
+    trigger_key: str
+    policy: Literal["buffer", "coalesce", "drop"]
+    state: Literal["buffered", "started", "coalesced", "dropped"]
+    reason: str
+    run_id: int | None
+    held_at: datetime
+    released_at: datetime | None
+    source: str
+    channel: str
+
+
+class HeldList(BaseModel):
+    held: list[HeldEvent]

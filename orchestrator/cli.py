@@ -249,6 +249,11 @@ def trigger(
 
             async def start() -> int:
                 [accepted] = await intake.ingest([event], actor=actor)
+                if accepted.paused:
+                    raise OrchestratorError(
+                        f"workflow {workflow!r} is paused: the trigger is recorded as event "
+                        f"{accepted.event_id} and follows its on_pause policy at unpause"
+                    )
                 return accepted.run_ids[0]
 
             if not wait:
@@ -309,9 +314,12 @@ async def report_progress(db: Any, run_id: int, last: str, every_s: float = 1.0)
 
 @main.command()
 @click.argument("name", required=False)
-def workflows(name: str | None) -> None:
-    """List the registered workflows (what new runs start with), or show NAME:
-    its triggers and the params it accepts."""
+@click.option("--owner", default=None, help="Only the workflows of this owner.")
+@click.option("--tag", default=None, help="Only the workflows with this tag.")
+def workflows(name: str | None, owner: str | None, tag: str | None) -> None:
+    """List the registered workflows (what new runs start with: paused or
+    not, owner, tags, triggers, next schedule time, newest run, events held
+    while paused), or show NAME: its triggers and the params it accepts."""
     from orchestrator.views import describe_workflow, workflows_table
 
     settings = _settings()
@@ -321,7 +329,7 @@ def workflows(name: str | None) -> None:
         try:
             if name is not None:
                 return await describe_workflow(db, name)
-            return await workflows_table(db)
+            return await workflows_table(db, owner=owner, tag=tag)
         finally:
             await db.close()
 
@@ -365,13 +373,23 @@ def prune(days: float | None, dry_run: bool) -> None:
 @click.option("--workflow", "-w", default=None)
 @click.option("--state", "-s", type=click.Choice([s.value for s in RunState]), default=None)
 @click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--owner", default=None, help="Only runs of the workflows of this owner.")
+@click.option("--tag", default=None, help="Only runs of the workflows with this tag.")
 @click.option("--json", "as_json", is_flag=True, help='As the API\'s run list ({"runs": [...]}).')
-def runs(workflow: str | None, state: str | None, limit: int, as_json: bool) -> None:
+def runs(
+    workflow: str | None,
+    state: str | None,
+    limit: int,
+    owner: str | None,
+    tag: str | None,
+    as_json: bool,
+) -> None:
     """List recent runs, newest first."""
     from dataclasses import asdict
 
     from orchestrator.run_reads import list_runs
     from orchestrator.views import runs_table
+    from orchestrator.workflow_list import list_workflows
 
     settings = _settings()
 
@@ -379,10 +397,17 @@ def runs(workflow: str | None, state: str | None, limit: int, as_json: bool) -> 
         db = await _database(settings)
         try:
             if as_json:
-                found = await list_runs(db, workflow=workflow, state=state, limit=limit)
+                names = None
+                if owner is not None or tag is not None:
+                    names = [w.name for w in await list_workflows(db, owner=owner, tag=tag)]
+                found = await list_runs(
+                    db, workflow=workflow, state=state, limit=limit, workflows=names
+                )
                 echo_json({"runs": [asdict(r) for r in found]})
                 return ""
-            return await runs_table(db, workflow=workflow, state=state, limit=limit)
+            return await runs_table(
+                db, workflow=workflow, state=state, limit=limit, owner=owner, tag=tag
+            )
         finally:
             await db.close()
 
@@ -491,6 +516,7 @@ def openapi_cmd() -> None:
 
 def _add_commands() -> None:
     """Commands that live in modules of their own."""
+    from orchestrator import cli_pause
     from orchestrator.cli_dead_letters import dead_letters_cmd
     from orchestrator.cli_logs import logs_cmd
     from orchestrator.cli_operations import COMMANDS as operations
@@ -499,6 +525,8 @@ def _add_commands() -> None:
     main.add_command(tokens_cmd)
     main.add_command(dead_letters_cmd)
     main.add_command(logs_cmd)
+    for command in (cli_pause.pause, cli_pause.unpause, cli_pause.held):
+        main.add_command(command)
     for command in operations:
         main.add_command(command)
 

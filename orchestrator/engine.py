@@ -50,6 +50,8 @@ class RunRequest:
     actor: str | None = None
     """Who asked for it, when not the actor of the whole call (events of
     several callers committed together)."""
+    trigger: str = ""
+    """Which trigger of the workflow asked for it (intake: to hold it while paused)."""
 
 
 @dataclass(frozen=True, slots=True)

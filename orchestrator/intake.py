@@ -14,10 +14,15 @@ Params are checked against what each workflow declares
 params one workflow refuses is a dead letter for that workflow only (the
 others it matches still start), except a manual event, whose caller gets the
 :class:`~orchestrator.errors.ParamsError` and nothing is recorded.
+
+A paused workflow starts nothing here: the event is recorded all the same and
+its runs are held per the workflow's ``on_pause`` (:mod:`orchestrator.pausing`),
+decided under the workflow's shared pause lock in this same transaction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections import defaultdict
@@ -38,8 +43,9 @@ from orchestrator.errors import OrchestratorError, ParamsError
 from orchestrator.metrics import METRICS
 from orchestrator.notices import Notices
 from orchestrator.params import ParamsSchema
+from orchestrator.pausing import paused_among
 from orchestrator.plugins import SourceRegistry, source_registry
-from orchestrator.spec import WorkflowSpec
+from orchestrator.spec import OnPause, WorkflowSpec
 from orchestrator.store import SQL
 from orchestrator.templates import TemplateError, render
 from orchestrator.trigger_spec import TriggerSpec
@@ -104,6 +110,9 @@ class Accepted:
     """True when the dedup key was seen before: nothing new was started."""
     dead_letters: list[str] = field(default_factory=list)
     """Reasons the event could not start some workflow (filter or mapping errors)."""
+    paused: list[str] = field(default_factory=list)
+    """Paused workflows that held the event (buffered or dropped it) instead
+    of starting a run (see :mod:`orchestrator.pausing`)."""
 
 
 def scope_of(event: Event) -> dict[str, Any]:
@@ -121,6 +130,8 @@ class Route:
     trigger: TriggerSpec
     schema: ParamsSchema | None = None
     """The params the workflow declares (None: it accepts any)."""
+    key: str = ""
+    """Which of the workflow's triggers (see :func:`trigger_key_of`)."""
 
     def params_for(self, event: Event) -> dict[str, Any]:
         """The run params, checked against the workflow's declared params, or
@@ -144,6 +155,19 @@ class Route:
             except ParamsError as exc:
                 raise ValueError(str(exc)) from None
         return params
+
+
+def trigger_key_of(index: int) -> str:
+    """How a held event names the trigger that matched it: its position."""
+    return f"t{index}"
+
+
+def trigger_at(spec: WorkflowSpec, key: str) -> TriggerSpec | None:
+    """The trigger a held event's ``key`` names in ``spec``, if it is there."""
+    if not key.startswith("t") or not key[1:].isdigit():
+        return None
+    index = int(key[1:])
+    return spec.triggers[index] if index < len(spec.triggers) else None
 
 
 class _Unmatched(OrchestratorError):
@@ -181,8 +205,8 @@ class Router:
                 if sensor is not None and waited is not None:
                     waited_channel, expression = waited
                     self._waits[sensor.source][waited_channel].add(expression)
-            for trigger in spec.triggers:
-                route = Route(spec.name, trigger, spec.param_schema)
+            for index, trigger in enumerate(spec.triggers):
+                route = Route(spec.name, trigger, spec.param_schema, trigger_key_of(index))
                 self._all[trigger.source].append(route)
                 channel = trigger.routed_channel()
                 if channel is not None:
@@ -299,6 +323,12 @@ class Intake:
         planned: list[tuple[list[RunRequest], list[tuple[str, str]]]] = [
             self._plan(e, schemas) for e in batch
         ]
+        held: list[list[tuple[RunRequest, str]]] = []
+        paused: dict[str, OnPause] = {}
+        if any(requests for requests, _ in planned):
+            paused = await self._paused(conn, planned)
+        if paused:
+            planned, held = _hold(batch, planned, paused)
         total = sum(len(requests) for requests, _ in planned)
         ids = iter(await self.engine.allocate_run_ids(conn, total) if total else [])
         run_ids = [[next(ids) for _ in requests] for requests, _ in planned]
@@ -348,6 +378,8 @@ class Intake:
             await self.engine.create_runs_in(
                 conn, new_requests, new_ids, actor=actor, notices=notices
             )
+        if held:
+            await _record_held(conn, batch, held, inserted, paused, answers)
         if letters:
             await self._dead_letters(conn, letters, inserted)
         fresh = [e for e in batch if e.dedup_key in inserted]
@@ -372,6 +404,21 @@ class Intake:
             )
             METRICS.intake_events.labels(event.source, outcome).inc()
         return results
+
+    async def _paused(
+        self,
+        conn: asyncpg.Connection,
+        planned: Sequence[tuple[list[RunRequest], list[tuple[str, str]]]],
+    ) -> dict[str, OnPause]:
+        """The paused workflows among those the batch would start, with their
+        ``on_pause`` policies (one query; it holds their shared pause locks)."""
+        names = {req.workflow for requests, _ in planned for req in requests}
+        found = await paused_among(conn, names)
+        policies: dict[str, OnPause] = {}
+        for name, version in found.items():
+            compiled = await self.engine.compiled_workflow(version, conn)
+            policies[name] = compiled.spec.on_pause
+        return policies
 
     async def _known(
         self, conn: asyncpg.Connection, batch: Sequence[Event]
@@ -465,7 +512,13 @@ class Intake:
                 reasons.append((route.workflow, str(exc)))
                 continue
             requests.append(
-                RunRequest(route.workflow, params, event.logical_date, event.interval_end)
+                RunRequest(
+                    route.workflow,
+                    params,
+                    event.logical_date,
+                    event.interval_end,
+                    trigger=route.key,
+                )
             )
         return requests, reasons
 
@@ -496,7 +549,64 @@ class Intake:
 
 
 def _with_event(req: RunRequest, event_id: int, actor: str | None) -> RunRequest:
-    return RunRequest(req.workflow, req.params, req.logical_date, req.interval_end, event_id, actor)
+    return dataclasses.replace(req, event_id=event_id, actor=actor)
+
+
+def _hold(
+    batch: Sequence[Event],
+    planned: Sequence[tuple[list[RunRequest], list[tuple[str, str]]]],
+    paused: Mapping[str, OnPause],
+) -> tuple[
+    list[tuple[list[RunRequest], list[tuple[str, str]]]], list[list[tuple[RunRequest, str]]]
+]:
+    """Split each event's run requests into those that start now and those a
+    paused workflow holds, each with the trigger that asked for it."""
+    starting: list[tuple[list[RunRequest], list[tuple[str, str]]]] = []
+    held: list[list[tuple[RunRequest, str]]] = []
+    for event, (requests, reasons) in zip(batch, planned, strict=True):
+        now = [r for r in requests if r.workflow not in paused]
+        later = [(r, r.trigger or event.source) for r in requests if r.workflow in paused]
+        starting.append((now, reasons))
+        held.append(later)
+    return starting, held
+
+
+async def _record_held(
+    conn: asyncpg.Connection,
+    batch: Sequence[Event],
+    held: Sequence[Sequence[tuple[RunRequest, str]]],
+    inserted: Mapping[str, int],
+    paused: Mapping[str, OnPause],
+    answers: dict[str, Accepted],
+) -> None:
+    """Record the held runs of the batch's new events (a redelivered event
+    was held, or started, when it first came)."""
+    rows: list[tuple[str, int, str, str, str, str, Any, Any, str]] = []
+    for event, requests in zip(batch, held, strict=True):
+        event_id = inserted.get(event.dedup_key)
+        if event_id is None or not requests:
+            continue
+        for req, trigger in requests:
+            policy = paused[req.workflow]
+            dropped = policy == OnPause.DROP
+            rows.append(
+                (
+                    req.workflow,
+                    event_id,
+                    trigger,
+                    policy.value,
+                    "dropped" if dropped else "buffered",
+                    orjson.dumps(req.params).decode(),
+                    req.logical_date,
+                    req.interval_end,
+                    f"workflow {req.workflow!r} is paused (on_pause: drop)" if dropped else "",
+                )
+            )
+        answers[event.dedup_key].paused.extend(dict.fromkeys(r.workflow for r, _ in requests))
+    if rows:
+        await conn.execute(
+            SQL.insert_held_events, *(list(column) for column in zip(*rows, strict=True))
+        )
 
 
 def _resolution(deferral_id: int, event_id: int, event: Event) -> Resolution:

@@ -8,6 +8,7 @@ holds: params and outputs stay JSON text, for each reader to show or parse.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -130,12 +131,26 @@ class RunIdBounds:
 
 
 async def list_runs(
-    db: Database, *, workflow: str | None, state: str | None, limit: int, before: int | None = None
+    db: Database,
+    *,
+    workflow: str | None,
+    state: str | None,
+    limit: int,
+    workflows: Sequence[str] | None = None,
+    before: int | None = None,
 ) -> list[RunSummary]:
-    """The newest runs first, optionally of one workflow or in one state;
-    ``before`` (a run id) continues after that run."""
+    """The newest runs first, optionally of one workflow (or one of
+    ``workflows``: those of an owner or a tag) or in one state; ``before``
+    (a run id) continues after that run."""
     async with db.pool.acquire() as conn:
-        rows = await conn.fetch(SQL.list_runs, workflow, state, limit, before)
+        rows = await conn.fetch(
+            SQL.list_runs,
+            workflow,
+            state,
+            limit,
+            None if workflows is None else list(workflows),
+            before,
+        )
         counts = await conn.fetch(SQL.deferred_counts, [r["id"] for r in rows]) if rows else []
     waiting = {c["run_id"]: c["deferred"] for c in counts}
     return [RunSummary(**dict(r), waiting=waiting.get(r["id"], 0)) for r in rows]

@@ -20,7 +20,15 @@ from orchestrator.identifiers import IDENTIFIER
 from orchestrator.params import ParamSpec, ParamsSchema, build_schema, compact, schema_entry_error
 from orchestrator.trigger_spec import TriggerSpec
 
-__all__ = ["IDENTIFIER", "ParamSpec", "RetryPolicy", "TaskSpec", "TriggerRule", "WorkflowSpec"]
+__all__ = [
+    "IDENTIFIER",
+    "OnPause",
+    "ParamSpec",
+    "RetryPolicy",
+    "TaskSpec",
+    "TriggerRule",
+    "WorkflowSpec",
+]
 
 
 class TriggerRule(StrEnum):
@@ -32,6 +40,22 @@ class TriggerRule(StrEnum):
     ONE_SUCCESS = "one_success"
     ONE_FAILED = "one_failed"
     NONE_FAILED = "none_failed"
+
+
+class OnPause(StrEnum):
+    """What happens to an event that would start a run while the workflow is paused."""
+
+    BUFFER = "buffer"
+    """Recorded; its run starts at unpause, in arrival order, exactly once."""
+    COALESCE = "coalesce"
+    """Recorded; at unpause one run starts per trigger, with the latest event
+    (its ``meta.coalesced`` holds how many earlier ones it stands for)."""
+    DROP = "drop"
+    """Recorded as dropped, with the reason; no run ever starts for it."""
+
+
+TAG = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
+"""An owner or a tag: a word, which may hold ``_ . : / -`` (``team:data``)."""
 
 
 class RetryPolicy(BaseModel):
@@ -123,6 +147,23 @@ class WorkflowSpec(BaseModel):
     triggers: tuple[TriggerSpec, ...] = ()
     """Events that start this workflow: each one of the trigger models the
     installed sources register (Kafka, webhook, file, schedule, ...)."""
+    on_pause: OnPause = OnPause.BUFFER
+    """What events that arrive while the workflow is paused do (see :class:`OnPause`)."""
+    owner: str | None = Field(default=None, pattern=TAG, max_length=200)
+    """Who answers for the workflow (a team or a person); ``workflows --owner`` filters."""
+    tags: tuple[Annotated[str, Field(pattern=TAG, max_length=100)], ...] = Field(
+        default=(), max_length=50
+    )
+    """Free labels (``finance``, ``pii``); ``workflows --tag`` and ``runs --tag`` filter."""
+
+    @model_validator(mode="after")
+    def _tags_once(self) -> WorkflowSpec:
+        seen: set[str] = set()
+        for tag in self.tags:
+            if tag in seen:
+                raise ValueError(f"tag {tag!r} is listed twice")
+            seen.add(tag)
+        return self
 
     def task(self, task_id: str) -> TaskSpec:
         for t in self.tasks:

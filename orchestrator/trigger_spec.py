@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
@@ -72,6 +73,11 @@ class Trigger(BaseModel):
         """What it listens on, for ``orchestrator workflows NAME``."""
         channel = self.routed_channel()
         return f"channel {channel}" if channel is not None else ""
+
+    def next_time(self, after: datetime) -> datetime | None:
+        """When this trigger next fires by itself after ``after`` (a schedule);
+        None for triggers that wait for something to happen."""
+        return None
 
     def shared_setting(self) -> SharedSetting | None:
         """A setting all workflows' triggers on the same thing must agree on."""

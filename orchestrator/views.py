@@ -31,6 +31,7 @@ from orchestrator.run_reads import (
 )
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import SQL, Database
+from orchestrator.workflow_list import list_workflows, workflow_summary
 
 
 def _when(value: datetime | None) -> str:
@@ -51,8 +52,21 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-async def runs_table(db: Database, *, workflow: str | None, state: str | None, limit: int) -> str:
-    runs = await list_runs(db, workflow=workflow, state=state, limit=limit)
+async def runs_table(
+    db: Database,
+    *,
+    workflow: str | None,
+    state: str | None,
+    limit: int,
+    owner: str | None = None,
+    tag: str | None = None,
+) -> str:
+    names = None
+    if owner is not None or tag is not None:
+        names = [w.name for w in await list_workflows(db, owner=owner, tag=tag)]
+        if not names:
+            return f"no workflow {_filters(owner, tag)}"
+    runs = await list_runs(db, workflow=workflow, state=state, limit=limit, workflows=names)
     if not runs:
         return "no runs"
     return render_table(
@@ -293,19 +307,57 @@ def _spec_of(text: str) -> WorkflowSpec | None:
         return None
 
 
-async def workflows_table(db: Database) -> str:
-    """Every registered workflow: version, live runs, params and description."""
-    async with db.pool.acquire() as conn:
-        rows = await conn.fetch(SQL.registered_workflows, None)
-    if not rows:
+def _filters(owner: str | None, tag: str | None) -> str:
+    said = [f"owned by {owner!r}"] if owner is not None else []
+    if tag is not None:
+        said.append(f"tagged {tag!r}")
+    return " and ".join(said)
+
+
+async def workflows_table(db: Database, *, owner: str | None = None, tag: str | None = None) -> str:
+    """Every registered workflow (of ``owner``, tagged ``tag``): paused state,
+    version, owner, tags, triggers, next schedule time, newest run and the
+    events it holds while paused."""
+    found = await list_workflows(db, owner=owner, tag=tag)
+    if not found:
+        if owner is not None or tag is not None:
+            return f"no workflow {_filters(owner, tag)}"
         return "no workflows registered (they are registered by `orchestrator run` or `dev`)"
-    out = []
-    for r in rows:
-        spec = _spec_of(r["spec"])
-        params = "?" if spec is None else ", ".join(sorted(spec.params)) or "-"
-        described = "" if spec is None else spec.description
-        out.append((r["name"], r["current_version"], r["live_runs"], params, described))
-    return render_table(("WORKFLOW", "VERSION", "LIVE RUNS", "PARAMS", "DESCRIPTION"), out)
+    rows = []
+    for w in found:
+        state = f"paused ({w.on_pause})" if w.paused else "active"
+        last = f"{w.last_run_id} {w.last_run_state}" if w.last_run_id is not None else "-"
+        rows.append(
+            (
+                w.name,
+                state,
+                w.version,
+                w.owner or "-",
+                ",".join(w.tags) or "-",
+                "; ".join(w.triggers) or "-",
+                _when(w.next_schedule)[:16] if w.next_schedule else "-",
+                last,
+                w.live_runs,
+                w.buffered,
+                w.params,
+                w.description,
+            )
+        )
+    header = (
+        "WORKFLOW",
+        "STATE",
+        "VERSION",
+        "OWNER",
+        "TAGS",
+        "TRIGGERS",
+        "NEXT SCHEDULE",
+        "LAST RUN",
+        "LIVE",
+        "BUFFERED",
+        "PARAMS",
+        "DESCRIPTION",
+    )
+    return render_table(header, rows)
 
 
 async def describe_workflow(db: Database, name: str) -> str:
@@ -321,6 +373,18 @@ async def describe_workflow(db: Database, name: str) -> str:
         return out[0] + "\n(its stored spec cannot be read by this release)"
     if spec.description:
         out.append(spec.description)
+    summary = await workflow_summary(db, name)
+    if summary.paused:
+        why = f": {summary.pause_reason}" if summary.pause_reason else ""
+        out.append(
+            f"PAUSED since {_when(summary.paused_at)} by {summary.paused_by}{why} "
+            f"(on_pause: {summary.on_pause}; {summary.buffered} buffered, "
+            f"{summary.dropped} dropped)"
+        )
+    else:
+        out.append(f"on_pause: {summary.on_pause}")
+    if spec.owner or spec.tags:
+        out.append(f"owner: {spec.owner or '-'}  tags: {', '.join(spec.tags) or '-'}")
     out.append(f"tasks: {', '.join(t.id for t in spec.tasks)}")
     for trigger in spec.triggers:
         out.append(f"trigger: {trigger.source} {trigger.target()}")

@@ -31,6 +31,7 @@ from orchestrator import audit
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import OrchestratorError, unknown_workflow_hint
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake
+from orchestrator.pausing import paused_among
 from orchestrator.retention import PrunedDate, pruned_dates
 from orchestrator.run_waiter import RunWaiter
 from orchestrator.spec import WorkflowSpec
@@ -564,6 +565,13 @@ async def _create(
         progress(f"not created: {letter.meta.get('logical_date')}: {letter.reason}")
     db = intake.engine.db
     async with db.transaction() as conn:
+        # Under the pause lock: a pause that commits after this look waits for
+        # this transaction, so no run of the backfill starts while paused.
+        if await paused_among(conn, [workflow]):
+            raise BackfillError(
+                f"workflow {workflow!r} is paused: a backfill starts no run of it "
+                f"(`orchestrator unpause {workflow}` first)"
+            )
         answers: list[Accepted | None] = await ingest_intervals(
             conn, intake, [e for _t, e in events], dead_letters=letters, actor="backfill"
         )

@@ -114,3 +114,11 @@ class ScheduleTrigger(Trigger):
 
     def target(self) -> str:
         return f"cron {self.cron!r} {self.timezone}"
+
+    def next_time(self, after: datetime) -> datetime | None:
+        from sources.cron import CronError, schedule_of
+
+        try:
+            return schedule_of(self).next_fire(after)
+        except CronError:  # a cron that never fires again
+            return None

@@ -39,6 +39,7 @@ import asyncpg
 from orchestrator.clock import Clock
 from orchestrator.errors import DuplicateRunError, OrchestratorError
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake, Router
+from orchestrator.pausing import paused_among
 from orchestrator.sources import SourceContext
 from orchestrator.templates import TemplateError, render
 from sources.cron import (
@@ -216,6 +217,10 @@ class _Schedule:
     @property
     def times(self) -> CronSchedule:
         return schedule_of(self.trigger)
+
+
+class _Paused(OrchestratorError):
+    """The workflow was paused between the look and the transaction."""
 
 
 class _LostLeadership(OrchestratorError):
@@ -428,7 +433,21 @@ class ScheduleSource:
             found = {(r["workflow"], r["trigger_key"]): r["done_until"] for r in rows}
         return found
 
+    @staticmethod
+    async def _paused(conn: asyncpg.Connection, s: _Schedule) -> bool:
+        async with conn.transaction():
+            return bool(await paused_among(conn, [s.workflow]))
+
     async def _advance(
+        self, conn: asyncpg.Connection, s: _Schedule, done_until: datetime, now: datetime
+    ) -> bool:
+        try:
+            return await self._advance_unpaused(conn, s, done_until, now)
+        except _Paused:
+            self._next_due[s.workflow, s.key] = now
+            return False
+
+    async def _advance_unpaused(
         self, conn: asyncpg.Connection, s: _Schedule, done_until: datetime, now: datetime
     ) -> bool:
         assert self._ctx is not None
@@ -439,6 +458,11 @@ class ScheduleSource:
             missed_before=self._missed_before(),
             limit=self._batch_limit,
         )
+        if plan.done_until != done_until and await self._paused(conn, s):
+            # Its intervals wait: done_until stays, and at unpause the
+            # schedule catches up per its own catchup policy.
+            self._next_due[s.workflow, s.key] = now
+            return False
         if plan.skipped is not None:
             log.info(
                 "scheduler: %s: catchup %s skips intervals starting from %s to %s",
@@ -453,6 +477,8 @@ class ScheduleSource:
             letters = [e for e in made if isinstance(e, DeadLetter)]
             answers: list[Accepted | None] = []
             async with conn.transaction():
+                if await paused_among(conn, [s.workflow]):
+                    raise _Paused  # paused since the look above: wait, as it does
                 if events or letters:
                     answers = await ingest_intervals(
                         conn, self._ctx.intake, events, dead_letters=letters, actor="scheduler"

@@ -1,5 +1,6 @@
 """Webhook intake: ``POST /hooks/{name}`` turns an authentic request into a
-durable event and answers ``202 {"event_id", "run_ids"}`` only after the commit.
+durable event and answers ``202 {"event_id", "run_ids"}`` only after the commit
+(with ``"paused": true`` and ``"paused_workflows"`` when paused workflows held it).
 
 Hooks exist because workflows name them (``WebhookTrigger.hook``); every
 trigger naming a hook must agree on its ``auth``. Secrets come only from the
@@ -38,6 +39,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import orjson
@@ -328,7 +330,12 @@ class WebhookSource:
         except Exception:
             log.exception("webhook %s: the event could not be stored", name)
             return problem(500, "internal error: the event was not stored; retry later")
-        return json_response({"event_id": accepted.event_id, "run_ids": accepted.run_ids}, 202)
+        answer: dict[str, Any] = {"event_id": accepted.event_id, "run_ids": accepted.run_ids}
+        if accepted.paused:
+            # Stored all the same; what happens to it is the workflow's on_pause.
+            answer["paused"] = True
+            answer["paused_workflows"] = accepted.paused
+        return json_response(answer, 202)
 
     def _verify(
         self, hook: Hook, keys: tuple[bytes, ...], headers: CIMultiDictProxy[str], body: bytes

@@ -15,15 +15,18 @@ class NamedQueries:
     allocate_run_ids: str
     apply_decisions: str
     audit_entries: str
+    buffered_events: str
     cancel_run: str
     cancel_tasks: str
     cancelled_attempts: str
     claim: str
     claim_mixed: str
+    coalesced_events: str
     count_prunable: str
     count_running_runs: str
     create_token: str
     current_versions: str
+    current_versions_one: str
     dead_letter: str
     dead_letter_failed_again: str
     dead_letter_redriven: str
@@ -31,6 +34,7 @@ class NamedQueries:
     deferral_runs: str
     deferrals_of_run: str
     deferred_counts: str
+    delete_pause: str
     end_deferred_tasks: str
     end_run_waits: str
     ensure_pools: str
@@ -43,14 +47,19 @@ class NamedQueries:
     get_run: str
     get_version: str
     heartbeat: str
+    held_counts: str
+    held_events_of: str
     holds_of_workflow: str
     insert_dead_letters: str
     insert_deferrals: str
     insert_event_keys: str
     insert_events: str
+    insert_held_events: str
+    insert_pause: str
     insert_runs: str
     insert_task_instances: str
     insert_task_logs: str
+    last_runs: str
     limited_waiting: str
     list_dead_letters: str
     list_pools: str
@@ -61,6 +70,7 @@ class NamedQueries:
     lock_keys: str
     lock_limited_claims: str
     lock_live_runs: str
+    lock_pause: str
     lock_runs: str
     lock_workflow: str
     logical_dates_pruned: str
@@ -68,6 +78,8 @@ class NamedQueries:
     move_held: str
     notify: str
     operator_moves: str
+    paused_among: str
+    pauses: str
     pending_dead_letter_ids: str
     poll_again: str
     prune_dead_letters: str
@@ -78,6 +90,7 @@ class NamedQueries:
     record_audit: str
     record_audits: str
     registered_workflows: str
+    release_held: str
     remove_hold: str
     reopen_runs: str
     resolve_deferrals: str

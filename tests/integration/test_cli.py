@@ -365,7 +365,10 @@ async def test_a_mistyped_workflow_name_gets_the_closest_one_and_workflows_lists
 
     listed = await registered("workflows")
     assert listed.returncode == 0, listed.stderr
-    assert re.search(r"sales\s+\w{16}\s+0\s+date, limit, region\s+Load one day", listed.stdout)
+    assert re.search(
+        r"sales\s+active\s+\w{16}\s.*\s0\s+0\s+date, limit, region\s+Load one day",
+        listed.stdout,
+    )
     shown = await registered("workflows", "sales")
     assert "  date: string, date, required - The day." in shown.stdout
     assert '  region: one of "emea", "amer", default "emea"' in shown.stdout

@@ -326,12 +326,14 @@ FROM runs WHERE id = $1;
 SELECT id, state::text AS state FROM runs WHERE id = ANY($1::bigint[]);
 
 -- name: list_runs
--- Newest first; $4 (a run id) continues a page after that run: keyset paging
--- stays stable while new runs are added.
+-- Newest first; $4: only these workflows (an owner's, a tag's); $5 (a run id)
+-- continues a page after that run: keyset paging stays stable while new runs
+-- are added.
 SELECT id, workflow, version, state::text AS state, actor, created_at, started_at, ended_at
 FROM runs
 WHERE ($1::text IS NULL OR workflow = $1) AND ($2::run_state IS NULL OR state = $2)
-  AND ($4::bigint IS NULL OR id < $4)
+  AND ($4::text[] IS NULL OR workflow = ANY($4::text[]))
+  AND ($5::bigint IS NULL OR id < $5)
 ORDER BY id DESC LIMIT $3;
 
 -- name: task_instances_of_run

@@ -31,6 +31,9 @@ WITH doomed AS (
       AND NOT EXISTS (
           SELECT 1 FROM runs r
           WHERE r.id = ANY(e.run_ids) AND r.state IN ('queued', 'running'))
+      -- A paused workflow starts its run at unpause (migration 0010).
+      AND NOT EXISTS (
+          SELECT 1 FROM held_events h WHERE h.event_id = e.id AND h.state = 'buffered')
       -- A sensor of a live run may not have started yet: keep the events it
       -- could be waiting for (those with correlation keys since that run began).
       AND NOT (
@@ -59,6 +62,8 @@ SELECT
       WHERE e.received_at < $1
         AND NOT EXISTS (SELECT 1 FROM runs r
                         WHERE r.id = ANY(e.run_ids) AND r.state IN ('queued', 'running'))
+        AND NOT EXISTS (SELECT 1 FROM held_events h
+                        WHERE h.event_id = e.id AND h.state = 'buffered')
         AND NOT (
             EXISTS (SELECT 1 FROM event_keys k WHERE k.event_id = e.id)
             AND e.received_at >= coalesce(
