@@ -12,18 +12,14 @@ committed event and run (counted afterwards).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import sys
 import time
 from typing import Any
 
 import aiohttp
-import orjson
 
 from bench.harness import Figure, percentile, scratch_database
 from bench.registry import option, scenario
-from bench.webhook_load import TOKEN_ENV
+from bench.webhook_load import TOKEN_ENV, run_generator
 from handlers import builtin_registry
 from orchestrator import tokens
 from orchestrator.app import Orchestrator
@@ -128,27 +124,19 @@ async def api(url: str, args: argparse.Namespace) -> list[Figure]:
 
 
 async def _trigger_load(port: int, token: str, args: argparse.Namespace) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.webhook_load",
-        "--port",
-        str(port),
-        "--api-workflow",
-        SPEC.name,
-        "--requests",
-        str(args.trigger_requests),
-        "--seconds",
-        str(args.trigger_seconds),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, TOKEN_ENV: token},
+    return await run_generator(
+        [
+            "--port",
+            str(port),
+            "--api-workflow",
+            SPEC.name,
+            "--requests",
+            str(args.trigger_requests),
+            "--seconds",
+            str(args.trigger_seconds),
+        ],
+        {TOKEN_ENV: token},
     )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed ({proc.returncode}): {err.decode()[-2000:]}")
-    result: dict[str, Any] = orjson.loads(out.splitlines()[-1])
-    return result
 
 
 @scenario(

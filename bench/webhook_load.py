@@ -225,5 +225,24 @@ def cli(argv: list[str] | None = None) -> int:
     return 0
 
 
+async def run_generator(args: list[str], secrets: dict[str, str]) -> dict[str, Any]:
+    """Run this module as a second process with ``args``; ``secrets`` go in its
+    environment (not on the command line, where ``ps`` shows them)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.webhook_load",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **secrets},
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed ({proc.returncode}): {err.decode()[-2000:]}")
+    result: dict[str, Any] = orjson.loads(out.splitlines()[-1])
+    return result
+
+
 if __name__ == "__main__":
     sys.exit(cli())

@@ -11,18 +11,14 @@ rows are counted to check that every 202 is in the database.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import os
 import secrets
-import sys
 from typing import Any
-
-import orjson
 
 from bench.harness import Figure, scratch_database
 from bench.registry import option, scenario
-from bench.webhook_load import SECRET_ENV
+from bench.webhook_load import SECRET_ENV, run_generator
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.settings import Settings, webhook_secret_variable
@@ -144,30 +140,21 @@ async def webhook_intake(url: str, args: argparse.Namespace) -> list[Figure]:
 
 
 async def _load(port: int, secret: str, args: argparse.Namespace) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.webhook_load",
-        "--port",
-        str(port),
-        "--hook",
-        HOOK,
-        "--requests",
-        str(args.requests),
-        "--seconds",
-        str(args.webhook_seconds),
-        "--connections",
-        str(args.webhook_connections),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        # In the environment, not on the command line where `ps` shows it.
-        env={**os.environ, SECRET_ENV: secret},
+    return await run_generator(
+        [
+            "--port",
+            str(port),
+            "--hook",
+            HOOK,
+            "--requests",
+            str(args.requests),
+            "--seconds",
+            str(args.webhook_seconds),
+            "--connections",
+            str(args.webhook_connections),
+        ],
+        {SECRET_ENV: secret},
     )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed ({proc.returncode}): {err.decode()[-2000:]}")
-    result: dict[str, Any] = orjson.loads(out.splitlines()[-1])
-    return result
 
 
 @scenario(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -29,7 +30,9 @@ class Clock(Protocol):
         """The current time, timezone-aware (UTC)."""
         ...
 
-    async def sleep(self, seconds: float) -> None: ...
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """Wait ``seconds``, counted from the call (not from the first await)."""
+        ...
 
     def stamp(self) -> datetime | None:
         """The time to stamp leases with in the database, or None to let the
@@ -46,8 +49,8 @@ class SystemClock:
     def stamp(self) -> None:
         return None
 
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        return asyncio.sleep(seconds)
 
 
 class ManualClock:
@@ -99,21 +102,24 @@ class ManualClock:
             self._arrived.clear()
             await self._arrived.wait()
 
-    async def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        # The deadline is taken now, at the call: a sleep handed to a task that
+        # starts only after the test moved the clock must not count from then.
         deadline = self._now + timedelta(seconds=seconds)
-        if deadline <= self._now:
-            return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if deadline <= self._now:
+            waiter.set_result(None)
+            return waiter
         entry = (deadline, waiter)
         self._waiting.append(entry)
         self._arrived.set()
-        try:
-            await waiter
-        finally:
-            if not waiter.done():  # cancelled: forget it
-                waiter.cancel()
+
+        def forget(_done: asyncio.Future[None]) -> None:  # woken or cancelled
             if entry in self._waiting:
                 self._waiting.remove(entry)
+
+        waiter.add_done_callback(forget)
+        return waiter
 
 
 #: The clock of a process that was not given one.

@@ -124,6 +124,9 @@ class PollRunner:
                 self.clock.stamp(),
             )
         if due is not None:
+            # Done with this check before the next is armed: a due time that
+            # comes at once (a clock moved on) must not find it still running.
+            self._running.pop(row["id"], None)
             self._rearm(due, row["id"])
 
     async def _call(self, row: asyncpg.Record, config: dict[str, Any]) -> Any:

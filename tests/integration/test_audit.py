@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
+from cli_process import cli_runner
 
 from orchestrator import audit
 from orchestrator.engine import Engine
@@ -43,24 +44,8 @@ def test_an_unknown_action_is_refused_before_anything_is_written() -> None:
 
 def test_the_cli_records_its_os_user_and_lists_the_log(db_url: str) -> None:
     import getpass
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    env["ORCHESTRATOR_DATABASE_URL"] = db_url
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+    cli = cli_runner(db_url)
 
     assert cli("audit").stdout.strip() == "no operator actions recorded"
     changed = cli("pools", "gpu", "3", "--reason", "quota")

@@ -4,6 +4,7 @@ within the cache time."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -235,24 +236,13 @@ def test_tokens_are_required_off_loopback_unless_the_api_is_opened_explicitly() 
 
 def test_the_tokens_command_shows_a_token_once_and_manages_it(db_url: str) -> None:
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    env["ORCHESTRATOR_DATABASE_URL"] = db_url
+    from cli_process import cli_runner
+
+    run = cli_runner(db_url)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", "tokens", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+        return run("tokens", *args)
 
     made = cli("create", "ci-bot", "--role", "operator", "--expires", "30d", "--reason", "CI")
     assert made.returncode == 0, made.stderr

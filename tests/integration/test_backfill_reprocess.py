@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 import pytest
+from cli_process import cli_runner
 from eventually import eventually
 from suite_settings import suite_settings
 
@@ -380,10 +381,6 @@ async def test_a_detached_backfill_can_be_listed_and_cancelled(engine: Any, db: 
 
 @pytest.mark.timeout(120)  # a few CLI processes, each importing the package
 def test_the_cli_detaches_lists_shows_and_cancels_backfills(db_url: str) -> None:
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     async def prepare() -> None:
         from orchestrator.engine import Engine
@@ -396,19 +393,7 @@ def test_the_cli_detaches_lists_shows_and_cancels_backfills(db_url: str) -> None
             await db.close()
 
     asyncio.run(prepare())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    env["ORCHESTRATOR_DATABASE_URL"] = db_url
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+    cli = cli_runner(db_url)
 
     made = cli(
         "backfill",

@@ -4,12 +4,10 @@ the API's OpenAPI document states."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from cli_process import cli_runner
 from pydantic import TypeAdapter
 
 from handlers import builtin_registry
@@ -28,16 +26,7 @@ SPEC = WorkflowSpec(name="greeting", tasks=(TaskSpec(id="say", handler="noop"),)
 
 
 def cli_json(db_url: str, *args: str) -> Any:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env.update(PYTHONPATH=str(ROOT), ORCHESTRATOR_DATABASE_URL=db_url)
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args, "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    out = cli_runner(db_url)(*args, "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

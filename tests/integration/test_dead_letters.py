@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from cli_process import cli_runner
 from suite_settings import suite_settings
 
 from handlers import builtin_registry
@@ -290,19 +287,7 @@ def test_the_cli_lists_shows_and_redrives(db_url: str) -> None:
             await db.close()
 
     event_id = asyncio.run(prepare())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    env["ORCHESTRATOR_DATABASE_URL"] = db_url
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+    cli = cli_runner(db_url)
 
     listed = cli("dead-letters", "--source", "webhook")
     assert listed.returncode == 0, listed.stderr

@@ -4,13 +4,10 @@ caller, errors name what is wrong, and a refused action changes nothing."""
 from __future__ import annotations
 
 import getpass
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import aiohttp
+from cli_process import cli_runner
 from suite_settings import suite_settings
 
 from orchestrator import audit
@@ -128,19 +125,7 @@ def test_cli_clear_cancel_and_mark(db_url: str) -> None:
     from orchestrator.engine import Engine
     from orchestrator.store import connect
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    env["ORCHESTRATOR_DATABASE_URL"] = db_url
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+    cli = cli_runner(db_url)
 
     async def setup() -> int:
         # No worker runs: the tasks wait queued for the commands to act on them.

@@ -4,14 +4,11 @@ owners, tags and paused state: the answers, the 4xx cases, the audit trail."""
 from __future__ import annotations
 
 import getpass
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from cli_process import cli_runner
 
 from orchestrator.app import Orchestrator
 from orchestrator.engine import Engine
@@ -139,26 +136,9 @@ async def test_pause_list_and_unpause_over_http(db_url: str) -> None:
             ]
 
 
-def cli_env(db_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    env["ORCHESTRATOR_DATABASE_URL"] = db_url
-    return env
-
-
 async def test_pause_unpause_workflows_and_runs_from_the_cli(db_url: str, engine: Engine) -> None:
     await engine.register(ALL)
-    env = cli_env(db_url)
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+    cli = cli_runner(db_url)
 
     paused = cli("pause", "ads", "--reason", "quota")
     assert paused.returncode == 0 and paused.stdout.strip() == "paused ads", paused.stderr
@@ -248,15 +228,7 @@ async def test_a_single_task_is_held_and_released_from_the_cli(db_url: str, engi
     await engine.register(ALL)
     run_id = await engine.trigger("plain")
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            capture_output=True,
-            text=True,
-            env=cli_env(db_url),
-            timeout=60,
-            check=False,
-        )
+    cli = cli_runner(db_url)
 
     held = cli("pause", "plain", "--task", "t", "--reason", "optimizer down")
     assert held.returncode == 0, held.stderr

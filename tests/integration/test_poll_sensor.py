@@ -111,7 +111,7 @@ async def test_a_poll_wait_ends_when_the_condition_holds(
                 assert await conn.fetchval(running) == 0
             if checks == 3:
                 state.ready = True
-            await clock.advance(timedelta(seconds=70))  # past the next check (60 s + jitter)
+            await clock.advance(timedelta(seconds=80))  # past the next check (60 s ± 20% jitter)
         assert (await wait_for_runs(db, [run], timeout=20))[run] == RunState.SUCCESS
         async with db.pool.acquire() as conn:
             out = await conn.fetchval(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from cli_process import cli_runner
 from eventually import eventually
 from suite_settings import suite_settings
 
@@ -47,16 +48,7 @@ async def texts(db: Database, run_id: int, task: str, attempt: int) -> list[tupl
 
 
 def cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env["PYTHONPATH"] = str(ROOT)
-    env["ORCHESTRATOR_DATABASE_URL"] = db_url
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    return cli_runner(db_url)(*args)
 
 
 async def test_a_handler_printing_10_mib_is_cut_at_the_cap_and_the_run_succeeds(
