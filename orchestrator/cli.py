@@ -316,7 +316,8 @@ async def report_progress(db: Any, run_id: int, last: str, every_s: float = 1.0)
 @click.argument("name", required=False)
 @click.option("--owner", default=None, help="Only the workflows of this owner.")
 @click.option("--tag", default=None, help="Only the workflows with this tag.")
-def workflows(name: str | None, owner: str | None, tag: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="As GET /api/v1/workflows[/NAME] answers.")
+def workflows(name: str | None, owner: str | None, tag: str | None, as_json: bool) -> None:
     """List the registered workflows (what new runs start with: paused or
     not, owner, tags, triggers, next schedule time, newest run, events held
     while paused), or show NAME: its triggers and the params it accepts."""
@@ -325,15 +326,27 @@ def workflows(name: str | None, owner: str | None, tag: str | None) -> None:
     settings = _settings()
 
     async def go() -> str:
+        from dataclasses import asdict
+
+        from orchestrator.workflow_list import list_workflows, workflow_summary
+
         db = await _database(settings)
         try:
+            if as_json:
+                if name is not None:
+                    echo_json(asdict(await workflow_summary(db, name)))
+                else:
+                    found = await list_workflows(db, owner=owner, tag=tag)
+                    echo_json({"workflows": [asdict(w) for w in found]})
+                return ""
             if name is not None:
                 return await describe_workflow(db, name)
             return await workflows_table(db, owner=owner, tag=tag)
         finally:
             await db.close()
 
-    click.echo(_run(go))
+    if out := _run(go):
+        click.echo(out)
 
 
 @main.command()

@@ -6,17 +6,28 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from orchestrator.cli_support import cli_actor, cli_settings, fail, open_database, run_async
-from orchestrator.engine import Engine
+from orchestrator.cli_support import (
+    cli_actor,
+    cli_settings,
+    echo_json,
+    fail,
+    open_database,
+    run_async,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.engine import Engine
 
 T = TypeVar("T")
 
 
 def _with_engine(work: Callable[[Engine], Awaitable[T]]) -> T:
+    from orchestrator.engine import Engine  # the database's code: loaded for a command that runs
+
     settings = cli_settings()
 
     async def go() -> T:
@@ -34,9 +45,15 @@ def _with_engine(work: Callable[[Engine], Awaitable[T]]) -> T:
 @click.option("--workflow", "-w", default=None, help="Only those refused by this workflow.")
 @click.option("--pending", is_flag=True, help="Only those not redriven yet.")
 @click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="As GET /api/v1/dead-letters answers.")
 @click.pass_context
 def dead_letters_cmd(
-    ctx: click.Context, source: str | None, workflow: str | None, pending: bool, limit: int
+    ctx: click.Context,
+    source: str | None,
+    workflow: str | None,
+    pending: bool,
+    limit: int,
+    as_json: bool,
 ) -> None:
     """Events intake could not use, newest first; `show ID` for one, `redrive`
     to route them again once the cause is fixed."""
@@ -50,6 +67,9 @@ def dead_letters_cmd(
             engine, source=source, workflow=workflow, limit=limit, include_redriven=not pending
         )
     )
+    if as_json:
+        echo_json({"dead_letters": [d.as_json() for d in found]})
+        return
     if not found:
         click.echo("no dead letters")
         return

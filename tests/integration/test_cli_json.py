@@ -13,13 +13,14 @@ from pydantic import TypeAdapter
 from handlers import builtin_registry
 from orchestrator import audit
 from orchestrator.api_admin import PoolList
-from orchestrator.api_models import RunDetail
+from orchestrator.api_models import DeadLetterList, RunDetail, WorkflowList
 from orchestrator.app import Orchestrator
 from orchestrator.run_reads import RunSummary
 from orchestrator.run_waiter import wait_for_runs
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
+from orchestrator.workflow_list import WorkflowSummary
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = WorkflowSpec(name="greeting", tasks=(TaskSpec(id="say", handler="noop"),))
@@ -55,3 +56,12 @@ async def test_json_output_parses_and_matches_the_api_shapes(db_url: str) -> Non
 
     pools = PoolList.model_validate(cli_json(db_url, "pools"))
     assert {p.name: p.slots for p in pools.pools}["gpu"] == 2
+
+    listed = WorkflowList.model_validate(cli_json(db_url, "workflows"))
+    [described] = listed.workflows
+    assert described.name == "greeting" and described.last_run_id == run_id
+    one = TypeAdapter(WorkflowSummary).validate_python(cli_json(db_url, "workflows", "greeting"))
+    assert one == described
+
+    letters = DeadLetterList.model_validate(cli_json(db_url, "dead-letters"))
+    assert letters.dead_letters == []
