@@ -43,7 +43,7 @@ from orchestrator.errors import OrchestratorError, ParamsError
 from orchestrator.metrics import METRICS
 from orchestrator.notices import Notices
 from orchestrator.params import ParamsSchema
-from orchestrator.pausing import paused_among
+from orchestrator.pausing import paused_among, record_held, split_held
 from orchestrator.plugins import SourceRegistry, source_registry
 from orchestrator.spec import OnPause, WorkflowSpec
 from orchestrator.store import SQL
@@ -328,7 +328,7 @@ class Intake:
         if any(requests for requests, _ in planned):
             paused = await self._paused(conn, planned)
         if paused:
-            planned, held = _hold(batch, planned, paused)
+            planned, held = split_held(batch, planned, paused)
         total = sum(len(requests) for requests, _ in planned)
         ids = iter(await self.engine.allocate_run_ids(conn, total) if total else [])
         run_ids = [[next(ids) for _ in requests] for requests, _ in planned]
@@ -379,7 +379,7 @@ class Intake:
                 conn, new_requests, new_ids, actor=actor, notices=notices
             )
         if held:
-            await _record_held(conn, batch, held, inserted, paused, answers)
+            await record_held(conn, batch, held, inserted, paused, answers)
         if letters:
             await self._dead_letters(conn, letters, inserted)
         fresh = [e for e in batch if e.dedup_key in inserted]
@@ -550,63 +550,6 @@ class Intake:
 
 def _with_event(req: RunRequest, event_id: int, actor: str | None) -> RunRequest:
     return dataclasses.replace(req, event_id=event_id, actor=actor)
-
-
-def _hold(
-    batch: Sequence[Event],
-    planned: Sequence[tuple[list[RunRequest], list[tuple[str, str]]]],
-    paused: Mapping[str, OnPause],
-) -> tuple[
-    list[tuple[list[RunRequest], list[tuple[str, str]]]], list[list[tuple[RunRequest, str]]]
-]:
-    """Split each event's run requests into those that start now and those a
-    paused workflow holds, each with the trigger that asked for it."""
-    starting: list[tuple[list[RunRequest], list[tuple[str, str]]]] = []
-    held: list[list[tuple[RunRequest, str]]] = []
-    for event, (requests, reasons) in zip(batch, planned, strict=True):
-        now = [r for r in requests if r.workflow not in paused]
-        later = [(r, r.trigger or event.source) for r in requests if r.workflow in paused]
-        starting.append((now, reasons))
-        held.append(later)
-    return starting, held
-
-
-async def _record_held(
-    conn: asyncpg.Connection,
-    batch: Sequence[Event],
-    held: Sequence[Sequence[tuple[RunRequest, str]]],
-    inserted: Mapping[str, int],
-    paused: Mapping[str, OnPause],
-    answers: dict[str, Accepted],
-) -> None:
-    """Record the held runs of the batch's new events (a redelivered event
-    was held, or started, when it first came)."""
-    rows: list[tuple[str, int, str, str, str, str, Any, Any, str]] = []
-    for event, requests in zip(batch, held, strict=True):
-        event_id = inserted.get(event.dedup_key)
-        if event_id is None or not requests:
-            continue
-        for req, trigger in requests:
-            policy = paused[req.workflow]
-            dropped = policy == OnPause.DROP
-            rows.append(
-                (
-                    req.workflow,
-                    event_id,
-                    trigger,
-                    policy.value,
-                    "dropped" if dropped else "buffered",
-                    orjson.dumps(req.params).decode(),
-                    req.logical_date,
-                    req.interval_end,
-                    f"workflow {req.workflow!r} is paused (on_pause: drop)" if dropped else "",
-                )
-            )
-        answers[event.dedup_key].paused.extend(dict.fromkeys(r.workflow for r, _ in requests))
-    if rows:
-        await conn.execute(
-            SQL.insert_held_events, *(list(column) for column in zip(*rows, strict=True))
-        )
 
 
 def _resolution(deferral_id: int, event_id: int, event: Event) -> Resolution:

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
@@ -43,6 +43,9 @@ from orchestrator.engine import Engine, RunRequest
 from orchestrator.errors import OperationRefusedError, UnknownWorkflowError
 from orchestrator.spec import OnPause
 from orchestrator.store import SQL
+
+if TYPE_CHECKING:
+    from orchestrator.intake import Accepted, Event
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ __all__ = [
     "pause_workflow",
     "paused_among",
     "pauses",
+    "record_held",
+    "split_held",
     "unpause_workflow",
 ]
 
@@ -305,3 +310,63 @@ def _coalesced_params(spec: Any, held: _Held, row: asyncpg.Record, others: int) 
     except Exception as exc:
         log.warning("%s: coalesced params not rendered again (%s); held ones kept", spec.name, exc)
         return held.params
+
+
+# -- intake of paused workflows (called by orchestrator.intake) ------------------
+
+
+def split_held(
+    batch: Sequence[Event],
+    planned: Sequence[tuple[list[RunRequest], list[tuple[str, str]]]],
+    paused: Mapping[str, OnPause],
+) -> tuple[
+    list[tuple[list[RunRequest], list[tuple[str, str]]]], list[list[tuple[RunRequest, str]]]
+]:
+    """Split each event's run requests into those that start now and those a
+    paused workflow holds, each with the trigger that asked for it."""
+    starting: list[tuple[list[RunRequest], list[tuple[str, str]]]] = []
+    held: list[list[tuple[RunRequest, str]]] = []
+    for event, (requests, reasons) in zip(batch, planned, strict=True):
+        now = [r for r in requests if r.workflow not in paused]
+        later = [(r, r.trigger or event.source) for r in requests if r.workflow in paused]
+        starting.append((now, reasons))
+        held.append(later)
+    return starting, held
+
+
+async def record_held(
+    conn: asyncpg.Connection,
+    batch: Sequence[Event],
+    held: Sequence[Sequence[tuple[RunRequest, str]]],
+    inserted: Mapping[str, int],
+    paused: Mapping[str, OnPause],
+    answers: dict[str, Accepted],
+) -> None:
+    """Record the held runs of the batch's new events (a redelivered event
+    was held, or started, when it first came)."""
+    rows: list[tuple[str, int, str, str, str, str, Any, Any, str]] = []
+    for event, requests in zip(batch, held, strict=True):
+        event_id = inserted.get(event.dedup_key)
+        if event_id is None or not requests:
+            continue
+        for req, trigger in requests:
+            policy = paused[req.workflow]
+            dropped = policy == OnPause.DROP
+            rows.append(
+                (
+                    req.workflow,
+                    event_id,
+                    trigger,
+                    policy.value,
+                    "dropped" if dropped else "buffered",
+                    orjson.dumps(req.params).decode(),
+                    req.logical_date,
+                    req.interval_end,
+                    f"workflow {req.workflow!r} is paused (on_pause: drop)" if dropped else "",
+                )
+            )
+        answers[event.dedup_key].paused.extend(dict.fromkeys(r.workflow for r, _ in requests))
+    if rows:
+        await conn.execute(
+            SQL.insert_held_events, *(list(column) for column in zip(*rows, strict=True))
+        )
