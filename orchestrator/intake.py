@@ -395,14 +395,7 @@ class Intake:
                 answer = Accepted(answer.event_id, answer.run_ids, True)
             first_seen.add(event.dedup_key)
             results.append(answer)
-            outcome = (
-                "duplicate"
-                if answer.duplicate
-                else "dead_lettered"
-                if answer.dead_letters
-                else "recorded"
-            )
-            METRICS.intake_events.labels(event.source, outcome).inc()
+        METRICS.events_taken_in(zip(events, results, strict=True))
         return results
 
     async def _paused(

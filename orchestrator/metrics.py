@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter as Tally
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from orchestrator.clock import monotonic, real_pause
 
 if TYPE_CHECKING:
     from orchestrator.health import Liveness
+    from orchestrator.intake import Accepted, Event
     from orchestrator.store import Database
 
 log = logging.getLogger(__name__)
@@ -96,13 +98,30 @@ class Metrics:
         self._gauges_read_at: float | None = None
         self._lock = asyncio.Lock()
 
+    # A batch counts once per label set, not once per item: these run on the
+    # intake and commit paths.
     def runs_created(self, workflows: Iterable[str]) -> None:
-        for workflow in workflows:
-            self.runs_started.labels(workflow).inc()
+        for workflow, n in Tally(workflows).items():
+            self.runs_started.labels(workflow).inc(n)
 
     def runs_finished(self, ended: Iterable[tuple[str, str]]) -> None:
-        for workflow, state in ended:
-            self.runs_ended.labels(workflow, state).inc()
+        for (workflow, state), n in Tally(ended).items():
+            self.runs_ended.labels(workflow, state).inc(n)
+
+    def events_taken_in(self, answered: Iterable[tuple[Event, Accepted]]) -> None:
+        outcomes = Tally(
+            (
+                event.source,
+                "duplicate"
+                if answer.duplicate
+                else "dead_lettered"
+                if answer.dead_letters
+                else "recorded",
+            )
+            for event, answer in answered
+        )
+        for (source, outcome), n in outcomes.items():
+            self.intake_events.labels(source, outcome).inc(n)
 
     async def refresh(self, db: Database) -> None:
         """Read the database-wide gauges, unless read within :data:`GAUGE_CACHE_S`."""
