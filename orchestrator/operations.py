@@ -435,7 +435,9 @@ async def pause_task(
     """Hold ``task`` of ``workflow`` (None: every task): in every run, existing
     and new, an instance that becomes runnable waits ``held`` — no worker
     slot, no timeout — until :func:`unpause_task`; the rest of the run goes
-    on. Instances already queued are held now; those running finish."""
+    on. Instances already queued or waiting to retry are held now (a retry
+    keeps its delay); those running finish, and held instead of retried if
+    they fail; a wait that ends by resuming the handler resumes it held."""
     key = task or "*"
     why = _why("held", actor, reason)
     async with engine.unit() as (conn, _notices):
@@ -447,7 +449,13 @@ async def pause_task(
             what = f"task {task!r} of workflow {workflow!r}" if task else f"workflow {workflow!r}"
             raise OperationRefusedError(f"{what} is held already")
         moved: int = await conn.fetchval(
-            SQL.move_held, workflow, key, TaskState.QUEUED.value, TaskState.HELD.value, actor, why
+            SQL.move_held,
+            workflow,
+            key,
+            [TaskState.QUEUED.value, TaskState.UP_FOR_RETRY.value],
+            TaskState.HELD.value,
+            actor,
+            why,
         )
         await audit.record(
             conn,
@@ -477,7 +485,7 @@ async def unpause_task(
             what = f"task {task!r} of workflow {workflow!r}" if task else f"workflow {workflow!r}"
             raise OperationRefusedError(f"{what} is not held")
         moved: int = await conn.fetchval(
-            SQL.move_held, workflow, key, TaskState.HELD.value, TaskState.QUEUED.value, actor, why
+            SQL.move_held, workflow, key, [TaskState.HELD.value], TaskState.QUEUED.value, actor, why
         )
         notices.queued += moved
         await audit.record(

@@ -52,10 +52,12 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     T.SCHEDULED: frozenset({T.QUEUED, T.HELD, T.SKIPPED, T.UPSTREAM_FAILED}),
     # queued -> skipped/upstream_failed happens only when a run is cancelled.
     T.QUEUED: frozenset({T.RUNNING, T.SKIPPED, T.UPSTREAM_FAILED}),
+    # running -> held: a retry of a task an operator holds (it keeps its delay).
     T.RUNNING: frozenset(
-        {T.SUCCESS, T.FAILED, T.UP_FOR_RETRY, T.DEFERRED, T.DEAD_LETTERED, T.SKIPPED}
+        {T.SUCCESS, T.FAILED, T.UP_FOR_RETRY, T.HELD, T.DEFERRED, T.DEAD_LETTERED, T.SKIPPED}
     ),
-    T.DEFERRED: frozenset({T.QUEUED, T.SUCCESS, T.FAILED, T.SKIPPED, T.DEAD_LETTERED}),
+    # deferred -> held: a wait that resumes the handler of a held task.
+    T.DEFERRED: frozenset({T.QUEUED, T.HELD, T.SUCCESS, T.FAILED, T.SKIPPED, T.DEAD_LETTERED}),
     # A due retry is claimed straight from up_for_retry (one statement, no
     # extra hop through queued); cancelling a run skips it.
     T.UP_FOR_RETRY: frozenset({T.QUEUED, T.RUNNING, T.SKIPPED}),
@@ -73,12 +75,13 @@ _ENDED = (T.SUCCESS, T.FAILED, T.SKIPPED, T.UPSTREAM_FAILED, T.DEAD_LETTERED)
 
 #: Operator-only task edges, never taken by the engine's decisions:
 #: clear (a finished task -> scheduled, decided again), mark (any task not
-#: running -> success/failed/skipped by hand), hold and release (queued <-> held).
+#: running -> success/failed/skipped by hand), hold (queued or up_for_retry ->
+#: held) and release (held -> queued).
 OPERATOR_TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     **{s: frozenset({T.SCHEDULED} | _MARKED) - {s} for s in _ENDED},
     T.SCHEDULED: _MARKED,
     T.QUEUED: _MARKED | {T.HELD},
-    T.UP_FOR_RETRY: _MARKED,
+    T.UP_FOR_RETRY: _MARKED | {T.HELD},
     T.DEFERRED: _MARKED,
     T.HELD: _MARKED | {T.QUEUED},
     # A running attempt is never marked or cleared: cancel the run, or let it end.

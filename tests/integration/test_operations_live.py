@@ -246,3 +246,70 @@ async def test_holding_a_queued_task_and_every_task_of_a_workflow(db_url: str) -
         await clear_run(o.engine, first, actor="t")
         assert (await states_of(o, first))["ingest"] == "held"  # still held: the hold stands
         await all_legal(o)
+
+
+async def test_a_held_task_is_held_again_when_it_retries_or_its_wait_resumes_it(
+    db_url: str,
+) -> None:
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from orchestrator.clock import SYSTEM_CLOCK
+    from orchestrator.deferral import Defer, Resolution
+    from orchestrator.plan import Outcome
+
+    spec = WorkflowSpec(name="h", tasks=(TaskSpec(id="t", handler="noop"),))
+    async with Orchestrator(
+        suite_settings(worker_slots=0), db_url, registry=builtin_registry(), workflows=[spec]
+    ) as o:
+        assert o.engine is not None and o.db is not None
+        engine = o.engine
+
+        async def claim_one() -> Outcome:
+            [c] = (await engine.claim("w", 1))[0]
+            return Outcome(c.id, c.run_id, c.task_id, c.attempt, "w", TaskState.UP_FOR_RETRY)
+
+        # Held while running, then failed: held instead of up for retry.
+        run_id = await engine.trigger("h", actor="test")
+        running = await claim_one()
+        assert (await pause_task(engine, "h", "t", actor="t")).moved == 0
+        await engine.complete([running], actor="w")
+        assert (await states_of(o, run_id))["t"] == "held"
+        assert (await engine.claim("w", 1))[0] == []
+
+        # Up for retry when the hold comes: held at once, and released it still
+        # waits out its retry delay.
+        assert (await unpause_task(engine, "h", "t", actor="t")).moved == 1
+        retry = await claim_one()
+        await engine.complete([replace(retry, delay_s=3600.0)], actor="w")
+        assert (await states_of(o, run_id))["t"] == "up_for_retry"
+        assert (await pause_task(engine, "h", "t", actor="t")).moved == 1
+        assert (await states_of(o, run_id))["t"] == "held"
+        assert (await unpause_task(engine, "h", "t", actor="t")).moved == 1
+        assert (await states_of(o, run_id))["t"] == "queued"
+        assert (await engine.claim("w", 1))[0] == []  # the hour's delay still stands
+
+        # A wait that resumes the handler of a held task resumes it held.
+        waiting = await engine.trigger("h", actor="test")
+        [c] = (await engine.claim("w", 1))[0]
+        assert c.run_id == waiting
+        wait = Defer(
+            "time",
+            "a later step",
+            wake_at=SYSTEM_CLOCK.now() + timedelta(hours=1),
+            resume="handler",
+        )
+        await engine.complete(
+            [Outcome(c.id, c.run_id, c.task_id, c.attempt, "w", TaskState.DEFERRED, deferral=wait)],
+            actor="w",
+        )
+        await pause_task(engine, "h", "t", actor="t")
+        async with o.db.pool.acquire() as conn:
+            wait_id = await conn.fetchval("SELECT id FROM deferrals WHERE run_id = $1", waiting)
+        await engine.resolve([Resolution(wait_id, "resume", {"step": 2})], actor="test")
+        assert (await states_of(o, waiting))["t"] == "held"
+        # Both runs' instances are released; the first still waits out its delay.
+        assert (await unpause_task(engine, "h", "t", actor="t")).moved == 2
+        [resumed] = (await engine.claim("w", 1))[0]
+        assert (resumed.run_id, resumed.resumed) == (waiting, {"step": 2})
+        await all_legal(o)

@@ -90,7 +90,13 @@ WITH input AS (
         AS i(id, attempt, target, output, error, resume_payload, reason)
 ), updated AS (
     UPDATE task_instances t
-    SET state = i.target, output = coalesce(i.output::jsonb, t.output), error = i.error,
+    -- A resumed handler of a task an operator holds waits held; the caller
+    -- holds the run's lock, so a hold added meanwhile is seen.
+    SET state = CASE WHEN i.target = 'queued' AND EXISTS (
+                    SELECT 1 FROM task_holds h JOIN runs hr ON hr.workflow = h.workflow
+                    WHERE hr.id = t.run_id AND h.task IN (t.task_id, '*'))
+                THEN 'held'::task_state ELSE i.target END,
+        output = coalesce(i.output::jsonb, t.output), error = i.error,
         resume_payload = i.resume_payload::jsonb,
         queued_at = CASE WHEN i.target = 'queued' THEN now() ELSE t.queued_at END,
         ended_at = CASE WHEN i.target = 'queued' THEN NULL ELSE now() END

@@ -216,7 +216,13 @@ WITH input AS (
         AS i(id, attempt, target, output, error, delay_s, owner, expired_only, reason)
 ), updated AS (
     UPDATE task_instances t
-    SET state = i.target, output = i.output::jsonb, error = i.error,
+    -- A retry of a task an operator holds waits held (keeping its delay);
+    -- checked under the run's lock, like apply_decisions.
+    SET state = CASE WHEN i.target = 'up_for_retry' AND EXISTS (
+                    SELECT 1 FROM task_holds h JOIN runs hr ON hr.workflow = h.workflow
+                    WHERE hr.id = t.run_id AND h.task IN (t.task_id, '*'))
+                THEN 'held'::task_state ELSE i.target END,
+        output = i.output::jsonb, error = i.error,
         lease_owner = NULL, lease_until = NULL,
         not_before = CASE WHEN i.delay_s IS NULL THEN NULL
                           ELSE now() + make_interval(secs => i.delay_s) END,

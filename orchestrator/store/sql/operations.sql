@@ -122,21 +122,25 @@ SELECT id FROM runs WHERE workflow = $1 AND state IN ('queued', 'running') ORDER
 
 -- name: move_held
 -- Hold ($4 = 'held') or release ($4 = 'queued') the instances of task $2
--- ('*': every task) in the live runs of workflow $1 that are in state $3,
--- unless another hold still covers them. $5 actor, $6 reason.
-WITH updated AS (
+-- ('*': every task) in the live runs of workflow $1 that are in a state of
+-- $3, unless another hold still covers them. $5 actor, $6 reason. A held
+-- retry keeps its not_before: released, it still waits out its delay.
+WITH picked AS (
+    SELECT t.id, t.state AS source FROM task_instances t JOIN runs r ON r.id = t.run_id
+    WHERE r.workflow = $1 AND r.state = 'running'
+      AND t.state = ANY($3::task_state[]) AND ($2::text = '*' OR t.task_id = $2::text)
+      AND ($4::text = 'held') = EXISTS (
+          SELECT 1 FROM task_holds h WHERE h.workflow = $1 AND h.task IN (t.task_id, '*'))
+    FOR UPDATE OF t
+), updated AS (
     UPDATE task_instances t
     SET state = $4::text::task_state,
         queued_at = CASE WHEN $4::text = 'queued' THEN now() ELSE t.queued_at END
-    FROM runs r
-    WHERE r.id = t.run_id AND r.workflow = $1 AND r.state = 'running'
-      AND t.state = $3::text::task_state AND ($2::text = '*' OR t.task_id = $2::text)
-      AND ($4::text = 'held') = EXISTS (
-          SELECT 1 FROM task_holds h WHERE h.workflow = $1 AND h.task IN (t.task_id, '*'))
-    RETURNING t.run_id, t.task_id, t.attempt
+    FROM picked p WHERE t.id = p.id
+    RETURNING t.run_id, t.task_id, t.attempt, p.source
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
-    SELECT run_id, task_id, $3::text, $4::text, attempt, $5, $6 FROM updated
+    SELECT run_id, task_id, source::text, $4::text, attempt, $5, $6 FROM updated
 )
 SELECT count(*) AS moved FROM updated;
 
