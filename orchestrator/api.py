@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, Literal
 
-import asyncpg
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,7 +46,7 @@ from orchestrator.deferral import callback_key
 from orchestrator.engine import Engine
 from orchestrator.errors import DuplicateRunError, ParamsError, UnknownWorkflowError
 from orchestrator.group_commit import BatcherClosedError, GroupCommit
-from orchestrator.health import Liveness
+from orchestrator.health import Liveness, Readiness
 from orchestrator.http_server import body_deadline_middleware
 from orchestrator.intake import Accepted, Event, Intake
 from orchestrator.metrics import count_responses, metrics_handler
@@ -71,6 +70,7 @@ AUTH_KEY = web.AppKey("auth", Authenticator)
 #: Manual triggers arriving together share one commit (each still answered alone).
 TRIGGERS_KEY = web.AppKey("triggers", GroupCommit)
 LIVENESS_KEY = web.AppKey("liveness", Liveness)
+READINESS_KEY = web.AppKey("readiness", Readiness)
 
 
 def manual_event(
@@ -291,21 +291,19 @@ def liveness_answer(liveness: Liveness | None) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The database answers and its schema is current."""
-    from orchestrator.store.migrate import pending
+    """The database answers with its schema current, and this process's event
+    sources can take events (:class:`orchestrator.health.Readiness`)."""
+    readiness = request.app.get(READINESS_KEY) or Readiness(request.app[ENGINE_KEY].db)
+    return await readiness_answer(readiness)
 
-    engine = request.app[ENGINE_KEY]
-    try:
-        async with engine.db.pool.acquire(timeout=2) as conn:
-            missing = await pending(conn)
-    except (*UNAVAILABLE, asyncpg.PostgresError):
+
+async def readiness_answer(readiness: Readiness) -> web.Response:
+    verdict = await readiness.check()
+    if verdict.database_down:
         return unavailable()
-    if missing:
-        return problem(
-            503,
-            f"the database lacks migrations {', '.join(missing)}: run `orchestrator migrate`",
-            {"Retry-After": "5"},
-        )
+    if verdict.problems:
+        detail = "; ".join(verdict.problems)
+        return problem(503, detail, {"Retry-After": "5"}, extra={"problems": verdict.problems})
     return json_response({"status": "ready"})
 
 
@@ -384,6 +382,7 @@ def build_app(
     read_timeout_s: float = 10.0,
     batch_delay_s: float = 0.002,
     liveness: Liveness | None = None,
+    readiness: Readiness | None = None,
     access_log: bool = False,
     cors_origins: Sequence[str] = (),
 ) -> web.Application:
@@ -419,6 +418,8 @@ def build_app(
     app[AUTH_KEY] = authenticator
     if liveness is not None:
         app[LIVENESS_KEY] = liveness
+    if readiness is not None:
+        app[READINESS_KEY] = readiness
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/api/v1/workflows/{name}/runs", trigger_run)

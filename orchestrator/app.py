@@ -17,7 +17,7 @@ from orchestrator.api import build_app
 from orchestrator.auth import Authenticator, tokens_required
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine
-from orchestrator.health import Liveness
+from orchestrator.health import Liveness, Readiness
 from orchestrator.http_server import HttpServer
 from orchestrator.intake import Intake, Router
 from orchestrator.metrics import metrics_app, watch_loop_lag
@@ -79,6 +79,7 @@ class Orchestrator:
         self.http: HttpServer | None = None
         self.metrics_http: HttpServer | None = None
         self.liveness = Liveness(settings.health_stale_s)
+        self.readiness: Readiness | None = None
         self._loop_lag: asyncio.Task[None] | None = None
         self.database_url = database_url
         self.registry = registry or HandlerRegistry()
@@ -96,6 +97,7 @@ class Orchestrator:
     async def start(self) -> None:
         s = self.settings
         self.db = await connect(self.database_url, size=s.db_pool_size)
+        self.readiness = Readiness(self.db, self.sources)
         try:
             if self._migrate:
                 applied = await self.db.migrate()
@@ -134,6 +136,7 @@ class Orchestrator:
                     read_timeout_s=s.http_read_timeout_s,
                     batch_delay_s=s.intake_batch_delay_s,
                     liveness=self.liveness,
+                    readiness=self.readiness,
                     access_log=s.access_log,
                     cors_origins=s.cors_origin_list,
                 )
@@ -152,7 +155,7 @@ class Orchestrator:
                 await self.http.start()
             if s.metrics_port is not None:
                 self.metrics_http = HttpServer(
-                    metrics_app(self.db, self.liveness),
+                    metrics_app(self.db, self.liveness, self.readiness),
                     s.http_host,
                     s.metrics_port,
                     read_timeout_s=10.0,

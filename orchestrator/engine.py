@@ -84,7 +84,8 @@ class Completion:
     finished_runs: dict[int, RunState]
 
 
-def _claimed(rows: Iterable[asyncpg.Record]) -> list[Claimed]:
+def _claimed(rows: Sequence[asyncpg.Record]) -> list[Claimed]:
+    METRICS.tasks_claimed(r["queue_wait_s"] for r in rows)
     return [
         Claimed(
             id=r["id"],

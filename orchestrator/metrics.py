@@ -25,7 +25,7 @@ from prometheus_client.exposition import generate_latest
 from orchestrator.clock import monotonic, real_pause
 
 if TYPE_CHECKING:
-    from orchestrator.health import Liveness
+    from orchestrator.health import Liveness, Readiness
     from orchestrator.intake import Accepted, Event
     from orchestrator.store import Database
 
@@ -61,6 +61,13 @@ class Metrics:
             buckets=_DURATIONS,
             registry=r,
         )
+        self.queue_wait = Histogram(
+            "orchestrator_task_queue_wait_seconds",
+            "How long tasks this process's worker claimed waited to start after they "
+            "became runnable (queued, or their retry came due).",
+            buckets=_DURATIONS,
+            registry=r,
+        )
         self.intake_events = Counter(
             "orchestrator_intake_events",
             "Events taken in, by source and outcome (recorded, duplicate, dead_lettered).",
@@ -87,6 +94,22 @@ class Metrics:
         self.db_pool_size = Gauge(
             "orchestrator_db_pool_connections", "Connections in this process's pool.", registry=r
         )
+        self.db_pool_waiters = Gauge(
+            "orchestrator_db_pool_waiters",
+            "Callers waiting for a pool connection right now.",
+            registry=r,
+        )
+        self.kafka_lag = Gauge(
+            "orchestrator_kafka_consumer_lag",
+            "Messages behind the partition's high watermark, per assigned partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.landing_pending = Gauge(
+            "orchestrator_landing_files_pending",
+            "Files seen in the landing zone and not taken in yet (not complete, or being checked).",
+            registry=r,
+        )
         self.db_pool_in_use = Gauge(
             "orchestrator_db_pool_in_use", "Pool connections in use right now.", registry=r
         )
@@ -103,6 +126,10 @@ class Metrics:
     def runs_created(self, workflows: Iterable[str]) -> None:
         for workflow, n in Tally(workflows).items():
             self.runs_started.labels(workflow).inc(n)
+
+    def tasks_claimed(self, waits: Iterable[float | None]) -> None:
+        for wait in waits:
+            self.queue_wait.observe(max(0.0, wait or 0.0))
 
     def runs_finished(self, ended: Iterable[tuple[str, str]]) -> None:
         for (workflow, state), n in Tally(ended).items():
@@ -140,9 +167,19 @@ class Metrics:
             self._gauges_read_at = now
         self.db_pool_size.set(db.pool.get_size())
         self.db_pool_in_use.set(db.pool.get_size() - db.pool.get_idle_size())
+        self.db_pool_waiters.set(pool_waiters(db.pool))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def pool_waiters(pool: object) -> int:
+    """Callers blocked in ``pool.acquire()``. asyncpg has no public count:
+    its pool hands out connections through an asyncio queue, whose waiting
+    getters are the waiters (0 if a future asyncpg changes that)."""
+    queue = getattr(pool, "_queue", None)
+    getters = getattr(queue, "_getters", ())
+    return sum(1 for g in getters if not g.done())
 
 
 #: This process's metrics.
@@ -184,14 +221,19 @@ async def count_responses(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
-def metrics_app(db: Database, liveness: Liveness) -> web.Application:
-    """``/metrics`` and ``/healthz`` alone: ``ORCHESTRATOR_METRICS_PORT``."""
-    from orchestrator.api import liveness_answer
+def metrics_app(db: Database, liveness: Liveness, readiness: Readiness) -> web.Application:
+    """``/metrics``, ``/healthz`` and ``/readyz`` alone: ``ORCHESTRATOR_METRICS_PORT``
+    (a replica without the API role still has them)."""
+    from orchestrator.api import liveness_answer, readiness_answer
 
     async def healthz(_request: web.Request) -> web.Response:
         return liveness_answer(liveness)
 
+    async def readyz(_request: web.Request) -> web.Response:
+        return await readiness_answer(readiness)
+
     app = web.Application(middlewares=[count_responses])
     app.router.add_get("/metrics", metrics_handler(db))
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app

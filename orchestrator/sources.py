@@ -4,11 +4,13 @@ Concrete sources live in ``sources/``; the engine only knows this protocol.
 A source registers HTTP routes (if any) in :meth:`Source.setup`, runs in
 :meth:`Source.start`/:meth:`Source.stop`, hands events to
 ``ctx.intake.ingest`` and acknowledges them only after it returns, and follows
-workflow reloads through :meth:`Source.use_router`.
+workflow reloads through :meth:`Source.use_router`, and says through
+:meth:`Source.not_ready` when it cannot take events (``/readyz``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +32,15 @@ class SourceContext:
     """The API application to add routes to, or None when this process serves no HTTP."""
 
 
+def loop_stopped(task: asyncio.Task[None] | None, what: str) -> str | None:
+    """Why a source is not ready when its loop ``task`` ended while the
+    source runs (it never should); None while it runs or before it starts."""
+    if task is None or not task.done():
+        return None
+    failure = None if task.cancelled() else task.exception()
+    return f"{what} stopped" + (f" ({type(failure).__name__}: {failure})" if failure else "")
+
+
 class Source(Protocol):
     name: str
 
@@ -43,4 +54,8 @@ class Source(Protocol):
 
     def use_router(self, router: Router) -> None:
         """The loaded workflows changed: follow the new routes (topics, globs, ...)."""
+        ...
+
+    async def not_ready(self) -> str | None:
+        """Why this source cannot take events now (``/readyz``); None when it can."""
         ...

@@ -54,7 +54,8 @@ from watchfiles import awatch
 from orchestrator.backoff import Backoff
 from orchestrator.clock import Clock, wait_for_event
 from orchestrator.intake import DeadLetter, Event, Router
-from orchestrator.sources import SourceContext
+from orchestrator.metrics import METRICS
+from orchestrator.sources import SourceContext, loop_stopped
 from orchestrator.states import TERMINAL_RUN_STATES
 from sources.completeness import MarkerNames, Observation, Rule, Stat, judge
 from sources.landing_fs import (
@@ -104,6 +105,10 @@ class _Candidate:
     checking: bool = False
     changed: bool = False
     """Something changed in its directory while it was being checked."""
+
+
+def _readable_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.access(path, os.R_OK | os.X_OK)
 
 
 class LandingSource:
@@ -179,6 +184,8 @@ class LandingSource:
             asyncio.create_task(self._mover(), name="landing-move"),
         ]
         log.info("landing zone %s: watching (full rescan every %gs)", self.root, self._rescan_s)
+        # Read when scraped: the files seen and not taken in yet.
+        METRICS.landing_pending.set_function(lambda: len(self._pending))
 
     async def stop(self) -> None:
         self._stop_watching.set()
@@ -186,6 +193,15 @@ class LandingSource:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        METRICS.landing_pending.set(0)
+
+    async def not_ready(self) -> str | None:
+        for task in self._tasks:
+            if stopped := loop_stopped(task, f"the landing zone's {task.get_name()} loop"):
+                return stopped
+        if self.root and not await asyncio.to_thread(_readable_dir, self.root):
+            return f"the landing zone {self.root} is not a readable directory"
+        return None
 
     # -- what tests and operators can look at ---------------------------------------------
 

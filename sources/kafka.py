@@ -45,10 +45,11 @@ import asyncpg
 import orjson
 
 from orchestrator.backoff import Backoff
-from orchestrator.clock import SYSTEM_CLOCK, Clock, wait_for_event
+from orchestrator.clock import SYSTEM_CLOCK, Clock, monotonic, wait_for_event
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake, Router
+from orchestrator.metrics import METRICS
 from orchestrator.settings import Settings
-from orchestrator.sources import SourceContext
+from orchestrator.sources import SourceContext, loop_stopped
 from sources.kafka_config import (
     EMBEDDED_CONSUMER_OPTIONS,
     AIOKafkaConsumer,
@@ -143,6 +144,8 @@ class KafkaSource:
         """Sent back to their beginning: records fetched before that are dropped."""
         self._next: dict[Any, int] = {}
         """Per partition, the offset after the last one keyed (going back: a new log)."""
+        self._failing_since: float | None = None
+        """When the consume loop began failing (unreachable broker, ...); None while it reads."""
 
     # -- Source protocol ------------------------------------------------------
 
@@ -208,6 +211,7 @@ class KafkaSource:
                 if not self._topics:
                     await self._drain()
                     await self._close_consumer()
+                    self._failing_since = None
                     self._changed.clear()
                     if not self._topics and not self._stopping.is_set():
                         await self._changed.wait()
@@ -239,11 +243,15 @@ class KafkaSource:
                         await asyncio.wait([oldest])
                     self._inflight.append(batch)
                     batch.task = asyncio.create_task(self._record_batch(batch))
+                self._report_lag(consumer)
                 backoff.reset()
+                self._failing_since = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                if self._failing_since is None:
+                    self._failing_since = monotonic()
                 delay = backoff.next()
                 if isinstance(exc, KafkaError):
                     log.warning("Kafka: %s; trying again in %.1fs", self.stats.last_error, delay)
@@ -284,8 +292,27 @@ class KafkaSource:
             self._forget_partitions()
             await consumer.stop()
             self.stats.assigned = frozenset()
+            METRICS.kafka_lag.clear()
 
     # -- which log each partition reads -------------------------------------------
+
+    def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Per assigned partition, how far the next offset to read is behind
+        the high watermark the broker last reported (no round trip)."""
+        for tp in consumer.assignment():
+            end, at = consumer.highwater(tp), self._next.get(tp)
+            if end is not None and at is not None:
+                METRICS.kafka_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - at))
+
+    async def not_ready(self) -> str | None:
+        """Ready while assigned or still connecting; not once the loop died,
+        or has failed for longer than the health allowance."""
+        if stopped := loop_stopped(self._task, "the Kafka intake loop"):
+            return stopped
+        since = self._failing_since
+        if since is not None and monotonic() - since > self._settings.health_stale_s:
+            return f"cannot read from Kafka for {monotonic() - since:.0f}s: {self.stats.last_error}"
+        return None
 
     def _forget_partitions(self) -> None:
         self._logs.forget()
@@ -574,6 +601,7 @@ class KafkaSource:
             if not self._stopping.is_set():
                 self._interrupt.clear()
         self._pending.clear()
+        METRICS.kafka_lag.clear()
         if revoked:
             log.info("Kafka partitions revoked: %s", describe_partitions(revoked))
 

@@ -40,7 +40,7 @@ from orchestrator.clock import Clock
 from orchestrator.errors import DuplicateRunError, OrchestratorError
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake, Router
 from orchestrator.pausing import paused_among
-from orchestrator.sources import SourceContext
+from orchestrator.sources import SourceContext, loop_stopped
 from orchestrator.templates import TemplateError, render
 from sources.cron import (
     CronError,
@@ -280,6 +280,9 @@ class ScheduleSource:
                 await self._task
             self._task = None
         await self._drop_connection()
+
+    async def not_ready(self) -> str | None:
+        return loop_stopped(self._task, "the scheduler loop")
 
     # -- the loop ------------------------------------------------------------------
 

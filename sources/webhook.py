@@ -211,6 +211,10 @@ class WebhookSource:
         if self.batcher is not None:
             await self.batcher.stop()
 
+    async def not_ready(self) -> str | None:
+        # Deliveries are answered by the API's own server: ready when it is.
+        return None
+
     # -- configuration ---------------------------------------------------------
 
     def _secret(self, hook: Hook) -> str | None:

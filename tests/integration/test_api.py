@@ -287,6 +287,9 @@ class Boom:
 
     def use_router(self, router: Router) -> None: ...
 
+    async def not_ready(self) -> str | None:
+        return None
+
 
 async def test_an_unexpected_error_is_a_500_problem_without_internals(
     db_url: str, caplog: pytest.LogCaptureFixture

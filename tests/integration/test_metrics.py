@@ -9,6 +9,7 @@ import uuid
 
 import aiohttp
 import pytest
+from eventually import eventually
 from prometheus_client.parser import text_string_to_metric_families
 
 from handlers import builtin_registry
@@ -56,11 +57,20 @@ async def test_a_known_workload_is_counted(db_url: str) -> None:
             assert resp.status == 201
             runs += (await resp.json())["run_ids"]
         await wait_for_runs(orch.db, runs, timeout=30)
-        after = await scrape(url)
+        after: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
-    def delta(metric: str, **labels: str) -> float:
-        key = (metric, tuple(sorted(labels.items())))
-        return after.get(key, 0.0) - before.get(key, 0.0)
+        def delta(metric: str, **labels: str) -> float:
+            key = (metric, tuple(sorted(labels.items())))
+            return after.get(key, 0.0) - before.get(key, 0.0)
+
+        async def all_attempts_counted() -> bool:
+            # A worker counts its attempts once their commit returns, which
+            # may be just after the runs' ends were seen.
+            nonlocal after
+            after = await scrape(url)
+            return delta("orchestrator_task_attempts_ended_total", state="success") >= 6
+
+        await eventually(all_attempts_counted, timeout=10, what="every attempt counted")
 
     assert delta("orchestrator_runs_started_total", workflow=name) == 3
     assert delta("orchestrator_runs_ended_total", workflow=name, state="success") == 3
@@ -68,6 +78,8 @@ async def test_a_known_workload_is_counted(db_url: str) -> None:
     assert delta("orchestrator_task_attempts_ended_total", state="success") >= 6
     assert delta("orchestrator_task_attempts_ended_total", state="failed") >= 1
     assert delta("orchestrator_task_duration_seconds_count") >= 7
+    assert delta("orchestrator_task_queue_wait_seconds_count") >= 7
+    assert after[("orchestrator_db_pool_waiters", ())] == 0
     assert delta("orchestrator_intake_events_total", source="manual", outcome="recorded") == 1
     assert delta("orchestrator_http_responses_total", route="api", code="201") == 1
     assert delta("orchestrator_http_responses_total", route="other", code="200") >= 1
@@ -83,8 +95,10 @@ async def test_a_replica_without_the_api_serves_metrics_on_its_own_port(db_url: 
         base = f"http://127.0.0.1:{orch.metrics_http.port}"
         found = await scrape(base + "/metrics")
         assert ("orchestrator_tasks_deferred", ()) in found
-        async with aiohttp.ClientSession() as http, http.get(base + "/healthz") as resp:
-            assert resp.status == 200
+        async with aiohttp.ClientSession() as http:
+            for path in ("/healthz", "/readyz"):
+                async with http.get(base + path) as resp:
+                    assert resp.status == 200, path
 
 
 async def test_a_wedged_claim_loop_turns_healthz_unhealthy(db_url: str) -> None:

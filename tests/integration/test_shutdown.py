@@ -45,6 +45,9 @@ class StopsWithStrayCancellation:
         inner.cancel()
         await inner
 
+    async def not_ready(self) -> str | None:
+        return None
+
 
 async def nap_state(orch: Orchestrator, run_id: int) -> str:
     assert orch.db is not None

@@ -38,7 +38,7 @@ from orchestrator.intake import DeadLetter, Event, Router
 from orchestrator.plugins import SensorKeys, SourcePlugin
 from orchestrator.registry import HandlerRegistry
 from orchestrator.settings import Settings
-from orchestrator.sources import Source, SourceContext
+from orchestrator.sources import Source, SourceContext, loop_stopped
 from orchestrator.store.queries import named_queries
 from orchestrator.trigger_spec import Trigger
 
@@ -105,6 +105,9 @@ class PgListenSource:
                 await self._task
         if self._conn is not None:
             await self._conn.close()
+
+    async def not_ready(self) -> str | None:
+        return loop_stopped(self._task, "the LISTEN loop")
 
     def _notified(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         self._queue.put_nowait((channel, payload))

@@ -100,7 +100,9 @@ SELECT run_id, task_id, NULL, state::text, 0, $11, 'created' FROM inserted;
 -- Claim up to $2 runnable unlimited task instances for lease owner $1 in one
 -- statement: pick (SKIP LOCKED), lease, log, and return what the handler needs.
 WITH picked AS (
-    SELECT id, state FROM task_instances
+    -- ready_at: when it became runnable (queued, or its retry came due): the
+    -- queue-wait metric.
+    SELECT id, state, greatest(queued_at, not_before) AS ready_at FROM task_instances
     WHERE state IN ('queued', 'up_for_retry') AND NOT limited
       AND (not_before IS NULL OR not_before <= now())
     ORDER BY priority DESC, id
@@ -124,8 +126,9 @@ SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workfl
        r.params::text AS params, r.logical_date, r.interval_end,
        CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
            (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
-             WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream
-FROM claimed c JOIN runs r ON r.id = c.run_id
+             WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream,
+       extract(epoch FROM now() - p.ready_at)::float8 AS queue_wait_s
+FROM claimed c JOIN runs r ON r.id = c.run_id JOIN picked p ON p.id = c.id
 ORDER BY c.id;
 
 -- name: lock_limited_claims
@@ -173,7 +176,8 @@ WITH running_pools AS (
 ), best AS (
     SELECT id FROM allowed ORDER BY priority DESC, id LIMIT $2
 ), picked AS (
-    SELECT t.id, t.state FROM task_instances t JOIN best b ON b.id = t.id
+    SELECT t.id, t.state, greatest(t.queued_at, t.not_before) AS ready_at
+    FROM task_instances t JOIN best b ON b.id = t.id
     FOR UPDATE OF t SKIP LOCKED
 ), claimed AS (
     UPDATE task_instances t
@@ -193,8 +197,9 @@ SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workfl
        r.params::text AS params, r.logical_date, r.interval_end,
        CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
            (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
-             WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream
-FROM claimed c JOIN runs r ON r.id = c.run_id
+             WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream,
+       extract(epoch FROM now() - p.ready_at)::float8 AS queue_wait_s
+FROM claimed c JOIN runs r ON r.id = c.run_id JOIN picked p ON p.id = c.id
 ORDER BY c.id;
 
 -- name: lock_runs
