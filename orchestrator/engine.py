@@ -442,7 +442,7 @@ class Engine:
                 return await self._active_runs(conn, workflow, limit)
             case p.TakeQueued(workflow, limit):
                 return [
-                    p.QueuedRun(r["id"], r["version"])
+                    p.QueuedRun(r["id"], r["version"], r["reopened"])
                     for r in await conn.fetch(SQL.queued_runs, workflow, limit)
                 ]
             case p.StartRuns(run_ids):

@@ -62,7 +62,7 @@ class ClearResult:
     cleared: list[str]
     """The task ids moved back to ``scheduled``, in topological order."""
     reopened: bool
-    """The run had ended and is running again."""
+    """The run had ended and runs again (queued while max_active_runs leaves no room)."""
     run_state: RunState
 
 
@@ -151,19 +151,53 @@ async def _apply(
 async def _reopen(
     conn: asyncpg.Connection, runs: Mapping[int, p.LockedRun], actor: str, reason: str
 ) -> dict[int, p.LockedRun]:
-    """Finished runs run again (operator edge); running ones are left as they are."""
-    ended = [r.id for r in runs.values() if r.state in TERMINAL_RUN_STATES]
-    if ended:
-        rows = await conn.fetch(
-            SQL.reopen_runs,
-            ended,
-            legal_run_sources(RunState.RUNNING, operator=True),
-            actor,
-            reason,
-        )
-        if len(rows) != len(ended):
-            raise OperationRefusedError(f"runs {ended} could not all be re-opened")
-    return {i: p.LockedRun(r.id, r.workflow, r.version, RunState.RUNNING) for i, r in runs.items()}
+    """Finished runs run again (operator edges), within their workflow's
+    ``max_active_runs``: those beyond it wait ``queued`` and start, their
+    tasks decided then, when room opens. Unfinished runs are left as they are."""
+    now = dict(runs)
+    by_workflow: dict[str, list[int]] = {}
+    for run in sorted(runs.values(), key=lambda r: r.id):
+        if run.state in TERMINAL_RUN_STATES:
+            by_workflow.setdefault(run.workflow, []).append(run.id)
+    for workflow, ended in sorted(by_workflow.items()):
+        room = await _room(conn, workflow)
+        start, wait = (ended, []) if room is None else (ended[:room], ended[room:])
+        for ids, target in ((start, RunState.RUNNING), (wait, RunState.QUEUED)):
+            if not ids:
+                continue
+            rows = await conn.fetch(
+                SQL.reopen_runs,
+                ids,
+                legal_run_sources(target, operator=True),
+                actor,
+                reason,
+                target.value,
+            )
+            if len(rows) != len(ids):
+                raise OperationRefusedError(f"runs {ids} could not all be re-opened")
+            for i in ids:
+                r = runs[i]
+                now[i] = p.LockedRun(r.id, r.workflow, r.version, target)
+    return now
+
+
+async def _room(conn: asyncpg.Connection, workflow: str) -> int | None:
+    """How many more runs of ``workflow`` may run (None: no limit), under its
+    row lock (held to commit), as when runs are created or started."""
+    [row] = await conn.fetch(SQL.current_versions, [workflow])
+    limit: int | None = row["max_active_runs"]
+    if limit is None:
+        return None
+    await conn.execute(SQL.lock_workflow, workflow)
+    running: int = await conn.fetchval(SQL.count_running_runs, workflow)
+    return max(0, limit - running)
+
+
+def _deciding(
+    runs: Mapping[int, p.LockedRun], changed: Mapping[int, list[str]]
+) -> dict[int, list[str]]:
+    """Only running runs decide now; a queued one decides when it starts."""
+    return {i: tasks for i, tasks in changed.items() if runs[i].state == RunState.RUNNING}
 
 
 async def _dag(engine: Engine, conn: asyncpg.Connection, version: str) -> Dag:
@@ -258,7 +292,9 @@ async def clear_runs(
         cleared = {i: [m.task_id for m in ms] for i, ms in moves.items()}
         await engine.carry_out(
             conn,
-            p.reconsider(running, {i: after(states[i], moves[i]) for i in runs}, cleared),
+            p.reconsider(
+                running, {i: after(states[i], moves[i]) for i in runs}, _deciding(running, cleared)
+            ),
             actor=actor,
             notices=notices,
         )
@@ -371,13 +407,13 @@ async def mark_task(
         dag = await _dag(engine, conn, run.version)
         if task_id not in dag.upstream:
             raise UnknownTaskError(task_id, f"run {run_id}", dag.tasks)
-        if run.state == RunState.QUEUED:
+        states = (await _task_states(conn, [run_id]))[run_id]
+        if not states:
             raise OperationRefusedError(
                 f"run {run_id} is queued (waiting for max_active_runs): its tasks do not exist yet",
                 run_id=run_id,
                 task_id=task_id,
             )
-        states = (await _task_states(conn, [run_id]))[run_id]
         moves = mark_transitions(dag, states, run_id=run_id, task_id=task_id, target=target)
         running = await _reopen(conn, {run_id: run}, actor, why)
         if states[task_id] == TaskState.DEFERRED:
@@ -386,7 +422,9 @@ async def mark_task(
         await engine.carry_out(
             conn,
             p.reconsider(
-                running, {run_id: after(states, moves)}, {run_id: [m.task_id for m in moves]}
+                running,
+                {run_id: after(states, moves)},
+                _deciding(running, {run_id: [m.task_id for m in moves]}),
             ),
             actor=actor,
             notices=notices,

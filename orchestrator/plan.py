@@ -81,6 +81,9 @@ class EndedRun:
 class QueuedRun:
     id: int
     version: str
+    reopened: bool = False
+    """Re-opened by an operator while its workflow had no room: its tasks
+    exist (cleared ones scheduled) and are decided when it starts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +425,16 @@ def reconsider(
     completion -- successors queued or skipped, runs ended once every task is
     final, and what their end sets off. Cleared roots are queued first."""
     plan = Plan()
+    yield from _redecide(plan, runs, states, changed)
+    return plan
+
+
+def _redecide(
+    plan: Plan,
+    runs: Mapping[int, LockedRun],
+    states: Mapping[int, Mapping[str, TaskState]],
+    changed: Mapping[int, Sequence[str]],
+) -> _Steps[None]:
     now = {run_id: dict(s) for run_id, s in states.items()}
     dags = yield from ask(Dags(sorted({runs[i].version for i in changed})))
     moves: list[Move] = []
@@ -433,7 +446,6 @@ def reconsider(
         plan.queued += yield from ask(ApplyMoves(moves))
         plan.moves += moves
     yield from _settle(plan, runs, now, {i: list(t) for i, t in changed.items()}, [])
-    return plan
 
 
 def runs_ended(done: Sequence[EndedRun]) -> Planning:
@@ -531,10 +543,23 @@ def _admit(plan: Plan, workflow: str) -> _Steps[None]:
     batch = [r for r in waiting if r.id in started]
     if not batch:
         return
-    dags = yield from ask(Dags(sorted({r.version for r in batch})))
-    yield from ask(InsertTasks(batch))
     plan.started_runs += [r.id for r in batch]
-    plan.queued += sum(len(dags[r.version].roots) for r in batch)
+    fresh = [r for r in batch if not r.reopened]
+    if fresh:
+        dags = yield from ask(Dags(sorted({r.version for r in fresh})))
+        yield from ask(InsertTasks(fresh))
+        plan.queued += sum(len(dags[r.version].roots) for r in fresh)
+    reopened = {r.id: LockedRun(r.id, workflow, r.version, RunState.RUNNING) for r in batch}
+    for r in fresh:
+        del reopened[r.id]
+    if reopened:
+        # Their cleared tasks wait scheduled: decided now, as at the clear.
+        states = yield from ask(TaskStates(sorted(reopened)))
+        scheduled = {
+            i: [t for t, s in states.get(i, {}).items() if s == TaskState.SCHEDULED]
+            for i in reopened
+        }
+        yield from _redecide(plan, reopened, states, scheduled)
 
 
 def _end_waits(

@@ -96,13 +96,15 @@ RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.CANCELLED: frozenset(),
 }
 
-#: Operator-only run edge: clearing or marking tasks of a finished run re-opens it.
+#: Operator-only run edges: clearing or marking tasks of a finished run re-opens
+#: it: running, or queued while its workflow's max_active_runs leaves no room.
+_REOPENED = frozenset({RunState.RUNNING, RunState.QUEUED})
 OPERATOR_RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.QUEUED: frozenset(),
     RunState.RUNNING: frozenset(),
-    RunState.SUCCESS: frozenset({RunState.RUNNING}),
-    RunState.FAILED: frozenset({RunState.RUNNING}),
-    RunState.CANCELLED: frozenset({RunState.RUNNING}),
+    RunState.SUCCESS: _REOPENED,
+    RunState.FAILED: _REOPENED,
+    RunState.CANCELLED: _REOPENED,
 }
 
 TERMINAL_TASK_STATES: frozenset[TaskState] = frozenset(

@@ -416,3 +416,64 @@ async def test_clearing_many_runs_is_all_or_nothing(db_url: str) -> None:
         entries = await audit.entries(o.db, action="clear")
         assert sorted(e.run_id or 0 for e in entries) == sorted(failed)
         assert {(e.actor, e.reason) for e in entries} == {("cli:ana", "batch")}
+
+
+async def run_state(o: Orchestrator, run_id: int) -> str:
+    assert o.db is not None
+    state: str = await o.db.pool.fetchval("SELECT state::text FROM runs WHERE id = $1", run_id)
+    return state
+
+
+async def test_a_cleared_run_waits_queued_while_its_workflow_has_no_room(db_url: str) -> None:
+    from orchestrator.plan import Outcome
+
+    spec = WorkflowSpec(
+        name="one_at_a_time",
+        max_active_runs=1,
+        tasks=(TaskSpec(id="a", handler="noop"), TaskSpec(id="b", handler="noop", upstream=("a",))),
+    )
+    async with Orchestrator(
+        suite_settings(worker_slots=0), db_url, registry=builtin_registry(), workflows=[spec]
+    ) as o:
+        assert o.engine is not None and o.db is not None
+        engine = o.engine
+
+        async def finish(run_id: int, target: T) -> None:
+            [c] = (await engine.claim("w", 1))[0]
+            assert c.run_id == run_id
+            await engine.complete(
+                [Outcome(c.id, run_id, c.task_id, c.attempt, "w", target, error="boom")],
+                actor="w",
+            )
+
+        first = await engine.trigger("one_at_a_time", actor="test")
+        await finish(first, T.FAILED)
+        assert await ended(o, first) == RunState.FAILED
+        second = await engine.trigger("one_at_a_time", actor="test")
+        assert await run_state(o, second) == "running"
+
+        # The only slot is taken: the cleared run waits queued, its task scheduled.
+        result = await clear_run(engine, first, actor="cli:ana", reason="fixed")
+        assert (result.cleared, result.run_state) == (["a", "b"], RunState.QUEUED)
+        assert await states(o, first) == {"a": "scheduled", "b": "scheduled"}
+        assert (await engine.claim("w", 5))[0][0].run_id == second
+
+        # The running run ends: the cleared one starts and its tasks are decided.
+        async with o.db.pool.acquire() as conn:
+            claimed = await conn.fetchval(
+                "SELECT id FROM task_instances WHERE run_id = $1 AND state = 'running'", second
+            )
+        await engine.complete([Outcome(claimed, second, "a", 1, "w", T.SUCCESS)], actor="w")
+        await finish(second, T.SUCCESS)
+        assert await ended(o, second) == RunState.SUCCESS
+        assert await run_state(o, first) == "running"
+        await finish(first, T.SUCCESS)
+        await finish(first, T.SUCCESS)
+        assert await ended(o, first) == RunState.SUCCESS
+        runs = [
+            (s["from_state"], s["to_state"])
+            for s in await transitions(o, first)
+            if s["task_id"] is None
+        ]
+        assert runs[-3:] == [("failed", "queued"), ("queued", "running"), ("running", "success")]
+        assert_all_legal(await transitions(o, first))

@@ -292,7 +292,9 @@ WITH input AS (
 SELECT id, workflow, logical_date, target::text AS state FROM updated;
 
 -- name: queued_runs
-SELECT id, version FROM runs
+-- reopened: an operator re-opened it while there was no room (it has tasks).
+SELECT id, version, EXISTS (SELECT 1 FROM task_instances t WHERE t.run_id = runs.id) AS reopened
+FROM runs
 WHERE workflow = $1 AND state = 'queued' ORDER BY id LIMIT $2 FOR UPDATE;
 
 -- name: start_runs

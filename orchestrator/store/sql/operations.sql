@@ -41,17 +41,19 @@ SELECT $1, $2, i.workflow, i.run_id, $5, i.detail::jsonb
 FROM unnest($3::text[], $4::bigint[], $6::text[]) AS i(workflow, run_id, detail);
 
 -- name: reopen_runs
--- $1 run id[], $2 expected sources (operator edges to running), $3 actor, $4 reason
+-- $1 run id[], $2 expected sources (operator edges to $5), $3 actor, $4 reason,
+-- $5 'running', or 'queued' when max_active_runs leaves no room
 WITH old AS (
     SELECT id, state FROM runs
     WHERE id = ANY($1::bigint[]) AND state = ANY($2::run_state[]) FOR UPDATE
 ), updated AS (
-    UPDATE runs r SET state = 'running', ended_at = NULL, started_at = coalesce(started_at, now())
+    UPDATE runs r SET state = $5::text::run_state, ended_at = NULL,
+                      started_at = coalesce(started_at, now())
     FROM old WHERE r.id = old.id
     RETURNING r.id, old.state AS source
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, actor, reason)
-    SELECT id, NULL, source::text, 'running', $3, $4 FROM updated
+    SELECT id, NULL, source::text, $5::text, $3, $4 FROM updated
 )
 SELECT id FROM updated;
 
