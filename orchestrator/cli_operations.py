@@ -11,6 +11,7 @@ import click
 
 from orchestrator.cli_support import cli_actor, cli_settings, open_database, run_async
 from orchestrator.engine import Engine
+from orchestrator.states import RunState
 
 T = TypeVar("T")
 
@@ -55,7 +56,13 @@ def clear(
             reason=reason,
         )
     )
-    reopened = " (run re-opened)" if result.reopened else ""
+    reopened = ""
+    if result.reopened:
+        reopened = (
+            " (run re-opened; queued until max_active_runs leaves room)"
+            if result.run_state == RunState.QUEUED
+            else " (run re-opened)"
+        )
     click.echo(f"cleared {', '.join(result.cleared)} in run {run_id}{reopened}")
 
 
