@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-NODE_W = 168
+NODE_W = 150
 NODE_H = 40
-GAP_X = 64
+GAP_X = 48
 GAP_Y = 20
 MARGIN = 16
 #: Down-and-up ordering sweeps; more barely changes the pictures of real DAGs.

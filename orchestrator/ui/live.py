@@ -329,7 +329,8 @@ class LiveMessage(BaseModel):
     response=LiveMessage,
     query=LiveQuery,
     tag="live",
-    description="text/event-stream: each event's data is a LiveMessage in JSON.",
+    media="text/event-stream",
+    description="Each event's data is a LiveMessage in JSON; the stream stays open.",
 )
 async def live(request: web.Request) -> web.StreamResponse:
     run_text = request.query.get("run")

@@ -113,7 +113,7 @@ export async function runPage(main, runId) {
       h("ol", {}, attempts.map((a) => h("li", {}, a.steps.map((s) => `${s.to_state} ${when(s.at)}`).join(" → "),
         a.steps.filter((s) => s.reason && ["failed", "up_for_retry", "dead_lettered"].includes(s.to_state)).map((s) => h("div", { class: "error" }, s.reason))))),
       t.error ? h("div", {}, h("h3", {}, "Error"), h("pre", { class: "error" }, t.error)) : null,
-      t.output !== null && t.output !== undefined ? h("div", {}, h("h3", {}, "Output"), h("pre", {}, JSON.stringify(t.output, null, 2))) : null,
+      t.state === "success" && t.output !== null && t.output !== undefined ? h("div", {}, h("h3", {}, "Output"), h("pre", {}, JSON.stringify(t.output, null, 2))) : null,
       h("h3", {}, "Log ", pick), logBox);
 
     async function showLog(attempt) {
