@@ -71,12 +71,18 @@ class _Run:
     watchers: set[Watcher] = field(default_factory=set)
     run: dict[str, Any] | None = None
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    newest: int = 0
+    """The highest transition id sent."""
     seen: set[int] = field(default_factory=set)
-    """Transition ids sent already (those above ``floor``)."""
-    floor: int = 0
-    """Transitions above this id are read again each round: ids are drawn
-    before commit, so a lower id can become visible after a higher one."""
-    marks: deque[tuple[float, int]] = field(default_factory=deque)
+    """Transition ids sent that are above ``newest - LATE_IDS``."""
+    whole: bool = True
+    """Read the tasks themselves next round (first picture, or the safety net)."""
+
+
+#: Transition ids are drawn before commit, so a row can become visible after
+#: one with a higher id: each round reads again this many ids below the newest
+#: it sent (a commit later than that is caught by the next whole re-read).
+LATE_IDS = 512
 
 
 def encode(event: str, data: Any) -> bytes:
@@ -88,10 +94,9 @@ class LiveHub:
         self,
         db: Database,
         *,
-        settle_s: float = 0.02,
+        settle_s: float = 0.05,
         safety_s: float = 2.0,
         list_gap_s: float = 0.5,
-        late_commit_s: float = 1.0,
     ) -> None:
         self.db = db
         self.settle_s = settle_s
@@ -99,12 +104,12 @@ class LiveHub:
         self.safety_s = safety_s
         self.list_gap_s = list_gap_s
         """The workflow list is read at most this often (it takes several queries)."""
-        self.late_commit_s = late_commit_s
         self._runs: dict[int, _Run] = {}
         self._list_watchers: set[Watcher] = set()
         self._list_message: bytes | None = None
         self._list_dirty = True
         self._list_at = 0.0
+        self._whole_at = 0.0
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._unhook: Callable[[], None] | None = None
@@ -193,9 +198,17 @@ class LiveHub:
     async def _loop(self) -> None:
         while True:
             watched = bool(self._runs or self._list_watchers)
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self.safety_s if watched else None):
                     await self._dirty.wait()
+            except TimeoutError:  # nothing heard for a while: look anyway
+                self._list_dirty = True
+            if monotonic() - self._whole_at >= self.safety_s:
+                # The safety net: changes no commit hook or NOTIFY told of,
+                # and transitions committed later than LATE_IDS allows.
+                self._whole_at = monotonic()
+                for run in self._runs.values():
+                    run.whole = True
             if self.settle_s > 0:
                 await real_pause(self.settle_s)  # real time: a burst shares one round
             self._dirty.clear()
@@ -222,63 +235,69 @@ class LiveHub:
             await self._read_list()
 
     async def _read_runs(self) -> None:
+        """One round for every watched run: its state and its new transitions
+        (the tasks' states follow from them); the task rows themselves only
+        for a run's first picture and on the safety-net timer."""
         ids = list(self._runs)
-        floors = [self._runs[i].floor for i in ids]
+        floors = [max(self._runs[i].newest - LATE_IDS, 0) for i in ids]
+        whole = [i for i in ids if self._runs[i].whole]
         async with self.db.pool.acquire() as conn:
             runs = await conn.fetch(SQL.live_run_states, ids)
-            tasks = await conn.fetch(SQL.live_task_states, ids)
             steps = await conn.fetch(SQL.live_transitions, ids, floors)
-        now = monotonic()
-        by_run: dict[int, dict[str, Any]] = {
-            r["id"]: {"changed": [], "transitions": [], "row": dict(r)} for r in runs
-        }
+            tasks = await conn.fetch(SQL.live_task_states, whole) if whole else []
+        changes: dict[int, dict[str, dict[str, Any]]] = {i: {} for i in ids}
+        fresh: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
         for row in tasks:
-            found = by_run.get(row["run_id"])
             watched = self._runs.get(row["run_id"])
-            if found is None or watched is None:
+            if watched is None:
                 continue
             task = dict(row)
             del task["run_id"]
             if watched.tasks.get(task["task_id"]) != task:
                 watched.tasks[task["task_id"]] = task
-                found["changed"].append(task)
-        for step in steps:
-            found = by_run.get(step["run_id"])
-            watched = self._runs.get(step["run_id"])
-            if found is None or watched is None or step["id"] in watched.seen:
+                changes[row["run_id"]][task["task_id"]] = task
+        for row in steps:
+            watched = self._runs.get(row["run_id"])
+            if watched is None or row["id"] in watched.seen:
                 continue
+            step = dict(row)
             watched.seen.add(step["id"])
-            found["transitions"].append(dict(step))
-        for run_id, found in by_run.items():
-            watched = self._runs.get(run_id)
+            fresh[row["run_id"]].append(step)
+            task_id = step["task_id"]
+            if task_id is None or watched.whole:
+                continue  # the run's own change, or the task rows say it already
+            known = watched.tasks.setdefault(task_id, {"task_id": task_id})
+            if step["id"] >= known.get("_step", 0):
+                known.update(state=step["to_state"], attempt=step["attempt"], _step=step["id"])
+                changes[row["run_id"]][task_id] = known
+        for row in runs:
+            watched = self._runs.get(row["id"])
             if watched is None:
                 continue
             first = watched.run is None
-            changed_run = watched.run != found["row"]
-            watched.run = found["row"]
-            self._advance_floor(watched, now)
-            if not (changed_run or found["changed"] or found["transitions"]):
+            state = dict(row)
+            moved = watched.run != state
+            watched.run = state
+            watched.whole = False
+            if fresh[row["id"]]:
+                watched.newest = max(watched.newest, fresh[row["id"]][-1]["id"])
+                watched.seen = {i for i in watched.seen if i > watched.newest - LATE_IDS}
+            if not (first or moved or changes[row["id"]] or fresh[row["id"]]):
                 continue
             message = encode(
                 "run",
                 {
-                    "run": found["row"],
-                    "tasks": found["changed"],
-                    "transitions": found["transitions"],
+                    "run": state,
+                    "tasks": [
+                        {k: v for k, v in t.items() if k != "_step"}
+                        for t in (watched.tasks.values() if first else changes[row["id"]].values())
+                    ],
+                    "transitions": fresh[row["id"]],
                     "full": first,
                 },
             )
             for watcher in watched.watchers:
                 watcher.send(message)
-
-    def _advance_floor(self, run: _Run, now: float) -> None:
-        """Keep re-reading the transitions of the last ``late_commit_s`` seconds."""
-        run.marks.append((now, max(run.seen, default=run.floor)))
-        while len(run.marks) > 1 and run.marks[1][0] <= now - self.late_commit_s:
-            run.marks.popleft()
-        if run.marks[0][0] <= now - self.late_commit_s:
-            run.floor = max(run.floor, run.marks[0][1])
-            run.seen = {i for i in run.seen if i > run.floor}
 
     async def _read_list(self) -> None:
         summaries = await list_workflows(self.db)
