@@ -69,6 +69,8 @@ class Watcher:
 @dataclass(eq=False)
 class _Run:
     watchers: set[Watcher] = field(default_factory=set)
+    joining: set[Watcher] = field(default_factory=set)
+    """Watchers waiting for their first, full picture."""
     run: dict[str, Any] | None = None
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     newest: int = 0
@@ -147,7 +149,7 @@ class LiveHub:
     def _all_watchers(self) -> list[Watcher]:
         found = list(self._list_watchers)
         for run in self._runs.values():
-            found.extend(run.watchers)
+            found.extend(run.watchers | run.joining)
         return found
 
     # -- watching --------------------------------------------------------------------
@@ -156,11 +158,10 @@ class LiveHub:
         self._start()
         watcher = Watcher()
         run = self._runs.setdefault(run_id, _Run())
-        run.watchers.add(watcher)
-        if run.run is not None:  # known already: the full picture from memory
-            watcher.send(
-                encode("run", {"run": run.run, "tasks": list(run.tasks.values()), "full": True})
-            )
+        # Its first picture comes from the next round's task rows, which the
+        # others watching get as changes only.
+        run.joining.add(watcher)
+        run.whole = True
         self.poke()
         return watcher
 
@@ -178,7 +179,8 @@ class LiveHub:
         self._list_watchers.discard(watcher)
         for run_id, run in list(self._runs.items()):
             run.watchers.discard(watcher)
-            if not run.watchers:
+            run.joining.discard(watcher)
+            if not (run.watchers or run.joining):
                 del self._runs[run_id]
 
     @property
@@ -269,12 +271,16 @@ class LiveHub:
             known = watched.tasks.setdefault(task_id, {"task_id": task_id})
             if step["id"] >= known.get("_step", 0):
                 known.update(state=step["to_state"], attempt=step["attempt"], _step=step["id"])
-                changes[row["run_id"]][task_id] = known
+                # Only what the transition says: the row's other columns may be stale.
+                changes[row["run_id"]][task_id] = {
+                    "task_id": task_id,
+                    "state": step["to_state"],
+                    "attempt": step["attempt"],
+                }
         for row in runs:
             watched = self._runs.get(row["id"])
             if watched is None:
                 continue
-            first = watched.run is None
             state = dict(row)
             moved = watched.run != state
             watched.run = state
@@ -282,22 +288,35 @@ class LiveHub:
             if fresh[row["id"]]:
                 watched.newest = max(watched.newest, fresh[row["id"]][-1]["id"])
                 watched.seen = {i for i in watched.seen if i > watched.newest - LATE_IDS}
-            if not (first or moved or changes[row["id"]] or fresh[row["id"]]):
-                continue
-            message = encode(
-                "run",
-                {
-                    "run": state,
-                    "tasks": [
-                        {k: v for k, v in t.items() if k != "_step"}
-                        for t in (watched.tasks.values() if first else changes[row["id"]].values())
-                    ],
-                    "transitions": fresh[row["id"]],
-                    "full": first,
-                },
-            )
-            for watcher in watched.watchers:
-                watcher.send(message)
+            if moved or changes[row["id"]] or fresh[row["id"]]:
+                message = encode(
+                    "run",
+                    {
+                        "run": state,
+                        "tasks": list(changes[row["id"]].values()),
+                        "transitions": fresh[row["id"]],
+                        "full": False,
+                    },
+                )
+                for watcher in watched.watchers:
+                    watcher.send(message)
+            if watched.joining:
+                full = encode(
+                    "run",
+                    {
+                        "run": state,
+                        "tasks": [
+                            {k: v for k, v in t.items() if k != "_step"}
+                            for t in watched.tasks.values()
+                        ],
+                        "transitions": fresh[row["id"]],
+                        "full": True,
+                    },
+                )
+                for watcher in watched.joining:
+                    watcher.send(full)
+                watched.watchers |= watched.joining
+                watched.joining = set()
 
     async def _read_list(self) -> None:
         summaries = await list_workflows(self.db)

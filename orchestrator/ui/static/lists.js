@@ -41,7 +41,7 @@ export async function deadLettersPage(main) {
   };
   const show = async (id) => {
     const d = await api(`/dead-letters/${id}`);
-    detail.replaceChildren(h("h2", {}, `Dead letter #${id}`), h("p", { class: "error" }, d.error),
+    detail.replaceChildren(...[h("h2", {}, `Dead letter #${id}`), h("p", { class: "error" }, d.error),
       h("h3", {}, "Payload"), h("pre", {}, typeof d.payload === "string" ? d.payload : JSON.stringify(d.payload, null, 2)),
       h("h3", {}, "Headers (secrets masked)"), h("pre", {}, JSON.stringify(d.headers, null, 2)),
       canAct() && !d.redriven_at ? h("button", { class: "primary", onclick: async () => {
@@ -51,7 +51,7 @@ export async function deadLettersPage(main) {
           const done = await api("/dead-letters/redrive", { method: "POST", body: { ids: [id], reason } });
           toast(done.redriven[0].message); load(); show(id);
         } catch (err) { toast(`redrive refused: ${err.message}`); }
-      } }, "Redrive") : null);
+      } }, "Redrive") : null].filter(Boolean));
   };
   main.replaceChildren(h("h1", {}, "Dead letters"), filters([["source", "Source"], ["workflow", "Workflow"]], (q) => load(q).catch((err) => toast(err.message))),
     h("div", { class: "cols" }, box, detail));

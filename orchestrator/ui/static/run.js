@@ -33,12 +33,12 @@ export async function runPage(main, runId) {
     const actions = canAct() ? h("div", { class: "row-actions" },
       h("button", { onclick: () => act(`clear the failed tasks of run ${runId}`, `/runs/${runId}/clear`, { failed_only: true }) }, "Clear failed"),
       ENDED.has(run.state) ? null : h("button", { class: "danger", onclick: () => act(`cancel run ${runId}`, `/runs/${runId}/cancel`, {}) }, "Cancel run")) : null;
-    header.replaceChildren(
+    header.replaceChildren(...[
       h("h1", {}, `Run #${runId} `, h("span", { id: "run-state", "data-state": run.state }, `${GLYPH[run.state] || ""} ${run.state}`)),
       h("p", {}, "Workflow ", h("a", { href: `#/workflows/${encodeURIComponent(run.workflow)}` }, run.workflow),
         ` · version ${run.version} · started by ${run.actor} · created ${when(run.created_at)}`, run.ended_at ? ` · ended ${when(run.ended_at)}` : ""),
       h("details", {}, h("summary", {}, "Params"), h("pre", {}, JSON.stringify(run.params, null, 2))),
-      actions);
+      actions].filter(Boolean));
   }
 
   function drawTimeline() {
@@ -104,7 +104,7 @@ export async function runPage(main, runId) {
       h("button", { onclick: () => act(`clear task ${taskId}`, `/runs/${runId}/clear`, { tasks: [taskId] }) }, "Clear this task"),
       h("button", { onclick: () => act(`clear ${taskId} and downstream`, `/runs/${runId}/clear`, { tasks: [taskId], downstream: true }) }, "Clear with downstream"),
       ["success", "failed", "skipped"].map((state) => h("button", { onclick: () => act(`mark ${taskId} ${state}`, `/runs/${runId}/tasks/${encodeURIComponent(taskId)}/mark`, { state }) }, `Mark ${state}`))) : null;
-    panel.replaceChildren(
+    panel.replaceChildren(...[
       h("h2", {}, `Task ${taskId}`),
       h("p", {}, h("span", { id: "task-state" }, `${GLYPH[t.state] || ""} ${t.state}`), ` · attempt ${t.attempt} · handler ${t.handler} · pool ${t.pool}`,
         node ? ` · trigger rule ${node.trigger_rule}` : ""),
@@ -114,7 +114,7 @@ export async function runPage(main, runId) {
         a.steps.filter((s) => s.reason && ["failed", "up_for_retry", "dead_lettered"].includes(s.to_state)).map((s) => h("div", { class: "error" }, s.reason))))),
       t.error ? h("div", {}, h("h3", {}, "Error"), h("pre", { class: "error" }, t.error)) : null,
       t.state === "success" && t.output !== null && t.output !== undefined ? h("div", {}, h("h3", {}, "Output"), h("pre", {}, JSON.stringify(t.output, null, 2))) : null,
-      h("h3", {}, "Log ", pick), logBox);
+      h("h3", {}, "Log ", pick), logBox].filter(Boolean));
 
     async function showLog(attempt) {
       stopLog();
