@@ -28,6 +28,7 @@ from orchestrator import (
     api_operations,
     api_workflows,
     run_reads,
+    ui,
 )
 from orchestrator.access_log import access_log_middleware
 from orchestrator.api_bodies import next_page, read_query
@@ -433,6 +434,7 @@ def build_app(
     api_logs.add_routes(app)
     api_workflows.add_routes(app)
     source_registry().add_routes(app)
+    ui.add_routes(app)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
     if engine is not None:
         app.router.add_get("/metrics", metrics_handler(engine.db))

@@ -20,6 +20,8 @@ it listens, and must be set explicitly to do that off loopback.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -41,12 +43,28 @@ AuthMode = Literal["auto", "tokens", "none"]
 
 #: Paths under /api/v1 that carry their own authentication, or none is needed.
 _OWN_AUTH = (f"{API_PREFIX}callbacks/",)
-_PUBLIC = frozenset({f"{API_PREFIX}openapi.json"})
+_PUBLIC = frozenset({f"{API_PREFIX}openapi.json", f"{API_PREFIX}session"})
 _ADMIN = (f"{API_PREFIX}tokens",)
 _ADMIN_TO_CHANGE = (f"{API_PREFIX}pools",)
 _READ_METHODS = frozenset({"GET", "HEAD"})
 #: Unknown tokens remembered at most; past it the memory starts over.
 _MAX_CACHED = 10_000
+#: The browser's copy of its API token (HttpOnly, SameSite=Strict: see
+#: :mod:`orchestrator.ui.session`).
+SESSION_COOKIE = "orchestrator_session"
+#: What a request authenticated by the cookie must carry to change anything.
+CSRF_HEADER = "X-CSRF-Token"
+
+
+def csrf_token(token: str) -> str:
+    """The anti-forgery value that goes with a signed-in token.
+
+    Derived from the token, so every replica agrees without shared state; the
+    sign-in answer gives it to the page, which sends it back as a header. A
+    page of another origin can make the browser send the cookie (SameSite
+    aside) but can neither read this value nor set a custom header without
+    a CORS preflight the server refuses."""
+    return hashlib.sha256(b"orchestrator-csrf\0" + token.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +166,25 @@ def auth_middleware(auth: Authenticator) -> Middleware:
         if needed is None:
             return await handler(request)
         header = request.headers.get("Authorization")
-        if header is None:
+        cookie = request.cookies.get(SESSION_COOKIE) if header is None else None
+        if header is None and not cookie:
             if auth.required:
                 return _unauthorized()
             return await handler(request)
-        scheme, _, token = header.partition(" ")
-        identity = await auth.identify(token.strip()) if scheme.lower() == "bearer" else None
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            token = token.strip() if scheme.lower() == "bearer" else ""
+        else:
+            token = cookie or ""
+            if request.method not in _READ_METHODS and not hmac.compare_digest(
+                request.headers.get(CSRF_HEADER, ""), csrf_token(token)
+            ):
+                return problem(
+                    403,
+                    f"a request signed in by cookie must send the {CSRF_HEADER} header "
+                    "that sign-in answered with",
+                )
+        identity = await auth.identify(token) if token else None
         if identity is None:
             return _unauthorized()  # a token that is sent is checked, even on an open API
         if identity.role < needed:

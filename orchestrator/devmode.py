@@ -293,9 +293,11 @@ def _dev_banner(path: Path, preparations: list[DevPreparation], settings: Settin
             f"The API at {where} is open to anyone who reaches {settings.http_host} "
             "(ORCHESTRATOR_API_AUTH=tokens requires tokens)."
         )
+    ui = f"http://{settings.http_host}:{settings.http_port}/"
     lines = [
         "",
-        "orchestrator dev is running; Ctrl-C stops it. In another terminal:",
+        f"orchestrator dev is running; the UI is at {ui} Ctrl-C stops it.",
+        "In another terminal:",
         "  orchestrator trigger daily_sales --param date=2026-02-01 --wait",
         "  orchestrator runs",
         "  orchestrator show RUN_ID",

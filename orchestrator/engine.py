@@ -310,9 +310,12 @@ class Engine:
             if limit <= 0:
                 return [], waiting
             if not waiting:
-                return _claimed(
+                claimed = _claimed(
                     await conn.fetch(SQL.claim, owner, limit, self.lease_s, self.clock.stamp())
-                ), False
+                )
+                if claimed:
+                    self.db.committed()  # a claim is a commit of its own
+                return claimed, False
             async with conn.transaction():
                 await conn.execute(SQL.lock_limited_claims)
                 rows = await conn.fetch(
@@ -323,6 +326,8 @@ class Engine:
                     self.default_pool_slots,
                     self.clock.stamp(),
                 )
+            if rows:
+                self.db.committed()
             return _claimed(rows), True
 
     async def complete(

@@ -55,6 +55,9 @@ class Operation:
     auth: Literal["token", "none"] = "token"
     tag: str = "runs"
     description: str = ""
+    media: str = "application/json"
+    """The success answer's media type (a stream of server-sent events is
+    ``text/event-stream``, each event's data then being ``response``)."""
 
 
 def operation(**kwargs: Any) -> Callable[[H], H]:
@@ -129,7 +132,7 @@ def _describe(op: Operation, path: str, schemas: _Schemas) -> dict[str, Any]:
     responses: dict[str, Any] = {
         str(op.status): {
             "description": op.summary,
-            "content": _content(schemas.of(op.response, "serialization")),
+            "content": _content(schemas.of(op.response, "serialization"), op.media),
         }
     }
     for status, kind in op.also.items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -79,6 +79,7 @@ class Database:
     url: str
     pool: asyncpg.Pool
     _listener: Listener | None = field(default=None, init=False, repr=False)
+    _commit_hooks: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
 
     @property
     def listener(self) -> Listener:
@@ -91,6 +92,21 @@ class Database:
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         async with self.pool.acquire() as conn, conn.transaction():
             yield conn
+        self.committed()
+
+    def on_commit(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call ``hook`` after each commit this process makes; returns its remover.
+
+        In-process only and sent to nobody else: a NOTIFY per commit would take
+        PostgreSQL's commit lock every time. Hooks must be cheap and must not
+        raise (a live view sets a flag and reads later)."""
+        self._commit_hooks.append(hook)
+        return lambda: self._commit_hooks.remove(hook) if hook in self._commit_hooks else None
+
+    def committed(self) -> None:
+        """Tell the commit hooks that something was committed."""
+        for hook in self._commit_hooks:
+            hook()
 
     async def migrate(self) -> list[str]:
         async with self.pool.acquire() as conn:

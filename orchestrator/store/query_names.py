@@ -66,6 +66,9 @@ class NamedQueries:
     list_runs: str
     list_tokens: str
     list_workflows: str
+    live_run_states: str
+    live_task_states: str
+    live_transitions: str
     lock_dead_letter: str
     lock_keys: str
     lock_limited_claims: str
@@ -86,6 +89,7 @@ class NamedQueries:
     prune_events: str
     prune_runs: str
     queued_runs: str
+    recent_runs_per_workflow: str
     record_attempts: str
     record_audit: str
     record_audits: str
@@ -114,6 +118,8 @@ class NamedQueries:
     triggerer_new: str
     triggerer_waits: str
     upsert_version: str
+    version_spec: str
     waiting_for_keys: str
     waiting_for_paths: str
+    workflow_versions_with_runs: str
     workflows_of_runs: str

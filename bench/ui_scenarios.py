@@ -1,0 +1,156 @@
+"""The live UI under load: ``ui_live``.
+
+A 200-task run (a gate, then 199 tasks that each fail nine times with no
+retry delay before succeeding: thousands of transitions in seconds) runs
+beside ``fanout``'s 1,000 three-task chains, three times without watchers and
+three times with 50 server-sent-event clients on the 200-task run (in a second process:
+their parsing is not the engine's). Figures: the watched run's transitions/s,
+the p99 delay from a transition's row to its arrival at a client, and the
+fanout rate with watchers against without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from statistics import median
+from typing import Any
+
+from bench.engine_scenarios import bench_settings, chain
+from bench.harness import Figure, scratch_database
+from bench.registry import scenario
+from handlers import builtin_registry
+from orchestrator.app import Orchestrator
+from orchestrator.context import TaskContext
+from orchestrator.engine import RunRequest
+from orchestrator.run_waiter import RunWaiter
+from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
+from orchestrator.states import RunState
+
+ATTEMPTS = 10
+CLIENTS = 50
+#: Phases without and with watchers alternate; the machine's speed drifts between them.
+PAIRS = 3
+
+
+async def ui_live(url: str, *, runs: int = 1000, clients: int = CLIENTS) -> list[Figure]:
+    gate = asyncio.Event()
+    registry = builtin_registry()
+
+    async def hold(_ctx: TaskContext) -> None:
+        await gate.wait()
+
+    async def churn(ctx: TaskContext) -> dict[str, int]:
+        if ctx.attempt < ATTEMPTS:
+            raise RuntimeError("again")
+        return {"attempt": ctx.attempt}
+
+    registry.register("bench.gate", hold)
+    registry.register("bench.churn", churn)
+    again = RetryPolicy(max_attempts=ATTEMPTS, initial_delay_s=0, max_delay_s=0, jitter=0)
+    watched = WorkflowSpec(
+        name="watched200",
+        tasks=(
+            TaskSpec(id="gate", handler="bench.gate"),
+            *(
+                TaskSpec(id=f"w{i:03d}", handler="bench.churn", upstream=("gate",), retry=again)
+                for i in range(199)
+            ),
+        ),
+    )
+    fan = chain("fanout3", 3)
+    phases: list[dict[str, Any]] = []
+    async with (
+        scratch_database(url) as (db_url, db),
+        Orchestrator(
+            bench_settings(http_port=0),
+            db_url,
+            registry=registry,
+            workflows=[watched, fan],
+            http=True,
+        ) as orch,
+    ):
+        assert orch.engine is not None and orch.db is not None and orch.http is not None
+        engine, port = orch.engine, orch.http.port
+        async with RunWaiter(orch.db, poll_s=0.05) as waiter:
+            await waiter.wait([await engine.trigger("fanout3", actor="bench")], timeout=60)
+            for with_clients in (False, True) * PAIRS:
+                gate.clear()
+                run_id = await engine.trigger("watched200", actor="bench")
+                proc = None
+                if with_clients:
+                    proc = await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        "bench.ui_watchers",
+                        "--port",
+                        str(port),
+                        "--run",
+                        str(run_id),
+                        "--clients",
+                        str(clients),
+                        stdout=asyncio.subprocess.PIPE,
+                    )
+                    assert proc.stdout is not None
+                    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+                    assert line.strip() == b"ready", line
+                started = time.perf_counter()
+                gate.set()
+                ids = await engine.create_runs(
+                    [RunRequest("fanout3") for _ in range(runs)], actor="bench"
+                )
+                states = await waiter.wait(ids, timeout=600)
+                fan_s = time.perf_counter() - started
+                assert set(states.values()) == {RunState.SUCCESS}, set(states.values())
+                [state] = (await waiter.wait([run_id], timeout=600)).values()
+                watched_s = time.perf_counter() - started
+                assert state == RunState.SUCCESS, state
+                async with db.pool.acquire() as conn:
+                    steps = await conn.fetchval(
+                        "SELECT count(*) FROM transitions WHERE run_id = $1", run_id
+                    )
+                phase: dict[str, Any] = {
+                    "clients": clients if with_clients else 0,
+                    "fanout_runs_per_s": runs / fan_s,
+                    "watched_transitions": steps,
+                    "watched_transitions_per_s": steps / watched_s,
+                }
+                if proc is not None:
+                    assert proc.stdout is not None
+                    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+                    phase["delays"] = json.loads(out.decode().strip().splitlines()[-1])
+                phases.append(phase)
+    without = [p for p in phases if not p["clients"]]
+    watching = [p for p in phases if p["clients"]]
+    rate_without = median(p["fanout_runs_per_s"] for p in without)
+    rate_with = median(p["fanout_runs_per_s"] for p in watching)
+    p99 = max(p["delays"]["p99_ms"] for p in watching)
+    slowest_change = min(p["watched_transitions_per_s"] for p in watching)
+    ctx: dict[str, Any] = {"phases": phases, "clients": clients, "fanout_runs": runs}
+    return [
+        Figure(
+            "ui_live",
+            "watched_transitions_per_s",
+            slowest_change,
+            "rows/s",
+            ">= 500",
+            context={"watched_tasks": 200, "attempts_per_task": ATTEMPTS},
+        ),
+        Figure("ui_live", "commit_to_client_p99_ms", p99, "ms", "<= 200", context=ctx),
+        Figure(
+            "ui_live",
+            "fanout_with_vs_without_clients",
+            100 * rate_with / rate_without,
+            "%",
+            ">= 95",
+            context={"with": rate_with, "without": rate_without},
+        ),
+    ]
+
+
+@scenario("ui_live", "50 SSE clients on a 200-task run changing fast, beside fanout")
+async def _ui_live(url: str, args: argparse.Namespace, _tx: float) -> list[Figure]:
+    return await ui_live(url, runs=args.runs)
