@@ -38,21 +38,21 @@ SELECT i.id, (
 FROM unnest($1::bigint[], $2::text[]) AS i(id, workflow);
 
 -- name: claim_alert_deliveries
--- Lease up to $2 due deliveries for relay $1 until $3 + $4 s (SKIP LOCKED:
+-- Lease up to $2 due deliveries for relay $1 until $3::timestamptz + $4 s (SKIP LOCKED:
 -- relays never send the same one at once; a relay that dies leaves a lease
 -- that runs out). Each claim counts as an attempt. Returns what the message
 -- needs: the alert, its run, the event that started it and the last $5
 -- chunks of the attempt's log.
 WITH due AS (
     SELECT id FROM alert_deliveries
-    WHERE state = 'pending' AND next_at <= $3
-      AND (lease_until IS NULL OR lease_until < $3)
+    WHERE state = 'pending' AND next_at <= $3::timestamptz
+      AND (lease_until IS NULL OR lease_until < $3::timestamptz)
     ORDER BY next_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE alert_deliveries d
-    SET lease_owner = $1, lease_until = $3 + make_interval(secs => $4), attempts = d.attempts + 1
+    SET lease_owner = $1, lease_until = $3::timestamptz + make_interval(secs => $4), attempts = d.attempts + 1
     FROM due WHERE d.id = due.id
     RETURNING d.id, d.alert_id, d.route_index, d.route_key, d.attempts
 )
@@ -79,9 +79,10 @@ ORDER BY c.id;
 -- window; returns how many were granted (one statement: the row lock orders
 -- relays that take at once).
 INSERT INTO alert_route_windows AS w (route_key, window_start, sent, granted)
-VALUES ($1, $2, LEAST($3, $4), LEAST($3, $4))
+VALUES ($1::text, $2::timestamptz, LEAST($3::integer, $4::integer), LEAST($3::integer, $4::integer))
 ON CONFLICT (route_key, window_start) DO UPDATE
-SET sent = LEAST(w.sent + $3, $4), granted = LEAST(w.sent + $3, $4) - w.sent
+SET sent = LEAST(w.sent + $3::integer, $4::integer),
+    granted = LEAST(w.sent + $3::integer, $4::integer) - w.sent
 RETURNING granted;
 
 -- name: prune_route_windows
@@ -90,7 +91,7 @@ DELETE FROM alert_route_windows WHERE window_start < $1;
 -- name: finish_alert_deliveries
 -- Record what relay $5 did with its claims: $1 id[], $2 outcome[]
 -- (delivered, retry, undelivered, limited), $3 next attempt at[], $4 error[],
--- $6 now. A rate-limited claim was no attempt. Guarded by the lease: a relay
+-- $6::timestamptz now. A rate-limited claim was no attempt. Guarded by the lease: a relay
 -- whose lease ran out records nothing. Alerts waiting for an acknowledgement
 -- arm their escalation when a route of the chain got them (or gave up).
 WITH input AS (
@@ -102,7 +103,7 @@ WITH input AS (
                                WHEN 'undelivered' THEN 'undelivered' ELSE 'pending' END,
         next_at = coalesce(i.next_at, d.next_at),
         last_error = CASE WHEN i.outcome = 'limited' THEN d.last_error ELSE i.error END,
-        delivered_at = CASE WHEN i.outcome = 'delivered' THEN $6 END,
+        delivered_at = CASE WHEN i.outcome = 'delivered' THEN $6::timestamptz END,
         attempts = CASE WHEN i.outcome = 'limited' THEN d.attempts - 1 ELSE d.attempts END,
         lease_owner = NULL, lease_until = NULL
     FROM input i
@@ -111,7 +112,7 @@ WITH input AS (
 ), armed AS (
     UPDATE alerts a
     SET escalate_at = CASE WHEN u.state = 'delivered'
-                           THEN $6 + make_interval(secs => a.escalate_after_s) ELSE $6 END
+                           THEN $6::timestamptz + make_interval(secs => a.escalate_after_s) ELSE $6::timestamptz END
     FROM updated u
     WHERE a.id = u.alert_id AND u.state <> 'pending' AND a.require_ack AND a.acked_at IS NULL
       AND a.escalated_to = u.route_index AND u.route_index + 1 < jsonb_array_length(a.routes)
@@ -123,7 +124,7 @@ SELECT id FROM updated;
 -- their chain (at most $2 at a time; SKIP LOCKED: one relay each).
 WITH due AS (
     SELECT id FROM alerts
-    WHERE escalate_at <= $1 AND acked_at IS NULL
+    WHERE escalate_at <= $1::timestamptz AND acked_at IS NULL
     ORDER BY escalate_at LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), moved AS (
@@ -132,7 +133,7 @@ WITH due AS (
     RETURNING a.id, a.escalated_to, a.routes
 )
 INSERT INTO alert_deliveries (alert_id, route_index, route_key, next_at)
-SELECT id, escalated_to, routes->escalated_to->>'key', $1 FROM moved
+SELECT id, escalated_to, routes->escalated_to->>'key', $1::timestamptz FROM moved
 ON CONFLICT (alert_id, route_index) DO NOTHING
 RETURNING alert_id;
 
@@ -168,7 +169,7 @@ CROSS JOIN LATERAL (
                AS deliveries
     FROM alert_deliveries d WHERE d.alert_id = a.id
 ) s
-WHERE ($1 = 0 OR a.id < $1) AND ($2::text IS NULL OR a.workflow = $2)
+WHERE ($1::bigint = 0 OR a.id < $1::bigint) AND ($2::text IS NULL OR a.workflow = $2)
   AND ($3::text IS NULL OR s.state = $3 OR ($3 = 'unacked' AND a.require_ack AND a.acked_at IS NULL))
 ORDER BY a.id DESC
 LIMIT $4;
