@@ -179,6 +179,14 @@ class AlertRule(BaseModel):
     escalate_after: Duration = 900.0
     """With ``require_ack``: how long after a route got the alert the next one gets it."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads the bare key ``on`` as the boolean true.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            return {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
     @model_validator(mode="after")
     def _kinds_once(self) -> AlertRule:
         if len(set(self.on)) != len(self.on):

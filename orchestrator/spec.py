@@ -174,6 +174,15 @@ class WorkflowSpec(BaseModel):
             seen.add(tag)
         return self
 
+    @model_validator(mode="after")
+    def _alert_tasks_known(self) -> WorkflowSpec:
+        known = {t.id for t in self.tasks}
+        for i, rule in enumerate(self.alerts):
+            unknown = [t for t in rule.tasks if t not in known]
+            if unknown:
+                raise ValueError(f"alerts[{i}] names unknown task(s) {', '.join(unknown)}")
+        return self
+
     def task(self, task_id: str) -> TaskSpec:
         for t in self.tasks:
             if t.id == task_id:
