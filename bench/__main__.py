@@ -23,6 +23,7 @@ SCENARIO_MODULES = (
     "operation_scenarios",
     "pause_scenarios",
     "ui_scenarios",
+    "alert_scenarios",
 )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Iterable, Sequence
 from datetime import timedelta
 from types import TracebackType
 
+from orchestrator.alert_relay import AlertRelay, RelaySettings
 from orchestrator.api import build_app
 from orchestrator.auth import Authenticator, tokens_required
 from orchestrator.clock import Clock, SystemClock
@@ -24,6 +25,7 @@ from orchestrator.metrics import metrics_app, watch_loop_lag
 from orchestrator.notices import TASKS_CHANNEL
 from orchestrator.registry import HandlerRegistry
 from orchestrator.retention import prune_periodically
+from orchestrator.secrets import Secrets
 from orchestrator.settings import Settings
 from orchestrator.sources import Source, SourceContext
 from orchestrator.spec import WorkflowSpec
@@ -93,6 +95,7 @@ class Orchestrator:
         self._wakeups: Subscription | None = None
         self._started_sources: list[Source] = []
         self.triggerer: Triggerer | None = None
+        self.relay: AlertRelay | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -108,6 +111,7 @@ class Orchestrator:
                 lease_s=s.lease_s,
                 default_pool_slots=s.default_pool_slots,
                 clock=self.clock,
+                alert_rules=s.alert_rules,
             )
             for name, slots in s.pools.items():
                 await self.engine.set_pool(
@@ -194,7 +198,26 @@ class Orchestrator:
                 self.worker.liveness = self.liveness
                 self._wakeups = self.db.listener.subscribe(TASKS_CHANNEL, self.worker.wake)
                 self.worker.start()
+                if s.alert_relay:
+                    # Where transitions are committed, alerts are delivered.
+                    self.relay = AlertRelay(
+                        self.db,
+                        self.clock,
+                        Secrets.from_settings(s),
+                        settings=RelaySettings(
+                            max_attempts=s.alert_max_attempts,
+                            retry_initial_s=s.alert_retry_initial_s,
+                            retry_max_s=s.alert_retry_max_s,
+                            poll_s=s.poll_interval_s,
+                            log_lines=s.alert_log_lines,
+                            public_url=s.links_base,
+                        ),
+                    )
+                    self.relay.liveness = self.liveness
+                    self.relay.start()
         except BaseException:
+            if self.relay is not None:
+                await self.relay.stop()
             if self.triggerer is not None:
                 await self.triggerer.stop()
             await self._stop_sources()
@@ -257,6 +280,8 @@ class Orchestrator:
                 await self._loop_lag
         if self.worker is not None:
             await self.worker.stop(grace_s)
+        if self.relay is not None:
+            await _shutdown_step("the alert relay", self.relay.stop())
         if self._wakeups is not None:
             await _shutdown_step("the NOTIFY listener", self._wakeups.close())
         await _shutdown_step("the handlers", self.registry.shutdown())

@@ -1,7 +1,7 @@
 """Who did what: the append-only record of operator actions.
 
 Every operator action (clear, cancel, mark, pause, unpause, redrive,
-backfill, pool change, token created or revoked) writes one entry with its
+backfill, pool change, token created or revoked, alert acknowledged) writes one entry with its
 actor, time and reason, in the same transaction as the change it describes,
 so an action is never done without its entry nor recorded without being
 done. Retention leaves the table alone (the database refuses to change or
@@ -34,6 +34,7 @@ ACTIONS = (
     "backfill",
     "pool",
     "token",
+    "ack",
 )
 
 

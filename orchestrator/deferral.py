@@ -72,6 +72,8 @@ class Resolution:
     reason: str = ""
     event_id: int | None = None
     error: str | None = None
+    timed_out: bool = False
+    """The wait ran out of time (alert rules may be set on it)."""
 
 
 def correlation_key(source: str, channel: str, expression: str, value: Any) -> str:

@@ -21,8 +21,10 @@ from typing import Any
 import asyncpg
 import orjson
 
-from orchestrator import audit, waits
+from orchestrator import audit, sla, waits
 from orchestrator import plan as p
+from orchestrator.alert_spec import AlertRule
+from orchestrator.alerts import AlertRecorder
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.compiled import CompiledWorkflow, SpecCache
 from orchestrator.deferral import Resolution
@@ -114,6 +116,7 @@ class Engine:
         lease_s: float = 30.0,
         default_pool_slots: int = 128,
         clock: Clock = SYSTEM_CLOCK,
+        alert_rules: Sequence[AlertRule] = (),
     ):
         self.db = db
         #: Leases are stamped on this clock (the database's own for real time).
@@ -121,6 +124,8 @@ class Engine:
         self.specs = SpecCache()
         self.lease_s = lease_s
         self.default_pool_slots = default_pool_slots
+        #: Raises the alerts of what the commits do (workflow and project-wide rules).
+        self.alerts = AlertRecorder(alert_rules, clock)
 
     # -- workflows ---------------------------------------------------------
 
@@ -264,6 +269,14 @@ class Engine:
             raise
         await self._insert_tasks(conn, started, actor)
         notices.queued += sum(len(c.dag.roots) for _, c in started)
+        notices.timed_waits |= await sla.arm(
+            conn,
+            [
+                (run_id, compiled[r.workflow].spec, r.logical_date)
+                for run_id, r in zip(ids, requests, strict=True)
+            ],
+            self.clock,
+        )
         METRICS.runs_created(r.workflow for r in requests)
 
     @staticmethod
@@ -342,7 +355,7 @@ class Engine:
         one transaction; optionally claim up to ``claim_limit`` new tasks for
         ``claim_for`` in the same commit."""
         async with self.unit() as (conn, notices):
-            done = await self._carry_out(conn, p.commit(outcomes), actor)
+            done = await self._carry_out(conn, p.commit(outcomes), actor, notices)
             claimed: list[Claimed] = []
             if claim_for is not None and claim_limit > 0:
                 claimed = _claimed(
@@ -379,7 +392,7 @@ class Engine:
         instances queued and the runs that ended."""
         if not resolutions:
             return 0, {}
-        done = await self._carry_out(conn, p.end_waits(resolutions), actor)
+        done = await self._carry_out(conn, p.end_waits(resolutions), actor, notices)
         notices.queued += done.queued
         notices.runs_ended(done.ended_runs)
         return done.queued, done.ended_runs
@@ -391,24 +404,28 @@ class Engine:
     ) -> p.Plan:
         """Carry out ``planning`` in the caller's transaction (operator actions
         decide what follows them through the same planner as completions)."""
-        done = await self._carry_out(conn, planning, actor)
+        done = await self._carry_out(conn, planning, actor, notices)
         notices.queued += done.queued
         notices.runs_ended(done.ended_runs)
         notices.timed_waits |= done.timed_waits
         return done
 
     async def _carry_out(
-        self, conn: asyncpg.Connection, planning: p.Planning, actor: str
+        self, conn: asyncpg.Connection, planning: p.Planning, actor: str, notices: Notices
     ) -> p.Plan:
-        """Answer the planner's requests in ``conn``'s transaction until it is done."""
+        """Answer the planner's requests in ``conn``'s transaction until it is
+        done, then raise the alerts of what it did (in the same transaction)."""
         answer: Any = None
         while True:
             try:
                 request = planning.send(answer)
             except StopIteration as stop:
                 done: p.Plan = stop.value
-                return done
+                break
             answer = await self._answer(conn, request, actor)
+        if done.happened:
+            await self.alerts.record(conn, done.happened, self.specs, notices)
+        return done
 
     async def _answer(self, conn: asyncpg.Connection, request: p.Ask[Any], actor: str) -> Any:
         """One request of the planner, one named statement (or none: specs are cached)."""
@@ -438,7 +455,13 @@ class Engine:
                 )
                 METRICS.runs_finished((r["workflow"], r["state"]) for r in rows)
                 return [
-                    p.EndedRun(r["id"], r["workflow"], r["logical_date"], RunState(r["state"]))
+                    p.EndedRun(
+                        r["id"],
+                        r["workflow"],
+                        r["logical_date"],
+                        RunState(r["state"]),
+                        r["version"],
+                    )
                     for r in rows
                 ]
             case p.CountActive(workflow):

@@ -80,6 +80,13 @@ class Metrics:
             ["route", "code"],
             registry=r,
         )
+        self.alert_deliveries = Counter(
+            "orchestrator_alert_deliveries",
+            "Alert sends by this process's relay, by route type and outcome "
+            "(delivered, failed: to be retried, undelivered: given up, rate_limited: deferred).",
+            ["route", "outcome"],
+            registry=r,
+        )
         self.tasks_queued = Gauge(
             "orchestrator_tasks_queued", "Tasks waiting for a worker slot.", registry=r
         )

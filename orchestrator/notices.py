@@ -26,7 +26,10 @@ RUNS_CHANNEL = "orchestrator_runs"
 DEFERRALS_CHANNEL = "orchestrator_deferrals"
 """A wait with a wake time or a deadline was recorded. Payload: empty."""
 
-CHANNELS = (TASKS_CHANNEL, RUNS_CHANNEL, DEFERRALS_CHANNEL)
+ALERTS_CHANNEL = "orchestrator_alerts"
+"""Alerts were raised (the relays deliver them). Payload: empty."""
+
+CHANNELS = (TASKS_CHANNEL, RUNS_CHANNEL, DEFERRALS_CHANNEL, ALERTS_CHANNEL)
 
 PAYLOAD_MAX = 7900
 """PostgreSQL caps a payload just under 8000 bytes."""
@@ -38,6 +41,7 @@ class Notices:
     """Task instances left for idle workers (those the committer claims itself are not)."""
     ended_runs: list[int] = field(default_factory=list)
     timed_waits: bool = False
+    alerts: bool = False
 
     def runs_ended(self, run_ids: Iterable[int]) -> None:
         self.ended_runs.extend(run_ids)
@@ -52,6 +56,8 @@ class Notices:
             out.append((RUNS_CHANNEL, payload if len(payload) <= PAYLOAD_MAX else ""))
         if self.timed_waits:
             out.append((DEFERRALS_CHANNEL, ""))
+        if self.alerts:
+            out.append((ALERTS_CHANNEL, ""))
         return out
 
     async def send(self, conn: asyncpg.Connection) -> None:

@@ -75,6 +75,25 @@ class EndedRun:
     workflow: str
     logical_date: datetime | None
     state: RunState
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Happened:
+    """Something alert rules may be set on (:mod:`orchestrator.alerts`),
+    noted as the cascade passes it: the engine raises the alerts of those
+    that match a rule in the same transaction."""
+
+    kind: str
+    """An :class:`~orchestrator.alert_spec.AlertKind` value, or ``run_succeeded``
+    (a rule on ``run_succeeded_after_failure`` looks at the run before)."""
+    run_id: int
+    workflow: str
+    version: str
+    task_id: str = ""
+    attempt: int | None = None
+    error: str | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +299,8 @@ class Plan:
     ended_waits: list[int] = field(default_factory=list)
     timed_waits: bool = False
     """A wait with a wake time or a deadline was recorded (the triggerer arms it)."""
+    happened: list[Happened] = field(default_factory=list)
+    """What alert rules may be set on (only the kinds they know are noted)."""
 
 
 Planning = Generator[Ask[Any], Any, Plan]
@@ -388,6 +409,19 @@ def commit(outcomes: Sequence[Outcome]) -> Planning:
     # By attempt too: a late result of an older attempt may share the batch.
     for o in outcomes:
         (plan.accepted if (o.id, o.attempt) in recorded.accepted else plan.rejected).append(o)
+    plan.happened += [
+        Happened(
+            "task_dead_lettered",
+            o.run_id,
+            runs[o.run_id].workflow,
+            runs[o.run_id].version,
+            o.task_id,
+            o.attempt,
+            o.error,
+        )
+        for o in plan.accepted
+        if o.target == TaskState.DEAD_LETTERED and o.run_id in runs
+    ]
     states = {run_id: dict(s) for run_id, s in recorded.states.items()}
     changed: dict[int, list[str]] = defaultdict(list)
     for o in plan.accepted:
@@ -512,7 +546,18 @@ def _advance(
         return []
     done = yield from ask(FinishRuns(finished))
     plan.ended_runs.update(finished)
+    plan.happened += [
+        Happened(_RUN_ENDS[r.state], r.id, r.workflow, r.version)
+        for r in done
+        if r.state in _RUN_ENDS
+    ]
     return (yield from _after_ends(plan, done))
+
+
+_RUN_ENDS: Mapping[RunState, str] = {
+    RunState.FAILED: "run_failed",
+    RunState.SUCCESS: "run_succeeded",
+}
 
 
 def _after_ends(plan: Plan, done: Sequence[EndedRun]) -> _Steps[list[Resolution]]:
@@ -575,6 +620,20 @@ def _end_waits(
         return runs, {}, {}
     plan.ended_waits += [w.id for w in ended]
     moved = yield from ask(EndDeferredTasks([deferred_move(w, by_id[w.id]) for w in ended]))
+    plan.happened += [
+        Happened(
+            "sensor_timed_out",
+            w.run_id,
+            runs[w.run_id].workflow,
+            runs[w.run_id].version,
+            w.task_id,
+            w.attempt,
+            by_id[w.id].error,
+            by_id[w.id].reason,
+        )
+        for w in ended
+        if by_id[w.id].timed_out and w.run_id in runs
+    ]
     plan.queued += sum(1 for m in moved if m.state == TaskState.QUEUED)
     changed: dict[int, list[str]] = defaultdict(list)
     for m in moved:

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.alert_spec import AlertRule
 from orchestrator.errors import ConfigError
 
 _ORIGIN = re.compile(r"https?://[^/\s?#]+\Z", re.IGNORECASE)
@@ -137,6 +138,21 @@ class Settings(BaseSettings):
     prune_interval_s: float = Field(default=3600.0, gt=0)
     prune_batch: int = Field(default=5000, ge=1)
 
+    # -- alerts ------------------------------------------------------------------------
+    alert_rules: list[AlertRule] = Field(default_factory=list)
+    """Project-wide alert rules, as JSON (a list shaped like a workflow's
+    ``alerts``); they apply to every workflow besides its own."""
+    alert_relay: bool = True
+    """Deliver alerts from processes with the worker role (off: another replica does)."""
+    alert_max_attempts: int = Field(default=8, ge=1, le=1000)
+    """Sends of one alert to one route before it is kept as undelivered."""
+    alert_retry_initial_s: float = Field(default=1.0, gt=0, le=3600)
+    alert_retry_max_s: float = Field(default=300.0, gt=0, le=86_400)
+    alert_log_lines: int = Field(default=20, ge=0, le=1000)
+    """Lines of the failed attempt's log an alert carries."""
+    public_url: str | None = None
+    """Base of the links alerts carry (default: ``http://<http_host>:<http_port>``)."""
+
     roles: str = "api,kafka,files,scheduler,worker,triggerer"
     """Comma-separated components this process runs."""
 
@@ -193,6 +209,10 @@ class Settings(BaseSettings):
         """``ORCHESTRATOR_WEBHOOK_SECRET_<HOOK>``: secrets stay in the environment."""
         value = os.environ.get(webhook_secret_variable(hook))
         return SecretStr(value) if value else None
+
+    @property
+    def links_base(self) -> str:
+        return self.public_url or f"http://{self.http_host}:{self.http_port}"
 
     @property
     def heartbeat_interval(self) -> float:

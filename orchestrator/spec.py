@@ -16,6 +16,7 @@ import orjson
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from orchestrator.alert_spec import AlertRule, Duration, SlaSpec
 from orchestrator.identifiers import IDENTIFIER
 from orchestrator.params import ParamSpec, ParamsSchema, build_schema, compact, schema_entry_error
 from orchestrator.trigger_spec import TriggerSpec
@@ -110,6 +111,10 @@ class TaskSpec(BaseModel):
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
     max_concurrency: int | None = Field(default=None, ge=1)
     """At most this many instances of this task run at once, across all runs."""
+    deadline: Duration | None = None
+    """The task should have succeeded this long after the run's SLA start
+    (the workflow's ``sla.from``, default: when the run was triggered); a
+    miss raises ``sla_missed`` once, at the deadline."""
 
 
 def _valid_entry(value: Any) -> Any:
@@ -155,6 +160,10 @@ class WorkflowSpec(BaseModel):
         default=(), max_length=50
     )
     """Free labels (``finance``, ``pii``); ``workflows --tag`` and ``runs --tag`` filter."""
+    alerts: tuple[AlertRule, ...] = Field(default=(), max_length=50)
+    """Alert rules (see :mod:`orchestrator.alert_spec`); project-wide rules apply too."""
+    sla: SlaSpec | None = None
+    """Runs should finish within this; a miss raises ``sla_missed`` once."""
 
     @model_validator(mode="after")
     def _tags_once(self) -> WorkflowSpec:
@@ -163,6 +172,15 @@ class WorkflowSpec(BaseModel):
             if tag in seen:
                 raise ValueError(f"tag {tag!r} is listed twice")
             seen.add(tag)
+        return self
+
+    @model_validator(mode="after")
+    def _alert_tasks_known(self) -> WorkflowSpec:
+        known = {t.id for t in self.tasks}
+        for i, rule in enumerate(self.alerts):
+            unknown = [t for t in rule.tasks if t not in known]
+            if unknown:
+                raise ValueError(f"alerts[{i}] names unknown task(s) {', '.join(unknown)}")
         return self
 
     def task(self, task_id: str) -> TaskSpec:

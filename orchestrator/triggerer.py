@@ -51,6 +51,7 @@ from orchestrator.health import Liveness
 from orchestrator.notices import DEFERRALS_CHANNEL
 from orchestrator.polls import PollRunner
 from orchestrator.registry import HandlerRegistry
+from orchestrator.sla import SlaTimers
 from orchestrator.store import SQL
 from orchestrator.store.listener import Subscription
 
@@ -143,6 +144,8 @@ class Triggerer:
             if registry is not None
             else None
         )
+        #: SLA and task deadlines ride on this loop and clock too (:mod:`orchestrator.sla`).
+        self.slas = SlaTimers(engine, actor=self.name, horizon=self.horizon, batch=batch)
         self.loaded = asyncio.Event()
         """Set once the waits have been read from the database at start."""
         self.fired = 0
@@ -232,8 +235,14 @@ class Triggerer:
             if self._heap and self._heap[0][0] <= now:
                 await self._fire(now)
                 continue
+            sla_due = self.slas.next_due()
+            if sla_due is not None and sla_due <= now:
+                await self.slas.fire(now)
+                continue
             self._backoff.reset()
             wake = min(self._next_reload, self._next_poll)
+            if sla_due is not None:
+                wake = min(wake, sla_due)
             if len(self._heap) < self.max_armed:
                 wake = min(wake, self._extend_at)
             if self._heap:
@@ -276,6 +285,7 @@ class Triggerer:
         heapq.heapify(self._heap)
         self._armed_ids = {r["id"] for r in rows}
         self._set_horizon(rows, end, self.max_armed)
+        await self.slas.reload(now)
         self._next_reload = now + self.refresh
         if not self.loaded.is_set():
             log.info("triggerer %s armed %d waits", self.name, len(rows))
@@ -298,6 +308,7 @@ class Triggerer:
         expired = now - self._hole_ttl
         self._holes = {i: t for i, t in self._holes.items() if t > expired}
         rows = await self._fetch(SQL.triggerer_new, self._last_id, list(self._holes), self.batch)
+        await self.slas.load_new()
         seen: set[int] = set()
         for r in rows:
             seen.add(r["id"])
@@ -365,8 +376,8 @@ def _resolution(row: asyncpg.Record, now: datetime) -> Resolution | None:
         waited = _seconds(timeout - row["created_at"])
         text = f"timed out after {waited} waiting for {row['description']}"
         if row["on_timeout"] == "skipped":
-            return Resolution(row["id"], "skipped", reason=text)
-        return Resolution(row["id"], "failed", reason=text, error=text)
+            return Resolution(row["id"], "skipped", reason=text, timed_out=True)
+        return Resolution(row["id"], "failed", reason=text, error=text, timed_out=True)
     return None
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 class NamedQueries:
     """``SQL.<name>`` is the text of the ``-- name: <name>`` block."""
 
+    ack_alert: str
     add_event_runs: str
     add_hold: str
+    alerts_next_due: str
     allocate_run_ids: str
     apply_decisions: str
     audit_entries: str
@@ -20,6 +22,7 @@ class NamedQueries:
     cancel_tasks: str
     cancelled_attempts: str
     claim: str
+    claim_alert_deliveries: str
     claim_mixed: str
     coalesced_events: str
     count_prunable: str
@@ -38,18 +41,23 @@ class NamedQueries:
     end_deferred_tasks: str
     end_run_waits: str
     ensure_pools: str
+    escalate_alerts: str
     events_by_key: str
     events_for_keys: str
     events_for_patterns: str
     expired_leases: str
     failed_tasks_of_run: str
+    finish_alert_deliveries: str
     finish_runs: str
+    fire_sla_deadlines: str
+    get_alert_state: str
     get_run: str
     get_version: str
     heartbeat: str
     held_counts: str
     held_events_of: str
     holds_of_workflow: str
+    insert_alerts: str
     insert_dead_letters: str
     insert_deferrals: str
     insert_event_keys: str
@@ -57,10 +65,12 @@ class NamedQueries:
     insert_held_events: str
     insert_pause: str
     insert_runs: str
+    insert_sla_deadlines: str
     insert_task_instances: str
     insert_task_logs: str
     last_runs: str
     limited_waiting: str
+    list_alerts: str
     list_dead_letters: str
     list_pools: str
     list_runs: str
@@ -85,8 +95,10 @@ class NamedQueries:
     pauses: str
     pending_dead_letter_ids: str
     poll_again: str
+    previous_run_states: str
     prune_dead_letters: str
     prune_events: str
+    prune_route_windows: str
     prune_runs: str
     queued_runs: str
     recent_runs_per_workflow: str
@@ -105,7 +117,11 @@ class NamedQueries:
     runs_for_waits: str
     set_current_version: str
     set_pool: str
+    sla_deadlines_due_before: str
+    sla_deadlines_new: str
+    sla_last_id: str
     start_runs: str
+    take_route_slots: str
     task_instances_of_run: str
     task_log_attempt: str
     task_log_chunks: str

@@ -284,12 +284,12 @@ WITH input AS (
     UPDATE runs r SET state = i.target, ended_at = now()
     FROM input i
     WHERE r.id = i.id AND r.state = ANY($3::run_state[])
-    RETURNING r.id, r.workflow, r.logical_date, i.target
+    RETURNING r.id, r.workflow, r.version, r.logical_date, i.target
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, actor, reason)
     SELECT id, NULL, 'running', target::text, $4, $5 FROM updated
 )
-SELECT id, workflow, logical_date, target::text AS state FROM updated;
+SELECT id, workflow, version, logical_date, target::text AS state FROM updated;
 
 -- name: queued_runs
 -- reopened: an operator re-opened it while there was no room (it has tasks).

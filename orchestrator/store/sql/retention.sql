@@ -2,7 +2,7 @@
 
 -- name: prune_runs
 -- Ended runs older than the cutoff, with their task instances (cascade),
--- transitions and task logs; a live run is never touched.
+-- transitions, task logs and alerts; a live run is never touched.
 WITH doomed AS (
     SELECT id FROM runs
     WHERE ended_at < $1 AND state IN ('success', 'failed', 'cancelled')
@@ -20,6 +20,8 @@ WITH doomed AS (
     ON CONFLICT (workflow, logical_date) DO NOTHING
 ), logs AS (
     DELETE FROM task_logs WHERE run_id IN (SELECT id FROM doomed)
+), raised AS (
+    DELETE FROM alerts WHERE run_id IN (SELECT id FROM doomed)
 )
 DELETE FROM runs WHERE id IN (SELECT id FROM doomed) RETURNING id;
 

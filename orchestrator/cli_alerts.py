@@ -1,0 +1,108 @@
+"""``orchestrator alerts``: list alerts (undelivered ones too) and acknowledge
+one (see :mod:`orchestrator.alerts`)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+
+from orchestrator.cli_support import (
+    cli_actor,
+    cli_settings,
+    echo_json,
+    open_database,
+    run_async,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.store import Database
+
+T = TypeVar("T")
+
+_STATES = ("pending", "delivered", "undelivered", "unacked")
+
+
+def _with_db(work: Callable[[Database], Awaitable[T]]) -> T:
+    settings = cli_settings()
+
+    async def go() -> T:
+        db = await open_database(settings)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return run_async(go)
+
+
+@click.group("alerts", invoke_without_command=True)
+@click.option("--workflow", "-w", default=None, help="Only this workflow's alerts.")
+@click.option(
+    "--state", type=click.Choice(_STATES), default=None, help="Only alerts in this state."
+)
+@click.option("--limit", "-n", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="As GET /api/v1/alerts answers.")
+@click.pass_context
+def alerts_cmd(
+    ctx: click.Context, workflow: str | None, state: str | None, limit: int, as_json: bool
+) -> None:
+    """Alerts raised by the rules, newest first, with how their delivery went;
+    `ack ID` acknowledges one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from orchestrator.alerts import list_alerts
+    from orchestrator.api_alerts import alert_json
+    from orchestrator.views import render_table
+
+    found = _with_db(lambda db: list_alerts(db, workflow=workflow, state=state, limit=limit))
+    if as_json:
+        echo_json({"alerts": [alert_json(a) for a in found], "next": None})
+        return
+    if not found:
+        click.echo("no alerts")
+        return
+    click.echo(
+        render_table(
+            ("ID", "RAISED", "KIND", "WORKFLOW", "RUN", "TASK", "STATE", "ACK", "ERROR"),
+            [
+                (
+                    a.id,
+                    a.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    a.kind,
+                    a.workflow,
+                    a.run_id,
+                    a.task_id or "-",
+                    a.state,
+                    (a.acked_by or "no") if a.require_ack else "-",
+                    _short(_last_error(a.deliveries) or a.error or a.detail or ""),
+                )
+                for a in found
+            ],
+        )
+    )
+
+
+def _last_error(deliveries: list[dict[str, object]]) -> str | None:
+    errors = [str(d["last_error"]) for d in deliveries if d.get("state") != "delivered"]
+    errors = [e for e in errors if e and e != "None"]
+    return f"delivery: {errors[-1]}" if errors else None
+
+
+def _short(text: str, width: int = 70) -> str:
+    line = text.replace("\n", " ")
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+@alerts_cmd.command("ack")
+@click.argument("alert_id", type=int, metavar="ID")
+@click.option("--reason", default="", help="Why (recorded in the audit log).")
+def ack(alert_id: int, reason: str) -> None:
+    """Acknowledge alert ID: it escalates no further (audited)."""
+    from orchestrator.alerts import acknowledge
+
+    actor = cli_actor()
+    # An unknown or already acknowledged alert exits 2 with its message.
+    _with_db(lambda db: acknowledge(db, alert_id, actor=actor, reason=reason))
+    click.echo(f"alert {alert_id} acknowledged by {actor}")
