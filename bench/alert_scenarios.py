@@ -22,8 +22,8 @@ from orchestrator.app import Orchestrator
 from orchestrator.context import TaskContext
 from orchestrator.engine import RunRequest
 from orchestrator.run_waiter import RunWaiter
+from orchestrator.signatures import generate_secret, standard_keys, verify_standard
 from orchestrator.spec import WorkflowSpec
-from sources.signatures import generate_secret, standard_keys, verify_standard
 
 option("--failures", type=int, default=10_000, help="alerts: task failures (default 10000)")
 

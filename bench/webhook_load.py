@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from sources.signatures import standard_headers
+from orchestrator.signatures import standard_headers
 
 #: Where the parent hands over the hook's secret (not on the command line).
 SECRET_ENV = "BENCH_WEBHOOK_SECRET"

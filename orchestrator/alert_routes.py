@@ -26,8 +26,8 @@ from orchestrator.alert_spec import LogOptions, SlackOptions, WebhookOptions, se
 from orchestrator.clock import Clock
 from orchestrator.errors import OrchestratorError
 from orchestrator.secrets import Secrets
+from orchestrator.signatures import standard_headers
 from orchestrator.task_logs import mask
-from sources.signatures import standard_headers
 
 log = logging.getLogger("orchestrator.alerts")
 

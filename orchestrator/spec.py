@@ -211,7 +211,10 @@ class WorkflowSpec(BaseModel):
         return dict(schema.defaults) if schema else {}
 
     def canonical_json(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        # Settings left at their defaults are left out: a release that adds a
+        # setting does not give every unchanged workflow a new version.
+        dumped = self.model_dump(mode="json", exclude_defaults=True)
+        return orjson.dumps(dumped, option=orjson.OPT_SORT_KEYS)
 
     @property
     def version(self) -> str:

@@ -320,7 +320,7 @@ def hook_send(hook: str, body: str | None, url: str | None, delivery_id: str | N
     import aiohttp
 
     from orchestrator.settings import webhook_secret_variable
-    from sources.signatures import SecretFormatError, standard_headers
+    from orchestrator.signatures import SecretFormatError, standard_headers
 
     settings = cli_settings()
     secret = settings.webhook_secret(hook)

@@ -46,6 +46,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from orchestrator import signatures
 from orchestrator.api_rules import is_json_media_type
 from orchestrator.clock import Clock
 from orchestrator.group_commit import BatcherClosedError, GroupCommit
@@ -55,7 +56,6 @@ from orchestrator.problems import FieldError, json_response, problem, unavailabl
 from orchestrator.settings import Settings, webhook_secret_variable
 from orchestrator.sources import SourceContext
 from orchestrator.store import UNAVAILABLE
-from sources import signatures
 from sources.models import WebhookTrigger
 
 log = logging.getLogger(__name__)

@@ -413,10 +413,14 @@ def add_routes(app: web.Application) -> None:
     async def start_hub(app: web.Application) -> None:
         from orchestrator.api import ENGINE_KEY
 
-        app[HUB_KEY] = LiveHub(app[ENGINE_KEY].db)
+        engine = app.get(ENGINE_KEY)
+        if engine is not None:  # an app built without an engine serves no live pages
+            app[HUB_KEY] = LiveHub(engine.db)
 
     async def stop_hub(app: web.Application) -> None:
-        await app[HUB_KEY].stop()
+        hub = app.get(HUB_KEY)
+        if hub is not None:
+            await hub.stop()
 
     app.on_startup.append(start_hub)
     app.on_shutdown.append(stop_hub)

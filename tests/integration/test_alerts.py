@@ -37,10 +37,10 @@ from orchestrator.plan import Happened
 from orchestrator.registry import HandlerRegistry
 from orchestrator.run_waiter import wait_for_runs
 from orchestrator.secrets import EnvironmentBackend, Secrets
+from orchestrator.signatures import generate_secret, standard_keys, verify_standard
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import Database
 from orchestrator.triggerer import Triggerer
-from sources.signatures import generate_secret, standard_keys, verify_standard
 
 pytestmark = pytest.mark.timeout(60)
 

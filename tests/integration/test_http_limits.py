@@ -19,9 +19,9 @@ from handlers import builtin_registry
 from orchestrator.app import Orchestrator
 from orchestrator.clock import SYSTEM_CLOCK, monotonic
 from orchestrator.settings import Settings
+from orchestrator.signatures import standard_headers
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from sources.models import WebhookTrigger
-from sources.signatures import standard_headers
 from sources.webhook import WebhookSource
 
 SECRET = "whsec_" + "c2xvdy1jbGllbnRzLXRlc3Qta2V5LTAxMjM0NTY3"

@@ -30,11 +30,11 @@ from orchestrator.clock import ManualClock
 from orchestrator.errors import UnknownRunError
 from orchestrator.intake import Accepted, Event
 from orchestrator.loader import load_path
+from orchestrator.signatures import sign_github, sign_standard, standard_headers
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.store import Database, database_name
 from orchestrator.views import show_run
 from sources.models import WebhookTrigger
-from sources.signatures import sign_github, sign_standard, standard_headers
 from sources.webhook import SALES_EXAMPLE, WebhookSource, dev_banner
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from sources.signatures import (
+from orchestrator.signatures import (
     SecretFormatError,
     generate_secret,
     plain_keys,
