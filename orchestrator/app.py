@@ -144,7 +144,7 @@ class Orchestrator:
                     access_log=s.access_log,
                     cors_origins=s.cors_origin_list,
                 )
-            ctx = SourceContext(s, self.engine, self.intake, self.clock, app)
+            ctx = SourceContext(s, self.engine, self.intake, self.clock, app, self.liveness)
             for source in self.sources:
                 source.setup(ctx)
                 source.use_router(self.intake.router)

@@ -39,6 +39,10 @@ class Liveness:
     def forget(self, loop: str) -> None:
         self._beats.pop(loop, None)
 
+    def loops(self) -> list[str]:
+        """The loops being watched."""
+        return sorted(self._beats)
+
     def stuck(self) -> list[str]:
         """The loops that have not come round within ``stale_s``."""
         now = monotonic()

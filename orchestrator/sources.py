@@ -18,6 +18,7 @@ from aiohttp import web
 
 from orchestrator.clock import Clock
 from orchestrator.engine import Engine
+from orchestrator.health import Liveness
 from orchestrator.intake import Intake, Router
 from orchestrator.settings import Settings
 
@@ -30,6 +31,8 @@ class SourceContext:
     clock: Clock
     http: web.Application | None
     """The API application to add routes to, or None when this process serves no HTTP."""
+    liveness: Liveness | None = None
+    """Where a source's long-running loop says it comes round (``/healthz``)."""
 
 
 def loop_stopped(task: asyncio.Task[None] | None, what: str) -> str | None:

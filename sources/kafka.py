@@ -68,6 +68,9 @@ from sources.kafka_stats import KafkaIntakeStats
 
 log = logging.getLogger(__name__)
 
+#: The consume loop's name in ``/healthz``.
+LOOP_NAME = "kafka intake"
+
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, source: KafkaSource) -> None:
@@ -204,9 +207,26 @@ class KafkaSource:
     def _clock(self) -> Clock:
         return self._ctx.clock if self._ctx is not None else SYSTEM_CLOCK
 
+    def _beat(self) -> None:
+        if self._ctx is not None and self._ctx.liveness is not None:
+            self._ctx.liveness.beat(LOOP_NAME)
+
+    def _idle(self) -> None:
+        """Waiting for topics is not being stuck."""
+        if self._ctx is not None and self._ctx.liveness is not None:
+            self._ctx.liveness.forget(LOOP_NAME)
+
     async def _run(self) -> None:
         backoff = self._backoff()
+        try:
+            await self._consume(backoff)
+        finally:
+            self._idle()
+
+    async def _consume(self, backoff: Backoff) -> None:
         while not self._stopping.is_set():
+            # Comes round at least every poll_s (getmany's timeout) or backoff step.
+            self._beat()
             try:
                 if not self._topics:
                     await self._drain()
@@ -214,6 +234,7 @@ class KafkaSource:
                     self._failing_since = None
                     self._changed.clear()
                     if not self._topics and not self._stopping.is_set():
+                        self._idle()
                         await self._changed.wait()
                     continue
                 consumer = await self._consumer_for(self._topics)
@@ -240,7 +261,9 @@ class KafkaSource:
                     while len(self._inflight) >= self.pipeline:
                         oldest = self._inflight[0].task
                         assert oldest is not None
-                        await asyncio.wait([oldest])
+                        # Waiting on the database is not being stuck.
+                        await asyncio.wait([oldest], timeout=self.poll_s)
+                        self._beat()
                     self._inflight.append(batch)
                     batch.task = asyncio.create_task(self._record_batch(batch))
                 self._report_lag(consumer)

@@ -139,6 +139,8 @@ def routes_of(app: Any) -> list[Route]:
     for resource in app.router.resources():
         info = resource.get_info()
         formatter = info.get("formatter") or info.get("path")
+        if formatter is None and "prefix" in info:  # static files: walk a real one
+            formatter = info["prefix"] + "/app.js"
         assert formatter, f"a route with neither path nor formatter: {info}"
         for route in resource:
             found.append(Route(route.method, formatter))

@@ -75,6 +75,9 @@ async def test_kafka_lag_per_partition_queue_wait_and_readiness(
         assert ("orchestrator_db_pool_waiters", ()) in found
         status, body = await get(base + "/readyz")
         assert (status, body) == (200, {"status": "ready"})
+        # The consume loop is watched like the worker's: a wedged one turns /healthz 503.
+        assert "kafka intake" in orch.liveness.loops()
+        assert (await get(base + "/healthz"))[0] == 200
 
 
 async def test_a_consumer_that_cannot_reach_its_broker_is_not_ready(db_url: str) -> None:
