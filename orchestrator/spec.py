@@ -133,6 +133,11 @@ ParamEntry = Annotated[Any, BeforeValidator(compact), AfterValidator(_valid_entr
 """A declared param: a plain default, or a schema entry (see :mod:`orchestrator.params`)."""
 
 
+#: Settings left out of a version's canonical form while unset (empty or None).
+_ADDED_WORKFLOW_KEYS = ("alerts", "sla")
+_ADDED_TASK_KEYS = ("deadline",)
+
+
 class WorkflowSpec(BaseModel):
     """A named DAG of tasks. Its content hash is its version."""
 
@@ -211,10 +216,18 @@ class WorkflowSpec(BaseModel):
         return dict(schema.defaults) if schema else {}
 
     def canonical_json(self) -> bytes:
-        # Settings left at their defaults are left out: a release that adds a
-        # setting does not give every unchanged workflow a new version.
-        dumped = self.model_dump(mode="json", exclude_defaults=True)
-        return orjson.dumps(dumped, option=orjson.OPT_SORT_KEYS)
+        data = self.model_dump(mode="json")
+        # Settings added by later releases are left out while unset, so an
+        # unchanged workflow keeps its version. (Not every default: a
+        # trigger's `source` tag must stay for the spec to be read back.)
+        for key in _ADDED_WORKFLOW_KEYS:
+            if not data[key]:
+                del data[key]
+        for task in data["tasks"]:
+            for key in _ADDED_TASK_KEYS:
+                if not task[key]:
+                    del task[key]
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
     @property
     def version(self) -> str:

@@ -12,7 +12,7 @@ from eventually import eventually
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
-from orchestrator.notices import DEFERRALS_CHANNEL, RUNS_CHANNEL, TASKS_CHANNEL
+from orchestrator.notices import ALERTS_CHANNEL, DEFERRALS_CHANNEL, RUNS_CHANNEL, TASKS_CHANNEL
 from orchestrator.run_waiter import RunWaiter
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
@@ -46,9 +46,10 @@ async def test_worker_triggerer_and_run_waiters_share_one_listening_connection(
             listener = o.db.listener
             await eventually(
                 lambda: _true(
-                    listener.channels == {TASKS_CHANNEL, RUNS_CHANNEL, DEFERRALS_CHANNEL}
+                    listener.channels
+                    == {TASKS_CHANNEL, RUNS_CHANNEL, DEFERRALS_CHANNEL, ALERTS_CHANNEL}
                 ),
-                what="all three channels listened to",
+                what="every channel listened to",
             )
             assert await fetchval(o.db, LISTENING) == 1
             # Woken by the notification: the poll would come long after the deadline.
@@ -56,9 +57,9 @@ async def test_worker_triggerer_and_run_waiters_share_one_listening_connection(
             async with asyncio.timeout(30):
                 assert (await first.wait([run_id]))[run_id] == "success"
                 assert (await second.wait([run_id]))[run_id] == "success"
-        # The waiters leave; the worker and the triggerer still listen.
+        # The waiters leave; the worker, the triggerer and the alert relay still listen.
         await eventually(
-            lambda: _true(listener.channels == {TASKS_CHANNEL, DEFERRALS_CHANNEL}),
+            lambda: _true(listener.channels == {TASKS_CHANNEL, DEFERRALS_CHANNEL, ALERTS_CHANNEL}),
             what="the runs channel no longer listened to",
         )
 

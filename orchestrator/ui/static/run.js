@@ -31,7 +31,8 @@ export async function runPage(main, runId) {
 
   function drawHeader() {
     const actions = canAct() ? h("div", { class: "row-actions" },
-      h("button", { onclick: () => act(`clear the failed tasks of run ${runId}`, `/runs/${runId}/clear`, { failed_only: true }) }, "Clear failed"),
+      run.state === "success" ? null
+        : h("button", { onclick: () => act(`clear the failed tasks of run ${runId}`, `/runs/${runId}/clear`, { failed_only: true }) }, "Clear failed"),
       ENDED.has(run.state) ? null : h("button", { class: "danger", onclick: () => act(`cancel run ${runId}`, `/runs/${runId}/cancel`, {}) }, "Cancel run")) : null;
     header.replaceChildren(...[
       h("h1", {}, `Run #${runId} `, h("span", { id: "run-state", "data-state": run.state }, `${GLYPH[run.state] || ""} ${run.state}`)),
