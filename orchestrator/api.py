@@ -25,6 +25,7 @@ from orchestrator import (
     api_admin,
     api_audit,
     api_dead_letters,
+    api_events,
     api_logs,
     api_operations,
     api_workflows,
@@ -429,6 +430,7 @@ def build_app(
     api_admin.add_routes(app)
     api_operations.add_routes(app)
     api_dead_letters.add_routes(app)
+    api_events.add_routes(app)
     api_logs.add_routes(app)
     api_workflows.add_routes(app)
     source_registry().add_routes(app)

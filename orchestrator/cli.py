@@ -531,12 +531,14 @@ def _add_commands() -> None:
     """Commands that live in modules of their own."""
     from orchestrator import cli_pause
     from orchestrator.cli_dead_letters import dead_letters_cmd
+    from orchestrator.cli_events import events_cmd
     from orchestrator.cli_logs import logs_cmd
     from orchestrator.cli_operations import COMMANDS as operations
     from orchestrator.cli_tokens import tokens_cmd
 
     main.add_command(tokens_cmd)
     main.add_command(dead_letters_cmd)
+    main.add_command(events_cmd)
     main.add_command(logs_cmd)
     for command in (cli_pause.pause, cli_pause.unpause, cli_pause.held):
         main.add_command(command)

@@ -385,6 +385,9 @@ class Intake:
         fresh = [e for e in batch if e.dedup_key in inserted]
         if fresh:
             await self._wake_waits(conn, fresh, inserted, actor, notices)
+        offered_again = sorted(a.event_id for a in answers.values() if a.duplicate)
+        if offered_again:  # last: see the query
+            await conn.execute(SQL.count_redeliveries, offered_again)
         if own:
             await notices.send(conn)
         results = []

@@ -23,6 +23,7 @@ class NamedQueries:
     claim_mixed: str
     coalesced_events: str
     count_prunable: str
+    count_redeliveries: str
     count_running_runs: str
     create_token: str
     current_versions: str
@@ -31,6 +32,7 @@ class NamedQueries:
     dead_letter_failed_again: str
     dead_letter_redriven: str
     dead_letters_exist: str
+    dead_letters_of_events: str
     deferral_runs: str
     deferrals_of_run: str
     deferred_counts: str
@@ -38,6 +40,7 @@ class NamedQueries:
     end_deferred_tasks: str
     end_run_waits: str
     ensure_pools: str
+    event_content: str
     events_by_key: str
     events_for_keys: str
     events_for_patterns: str
@@ -49,6 +52,7 @@ class NamedQueries:
     heartbeat: str
     held_counts: str
     held_events_of: str
+    held_of_events: str
     holds_of_workflow: str
     insert_dead_letters: str
     insert_deferrals: str
@@ -62,6 +66,7 @@ class NamedQueries:
     last_runs: str
     limited_waiting: str
     list_dead_letters: str
+    list_events: str
     list_pools: str
     list_runs: str
     list_tokens: str
