@@ -27,17 +27,32 @@ async def read_body(request: web.Request, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = [
-            FieldError("body", ".".join(str(p) for p in e["loc"]) or "", _message(e))
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
+        errors = [_field_error(e) for e in exc.errors(include_url=False, include_input=False)]
         detail = "; ".join(f"{f.name or 'body'}: {f.detail}" for f in errors)
         raise BadFields(errors, f"body refused: {detail}") from None
+
+
+class RefusedField(ValueError):
+    """Raised by a model's own validator to refuse the body because of one
+    field (e.g. two keys that exclude each other): the 400 names ``name``."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+def _field_error(error: ErrorDetails) -> FieldError:
+    refused = (error.get("ctx") or {}).get("error")
+    if isinstance(refused, RefusedField):
+        return FieldError("body", refused.name, str(refused))
+    return FieldError("body", ".".join(str(p) for p in error["loc"]), _message(error))
 
 
 def _message(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
         return "unexpected key"
+    if error["type"] == "missing":
+        return "required"
     return error["msg"]
 
 
@@ -73,8 +88,9 @@ _NUMBER_ERRORS = frozenset(
 )
 
 
-def next_page(request: web.Request, cursor: int | None) -> str | None:
-    """The URL of the page after ``cursor`` with the same filters (None: last page)."""
+def next_page(request: web.Request, cursor: int | str | None) -> str | None:
+    """The URL of the page after ``cursor`` (the last item's id, or name) with
+    the same filters (None: last page)."""
     if cursor is None:
         return None
     return str(request.rel_url.update_query(cursor=str(cursor)))

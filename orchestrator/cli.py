@@ -337,7 +337,8 @@ def workflows(name: str | None, owner: str | None, tag: str | None, as_json: boo
                     echo_json(asdict(await workflow_summary(db, name)))
                 else:
                     found = await list_workflows(db, owner=owner, tag=tag)
-                    echo_json({"workflows": [asdict(w) for w in found]})
+                    # Every workflow at once: there is no page after this one.
+                    echo_json({"workflows": [asdict(w) for w in found], "next": None})
                 return ""
             if name is not None:
                 return await describe_workflow(db, name)

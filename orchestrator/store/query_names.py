@@ -121,4 +121,5 @@ class NamedQueries:
     upsert_version: str
     waiting_for_keys: str
     waiting_for_paths: str
+    workflow_page: str
     workflows_of_runs: str
