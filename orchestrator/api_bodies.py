@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from orchestrator.errors import OrchestratorError
 from orchestrator.problems import BadFields, BadInput, FieldError
 
 M = TypeVar("M", bound=BaseModel)
@@ -32,7 +33,7 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise BadFields(errors, f"body refused: {detail}") from None
 
 
-class RefusedField(ValueError):
+class RefusedField(OrchestratorError, ValueError):
     """Raised by a model's own validator to refuse the body because of one
     field (e.g. two keys that exclude each other): the 400 names ``name``."""
 
