@@ -3,28 +3,41 @@ model refuses into a 400 naming every field that was wrong."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from orchestrator.api_rules import PARSED_BODY
 from orchestrator.errors import OrchestratorError
 from orchestrator.problems import BadFields, BadInput, FieldError
 
 M = TypeVar("M", bound=BaseModel)
 
 
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object (an absent body is ``{}``), parsed once per
+    request (the ``/api/v1`` rules keep what they parsed); else a 400 problem."""
+    if PARSED_BODY in request:
+        data = request[PARSED_BODY]
+    elif not request.body_exists:
+        data = {}
+    else:
+        try:
+            data = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            raise BadInput("body", "", f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadInput("body", "", "body must be a JSON object")
+    return data
+
+
 async def read_body(request: web.Request, model: type[M]) -> M:
     """The body as ``model`` (an absent body is ``{}``); else a 400 problem
     naming each refused field (raised, answered by the problems middleware)."""
-    try:
-        data = await request.json(loads=orjson.loads) if request.body_exists else {}
-    except orjson.JSONDecodeError as exc:
-        raise BadInput("body", "", f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadInput("body", "", "body must be a JSON object")
+    data = await json_object(request)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -52,8 +65,6 @@ def _field_error(error: ErrorDetails) -> FieldError:
 def _message(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
         return "unexpected key"
-    if error["type"] == "missing":
-        return "required"
     return error["msg"]
 
 

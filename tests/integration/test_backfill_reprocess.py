@@ -467,7 +467,7 @@ async def test_the_api_creates_lists_shows_and_cancels_backfills(db_url: str, db
                 ("GET", "/api/v1/backfills/999", None, 404, "no backfill 999"),
                 ("GET", "/api/v1/backfills/abc", None, 400, "id must be an integer"),
                 ("GET", "/api/v1/backfills?state=paused", None, 400, "unknown state"),
-                ("POST", "/api/v1/backfills", {"workflow": "plain"}, 400, "start: required"),
+                ("POST", "/api/v1/backfills", {"workflow": "plain"}, 400, "start: Field required"),
                 ("POST", "/api/v1/backfills", {**good, "max_active": 0}, 400, "max_active: "),
                 ("POST", "/api/v1/backfills", {**good, "reprocess": "some"}, 400, "reprocess: "),
                 ("POST", "/api/v1/backfills", {**good, "dry": True}, 400, "unexpected key"),
