@@ -25,6 +25,7 @@ from orchestrator import (
     api_alerts,
     api_audit,
     api_dead_letters,
+    api_events,
     api_logs,
     api_operations,
     api_workflows,
@@ -32,7 +33,7 @@ from orchestrator import (
     ui,
 )
 from orchestrator.access_log import access_log_middleware
-from orchestrator.api_bodies import next_page, read_query
+from orchestrator.api_bodies import json_object, next_page, read_query
 from orchestrator.api_models import CallbackAccepted, Held, RunPage, Started
 from orchestrator.api_models import RunDetail as RunDetailModel
 from orchestrator.api_rules import (
@@ -93,6 +94,7 @@ def manual_event(
         actor=actor,
         workflow=workflow,
         params=params,
+        fresh_key=idempotency_key is None,
     )
 
 
@@ -151,12 +153,7 @@ async def trigger_run(
     ``Idempotency-Key`` header). Params the workflow does not declare, or of
     the wrong type, get 400 naming each one."""
     name = request.match_info["name"]
-    try:
-        body = await request.json(loads=orjson.loads) if request.body_exists else {}
-    except orjson.JSONDecodeError as exc:
-        return problem(400, f"body is not valid JSON: {exc}")
-    if not isinstance(body, dict):
-        return problem(400, "body must be a JSON object")
+    body = await json_object(request)
     unexpected = [key for key in body if key not in TRIGGER_BODY_KEYS]
     if unexpected:
         return problem(
@@ -396,7 +393,7 @@ def build_app(
             # Outermost first: CORS headers go on every answer, errors included;
             # the body deadline covers the rules' reading of the body.
             count_responses,
-            access_log_middleware(access_log),
+            *([access_log_middleware(True)] if access_log else []),
             cors_middleware(cors_origins),
             problems_middleware,
             auth_middleware(authenticator),  # before any body is read
@@ -432,6 +429,7 @@ def build_app(
     api_admin.add_routes(app)
     api_operations.add_routes(app)
     api_dead_letters.add_routes(app)
+    api_events.add_routes(app)
     api_logs.add_routes(app)
     api_workflows.add_routes(app)
     api_alerts.add_routes(app)

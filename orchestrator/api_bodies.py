@@ -3,36 +3,63 @@ model refuses into a 400 naming every field that was wrong."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from orchestrator.api_rules import PARSED_BODY
+from orchestrator.errors import OrchestratorError
 from orchestrator.problems import BadFields, BadInput, FieldError
 
 M = TypeVar("M", bound=BaseModel)
 
 
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object (an absent body is ``{}``), parsed once per
+    request (the ``/api/v1`` rules keep what they parsed); else a 400 problem."""
+    if PARSED_BODY in request:
+        data = request[PARSED_BODY]
+    elif not request.body_exists:
+        data = {}
+    else:
+        try:
+            data = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            raise BadInput("body", "", f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadInput("body", "", "body must be a JSON object")
+    return data
+
+
 async def read_body(request: web.Request, model: type[M]) -> M:
     """The body as ``model`` (an absent body is ``{}``); else a 400 problem
     naming each refused field (raised, answered by the problems middleware)."""
-    try:
-        data = await request.json(loads=orjson.loads) if request.body_exists else {}
-    except orjson.JSONDecodeError as exc:
-        raise BadInput("body", "", f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadInput("body", "", "body must be a JSON object")
+    data = await json_object(request)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = [
-            FieldError("body", ".".join(str(p) for p in e["loc"]) or "", _message(e))
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
+        errors = [_field_error(e) for e in exc.errors(include_url=False, include_input=False)]
         detail = "; ".join(f"{f.name or 'body'}: {f.detail}" for f in errors)
         raise BadFields(errors, f"body refused: {detail}") from None
+
+
+class RefusedField(OrchestratorError, ValueError):
+    """Raised by a model's own validator to refuse the body because of one
+    field (e.g. two keys that exclude each other): the 400 names ``name``."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+def _field_error(error: ErrorDetails) -> FieldError:
+    refused = (error.get("ctx") or {}).get("error")
+    if isinstance(refused, RefusedField):
+        return FieldError("body", refused.name, str(refused))
+    return FieldError("body", ".".join(str(p) for p in error["loc"]), _message(error))
 
 
 def _message(error: ErrorDetails) -> str:
@@ -73,8 +100,9 @@ _NUMBER_ERRORS = frozenset(
 )
 
 
-def next_page(request: web.Request, cursor: int | None) -> str | None:
-    """The URL of the page after ``cursor`` with the same filters (None: last page)."""
+def next_page(request: web.Request, cursor: int | str | None) -> str | None:
+    """The URL of the page after ``cursor`` (the last item's id, or name) with
+    the same filters (None: last page)."""
     if cursor is None:
         return None
     return str(request.rel_url.update_query(cursor=str(cursor)))

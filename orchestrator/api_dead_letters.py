@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated
 
-import orjson
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator import dead_letters
+from orchestrator.api_bodies import RefusedField, next_page, read_body, read_query
 from orchestrator.api_models import DeadLetterDetail, DeadLetterList, RedriveAnswer
-from orchestrator.api_rules import MAX_ID, path_int, query_int
+from orchestrator.api_rules import MAX_ID, path_int
 from orchestrator.callers import actor_of
 from orchestrator.engine import Engine
 from orchestrator.openapi import operation
@@ -19,7 +19,6 @@ from orchestrator.problems import BadInput, json_response
 
 #: Most dead letters one redrive request may name.
 MAX_REDRIVE = 1000
-_BODY_KEYS = ("ids", "all", "workflow", "reason")
 
 
 def _engine(request: web.Request) -> Engine:
@@ -31,20 +30,37 @@ def _engine(request: web.Request) -> Engine:
 class DeadLettersQuery(BaseModel):
     source: str | None = Field(default=None, description="Only this source's dead letters.")
     workflow: str | None = Field(default=None, description="Only those for this workflow.")
-    pending: Literal["true", "false"] = Field(
-        default="false", description="true: only those not redriven yet."
+    redriven: bool | None = Field(
+        default=None, description="true: only those redriven; false: only those not yet."
     )
-    limit: int = Field(default=100, ge=1, le=1000)
-    before: int = Field(default=0, ge=0, le=MAX_ID, description="Page on: ids below this.")
+    limit: int = Field(default=100, ge=1, le=1000, description="Dead letters per page.")
+    cursor: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="From a previous page's `next`."
+    )
 
 
 class RedriveBody(BaseModel):
     """``ids`` or ``all`` (optionally of one ``workflow``)."""
 
-    ids: list[int] | None = Field(default=None, min_length=1, max_length=MAX_REDRIVE)
-    all: bool = False
-    workflow: str | None = None
-    reason: str = ""
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_REDRIVE,
+        description="The dead letters to redrive (or give `all`).",
+    )
+    all: bool = Field(default=False, description="Every dead letter not redriven yet.")
+    workflow: str | None = Field(default=None, description="With `all`: only this workflow's.")
+    reason: str = Field(default="", description="Why, for the audit log.")
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> RedriveBody:
+        if self.all == (self.ids is not None):
+            raise RefusedField("ids", "give 'ids' (a list of dead letter ids) or 'all': true")
+        if self.workflow is not None and not self.all:
+            raise RefusedField("workflow", "'workflow' selects dead letters with 'all'")
+        return self
 
 
 @operation(
@@ -54,19 +70,23 @@ class RedriveBody(BaseModel):
     tag="dead letters",
 )
 async def list_dead_letters(request: web.Request) -> web.Response:
-    before = query_int(request, "before", default=0, low=0)
-    pending = request.query.get("pending", "false")
-    if pending not in ("true", "false"):
-        raise BadInput("query", "pending", "'pending' must be true or false")
+    query = read_query(request, DeadLettersQuery)
     found = await dead_letters.dead_letters(
         _engine(request),
-        source=request.query.get("source"),
-        workflow=request.query.get("workflow"),
-        before=before or None,
-        limit=query_int(request, "limit", default=100, high=1000),
-        include_redriven=pending == "false",
+        source=query.source,
+        workflow=query.workflow,
+        before=query.cursor,
+        limit=query.limit + 1,
+        redriven=query.redriven,
     )
-    return json_response({"dead_letters": [d.as_json() for d in found]})
+    more = len(found) > query.limit
+    found = found[: query.limit]
+    return json_response(
+        {
+            "dead_letters": [d.as_json() for d in found],
+            "next": next_page(request, found[-1].id if more else None),
+        }
+    )
 
 
 @operation(
@@ -94,50 +114,14 @@ async def get_dead_letter(request: web.Request) -> web.Response:
 )
 async def redrive(request: web.Request) -> web.Response:
     """``{"ids": [..]}`` or ``{"all": true, "workflow": "..."}``, and ``"reason"``."""
-    try:
-        body: Any = await request.json(loads=orjson.loads) if request.body_exists else None
-    except orjson.JSONDecodeError as exc:
-        raise BadInput("body", "body", f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadInput(
-            "body", "body", 'body must be a JSON object: {"ids": [...]} or {"all": true}'
-        )
-    unexpected = sorted(k for k in body if k not in _BODY_KEYS)
-    if unexpected:
-        raise BadInput(
-            "body",
-            f"body.{unexpected[0]}",
-            f"unexpected key(s) {', '.join(map(repr, unexpected))}; known: {', '.join(_BODY_KEYS)}",
-        )
-    ids, every = body.get("ids"), body.get("all", False)
-    workflow, reason = body.get("workflow"), body.get("reason", "")
-    if not isinstance(every, bool):
-        raise BadInput("body", "body.all", "'all' must be true or false")
-    if not isinstance(reason, str):
-        raise BadInput("body", "body.reason", "'reason' must be a string")
-    if workflow is not None and (not isinstance(workflow, str) or not every):
-        raise BadInput(
-            "body", "body.workflow", "'workflow' is a string that selects dead letters with 'all'"
-        )
-    if every == (ids is not None):
-        raise BadInput("body", "body.ids", "give 'ids' (a list of dead letter ids) or 'all': true")
-    if ids is not None and (
-        not isinstance(ids, list)
-        or not ids
-        or len(ids) > MAX_REDRIVE
-        or not all(type(i) is int and 1 <= i <= MAX_ID for i in ids)
-    ):
-        raise BadInput(
-            "body",
-            "body.ids",
-            f"'ids' must be a list of 1 to {MAX_REDRIVE} dead letter ids (positive integers)",
-        )
+    body = await read_body(request, RedriveBody)
+    ids, workflow, reason = body.ids, body.workflow, body.reason
     engine = _engine(request)
     chosen = ids if ids is not None else await dead_letters.pending_ids(engine, workflow=workflow)
     try:
         done = await dead_letters.redrive(engine, chosen, actor=actor_of(request), reason=reason)
     except dead_letters.UnknownDeadLetterError as exc:
-        raise BadInput("body", "body.ids", str(exc), status=404) from None
+        raise BadInput("body", "ids", str(exc), status=404) from None
     return json_response({"redriven": [r.as_json() for r in done]})
 
 

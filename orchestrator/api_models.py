@@ -134,7 +134,7 @@ class DeadLetterDetail(DeadLetter):
     meta: dict[str, Any]
 
 
-class DeadLetterList(BaseModel):
+class DeadLetterList(Page):
     dead_letters: list[DeadLetter]
 
 
@@ -190,7 +190,7 @@ class Held(Started):
     paused: bool
 
 
-class WorkflowList(BaseModel):
+class WorkflowList(Page):
     workflows: list[WorkflowSummary]
 
 

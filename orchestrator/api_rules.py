@@ -33,6 +33,8 @@ MAX_IDEMPOTENCY_KEY = 200
 MAX_ID = 2**63 - 1
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: The body as parsed JSON, once these rules have parsed it (see api_bodies.json_body).
+PARSED_BODY = web.RequestKey("parsed_body", object)
 _JSON_MEDIA = re.compile(r"application/(?:[a-z0-9.+-]+\+)?json\Z")
 _DIGITS = re.compile(r"[0-9]{1,30}\Z")
 
@@ -73,6 +75,7 @@ async def _body_problem(request: web.Request) -> web.Response | None:
     raw = await request.read()  # kept by aiohttp: the handler reads it again for free
     try:
         document = orjson.loads(raw)
+        request[PARSED_BODY] = document  # handlers take it from here: parsed once
     except orjson.JSONDecodeError:
         try:
             raw.decode("utf-8")

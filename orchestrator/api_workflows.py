@@ -1,8 +1,9 @@
 """Workflows over the API: list and describe them, pause and unpause.
 
-- ``GET /api/v1/workflows[?owner=&tag=]``: every registered workflow with its
-  paused state, version, owner, tags, triggers, next schedule time, newest run
-  and the events it holds (``buffered``, ``dropped``).
+- ``GET /api/v1/workflows[?owner=&tag=&paused=&limit=&cursor=]``: registered
+  workflows by name, in pages, with their paused state, version, owner, tags,
+  triggers, next schedule time, newest run and the events they hold
+  (``buffered``, ``dropped``).
 - ``GET /api/v1/workflows/{name}``: one of them.
 - ``POST /api/v1/workflows/{name}/pause`` with ``{"reason"?, "hold_running"?}``:
   200 ``{"workflow", "paused": true, "changed"}``; pausing a paused workflow is
@@ -25,6 +26,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from orchestrator.api_bodies import next_page, read_query
 from orchestrator.api_models import HeldList, PauseAnswer, UnpauseAnswer, WorkflowList
 from orchestrator.api_rules import query_int
 from orchestrator.callers import actor_of
@@ -79,6 +81,11 @@ def _summary_json(summary: Any) -> dict[str, Any]:
 class WorkflowsQuery(BaseModel):
     owner: str | None = Field(default=None, description="Only this owner's workflows.")
     tag: str | None = Field(default=None, description="Only workflows with this tag.")
+    paused: bool | None = Field(default=None, description="true: only paused ones; false: others.")
+    limit: int = Field(default=100, ge=1, le=1000, description="Workflows per page.")
+    cursor: str | None = Field(
+        default=None, min_length=1, description="From a previous page's `next` (a name)."
+    )
 
 
 class PauseBody(BaseModel):
@@ -102,10 +109,23 @@ class HeldQuery(BaseModel):
     tag="workflows",
 )
 async def list_all(request: web.Request) -> web.Response:
+    query = read_query(request, WorkflowsQuery)
     found = await list_workflows(
-        _engine(request).db, owner=request.query.get("owner"), tag=request.query.get("tag")
+        _engine(request).db,
+        owner=query.owner,
+        tag=query.tag,
+        paused=query.paused,
+        after=query.cursor,
+        limit=query.limit + 1,
     )
-    return json_response({"workflows": [_summary_json(s) for s in found]})
+    more = len(found) > query.limit
+    found = found[: query.limit]
+    return json_response(
+        {
+            "workflows": [_summary_json(s) for s in found],
+            "next": next_page(request, found[-1].name if more else None),
+        }
+    )
 
 
 @operation(summary="Describe a workflow", response=WorkflowSummary, errors=(404,), tag="workflows")

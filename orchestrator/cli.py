@@ -337,7 +337,8 @@ def workflows(name: str | None, owner: str | None, tag: str | None, as_json: boo
                     echo_json(asdict(await workflow_summary(db, name)))
                 else:
                     found = await list_workflows(db, owner=owner, tag=tag)
-                    echo_json({"workflows": [asdict(w) for w in found]})
+                    # Every workflow at once: there is no page after this one.
+                    echo_json({"workflows": [asdict(w) for w in found], "next": None})
                 return ""
             if name is not None:
                 return await describe_workflow(db, name)
@@ -532,12 +533,14 @@ def _add_commands() -> None:
     from orchestrator import cli_pause
     from orchestrator.cli_alerts import alerts_cmd
     from orchestrator.cli_dead_letters import dead_letters_cmd
+    from orchestrator.cli_events import events_cmd
     from orchestrator.cli_logs import logs_cmd
     from orchestrator.cli_operations import COMMANDS as operations
     from orchestrator.cli_tokens import tokens_cmd
 
     main.add_command(tokens_cmd)
     main.add_command(dead_letters_cmd)
+    main.add_command(events_cmd)
     main.add_command(logs_cmd)
     main.add_command(alerts_cmd)
     for command in (cli_pause.pause, cli_pause.unpause, cli_pause.held):

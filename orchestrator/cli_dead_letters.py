@@ -44,14 +44,21 @@ def _with_engine(work: Callable[[Engine], Awaitable[T]]) -> T:
 @click.option("--source", default=None, help="Only those of this source (kafka, webhook, …).")
 @click.option("--workflow", "-w", default=None, help="Only those refused by this workflow.")
 @click.option("--pending", is_flag=True, help="Only those not redriven yet.")
+@click.option("--before", type=click.IntRange(1), default=None, help="Page on: ids below this.")
 @click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="As GET /api/v1/dead-letters answers.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='{"dead_letters": [...] as GET /api/v1/dead-letters, "next_before": ID or null}.',
+)
 @click.pass_context
 def dead_letters_cmd(
     ctx: click.Context,
     source: str | None,
     workflow: str | None,
     pending: bool,
+    before: int | None,
     limit: int,
     as_json: bool,
 ) -> None:
@@ -64,11 +71,19 @@ def dead_letters_cmd(
 
     found = _with_engine(
         lambda engine: dead_letters(
-            engine, source=source, workflow=workflow, limit=limit, include_redriven=not pending
+            engine,
+            source=source,
+            workflow=workflow,
+            before=before,
+            limit=limit + 1,
+            redriven=False if pending else None,
         )
     )
+    more = len(found) > limit
+    found = found[:limit]
+    next_before = found[-1].id if more else None
     if as_json:
-        echo_json({"dead_letters": [d.as_json() for d in found]})
+        echo_json({"dead_letters": [d.as_json() for d in found], "next_before": next_before})
         return
     if not found:
         click.echo("no dead letters")
@@ -93,6 +108,8 @@ def dead_letters_cmd(
             ],
         )
     )
+    if next_before is not None:
+        click.echo(f"(more: --before {next_before})")
 
 
 def _short(text: str, width: int = 80) -> str:

@@ -164,13 +164,12 @@ async def dead_letters(
     workflow: str | None = None,
     before: int | None = None,
     limit: int = 100,
-    include_redriven: bool = True,
+    redriven: bool | None = None,
 ) -> list[DeadLetterRecord]:
-    """Dead letters, newest first; ``before`` (an id) pages back."""
+    """Dead letters, newest first, only those ``redriven`` (or not) when it is
+    given; ``before`` (an id) pages back."""
     async with engine.db.pool.acquire() as conn:
-        rows = await conn.fetch(
-            SQL.list_dead_letters, source, workflow, before, limit, include_redriven
-        )
+        rows = await conn.fetch(SQL.list_dead_letters, source, workflow, before, limit, redriven)
     return [_record(r, full=False) for r in rows]
 
 

@@ -84,6 +84,9 @@ class Event:
     interval_end: datetime | None = None
     keys: list[str] = field(default_factory=list)
     """Correlation keys the source already knows (e.g. a callback token's)."""
+    fresh_key: bool = False
+    """The source made the dedup key up just now (a manual trigger without an
+    idempotency key): no stored event can have it, so it is not looked up."""
 
 
 @dataclass(slots=True)
@@ -385,6 +388,9 @@ class Intake:
         fresh = [e for e in batch if e.dedup_key in inserted]
         if fresh:
             await self._wake_waits(conn, fresh, inserted, actor, notices)
+        offered_again = sorted(a.event_id for a in answers.values() if a.duplicate)
+        if offered_again:  # last: see the query
+            await conn.execute(SQL.count_redeliveries, offered_again)
         if own:
             await notices.send(conn)
         results = []
@@ -418,7 +424,7 @@ class Intake:
     ) -> dict[str, asyncpg.Record]:
         """Stored events among those of sources looked up first, by key."""
         first = self.router.looked_up_first
-        keys = [e.dedup_key for e in batch if e.source in first]
+        keys = [e.dedup_key for e in batch if e.source in first and not e.fresh_key]
         if not keys:
             return {}
         return {r["dedup_key"]: r for r in await conn.fetch(SQL.events_by_key, keys)}

@@ -1,4 +1,6 @@
-"""Secrets: ``{{ secrets.NAME }}`` in task inputs, resolved when the attempt runs.
+"""Secrets: ``{{ secrets.NAME }}`` in task inputs, resolved when the attempt
+runs, and in the trigger settings a source declares secret (e.g. a webhook's
+``secret``), resolved when the source sets the trigger up.
 
 A secret is looked up in the backends in order, the first that knows it wins:
 
@@ -127,6 +129,33 @@ class Secrets:
         return [secret for secret in sorted(set(names)) if self.get(secret) is None]
 
 
+#: A trigger setting that names a secret: the whole value is one reference.
+_REFERENCE = re.compile(r"\A\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_.-]{0,127})\s*\}\}\Z")
+
+
+def secret_reference(value: str) -> str | None:
+    """The secret ``value`` names (``{{ secrets.NAME }}``), or None."""
+    found = _REFERENCE.match(value)
+    return found.group(1) if found else None
+
+
+class SettingSecretError(SecretNotFoundError):
+    """A trigger setting names a secret no backend holds (its name, never a value)."""
+
+    def __init__(self, where: str, secret: str, backends: Sequence[str]) -> None:
+        super().__init__(secret, backends)
+        self.args = (f"{where}: {self.args[0]}",)
+
+
+def setting_secret(secrets: Secrets, where: str, secret: str) -> str:
+    """The value of the secret a trigger setting names (``where`` says which,
+    e.g. ``webhook 'sales' secret``), or :class:`SettingSecretError`."""
+    value = secrets.get(secret)
+    if value is None:
+        raise SettingSecretError(where, secret, [b.name for b in secrets.backends])
+    return value
+
+
 def referenced_secrets(inputs: Any) -> set[str]:
     """The secret names ``{{ secrets.NAME }}`` templates inside ``inputs`` read."""
     return {key for root, key in referenced_fields(inputs) if root == ROOT and key}
@@ -144,12 +173,21 @@ def unresolved(workflows: Iterable[Any]) -> list[str]:
         settings = None  # validate checks workflows, not settings: use the defaults
     secrets = Secrets.from_settings(settings)
     backends = ", ".join(b.name for b in secrets.backends)
+    specs = list(workflows)
     return [
         f"warning: workflow {spec.name!r} task {task.id!r}: secret {name!r} is not set in "
         f"any secret backend ({backends}); attempts of this task will fail until it is"
-        for spec in workflows
+        for spec in specs
         for task in spec.tasks
         for name in secrets.missing(referenced_secrets(task.inputs))
+    ] + [
+        f"warning: workflow {spec.name!r} triggers[{index}] ({trigger.source}) {setting}: "
+        f"secret {name!r} is not set in any secret backend ({backends}); the trigger "
+        "cannot be set up until it is"
+        for spec in specs
+        for index, trigger in enumerate(spec.triggers)
+        for setting, name in sorted(trigger.secret_settings().items())
+        if secrets.get(name) is None
     ]
 
 

@@ -58,6 +58,22 @@ class Trigger(BaseModel):
 
     #: False when the source's events carry nothing to filter (a schedule).
     filterable: ClassVar[bool] = True
+    #: Settings that may name a secret (``{{ secrets.NAME }}``, nothing else),
+    #: which the source resolves when it sets the trigger up: the spec keeps
+    #: only the name.
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    def secret_settings(self) -> dict[str, str]:
+        """Each of :attr:`secret_fields` that is set, with the secret it names."""
+        from orchestrator.secrets import secret_reference
+
+        found = {}
+        for name in self.secret_fields:
+            value = getattr(self, name)
+            secret = secret_reference(value) if isinstance(value, str) else None
+            if secret is not None:
+                found[name] = secret
+        return found
 
     def routed_channel(self) -> str | None:
         """The one event channel this trigger listens on (a topic, a hook),

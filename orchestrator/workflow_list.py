@@ -60,13 +60,17 @@ async def list_workflows(
     owner: str | None = None,
     tag: str | None = None,
     name: str | None = None,
+    paused: bool | None = None,
+    after: str | None = None,
+    limit: int | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> list[WorkflowSummary]:
     """Every registered workflow (or ``name``), optionally only those of
-    ``owner`` or carrying ``tag``, by name."""
+    ``owner``, carrying ``tag``, or ``paused`` (or not), by name; ``after``
+    (a name) and ``limit`` page them."""
     now = clock.now()
     async with db.pool.acquire() as conn:
-        rows = await conn.fetch(SQL.registered_workflows, name)
+        rows = await conn.fetch(SQL.workflow_page, name, after, limit, owner, tag, paused)
         found: list[WorkflowSummary] = []
         for r in rows:
             spec = _spec_of(r["spec"])
@@ -80,17 +84,13 @@ async def list_workflows(
                 summary.triggers = [f"{t.source} {t.target()}".strip() for t in spec.triggers]
                 times = [t for t in (t.next_time(now) for t in spec.triggers) if t is not None]
                 summary.next_schedule = min(times) if times else None
-            if owner is not None and summary.owner != owner:
-                continue
-            if tag is not None and tag not in summary.tags:
-                continue
             found.append(summary)
         names = [s.name for s in found]
-        paused = await pauses(conn, names)
+        pause_of = await pauses(conn, names)
         counts = await held_counts(conn, names)
         last = {r["workflow"]: r for r in await conn.fetch(SQL.last_runs, names)}
     for s in found:
-        pause = paused.get(s.name)
+        pause = pause_of.get(s.name)
         if pause is not None:
             s.paused = True
             s.paused_at = pause.paused_at

@@ -4,12 +4,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-import orjson
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.api_bodies import read_body
 from orchestrator.api_models import Backfill, BackfillList, NothingToBackfill
 from orchestrator.api_rules import path_int, query_int
 from orchestrator.callers import actor_of
@@ -19,19 +19,7 @@ from orchestrator.intake import Intake
 from orchestrator.openapi import operation
 from orchestrator.problems import BadInput, json_response
 from sources import backfill_jobs
-from sources.backfill import REPROCESS, BackfillError
-
-_BODY_KEYS = (
-    "workflow",
-    "start",
-    "end",
-    "max_active",
-    "reprocess",
-    "interval",
-    "cron",
-    "timezone",
-    "reason",
-)
+from sources.backfill import BackfillError
 
 
 def _intake(request: web.Request) -> Intake:
@@ -47,6 +35,8 @@ class BackfillsQuery(BaseModel):
 
 
 class BackfillBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     workflow: str
     start: str = Field(description="The first logical date (ISO 8601).")
     end: str = Field(description="The last logical date (ISO 8601).")
@@ -59,7 +49,9 @@ class BackfillBody(BaseModel):
 
 
 class ReasonBody(BaseModel):
-    reason: str = ""
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason: str = Field(default="", description="Why, for the audit log.")
 
 
 @operation(summary="List backfills", response=BackfillList, query=BackfillsQuery, tag="backfills")
@@ -104,13 +96,7 @@ async def get_backfill(request: web.Request) -> web.Response:
 )
 async def cancel_backfill(request: web.Request) -> web.Response:
     backfill_id = path_int(request, "id")
-    body = await _body(request, optional=True)
-    unexpected = sorted(k for k in body if k != "reason")
-    if unexpected:
-        raise BadInput("body", f"body.{unexpected[0]}", "the only key is 'reason'")
-    reason = body.get("reason", "")
-    if not isinstance(reason, str):
-        raise BadInput("body", "body.reason", "'reason' must be a string")
+    reason = (await read_body(request, ReasonBody)).reason
     try:
         found = await backfill_jobs.cancel(
             _intake(request).engine.db, backfill_id, actor=actor_of(request), reason=reason
@@ -134,53 +120,28 @@ async def cancel_backfill(request: web.Request) -> web.Response:
 async def create_backfill(request: web.Request) -> web.Response:
     """A detached backfill: ``{"workflow", "start", "end"}`` and optionally
     ``max_active``, ``reprocess``, ``interval`` or ``cron``, ``timezone``, ``reason``."""
-    body = await _body(request)
-    unexpected = sorted(k for k in body if k not in _BODY_KEYS)
-    if unexpected:
-        raise BadInput(
-            "body",
-            f"body.{unexpected[0]}",
-            f"unexpected key(s) {', '.join(map(repr, unexpected))}; known: {', '.join(_BODY_KEYS)}",
-        )
-    text: dict[str, str | None] = {}
-    for key in ("workflow", "start", "end", "interval", "cron", "timezone", "reason"):
-        value = body.get(key)
-        if value is None and key in ("workflow", "start", "end"):
-            raise BadInput("body", f"body.{key}", f"'{key}' is required")
-        if value is not None and not isinstance(value, str):
-            raise BadInput("body", f"body.{key}", f"'{key}' must be a string")
-        text[key] = value
-    max_active = body.get("max_active", 4)
-    if type(max_active) is not int or not 1 <= max_active <= 10_000:
-        raise BadInput("body", "body.max_active", "'max_active' must be an integer from 1 to 10000")
-    reprocess = body.get("reprocess")
-    if reprocess is not None and reprocess not in REPROCESS:
-        raise BadInput(
-            "body", "body.reprocess", f"'reprocess' must be one of {', '.join(REPROCESS)}"
-        )
+    body = await read_body(request, BackfillBody)
     intake = _intake(request)
-    workflow, start, end = text["workflow"], text["start"], text["end"]
-    assert workflow is not None and start is not None and end is not None
     try:
         made, found = await backfill_jobs.submit(
             intake,
-            workflow,
-            start,
-            end,
+            body.workflow,
+            body.start,
+            body.end,
             now=SYSTEM_CLOCK.now(),
-            max_active=max_active,
-            reprocess=reprocess,
-            cron=text["cron"],
-            interval=text["interval"],
-            timezone=text["timezone"] or "UTC",
+            max_active=body.max_active,
+            reprocess=body.reprocess,
+            cron=body.cron,
+            interval=body.interval,
+            timezone=body.timezone or "UTC",
             actor=actor_of(request),
-            reason=text["reason"] or "",
+            reason=body.reason or "",
         )
     except UnknownWorkflowError as exc:
-        raise BadInput("body", "body.workflow", str(exc), status=404) from None
+        raise BadInput("body", "workflow", str(exc), status=404) from None
     except BackfillError as exc:
         status = 404 if "unknown workflow" in str(exc) else 400
-        raise BadInput("body", "body", str(exc), status=status) from None
+        raise BadInput("body", "", str(exc), status=status) from None
     if made is None:
         return json_response(
             {
@@ -191,18 +152,6 @@ async def create_backfill(request: web.Request) -> web.Response:
             }
         )
     return json_response(made.as_json(), 201)
-
-
-async def _body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    if optional and not request.body_exists:
-        return {}
-    try:
-        body = await request.json(loads=orjson.loads)
-    except orjson.JSONDecodeError as exc:
-        raise BadInput("body", "body", f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadInput("body", "body", "body must be a JSON object")
-    return body
 
 
 def add_routes(app: web.Application) -> None:

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 
 from orchestrator.globs import glob_regex
 from orchestrator.identifiers import IDENTIFIER
+from orchestrator.secrets import secret_reference
 from orchestrator.trigger_spec import SharedSetting, Trigger
 
 
@@ -41,6 +42,21 @@ class WebhookTrigger(Trigger):
     auth: Literal["standard", "github", "bearer", "none"] = "standard"
     """``standard``: Standard Webhooks signatures; ``github``: X-Hub-Signature-256;
     ``bearer``: ``Authorization: Bearer <secret>``; ``none``: open (local use only)."""
+    secret: str | None = None
+    """The hook's secret as ``{{ secrets.NAME }}`` (read from the secret
+    backends when the hook is set up); default: ``ORCHESTRATOR_WEBHOOK_SECRET_<HOOK>``."""
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("secret",)
+
+    @field_validator("secret")
+    @classmethod
+    def _a_reference(cls, value: str | None) -> str | None:
+        if value is not None and secret_reference(value) is None:
+            raise ValueError(
+                "must name a secret, e.g. '{{ secrets.SALES_HOOK }}': a secret written "
+                "here would be stored with the workflow"
+            )
+        return value
 
     def routed_channel(self) -> str:
         return self.hook
@@ -50,7 +66,8 @@ class WebhookTrigger(Trigger):
 
     def shared_setting(self) -> SharedSetting:
         # One secret and one scheme per hook: workflows sharing it must agree.
-        return SharedSetting(f"webhook {self.hook!r}", "auth", self.auth)
+        value = self.auth if self.secret is None else f"{self.auth}, secret {self.secret}"
+        return SharedSetting(f"webhook {self.hook!r}", "auth", value)
 
 
 class FileTrigger(Trigger):

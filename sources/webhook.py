@@ -53,6 +53,7 @@ from orchestrator.group_commit import BatcherClosedError, GroupCommit
 from orchestrator.intake import Event, Router
 from orchestrator.json_limits import may_be_unstorable, unstorable
 from orchestrator.problems import FieldError, json_response, problem, unavailable
+from orchestrator.secrets import Secrets, SettingSecretError, setting_secret
 from orchestrator.settings import Settings, webhook_secret_variable
 from orchestrator.sources import SourceContext
 from orchestrator.store import UNAVAILABLE
@@ -86,24 +87,33 @@ class Hook:
     auth: str
     workflows: tuple[str, ...]
     conflict: str | None = None
-    """Why the hook is refused: workflows that disagree on ``auth``."""
+    """Why the hook is refused: workflows that disagree on ``auth`` (or ``secret``)."""
+    secret: str | None = None
+    """The secret its triggers name (``{{ secrets.NAME }}``); None: the hook's variable."""
 
 
 def hooks_of(router: Router) -> dict[str, Hook]:
     """Each hook the workflows name, with its agreed auth (or the conflict)."""
     hooks = {}
     for name in router.channels("webhook"):
-        auth_by_workflow: dict[str, str] = {}
+        by_workflow: dict[str, WebhookTrigger] = {}
         for route in router.routes_on("webhook", name):
             if isinstance(route.trigger, WebhookTrigger):
-                auth_by_workflow.setdefault(route.workflow, route.trigger.auth)
-        workflows = tuple(sorted(auth_by_workflow))
-        kinds = sorted(set(auth_by_workflow.values()))
+                by_workflow.setdefault(route.workflow, route.trigger)
+        workflows = tuple(sorted(by_workflow))
+        settings = {w: t.shared_setting().value for w, t in by_workflow.items()}
         conflict = None
-        if len(kinds) > 1:
-            listed = ", ".join(f"{w} uses {a!r}" for w, a in sorted(auth_by_workflow.items()))
+        if len(set(settings.values())) > 1:
+            listed = ", ".join(f"{w} uses {a!r}" for w, a in sorted(settings.items()))
             conflict = f"webhook {name!r} has conflicting auth settings: {listed}"
-        hooks[name] = Hook(name, kinds[0] if kinds else "standard", workflows, conflict)
+        first = by_workflow[workflows[0]] if workflows else None
+        hooks[name] = Hook(
+            name,
+            first.auth if first is not None else "standard",
+            workflows,
+            conflict,
+            first.secret_settings().get("secret") if first is not None else None,
+        )
     return hooks
 
 
@@ -164,6 +174,7 @@ class WebhookSource:
         self._keys_of: dict[str, tuple[bytes, ...]] = {}
         """Parsed secrets of the usable hooks, refreshed whenever the workflows change."""
         self._settings: Settings | None = None
+        self._secrets: Secrets | None = None
         self._clock: Clock | None = None
         self.batcher: GroupCommit | None = None
 
@@ -218,15 +229,27 @@ class WebhookSource:
     # -- configuration ---------------------------------------------------------
 
     def _secret(self, hook: Hook) -> str | None:
+        """The hook's secret: the one its triggers name, read from the secret
+        backends now, else its variable. Raises :class:`SettingSecretError`
+        (naming the secret) when the one named is not set."""
         assert self._settings is not None
+        if hook.secret is not None:
+            if self._secrets is None:
+                self._secrets = Secrets.from_settings(self._settings)
+            return setting_secret(self._secrets, f"webhook {hook.name!r} secret", hook.secret)
         secret = self._settings.webhook_secret(hook.name)
         return secret.get_secret_value() if secret is not None else None
 
     def _keys(self, hook: Hook) -> tuple[bytes, ...] | str:
         """The hook's keys, or why it cannot be used (no secret set, malformed)."""
-        raw = self._secret(hook)
+        try:
+            raw = self._secret(hook)
+        except SettingSecretError as exc:
+            return str(exc)
+        variable = (
+            webhook_secret_variable(hook.name) if hook.secret is None else f"secret {hook.secret!r}"
+        )
         if raw is None:
-            variable = webhook_secret_variable(hook.name)
             return f"webhook {hook.name!r} (auth {hook.auth!r}) has no secret: set {variable}"
         try:
             if hook.auth == "standard":
@@ -234,7 +257,6 @@ class WebhookSource:
             else:
                 keys = signatures.plain_keys(raw)
         except signatures.SecretFormatError as exc:
-            variable = webhook_secret_variable(hook.name)
             return f"webhook {hook.name!r}: {variable} is unusable: {exc}"
         self._keys_of[hook.name] = keys
         return keys

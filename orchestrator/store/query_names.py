@@ -26,6 +26,7 @@ class NamedQueries:
     claim_mixed: str
     coalesced_events: str
     count_prunable: str
+    count_redeliveries: str
     count_running_runs: str
     create_token: str
     current_versions: str
@@ -34,6 +35,7 @@ class NamedQueries:
     dead_letter_failed_again: str
     dead_letter_redriven: str
     dead_letters_exist: str
+    dead_letters_of_events: str
     deferral_runs: str
     deferrals_of_run: str
     deferred_counts: str
@@ -42,6 +44,7 @@ class NamedQueries:
     end_run_waits: str
     ensure_pools: str
     escalate_alerts: str
+    event_content: str
     events_by_key: str
     events_for_keys: str
     events_for_patterns: str
@@ -56,6 +59,7 @@ class NamedQueries:
     heartbeat: str
     held_counts: str
     held_events_of: str
+    held_of_events: str
     holds_of_workflow: str
     insert_alerts: str
     insert_dead_letters: str
@@ -72,6 +76,7 @@ class NamedQueries:
     limited_waiting: str
     list_alerts: str
     list_dead_letters: str
+    list_events: str
     list_pools: str
     list_runs: str
     list_tokens: str
@@ -137,5 +142,6 @@ class NamedQueries:
     version_spec: str
     waiting_for_keys: str
     waiting_for_paths: str
+    workflow_page: str
     workflow_versions_with_runs: str
     workflows_of_runs: str

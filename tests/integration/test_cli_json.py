@@ -13,8 +13,10 @@ from pydantic import TypeAdapter
 from handlers import builtin_registry
 from orchestrator import audit
 from orchestrator.api_admin import PoolList
-from orchestrator.api_models import DeadLetterList, RunDetail, WorkflowList
+from orchestrator.api_events import EventDetail, EventSummary
+from orchestrator.api_models import RunDetail, WorkflowList
 from orchestrator.app import Orchestrator
+from orchestrator.intake import Event, Intake
 from orchestrator.run_reads import RunSummary
 from orchestrator.run_waiter import wait_for_runs
 from orchestrator.settings import Settings
@@ -40,6 +42,9 @@ async def test_json_output_parses_and_matches_the_api_shapes(db_url: str) -> Non
         run_id = await orch.engine.trigger("greeting")
         assert (await wait_for_runs(orch.db, [run_id], timeout=20))[run_id] == RunState.SUCCESS
         await orch.engine.set_pool("gpu", 2, actor="cli:ana", reason="quota")
+        await Intake(orch.engine).ingest(
+            [Event(source="kafka", channel="nobody-listens", dedup_key="k-1", payload={"a": 1})]
+        )
 
     runs = cli_json(db_url, "runs")
     [summary] = TypeAdapter(list[RunSummary]).validate_python(runs["runs"])
@@ -63,5 +68,12 @@ async def test_json_output_parses_and_matches_the_api_shapes(db_url: str) -> Non
     one = TypeAdapter(WorkflowSummary).validate_python(cli_json(db_url, "workflows", "greeting"))
     assert one == described
 
-    letters = DeadLetterList.model_validate(cli_json(db_url, "dead-letters"))
-    assert letters.dead_letters == []
+    letters = cli_json(db_url, "dead-letters")
+    assert letters == {"dead_letters": [], "next_before": None}
+
+    events = cli_json(db_url, "events")
+    assert set(events) == {"items", "next_before"} and events["next_before"] is None
+    [event] = TypeAdapter(list[EventSummary]).validate_python(events["items"])
+    assert (event.source, event.status, event.run_ids) == ("kafka", "recorded", [])
+    shown_event = EventDetail.model_validate(cli_json(db_url, "events", "show", str(event.id)))
+    assert shown_event.channel == "nobody-listens" and shown_event.payload == {"a": 1}

@@ -228,9 +228,15 @@ async def test_the_api_lists_shows_and_redrives_and_names_what_is_wrong(server: 
     status, body = await server.api("GET", "/api/v1/dead-letters?source=webhook&workflow=orders")
     [hooked] = body["dead_letters"]
     status, body = await server.api("GET", "/api/v1/dead-letters?workflow=nope")
-    assert body == {"dead_letters": []}
-    status, body = await server.api("GET", f"/api/v1/dead-letters?before={hooked['id']}")
-    assert body == {"dead_letters": []}
+    assert body == {"dead_letters": [], "next": None}
+    status, body = await server.api("GET", f"/api/v1/dead-letters?cursor={hooked['id']}")
+    assert body == {"dead_letters": [], "next": None}
+    # Pages: the next link keeps the filters.
+    status, body = await server.api("GET", "/api/v1/dead-letters?limit=1&redriven=false")
+    assert [d["source"] for d in body["dead_letters"]] == ["kafka"]
+    assert body["next"] is not None and "redriven=false" in body["next"]
+    status, body = await server.api("GET", body["next"])
+    assert [d["id"] for d in body["dead_letters"]] == [hooked["id"]] and body["next"] is None
     status, shown = await server.api("GET", f"/api/v1/dead-letters/{hooked['id']}")
     assert status == 200 and shown["payload"] == {"id": "E-1"} and "'order_id'" in shown["error"]
 
@@ -238,19 +244,34 @@ async def test_the_api_lists_shows_and_redrives_and_names_what_is_wrong(server: 
         ("GET", "/api/v1/dead-letters/abc", None, 400, "id must be an integer"),
         ("GET", "/api/v1/dead-letters/99999", None, 404, "no dead letter 99999"),
         ("GET", "/api/v1/dead-letters?limit=0", None, 400, "'limit'"),
-        ("GET", "/api/v1/dead-letters?pending=maybe", None, 400, "'pending'"),
+        ("GET", "/api/v1/dead-letters?redriven=maybe", None, 400, "'redriven'"),
+        ("GET", "/api/v1/dead-letters?cursor=0", None, 400, "'cursor'"),
         ("POST", "/api/v1/dead-letters/redrive", {}, 400, "give 'ids'"),
         ("POST", "/api/v1/dead-letters/redrive", [1], 400, "must be a JSON object"),
         ("POST", "/api/v1/dead-letters/redrive", {"ids": [1], "all": True}, 400, "give 'ids'"),
-        ("POST", "/api/v1/dead-letters/redrive", {"ids": ["x"]}, 400, "'ids' must be a list"),
+        ("POST", "/api/v1/dead-letters/redrive", {"ids": ["x"]}, 400, "ids.0: "),
         ("POST", "/api/v1/dead-letters/redrive", {"ids": [99999]}, 404, "no dead letter 99999"),
-        ("POST", "/api/v1/dead-letters/redrive", {"idz": [1]}, 400, "unexpected key(s) 'idz'"),
+        ("POST", "/api/v1/dead-letters/redrive", {"idz": [1]}, 400, "idz: unexpected key"),
         ("POST", "/api/v1/dead-letters/redrive", {"ids": [1], "workflow": "x"}, 400, "'all'"),
-        ("POST", "/api/v1/dead-letters/redrive", {"all": True, "reason": 5}, 400, "'reason'"),
+        ("POST", "/api/v1/dead-letters/redrive", {"all": True, "reason": 5}, 400, "reason: "),
+        ("POST", "/api/v1/dead-letters/redrive", {"all": 1}, 400, "all: "),
+        ("POST", "/api/v1/dead-letters/redrive", {"ids": [True]}, 400, "ids.0: "),
     ]
     for method, path, body, want, detail in bad:
         status, problem = await server.api(method, path, body)
         assert (status, detail in problem["detail"]) == (want, True), (path, body, problem)
+    for body, field in (
+        ({}, "ids"),
+        ({"ids": [1], "workflow": "x"}, "workflow"),
+        ({"all": True, "reason": 5}, "reason"),
+        ({"idz": [1]}, "idz"),
+    ):
+        status, problem = await server.api("POST", "/api/v1/dead-letters/redrive", body)
+        assert problem["errors"][0] == {
+            "in": "body",
+            "name": field,
+            "detail": problem["errors"][0]["detail"],
+        }
     assert await server.runs() == []
 
     await server.orch.register([FIXED])
@@ -260,7 +281,7 @@ async def test_the_api_lists_shows_and_redrives_and_names_what_is_wrong(server: 
     assert status == 200
     [done] = body["redriven"]
     assert done["id"] == hooked["id"] and done["redriven"] and len(done["run_ids"]) == 1
-    status, body = await server.api("GET", "/api/v1/dead-letters?pending=true")
+    status, body = await server.api("GET", "/api/v1/dead-letters?redriven=false")
     assert [d["source"] for d in body["dead_letters"]] == ["kafka"]
     [entry] = await audit.entries(server.engine.db, action="redrive")
     assert entry.actor.startswith("api:") and entry.reason == "fix"

@@ -69,7 +69,20 @@ async def test_pause_list_and_unpause_over_http(db_url: str) -> None:
             assert sorted(w["name"] for w in daily["workflows"]) == ["ads", "sales"]
             status, growth = await call("GET", "/workflows?owner=team-growth&tag=daily")
             assert [w["name"] for w in growth["workflows"]] == ["ads"]
-            assert (await call("GET", "/workflows?owner=nobody"))[1] == {"workflows": []}
+            assert (await call("GET", "/workflows?owner=nobody"))[1] == {
+                "workflows": [],
+                "next": None,
+            }
+            # Pages by name; the next link keeps the filters.
+            status, page = await call("GET", "/workflows?limit=1&tag=daily")
+            assert [w["name"] for w in page["workflows"]] == ["ads"]
+            assert page["next"] is not None and "tag=daily" in page["next"]
+            async with http.get(f"http://127.0.0.1:{orch.http.port}{page['next']}") as resp:
+                page = await resp.json()
+            assert [w["name"] for w in page["workflows"]] == ["sales"] and page["next"] is None
+            for query, name in (("limit=0", "limit"), ("paused=maybe", "paused")):
+                status, bad = await call("GET", "/workflows?" + query)
+                assert status == 400 and bad["errors"][0]["name"] == name, bad
 
             status, paused = await call(
                 "POST", "/workflows/sales/pause", json={"reason": "provider outage"}
@@ -83,6 +96,10 @@ async def test_pause_list_and_unpause_over_http(db_url: str) -> None:
             assert status == 202 and triggered["paused"] is True and triggered["run_ids"] == []
             status, one = await call("GET", "/workflows/sales")
             assert status == 200 and one["paused"] is True and one["buffered"] == 1
+            status, only = await call("GET", "/workflows?paused=true")
+            assert [w["name"] for w in only["workflows"]] == ["sales"]
+            status, others = await call("GET", "/workflows?paused=false")
+            assert [w["name"] for w in others["workflows"]] == ["ads", "plain"]
             assert one["pause_reason"] == "provider outage"
             assert one["paused_by"] == "api:127.0.0.1"
 

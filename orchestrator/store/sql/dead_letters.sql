@@ -2,8 +2,8 @@
 -- routing again (redrive).
 
 -- name: list_dead_letters
--- Newest first; $1 source, $2 workflow (NULL: any), $3 before id, $4 limit,
--- $5 include redriven ones
+-- Newest first; $1 source, $2 workflow (NULL: any), $3 ids below (the
+-- cursor), $4 limit, $5 redriven or not (NULL: either)
 SELECT d.id, d.source, d.channel, d.dedup_key, d.event_id, d.workflow, d.reason,
        d.received_at, d.attempts, d.last_attempt_at, d.redriven_at, d.redriven_by,
        d.redrive_event_id, d.redrive_run_ids
@@ -11,7 +11,7 @@ FROM dead_letter_events d
 WHERE ($1::text IS NULL OR d.source = $1)
   AND ($2::text IS NULL OR d.workflow = $2)
   AND ($3::bigint IS NULL OR d.id < $3)
-  AND ($5::boolean OR d.redriven_at IS NULL)
+  AND ($5::boolean IS NULL OR (d.redriven_at IS NOT NULL) = $5)
 ORDER BY d.id DESC
 LIMIT $4;
 

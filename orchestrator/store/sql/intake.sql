@@ -24,3 +24,10 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::te
             $7::text[], $8::text[], $9::text[])
     AS i(source, channel, dedup_key, event_id, workflow, reason, raw, headers, meta)
 ON CONFLICT (dedup_key, coalesce(workflow, '')) DO NOTHING;
+
+-- name: count_redeliveries
+-- $1 ids of stored events offered again (sorted: rows are locked in one order).
+-- Intake's last statement, so a transaction holding these row locks waits for
+-- no other intake transaction (the dedup-key waits of the insert came first).
+UPDATE events SET redeliveries = redeliveries + 1, last_redelivered_at = now()
+WHERE id = ANY($1::bigint[]);

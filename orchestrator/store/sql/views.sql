@@ -40,3 +40,20 @@ SELECT
     (SELECT extract(epoch FROM now() - min(queued_at)) FROM task_instances
         WHERE state = 'queued')::float8 AS oldest_queued_s,
     (SELECT count(*) FROM task_instances WHERE state = 'deferred')::bigint AS deferred;
+
+-- name: workflow_page
+-- Registered workflows by name, as `registered_workflows`, filtered and paged:
+-- $1 name (NULL: all), $2 names after this one (the cursor), $3 limit (NULL:
+-- all), $4 owner, $5 tag, $6 paused or not (NULL: either).
+SELECT w.name, w.current_version, v.spec::text AS spec, w.updated_at,
+       (SELECT count(*) FROM runs r
+        WHERE r.workflow = w.name AND r.state IN ('queued', 'running')) AS live_runs
+FROM workflows w JOIN workflow_versions v ON v.version = w.current_version
+WHERE ($1::text IS NULL OR w.name = $1)
+  AND ($2::text IS NULL OR w.name > $2)
+  AND ($4::text IS NULL OR v.spec->>'owner' = $4)
+  AND ($5::text IS NULL OR v.spec->'tags' ? $5)
+  AND ($6::boolean IS NULL
+       OR EXISTS (SELECT 1 FROM workflow_pauses p WHERE p.workflow = w.name) = $6)
+ORDER BY w.name
+LIMIT $3;
