@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator import (
     api_admin,
     api_audit,
+    api_datasets,
     api_dead_letters,
     api_logs,
     api_operations,
@@ -431,6 +432,7 @@ def build_app(
     api_dead_letters.add_routes(app)
     api_logs.add_routes(app)
     api_workflows.add_routes(app)
+    api_datasets.add_routes(app)
     source_registry().add_routes(app)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
     if engine is not None:

@@ -277,6 +277,9 @@ class Plan:
     ended_waits: list[int] = field(default_factory=list)
     timed_waits: bool = False
     """A wait with a wake time or a deadline was recorded (the triggerer arms it)."""
+    succeeded: list[tuple[int, str, str]] = field(default_factory=list)
+    """(run id, task id, version) of the tasks this commit moved to success:
+    those with outlets record their dataset updates in the same commit."""
 
 
 Planning = Generator[Ask[Any], Any, Plan]
@@ -385,6 +388,11 @@ def commit(outcomes: Sequence[Outcome]) -> Planning:
     # By attempt too: a late result of an older attempt may share the batch.
     for o in outcomes:
         (plan.accepted if (o.id, o.attempt) in recorded.accepted else plan.rejected).append(o)
+    plan.succeeded += [
+        (o.run_id, o.task_id, runs[o.run_id].version)
+        for o in plan.accepted
+        if o.target == TaskState.SUCCESS and o.run_id in runs
+    ]
     states = {run_id: dict(s) for run_id, s in recorded.states.items()}
     changed: dict[int, list[str]] = defaultdict(list)
     for o in plan.accepted:
@@ -551,6 +559,11 @@ def _end_waits(
     plan.ended_waits += [w.id for w in ended]
     moved = yield from ask(EndDeferredTasks([deferred_move(w, by_id[w.id]) for w in ended]))
     plan.queued += sum(1 for m in moved if m.state == TaskState.QUEUED)
+    plan.succeeded += [
+        (m.run_id, m.task_id, runs[m.run_id].version)
+        for m in moved
+        if m.state == TaskState.SUCCESS and m.run_id in runs
+    ]
     changed: dict[int, list[str]] = defaultdict(list)
     for m in moved:
         if m.state in TERMINAL_TASK_STATES:

@@ -16,6 +16,7 @@ import orjson
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from orchestrator.dataset_refs import DatasetRefEntry
 from orchestrator.identifiers import IDENTIFIER
 from orchestrator.params import ParamSpec, ParamsSchema, build_schema, compact, schema_entry_error
 from orchestrator.trigger_spec import TriggerSpec
@@ -110,6 +111,10 @@ class TaskSpec(BaseModel):
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
     max_concurrency: int | None = Field(default=None, ge=1)
     """At most this many instances of this task run at once, across all runs."""
+    inlets: tuple[DatasetRefEntry, ...] = Field(default=(), max_length=100)
+    """Datasets the task reads (URIs; see :mod:`orchestrator.dataset_refs`)."""
+    outlets: tuple[DatasetRefEntry, ...] = Field(default=(), max_length=100)
+    """Datasets the task writes: each success records an update of each."""
 
 
 def _valid_entry(value: Any) -> Any:
@@ -193,7 +198,13 @@ class WorkflowSpec(BaseModel):
         return dict(schema.defaults) if schema else {}
 
     def canonical_json(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        data = self.model_dump(mode="json")
+        for task in data["tasks"]:
+            # Left out when empty: a spec that names no datasets keeps its version.
+            for key in ("inlets", "outlets"):
+                if not task[key]:
+                    del task[key]
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
     @property
     def version(self) -> str:

@@ -12,6 +12,9 @@ class NamedQueries:
 
     add_event_runs: str
     add_hold: str
+    add_pending_updates: str
+    add_update_runs: str
+    all_datasets_last_updates: str
     allocate_run_ids: str
     apply_decisions: str
     audit_entries: str
@@ -22,11 +25,19 @@ class NamedQueries:
     claim: str
     claim_mixed: str
     coalesced_events: str
+    consumers_of_update: str
     count_prunable: str
     count_running_runs: str
     create_token: str
+    current_specs: str
     current_versions: str
     current_versions_one: str
+    dataset_dates_taken: str
+    dataset_events_by_id: str
+    dataset_known: str
+    dataset_trigger_workflows: str
+    dataset_updates: str
+    datasets_last_updates: str
     dead_letter: str
     dead_letter_failed_again: str
     dead_letter_redriven: str
@@ -50,6 +61,8 @@ class NamedQueries:
     held_counts: str
     held_events_of: str
     holds_of_workflow: str
+    insert_dataset_event_uses: str
+    insert_dataset_events: str
     insert_dead_letters: str
     insert_deferrals: str
     insert_event_keys: str
@@ -78,6 +91,7 @@ class NamedQueries:
     move_held: str
     notify: str
     operator_moves: str
+    outlet_tasks: str
     paused_among: str
     pauses: str
     pending_dead_letter_ids: str
@@ -95,6 +109,8 @@ class NamedQueries:
     reopen_runs: str
     resolve_deferrals: str
     revoke_token: str
+    run_dataset_causes: str
+    run_dataset_updates: str
     run_id_bounds: str
     run_states: str
     run_task_states: str
@@ -102,6 +118,7 @@ class NamedQueries:
     set_current_version: str
     set_pool: str
     start_runs: str
+    take_pending_updates: str
     task_instances_of_run: str
     task_log_attempt: str
     task_log_chunks: str

@@ -1,0 +1,197 @@
+"""Datasets: updates recorded with the producing task's success, dataset
+triggers (any, all, partitions), external updates, and what runs show."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from eventually import eventually
+
+from handlers import builtin_registry
+from orchestrator.context import TaskContext
+from orchestrator.dataset_refs import DatasetRef
+from orchestrator.dataset_triggers import DatasetTrigger
+from orchestrator.datasets import Datasets, DatasetUpdate
+from orchestrator.registry import HandlerRegistry
+from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
+from orchestrator.testing import WorkflowTest
+
+SALES = "postgres://warehouse/sales_clean"
+STOCK = "s3://lake/stock"
+
+
+async def rows(ctx: TaskContext, n: int = 3) -> dict[str, Any]:
+    return {"rows": n}
+
+
+async def check(ctx: TaskContext, ok: bool = True) -> None:
+    if not ok:
+        raise ValueError("bad output")
+
+
+def registry() -> HandlerRegistry:
+    reg = builtin_registry()
+    reg.register("rows", rows)
+    reg.register("check", check)
+    return reg
+
+
+def producer(name: str, uri: str, *, checked: bool = False) -> WorkflowSpec:
+    """Loads, optionally checks, then publishes ``uri`` (the outlet)."""
+    tasks = [TaskSpec(id="load", handler="rows", inputs={"n": "{{ params.n }}"})]
+    if checked:
+        tasks.append(
+            TaskSpec(
+                id="quality",
+                handler="check",
+                upstream=("load",),
+                inputs={"ok": "{{ params.ok }}"},
+                retry=RetryPolicy(max_attempts=1),
+            )
+        )
+    tasks.append(
+        TaskSpec(
+            id="publish",
+            handler="rows",
+            upstream=(tasks[-1].id,),
+            inputs={"n": "{{ params.n }}"},
+            outlets=(DatasetRef(uri=uri),),
+        )
+    )
+    return WorkflowSpec(name=name, params={"n": 1, "ok": True}, tasks=tuple(tasks))
+
+
+def consumer(name: str, trigger: dict[str, Any]) -> WorkflowSpec:
+    return WorkflowSpec(
+        name=name,
+        tasks=(TaskSpec(id="use", handler="echo", inputs={"got": "{{ params }}"}),),
+        triggers=(DatasetTrigger.model_validate({"source": "dataset", **trigger}),),
+    )
+
+
+async def runs_of(wt: WorkflowTest, workflow: str) -> list[Any]:
+    assert wt.orchestrator.db is not None
+    return list(
+        await wt.orchestrator.db.pool.fetch(
+            "SELECT id, state::text AS state, params::text AS params, logical_date, event_id"
+            " FROM runs WHERE workflow = $1 ORDER BY id",
+            workflow,
+        )
+    )
+
+
+async def test_producer_consumer_chain(pg_admin_url: str) -> None:
+    """Three workflows over two datasets, driven by real runs: the update is
+    recorded with the success and starts the next workflow, params mapped."""
+    wfs = [
+        producer("extract", SALES),
+        WorkflowSpec(
+            name="transform",
+            tasks=(
+                TaskSpec(
+                    id="build",
+                    handler="rows",
+                    inputs={"n": 7},
+                    inlets=(DatasetRef(uri=SALES),),
+                    outlets=(DatasetRef(uri=STOCK, fresh_within="26h"),),
+                ),
+            ),
+            triggers=(
+                DatasetTrigger.model_validate(
+                    {"source": "dataset", "any": [SALES], "params": {"rows": "{{ payload.rows }}"}}
+                ),
+            ),
+        ),
+        consumer("report", {"any": [STOCK]}),
+    ]
+    async with WorkflowTest(pg_admin_url, workflows=wfs, registry=registry()) as wt:
+        run = await wt.run("extract", {"n": 42})
+        assert run.state == "success"
+        db = wt.orchestrator.db
+        assert db is not None
+        update = await db.pool.fetchrow("SELECT * FROM dataset_events WHERE uri = $1", SALES)
+        assert update["run_id"] == run.run_id and update["task_id"] == "publish"
+        transform = await eventually(lambda: _one(runs_of(wt, "transform")))
+        assert '"rows": 42' in transform["params"]
+        assert (await wt.wait(transform["id"])).state == "success"
+        report = await eventually(lambda: _one(runs_of(wt, "report")))
+        assert (await wt.wait(report["id"])).state == "success"
+        causes = await db.pool.fetch(
+            "SELECT d.uri FROM dataset_event_uses u JOIN dataset_events d"
+            " ON d.id = u.dataset_event_id WHERE u.trigger_event_id = $1",
+            report["event_id"],
+        )
+        assert [c["uri"] for c in causes] == [STOCK]
+
+
+async def _one(rows: Any) -> Any:
+    found = await rows
+    return found[0] if len(found) == 1 else None
+
+
+async def test_failed_quality_check_announces_nothing(pg_admin_url: str) -> None:
+    wfs = [producer("extract", SALES, checked=True), consumer("report", {"any": [SALES]})]
+    async with WorkflowTest(pg_admin_url, workflows=wfs, registry=registry()) as wt:
+        run = await wt.run("extract", {"n": 1, "ok": False})
+        assert run.state == "failed"
+        db = wt.orchestrator.db
+        assert db is not None
+        assert await db.pool.fetchval("SELECT count(*) FROM dataset_events") == 0
+        assert await runs_of(wt, "report") == []
+        ok = await wt.run("extract", {"n": 1, "ok": True})
+        assert ok.state == "success"
+        assert await db.pool.fetchval("SELECT count(*) FROM dataset_events") == 1
+        await eventually(lambda: _one(runs_of(wt, "report")))
+
+
+def update(uri: str, key: str, date: str | None = None) -> DatasetUpdate:
+    day = datetime.fromisoformat(date).replace(tzinfo=UTC) if date else None
+    return DatasetUpdate(uri=uri, dedup_key=f"test:{key}", metadata={"k": key}, logical_date=day)
+
+
+async def test_all_counts_each_dataset_once_in_any_order(pg_admin_url: str) -> None:
+    wfs = [consumer("both", {"all": [SALES, STOCK], "params": {"last": "{{ meta.uri }}"}})]
+    async with WorkflowTest(pg_admin_url, workflows=wfs, registry=registry()) as wt:
+        assert wt.orchestrator.engine is not None
+        datasets = Datasets(wt.orchestrator.engine)
+        # Sales twice before stock: one run, linked to all three updates.
+        assert (await datasets.record([update(SALES, "s1")], actor="t"))[0].run_ids == []
+        assert (await datasets.record([update(SALES, "s2")], actor="t"))[0].run_ids == []
+        first = await datasets.record([update(STOCK, "k1")], actor="t")
+        assert len(first[0].run_ids) == 1
+        # Redelivered: nothing new.
+        again = await datasets.record([update(STOCK, "k1")], actor="t")
+        assert again[0].duplicate and again[0].run_ids == first[0].run_ids
+        # The other order starts the next run.
+        assert (await datasets.record([update(STOCK, "k2")], actor="t"))[0].run_ids == []
+        second = await datasets.record([update(SALES, "s3")], actor="t")
+        assert len(second[0].run_ids) == 1
+        runs = await runs_of(wt, "both")
+        assert [r["id"] for r in runs] == first[0].run_ids + second[0].run_ids
+        db = wt.orchestrator.db
+        assert db is not None
+        used = await db.pool.fetch(
+            "SELECT d.dedup_key FROM dataset_event_uses u"
+            " JOIN dataset_events x ON x.id = u.dataset_event_id"
+            " JOIN events d ON d.id = x.event_id"
+            " WHERE u.trigger_event_id = $1 ORDER BY d.id",
+            runs[0]["event_id"],
+        )
+        assert [u["dedup_key"] for u in used] == ["test:s1", "test:s2", "test:k1"]
+        assert '"last": "s3://lake/stock"' in runs[0]["params"]
+
+
+async def test_partitions_match_logical_dates(pg_admin_url: str) -> None:
+    wfs = [consumer("daily", {"all": [SALES, STOCK], "partition": True})]
+    async with WorkflowTest(pg_admin_url, workflows=wfs, registry=registry()) as wt:
+        assert wt.orchestrator.engine is not None
+        datasets = Datasets(wt.orchestrator.engine)
+        await datasets.record(
+            [update(SALES, f"s{d}", f"2026-01-0{d}") for d in (1, 2, 3)], actor="t"
+        )
+        await datasets.record([update(STOCK, "k2", "2026-01-02")], actor="t")
+        await datasets.record([update(STOCK, "k9", "2026-01-09")], actor="t")
+        await datasets.record([update(STOCK, "k1", "2026-01-01")], actor="t")
+        runs = await runs_of(wt, "daily")
+        assert [r["logical_date"].date().isoformat() for r in runs] == ["2026-01-02", "2026-01-01"]
