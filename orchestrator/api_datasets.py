@@ -161,11 +161,7 @@ async def post_update(request: web.Request) -> web.Response:
 
 
 def lineage_of(request: web.Request) -> Lineage:
-    found = request.app.get(LINEAGE_KEY)
-    if found is None:  # one per application: its graph is rebuilt only on change
-        found = Lineage(_engine(request).specs)
-        request.app[LINEAGE_KEY] = found
-    return found
+    return request.app[LINEAGE_KEY]
 
 
 @operation(summary="List datasets: last update, freshness", response=DatasetList, tag="datasets")
@@ -226,6 +222,7 @@ async def get_run_datasets(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[LINEAGE_KEY] = Lineage()  # one per application: its graph is rebuilt only on change
     app.router.add_get("/api/v1/datasets", list_datasets)
     app.router.add_post("/api/v1/datasets/{uri:.+}/events", post_update)
     app.router.add_get("/api/v1/datasets/{uri:.+}/consumers", get_consumers)

@@ -13,9 +13,11 @@ The trigger's ``filter`` and ``params`` see the update that completed it::
      "meta": {"uri", "logical_date", "workflow", "run_id", "task_id",
               "dataset_event_id", "updates": [{"uri", "logical_date", "metadata", ...}]}}
 
-The plugin registering this model lives in :mod:`sources.plugins`; the
-updates are routed by :mod:`orchestrator.datasets`, in the transaction that
-records them.
+Datasets are the engine's own event source (their updates come from task
+successes in its commits), so its plugin, :data:`PLUGIN`, is built in: every
+:func:`~orchestrator.plugins.source_registry` has it, installed packages or
+not. The updates are routed by :mod:`orchestrator.datasets`, in the
+transaction that records them.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.dataset_refs import URI_PATTERN
 from orchestrator.globs import glob_regex
+from orchestrator.plugins import SourcePlugin
 from orchestrator.trigger_spec import Trigger
 
-__all__ = ["DatasetTrigger"]
+__all__ = ["PLUGIN", "DatasetPlugin", "DatasetTrigger"]
 
 URIList = tuple[str, ...]
 
@@ -88,3 +91,14 @@ def _patterns(uris: URIList) -> tuple[re.Pattern[str], ...]:
         if len(_cache) < 4096:
             _cache[uris] = found
     return found
+
+
+class DatasetPlugin(SourcePlugin):
+    """``source: dataset``; its HTTP routes are the core's
+    (:mod:`orchestrator.api_datasets`)."""
+
+    triggers = (DatasetTrigger,)
+    looked_up_first = ("dataset",)
+
+
+PLUGIN = DatasetPlugin()

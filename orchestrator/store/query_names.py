@@ -36,7 +36,6 @@ class NamedQueries:
     dataset_events_by_id: str
     dataset_known: str
     dataset_trigger_workflows: str
-    dataset_updates: str
     datasets_last_updates: str
     dead_letter: str
     dead_letter_failed_again: str

@@ -3,16 +3,23 @@ triggers (any, all, partitions), external updates, and what runs show."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
+from cli_process import cli_runner
 from eventually import eventually
+from suite_settings import suite_settings
 
 from handlers import builtin_registry
+from orchestrator.app import Orchestrator
 from orchestrator.context import TaskContext
 from orchestrator.dataset_refs import DatasetRef
 from orchestrator.dataset_triggers import DatasetTrigger
 from orchestrator.datasets import Datasets, DatasetUpdate
+from orchestrator.pausing import pause_workflow
 from orchestrator.registry import HandlerRegistry
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.testing import WorkflowTest
@@ -195,3 +202,82 @@ async def test_partitions_match_logical_dates(pg_admin_url: str) -> None:
         await datasets.record([update(STOCK, "k1", "2026-01-01")], actor="t")
         runs = await runs_of(wt, "daily")
         assert [r["logical_date"].date().isoformat() for r in runs] == ["2026-01-02", "2026-01-01"]
+
+
+async def test_external_update_over_http_show_and_lineage(db_url: str) -> None:
+    """An update reported through the API starts the consumer once (a repeat
+    with the same key starts nothing); ``show``, ``lineage`` and ``datasets``
+    say what happened; a paused consumer buffers the update's run."""
+    wfs = [
+        producer("extract", SALES),
+        consumer("report", {"any": [SALES], "params": {"rows": "{{ payload.rows }}"}}),
+    ]
+    settings = suite_settings(worker_slots=0)
+    async with Orchestrator(settings, db_url, workflows=wfs, http=True) as orch:
+        assert orch.http is not None and orch.engine is not None
+        base = f"http://127.0.0.1:{orch.http.port}/api/v1"
+        path = "/datasets/" + quote(SALES, safe="") + "/events"
+        async with aiohttp.ClientSession() as http:
+
+            async def call(method: str, url: str, **kw: Any) -> tuple[int, Any]:
+                async with http.request(method, base + url, **kw) as resp:
+                    return resp.status, await resp.json(content_type=None)
+
+            body = {"metadata": {"rows": 5}, "logical_date": "2026-03-01T00:00:00Z"}
+            headers = {"Idempotency-Key": "load-1"}
+            status, first = await call("POST", path, json=body, headers=headers)
+            assert status == 202 and len(first["run_ids"]) == 1 and not first["duplicate"]
+            status, again = await call("POST", path, json=body, headers=headers)
+            assert status == 202 and again["duplicate"] and again["run_ids"] == first["run_ids"]
+            status, bad = await call("POST", "/datasets/not-a-uri/events", json={})
+            assert status == 400 and "not a dataset URI" in bad["detail"]
+            status, bad = await call("POST", path, json={"rows": 5})
+            assert status == 400 and "rows" in bad["detail"]
+
+            run_id = first["run_ids"][0]
+            status, caused = await call("GET", f"/runs/{run_id}/datasets")
+            assert status == 200 and [u["uri"] for u in caused["caused_by"]] == [SALES]
+            assert caused["caused_by"][0]["metadata"] == {"rows": 5}
+            status, consumers = await call(
+                "GET", "/datasets/" + quote(SALES, safe="") + "/consumers?logical_date=2026-03-01"
+            )
+            assert [c["run_id"] for c in consumers["consumers"]] == [run_id]
+            status, graph = await call("GET", "/lineage?node=report&direction=upstream")
+            assert status == 200
+            assert [n["id"] for n in graph["nodes"]] == [
+                "workflow:report",
+                f"dataset:{SALES}",
+                "workflow:extract",
+            ]
+            status, _ = await call("GET", "/lineage?node=nothing")
+            assert status == 404
+            status, listed = await call("GET", "/datasets")
+            assert [d["uri"] for d in listed["datasets"]] == [SALES]
+            assert listed["datasets"][0]["updates"] == 1
+
+            await pause_workflow(orch.engine, "report", actor="test", reason="maintenance")
+            status, held = await call("POST", path, json={"metadata": {"rows": 6}})
+            assert status == 202 and held["run_ids"] == []
+            assert orch.db is not None
+            assert (
+                await orch.db.pool.fetchval(
+                    "SELECT count(*) FROM held_events WHERE workflow = 'report'"
+                )
+                == 1
+            )
+
+    cli = cli_runner(db_url)
+    shown = cli("show", str(run_id))
+    assert "caused by dataset updates:" in shown.stdout and SALES in shown.stdout
+    lineage = cli("lineage", SALES, "--downstream", "--json")
+    assert lineage.returncode == 0, lineage.stderr
+    assert [n["id"] for n in json.loads(lineage.stdout)["nodes"]] == [
+        f"dataset:{SALES}",
+        "workflow:report",
+    ]
+    text = cli("lineage", "extract")
+    assert f"extract --produces--> {SALES}" in text.stdout
+    listed_cli = cli("datasets", "--json")
+    assert json.loads(listed_cli.stdout)["datasets"][0]["updates"] == 2
+    consumed = cli("datasets", SALES, "--date", "2026-03-01")
+    assert f"{run_id}" in consumed.stdout and "report" in consumed.stdout

@@ -105,11 +105,6 @@ JOIN runs r ON r.event_id = u.trigger_event_id
 WHERE d.uri = $1 AND ($2::timestamptz IS NULL OR d.logical_date = $2)
 ORDER BY d.id, r.id;
 
--- name: dataset_updates
--- A dataset's newest updates, newest first.
-SELECT id, uri, workflow, run_id, task_id, logical_date, metadata::text AS metadata, recorded_at
-FROM dataset_events WHERE uri = $1 ORDER BY id DESC LIMIT $2;
-
 -- name: datasets_last_updates
 SELECT uri, last_event_id, last_updated_at, updates FROM datasets WHERE uri = ANY($1::text[]);
 
