@@ -27,12 +27,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
 
+from orchestrator.dataset_refs import URI_PATTERN
 from orchestrator.dataset_triggers import DatasetTrigger
 from orchestrator.errors import DuplicateRunError, OrchestratorError
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake, Route, Router, trigger_key_of
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DatasetUpdate", "Datasets", "record_outlets"]
+__all__ = ["DatasetUpdate", "Datasets", "record_outlets", "updates_from_messages"]
 
 SOURCE = "dataset"
 
@@ -388,6 +389,72 @@ class Datasets:
         if letters:
             await self.intake.ingest_in(conn, [], dead_letters=letters, actor=actor)
         return answers
+
+
+def updates_from_messages(
+    events: Sequence[Event], topic: str | None
+) -> tuple[list[Event], list[DatasetUpdate], list[DeadLetter]]:
+    """Split a batch of Kafka events: those on the dataset ``topic`` are
+    updates (``{"uri", "logical_date", "metadata"}``), keeping the message's
+    dedup key; one that is not is a dead letter naming what is wrong."""
+    if topic is None:
+        return list(events), [], []
+    others: list[Event] = []
+    updates: list[DatasetUpdate] = []
+    letters: list[DeadLetter] = []
+    for event in events:
+        if event.channel != topic:
+            others.append(event)
+            continue
+        try:
+            updates.append(update_from_payload(event.payload, event.dedup_key))
+        except ValueError as exc:
+            letters.append(
+                DeadLetter(
+                    event.source,
+                    event.channel,
+                    event.dedup_key,
+                    f"not a dataset update: {exc}",
+                    raw=orjson.dumps(event.payload).decode(),
+                    headers=event.headers,
+                    meta=event.meta,
+                )
+            )
+    return others, updates, letters
+
+
+def update_from_payload(payload: Any, dedup_key: str) -> DatasetUpdate:
+    if not isinstance(payload, dict):
+        raise ValueError(
+            'expected a JSON object {"uri": ..., "logical_date": ..., "metadata": ...}'
+        )
+    unknown = sorted(set(payload) - {"uri", "logical_date", "metadata"})
+    if unknown:
+        raise ValueError(
+            f"unexpected key(s) {', '.join(unknown)} (known: uri, logical_date, metadata)"
+        )
+    uri = payload.get("uri")
+    if not isinstance(uri, str) or not URI_PATTERN.match(uri) or "{{" in uri:
+        raise ValueError(f"'uri' {uri!r} is not a dataset URI (scheme://...)")
+    metadata = payload.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError("'metadata' must be a JSON object")
+    day = payload.get("logical_date")
+    logical_date = None
+    if day is not None:
+        try:
+            logical_date = datetime.fromisoformat(str(day))
+        except ValueError:
+            raise ValueError(f"'logical_date' {day!r} is not an ISO 8601 date") from None
+        if logical_date.tzinfo is None:
+            logical_date = logical_date.replace(tzinfo=UTC)
+    return DatasetUpdate(
+        uri=uri,
+        dedup_key=f"dataset-update:{dedup_key}",
+        metadata=_metadata(metadata),
+        logical_date=logical_date,
+        actor="kafka",
+    )
 
 
 async def record_outlets(

@@ -23,6 +23,8 @@ from orchestrator.pausing import pause_workflow
 from orchestrator.registry import HandlerRegistry
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.testing import WorkflowTest
+from sources.kafka import KafkaSource
+from sources.kafka_publish import publish
 
 SALES = "postgres://warehouse/sales_clean"
 STOCK = "s3://lake/stock"
@@ -281,3 +283,44 @@ async def test_external_update_over_http_show_and_lineage(db_url: str) -> None:
     assert json.loads(listed_cli.stdout)["datasets"][0]["updates"] == 2
     consumed = cli("datasets", SALES, "--date", "2026-03-01")
     assert f"{run_id}" in consumed.stdout and "report" in consumed.stdout
+
+
+async def test_updates_from_the_kafka_topic(db_url: str, kafka_env: Any) -> None:
+    """Messages on ORCHESTRATOR_DATASET_TOPIC are updates, each recorded once
+    (a redelivery has the same offset); a malformed one is a dead letter."""
+    topic = await kafka_env.create_topic("datasets")
+    settings = kafka_env.settings(dataset_topic=topic, worker_slots=0)
+    wfs = [consumer("report", {"any": [SALES]})]
+    values = [
+        {"uri": SALES, "logical_date": "2026-03-02", "metadata": {"rows": 9}},
+        {"uri": "nope", "metadata": {}},
+    ]
+    await publish(settings, topic, values)
+    source = KafkaSource(consumer_options=kafka_env.consumer_options)
+    async with Orchestrator(settings, db_url, workflows=wfs, sources=[source]) as orch:
+        db = orch.db
+        assert db is not None
+        runs = await eventually(
+            lambda: _one(runs_of_db(db, "report")), timeout=30, what="the consumer's run"
+        )
+        letters = await eventually(
+            lambda: db.pool.fetch("SELECT reason FROM dead_letter_events"),
+            timeout=30,
+            what="the dead letter",
+        )
+        assert "not a dataset URI" in letters[0]["reason"]
+        update = await db.pool.fetchrow(
+            "SELECT logical_date, metadata::text AS m FROM dataset_events"
+        )
+        assert update["logical_date"].date().isoformat() == "2026-03-02"
+        assert json.loads(update["m"]) == {"rows": 9}
+        assert runs["event_id"] is not None
+
+
+async def runs_of_db(db: Any, workflow: str) -> list[Any]:
+    return list(
+        await db.pool.fetch(
+            "SELECT id, state::text AS state, event_id FROM runs WHERE workflow = $1 ORDER BY id",
+            workflow,
+        )
+    )
