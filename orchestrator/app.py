@@ -17,6 +17,7 @@ from orchestrator.api import build_app
 from orchestrator.auth import Authenticator, tokens_required
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine
+from orchestrator.freshness import FreshnessWatch
 from orchestrator.health import Liveness
 from orchestrator.http_server import HttpServer
 from orchestrator.intake import Intake, Router
@@ -92,6 +93,7 @@ class Orchestrator:
         self._wakeups: Subscription | None = None
         self._started_sources: list[Source] = []
         self.triggerer: Triggerer | None = None
+        self.freshness: FreshnessWatch | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -173,6 +175,11 @@ class Orchestrator:
                     ),
                     name="orchestrator-retention",
                 )
+            if s.has_role("scheduler"):
+                self.freshness = FreshnessWatch(
+                    self.db, self.clock, interval_s=s.dataset_freshness_check_s
+                )
+                self.freshness.start()
             if s.has_role("triggerer"):
                 self.triggerer = Triggerer(
                     self.engine, self.clock, poll_s=s.poll_interval_s, registry=self.registry
@@ -192,6 +199,8 @@ class Orchestrator:
                 self._wakeups = self.db.listener.subscribe(TASKS_CHANNEL, self.worker.wake)
                 self.worker.start()
         except BaseException:
+            if self.freshness is not None:
+                await self.freshness.stop()
             if self.triggerer is not None:
                 await self.triggerer.stop()
             await self._stop_sources()
@@ -240,6 +249,8 @@ class Orchestrator:
         await self._stop_sources()
         if self.triggerer is not None:
             await _shutdown_step("the triggerer", self.triggerer.stop())
+        if self.freshness is not None:
+            await _shutdown_step("the freshness watch", self.freshness.stop())
         if self._pruner is not None:
             self._pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     )
     """A Kafka topic whose JSON messages report dataset updates made elsewhere:
     ``{"uri": ..., "logical_date": ..., "metadata": {...}}``."""
+    dataset_freshness_check_s: float = Field(default=60.0, gt=0, le=86_400)
+    """How often the scheduler role checks datasets' ``fresh_within``."""
 
     landing_dir: Path = Path("landing")
     """The landing zone watched for files."""

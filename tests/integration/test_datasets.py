@@ -4,24 +4,32 @@ triggers (any, all, partitions), external updates, and what runs show."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import pytest
 from cli_process import cli_runner
 from eventually import eventually
 from suite_settings import suite_settings
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
+from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.context import TaskContext
 from orchestrator.dataset_refs import DatasetRef
 from orchestrator.dataset_triggers import DatasetTrigger
 from orchestrator.datasets import Datasets, DatasetUpdate
+from orchestrator.engine import Engine
+from orchestrator.freshness import FreshnessWatch
+from orchestrator.lineage import DatasetNode, Lineage, dataset_list, freshness
+from orchestrator.metrics import METRICS
 from orchestrator.pausing import pause_workflow
 from orchestrator.registry import HandlerRegistry
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
+from orchestrator.store import connect
 from orchestrator.testing import WorkflowTest
 from sources.kafka import KafkaSource
 from sources.kafka_publish import publish
@@ -324,3 +332,100 @@ async def runs_of_db(db: Any, workflow: str) -> list[Any]:
             workflow,
         )
     )
+
+
+async def test_a_stale_dataset_on_an_injected_clock(
+    pg_admin_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fresh_within: 26h. Fresh after its update, stale 27 hours later (one
+    alert: a log line and a metric), fresh again after the next update."""
+    wfs = [
+        WorkflowSpec(
+            name="extract",
+            tasks=(
+                TaskSpec(
+                    id="publish",
+                    handler="rows",
+                    outlets=(DatasetRef(uri=SALES, fresh_within="26h"),),
+                ),
+            ),
+        )
+    ]
+    async with WorkflowTest(pg_admin_url, workflows=wfs, registry=registry()) as wt:
+        db = wt.orchestrator.db
+        assert db is not None
+        watch = FreshnessWatch(db, wt.manual_clock)
+        assert (await wt.run("extract", {})).state == "success"
+        assert await watch.check() == []
+        alerts = METRICS.dataset_stale_alerts._value.get()
+        await wt.manual_clock.advance(timedelta(hours=27))
+        with caplog.at_level(logging.WARNING, logger="orchestrator.freshness"):
+            assert await watch.check() == [SALES]
+        assert f"dataset {SALES} is stale" in caplog.text
+        assert METRICS.dataset_stale_alerts._value.get() == alerts + 1
+        assert METRICS.datasets_stale._value.get() == 1
+        assert await watch.check() == []  # one alert per stale spell
+        async with db.pool.acquire() as conn:
+            listed = await dataset_list(conn, Lineage(), wt.manual_clock.now())
+        assert [d["freshness"] for d in listed] == ["stale"]
+        assert (await wt.run("extract", {})).state == "success"
+        assert await watch.check() == []
+        assert watch.stale == set()
+
+
+def test_freshness_with_an_expected_cron() -> None:
+    node = DatasetNode(SALES, fresh_within=timedelta(hours=2), cron="0 2 * * *")
+    day = datetime(2026, 3, 2, tzinfo=UTC)
+    updated = day.replace(hour=2, minute=30)
+    assert freshness(node, updated, day.replace(hour=23)) == "fresh"
+    # The next day's 02:00 update is due by 04:00.
+    assert freshness(node, updated, day.replace(day=3, hour=3)) == "fresh"
+    assert freshness(node, updated, day.replace(day=3, hour=5)) == "stale"
+    assert freshness(node, None, day) == "never"
+    assert freshness(DatasetNode(SALES), updated, day) is None
+
+
+def chain_specs(count: int) -> list[WorkflowSpec]:
+    """``count`` workflows in a chain: ``w{i}`` is triggered by ``ds{i-1}``
+    and writes ``ds{i}`` (2 x ``count`` nodes)."""
+    specs = []
+    for i in range(count):
+        triggers = (
+            (DatasetTrigger.model_validate({"source": "dataset", "any": [f"s3://l/ds{i - 1}"]}),)
+            if i
+            else ()
+        )
+        specs.append(
+            WorkflowSpec(
+                name=f"w{i}",
+                tasks=(
+                    TaskSpec(id="t", handler="noop", outlets=(DatasetRef(uri=f"s3://l/ds{i}"),)),
+                ),
+                triggers=triggers,
+            )
+        )
+    return specs
+
+
+async def test_lineage_of_a_generated_thousand_node_graph(db_url: str) -> None:
+    db = await connect(db_url, size=2)
+    try:
+        await Engine(db).register(chain_specs(500))
+        lineage = Lineage()
+        now = SYSTEM_CLOCK.now()
+        async with db.pool.acquire() as conn:
+            down = await lineage.query(conn, "s3://l/ds0", direction="downstream", now=now)
+            assert len(down.nodes) == 999 and len(down.edges) == 998
+            near = await lineage.query(conn, "w250", depth=2, now=now)
+            assert [n["id"] for n in near.nodes] == [
+                "workflow:w250",
+                "dataset:s3://l/ds249",
+                "dataset:s3://l/ds250",
+                "workflow:w249",
+                "workflow:w251",
+            ]
+            up = await lineage.query(conn, "s3://l/ds3", direction="upstream", now=now)
+            assert [n["id"] for n in up.nodes][-1] == "workflow:w0" and len(up.nodes) == 8
+            assert len((await lineage.graph(conn)).datasets) == 500
+    finally:
+        await db.close()
