@@ -22,6 +22,7 @@ SCENARIO_MODULES = (
     "api_scenarios",
     "operation_scenarios",
     "pause_scenarios",
+    "lineage_scenarios",
 )
 
 

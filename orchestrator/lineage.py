@@ -162,19 +162,18 @@ class Lineage:
     def __init__(self, specs: SpecCache | None = None) -> None:
         self.specs = specs or SpecCache()
         self._graph = Graph()
-        self._versions: dict[str, str] = {}
+        self._fingerprint: str | None = None
         self._updated: set[str] = set()
         self._lock = asyncio.Lock()
 
     async def graph(self, conn: asyncpg.Connection) -> Graph:
         async with self._lock:
-            rows = await conn.fetch(SQL.current_specs)
-            versions = {r["name"]: r["current_version"] for r in rows}
-            if versions != self._versions:
+            fingerprint = await conn.fetchval(SQL.workflows_fingerprint)
+            if fingerprint != self._fingerprint:
                 graph = Graph()
-                for version in versions.values():
-                    graph.add((await self.specs.get(conn, version)).spec)
-                self._graph, self._versions = graph, versions
+                for row in await conn.fetch(SQL.current_specs):
+                    graph.add((await self.specs.get(conn, row["current_version"])).spec)
+                self._graph, self._fingerprint = graph, fingerprint
             return self._graph
 
     async def query(

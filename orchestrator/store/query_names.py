@@ -132,4 +132,5 @@ class NamedQueries:
     upsert_version: str
     waiting_for_keys: str
     waiting_for_paths: str
+    workflows_fingerprint: str
     workflows_of_runs: str

@@ -124,3 +124,9 @@ WHERE e.id = u.id;
 
 -- name: dataset_known
 SELECT EXISTS (SELECT 1 FROM datasets WHERE uri = $1);
+
+-- name: workflows_fingerprint
+-- Changes whenever a workflow is added or gets another current version: the
+-- lineage graph is built again only then.
+SELECT count(*) || ':' || coalesce(sum(hashtextextended(name || ':' || current_version, 0)::numeric), 0)
+FROM workflows;
