@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +26,7 @@ from orchestrator.datasets import Datasets, DatasetUpdate
 from orchestrator.engine import Engine
 from orchestrator.freshness import FreshnessWatch
 from orchestrator.lineage import DatasetNode, Lineage, dataset_list, freshness
+from orchestrator.loader import load_path
 from orchestrator.metrics import METRICS
 from orchestrator.pausing import pause_workflow
 from orchestrator.registry import HandlerRegistry
@@ -34,6 +36,7 @@ from orchestrator.testing import WorkflowTest
 from sources.kafka import KafkaSource
 from sources.kafka_publish import publish
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SALES = "postgres://warehouse/sales_clean"
 STOCK = "s3://lake/stock"
 
@@ -429,3 +432,17 @@ async def test_lineage_of_a_generated_thousand_node_graph(db_url: str) -> None:
             assert len((await lineage.graph(conn)).datasets) == 500
     finally:
         await db.close()
+
+
+async def test_the_example_pair(pg_admin_url: str) -> None:
+    """examples/sales_clean.yaml publishes what starts examples/sales_report.yaml."""
+    loaded = load_path(EXAMPLES, base=builtin_registry())
+    wfs = [loaded.workflows["sales_clean"], loaded.workflows["sales_report"]]
+    async with WorkflowTest(pg_admin_url, workflows=wfs, registry=loaded.handlers) as wt:
+        produced = await wt.run("sales_clean", {"date": "2026-02-01", "rows": 7})
+        assert produced.state == "success"
+        report = await eventually(lambda: _one(runs_of(wt, "sales_report")))
+        done = await wt.wait(report["id"])
+        assert done.outputs["report"]["message"] == (
+            f"sales report over 7 rows (from run {produced.run_id})"
+        )
