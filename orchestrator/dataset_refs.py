@@ -43,8 +43,11 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=float(found.group(1)) * _UNIT_S[found.group(2)])
 
 
+_TEMPLATE = re.compile(r"\{\{.*?\}\}")
+
+
 def check_uri(value: str) -> str:
-    if not URI_PATTERN.match(value):
+    if not URI_PATTERN.match(_TEMPLATE.sub("x", value)):
         raise ValueError(
             f"{value!r} is not a dataset URI (scheme://...: postgres://db/table, s3://bucket/path)"
         )

@@ -446,3 +446,37 @@ async def test_the_example_pair(pg_admin_url: str) -> None:
         assert done.outputs["report"]["message"] == (
             f"sales report over 7 rows (from run {produced.run_id})"
         )
+
+
+async def test_partition_matching_over_a_backfilled_range_of_real_runs(pg_admin_url: str) -> None:
+    """Producers run for a range of logical dates (one with a templated
+    outlet); the consumer runs once per date both have updated, with that
+    date."""
+    wfs = [
+        producer("sales", SALES),
+        producer("stock", "s3://lake/stock/{{ run.logical_date }}"),
+        consumer("daily", {"all": [SALES, "s3://lake/stock/*"], "partition": True}),
+    ]
+    days = [datetime(2026, 1, d, tzinfo=UTC) for d in (1, 2, 3)]
+    async with WorkflowTest(pg_admin_url, workflows=wfs, registry=registry()) as wt:
+        engine = wt.orchestrator.engine
+        assert engine is not None
+        runs = [await engine.trigger("sales", {}, logical_date=d) for d in days]
+        runs += [await engine.trigger("stock", {}, logical_date=d) for d in days[1:]]
+        for run_id in runs:
+            assert (await wt.wait(run_id)).state == "success"
+        daily = await eventually(
+            lambda: _when_count(runs_of(wt, "daily"), 2), what="a run per complete date"
+        )
+        assert sorted(r["logical_date"] for r in daily) == days[1:]
+        db = wt.orchestrator.db
+        assert db is not None
+        uris = await db.pool.fetch("SELECT uri FROM dataset_events WHERE workflow = 'stock'")
+        assert sorted(u["uri"] for u in uris) == [
+            f"s3://lake/stock/{d.isoformat()}" for d in days[1:]
+        ]
+
+
+async def _when_count(rows: Any, n: int) -> Any:
+    found = await rows
+    return found if len(found) == n else None
