@@ -29,6 +29,7 @@ import asyncpg
 from orchestrator.compiled import SpecCache
 from orchestrator.dataset_refs import DatasetRef
 from orchestrator.dataset_triggers import DatasetTrigger
+from orchestrator.errors import OrchestratorError
 from orchestrator.globs import glob_regex
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import SQL
@@ -152,7 +153,7 @@ class LineageView:
         return {"nodes": self.nodes, "edges": self.edges}
 
 
-class UnknownNodeError(LookupError):
+class UnknownNodeError(OrchestratorError, LookupError):
     """Neither a dataset nor a workflow of that name is known."""
 
 
