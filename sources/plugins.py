@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.dataset_triggers import DatasetTrigger
 from orchestrator.plugins import DevPreparation, SensorKeys, SourcePlugin
 from orchestrator.settings import Settings
 from sources.models import FileTrigger, KafkaTrigger, ScheduleTrigger, WebhookTrigger
@@ -162,17 +161,7 @@ class SchedulerPlugin(SourcePlugin):
         )
 
 
-class DatasetPlugin(SourcePlugin):
-    """``source: dataset``: updates recorded when producing tasks succeed,
-    reported through the API or read from ``ORCHESTRATOR_DATASET_TOPIC``
-    (see :mod:`orchestrator.datasets`)."""
-
-    triggers = (DatasetTrigger,)
-    looked_up_first = ("dataset",)
-
-
 kafka = KafkaPlugin()
 webhook = WebhookPlugin()
 files = FilesPlugin()
 scheduler = SchedulerPlugin()
-dataset = DatasetPlugin()
