@@ -24,6 +24,7 @@ SCENARIO_MODULES = (
     "pause_scenarios",
     "ui_scenarios",
     "alert_scenarios",
+    "lineage_scenarios",
 )
 
 

@@ -24,6 +24,7 @@ from orchestrator import (
     api_admin,
     api_alerts,
     api_audit,
+    api_datasets,
     api_dead_letters,
     api_events,
     api_logs,
@@ -433,6 +434,7 @@ def build_app(
     api_logs.add_routes(app)
     api_workflows.add_routes(app)
     api_alerts.add_routes(app)
+    api_datasets.add_routes(app)
     source_registry().add_routes(app)
     ui.add_routes(app)
     app.router.add_get("/api/v1/openapi.json", openapi_document)

@@ -18,6 +18,7 @@ from orchestrator.api import build_app
 from orchestrator.auth import Authenticator, tokens_required
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine
+from orchestrator.freshness import FreshnessWatch
 from orchestrator.health import Liveness, Readiness
 from orchestrator.http_server import HttpServer
 from orchestrator.intake import Intake, Router
@@ -96,6 +97,7 @@ class Orchestrator:
         self._started_sources: list[Source] = []
         self.triggerer: Triggerer | None = None
         self.relay: AlertRelay | None = None
+        self.freshness: FreshnessWatch | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -180,6 +182,11 @@ class Orchestrator:
                     ),
                     name="orchestrator-retention",
                 )
+            if s.has_role("scheduler"):
+                self.freshness = FreshnessWatch(
+                    self.db, self.clock, interval_s=s.dataset_freshness_check_s
+                )
+                self.freshness.start()
             if s.has_role("triggerer"):
                 self.triggerer = Triggerer(
                     self.engine, self.clock, poll_s=s.poll_interval_s, registry=self.registry
@@ -218,6 +225,8 @@ class Orchestrator:
         except BaseException:
             if self.relay is not None:
                 await self.relay.stop()
+            if self.freshness is not None:
+                await self.freshness.stop()
             if self.triggerer is not None:
                 await self.triggerer.stop()
             await self._stop_sources()
@@ -266,6 +275,8 @@ class Orchestrator:
         await self._stop_sources()
         if self.triggerer is not None:
             await _shutdown_step("the triggerer", self.triggerer.stop())
+        if self.freshness is not None:
+            await _shutdown_step("the freshness watch", self.freshness.stop())
         if self._pruner is not None:
             self._pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -532,6 +532,7 @@ def _add_commands() -> None:
     """Commands that live in modules of their own."""
     from orchestrator import cli_pause
     from orchestrator.cli_alerts import alerts_cmd
+    from orchestrator.cli_datasets import datasets_cmd, lineage_cmd
     from orchestrator.cli_dead_letters import dead_letters_cmd
     from orchestrator.cli_events import events_cmd
     from orchestrator.cli_logs import logs_cmd
@@ -541,6 +542,8 @@ def _add_commands() -> None:
     main.add_command(tokens_cmd)
     main.add_command(dead_letters_cmd)
     main.add_command(events_cmd)
+    main.add_command(datasets_cmd)
+    main.add_command(lineage_cmd)
     main.add_command(logs_cmd)
     main.add_command(alerts_cmd)
     for command in (cli_pause.pause, cli_pause.unpause, cli_pause.held):

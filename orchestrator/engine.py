@@ -356,6 +356,7 @@ class Engine:
         ``claim_for`` in the same commit."""
         async with self.unit() as (conn, notices):
             done = await self._carry_out(conn, p.commit(outcomes), actor, notices)
+            await self._record_outlets(conn, done, actor, notices)
             claimed: list[Claimed] = []
             if claim_for is not None and claim_limit > 0:
                 claimed = _claimed(
@@ -393,9 +394,26 @@ class Engine:
         if not resolutions:
             return 0, {}
         done = await self._carry_out(conn, p.end_waits(resolutions), actor, notices)
+        await self._record_outlets(conn, done, actor, notices)
         notices.queued += done.queued
         notices.runs_ended(done.ended_runs)
         return done.queued, done.ended_runs
+
+    async def _record_outlets(
+        self, conn: asyncpg.Connection, done: p.Plan, actor: str, notices: Notices
+    ) -> None:
+        """Tasks with outlets that succeeded in this commit record their dataset
+        updates in it too (and start the runs those trigger): exactly once,
+        with the success, never for a task that failed or was skipped."""
+        producing = []
+        for run_id, task_id, version in done.succeeded:
+            compiled = await self.specs.get(conn, version)
+            if compiled.tasks[task_id].outlets:
+                producing.append((run_id, task_id))
+        if producing:
+            from orchestrator.datasets import record_outlets  # local: datasets uses intake
+
+            await record_outlets(self, conn, producing, actor=actor, notices=notices)
 
     # -- carrying out a plan -------------------------------------------------------
 

@@ -125,6 +125,20 @@ class Metrics:
             "How late the event loop ran a timer at the last look (a busy loop is late).",
             registry=r,
         )
+        # Datasets are many and their URIs are not bounded: no URI labels.
+        self.dataset_updates_recorded = Counter(
+            "orchestrator_dataset_updates", "Dataset updates recorded.", registry=r
+        )
+        self.datasets_stale = Gauge(
+            "orchestrator_datasets_stale",
+            "Datasets whose last update is older than their fresh_within, at the last check.",
+            registry=r,
+        )
+        self.dataset_stale_alerts = Counter(
+            "orchestrator_dataset_stale_alerts",
+            "Times a dataset was found newly stale (one alert per stale spell).",
+            registry=r,
+        )
         self._gauges_read_at: float | None = None
         self._lock = asyncio.Lock()
 
@@ -137,6 +151,9 @@ class Metrics:
     def tasks_claimed(self, waits: Iterable[float | None]) -> None:
         for wait in waits:
             self.queue_wait.observe(max(0.0, wait or 0.0))
+
+    def dataset_updates(self, uris: Iterable[str]) -> None:
+        self.dataset_updates_recorded.inc(sum(1 for _ in uris))
 
     def runs_finished(self, ended: Iterable[tuple[str, str]]) -> None:
         for (workflow, state), n in Tally(ended).items():

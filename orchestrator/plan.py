@@ -301,6 +301,9 @@ class Plan:
     """A wait with a wake time or a deadline was recorded (the triggerer arms it)."""
     happened: list[Happened] = field(default_factory=list)
     """What alert rules may be set on (only the kinds they know are noted)."""
+    succeeded: list[tuple[int, str, str]] = field(default_factory=list)
+    """(run id, task id, version) of the tasks this commit moved to success:
+    those with outlets record their dataset updates in the same commit."""
 
 
 Planning = Generator[Ask[Any], Any, Plan]
@@ -421,6 +424,11 @@ def commit(outcomes: Sequence[Outcome]) -> Planning:
         )
         for o in plan.accepted
         if o.target == TaskState.DEAD_LETTERED and o.run_id in runs
+    ]
+    plan.succeeded += [
+        (o.run_id, o.task_id, runs[o.run_id].version)
+        for o in plan.accepted
+        if o.target == TaskState.SUCCESS and o.run_id in runs
     ]
     states = {run_id: dict(s) for run_id, s in recorded.states.items()}
     changed: dict[int, list[str]] = defaultdict(list)
@@ -635,6 +643,11 @@ def _end_waits(
         if by_id[w.id].timed_out and w.run_id in runs
     ]
     plan.queued += sum(1 for m in moved if m.state == TaskState.QUEUED)
+    plan.succeeded += [
+        (m.run_id, m.task_id, runs[m.run_id].version)
+        for m in moved
+        if m.state == TaskState.SUCCESS and m.run_id in runs
+    ]
     changed: dict[int, list[str]] = defaultdict(list)
     for m in moved:
         if m.state in TERMINAL_TASK_STATES:

@@ -205,14 +205,19 @@ _registry: SourceRegistry | None = None
 
 
 def source_registry() -> SourceRegistry:
-    """The process's source plugins: those installed by entry point, plus any
-    added in-process."""
+    """The process's source plugins: those installed by entry point, the
+    built-in ``dataset`` source, plus any added in-process."""
     global _registry
     if _registry is None:
-        _registry = SourceRegistry(
+        from orchestrator.dataset_triggers import PLUGIN  # imports this module
+
+        installed = [
             (ep.name, ep.load())
             for ep in sorted(entry_points(group=SOURCES_GROUP), key=lambda e: e.name)
-        )
+        ]
+        if not any(name == "dataset" for name, _ in installed):
+            installed.append(("dataset", PLUGIN))
+        _registry = SourceRegistry(installed)
     return _registry
 
 

@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     some brokers (the embedded one) hold the full wait, so dev lowers it."""
     kafka_batch_max: int = Field(default=1000, ge=1, le=100_000)
     """Most messages recorded in one transaction."""
+    dataset_topic: str | None = Field(
+        default=None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._\-]+$"
+    )
+    """A Kafka topic whose JSON messages report dataset updates made elsewhere:
+    ``{"uri": ..., "logical_date": ..., "metadata": {...}}``."""
+    dataset_freshness_check_s: float = Field(default=60.0, gt=0, le=86_400)
+    """How often the scheduler role checks datasets' ``fresh_within``."""
 
     landing_dir: Path = Path("landing")
     """The landing zone watched for files."""

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from orchestrator.alert_spec import AlertRule, Duration, SlaSpec
+from orchestrator.dataset_refs import DatasetRefEntry
 from orchestrator.identifiers import IDENTIFIER
 from orchestrator.params import ParamSpec, ParamsSchema, build_schema, compact, schema_entry_error
 from orchestrator.trigger_spec import TriggerSpec
@@ -115,6 +116,10 @@ class TaskSpec(BaseModel):
     """The task should have succeeded this long after the run's SLA start
     (the workflow's ``sla.from``, default: when the run was triggered); a
     miss raises ``sla_missed`` once, at the deadline."""
+    inlets: tuple[DatasetRefEntry, ...] = Field(default=(), max_length=100)
+    """Datasets the task reads (URIs; see :mod:`orchestrator.dataset_refs`)."""
+    outlets: tuple[DatasetRefEntry, ...] = Field(default=(), max_length=100)
+    """Datasets the task writes: each success records an update of each."""
 
 
 def _valid_entry(value: Any) -> Any:
@@ -135,7 +140,7 @@ ParamEntry = Annotated[Any, BeforeValidator(compact), AfterValidator(_valid_entr
 
 #: Settings left out of a version's canonical form while unset (empty or None).
 _ADDED_WORKFLOW_KEYS = ("alerts", "sla")
-_ADDED_TASK_KEYS = ("deadline",)
+_ADDED_TASK_KEYS = ("deadline", "inlets", "outlets")
 
 
 class WorkflowSpec(BaseModel):

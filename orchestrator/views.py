@@ -9,6 +9,7 @@ for each wait, what would end it and until when.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -99,8 +100,13 @@ async def _run_detail(db: Database, run_id: int) -> RunDetail:
 async def show_run_json(db: Database, run_id: int) -> dict[str, Any]:
     """The run as the API answers it (no callback URLs: their tokens end waits)."""
     from orchestrator.api import run_json
+    from orchestrator.run_datasets import run_datasets
 
-    return run_json(await _run_detail(db, run_id))
+    found = run_json(await _run_detail(db, run_id))
+    caused_by, updated = await run_datasets(db, run_id)
+    if caused_by or updated:  # as GET /api/v1/runs/{id}/datasets answers
+        found["datasets"] = {"caused_by": caused_by, "updated": updated}
+    return found
 
 
 async def show_run(db: Database, run_id: int) -> str:
@@ -132,6 +138,7 @@ async def show_run(db: Database, run_id: int) -> str:
     out += await _failed_log_tails(db, run.id, detail.tasks)
     if waits:
         out += ["", "waits:", _waits_table(waits)]
+    out += await _dataset_lines(db, run.id)
     out += [
         "",
         "timeline:",
@@ -154,6 +161,28 @@ async def show_run(db: Database, run_id: int) -> str:
     if detail.audit:
         out += ["", "operator actions:", audit_table(detail.audit)]
     return "\n".join(out)
+
+
+async def _dataset_lines(db: Database, run_id: int) -> list[str]:
+    """The dataset updates that started the run, and those its tasks made."""
+    from orchestrator.run_datasets import run_datasets
+
+    caused_by, updated = await run_datasets(db, run_id)
+    out: list[str] = []
+    for title, updates in (("caused by dataset updates:", caused_by), ("updated:", updated)):
+        if updates:
+            rows = [
+                (
+                    u["id"],
+                    u["uri"],
+                    u["logical_date"] or "-",
+                    f"run {u['run_id']} {u['task_id']}" if u["run_id"] else "external",
+                    json.dumps(u["metadata"])[:60],
+                )
+                for u in updates
+            ]
+            out += ["", title, render_table(("UPDATE", "URI", "DATE", "BY", "METADATA"), rows)]
+    return out
 
 
 _FAILED = frozenset({"failed", "dead_lettered", "up_for_retry"})

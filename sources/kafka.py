@@ -46,6 +46,7 @@ import orjson
 
 from orchestrator.backoff import Backoff
 from orchestrator.clock import SYSTEM_CLOCK, Clock, monotonic, wait_for_event
+from orchestrator.datasets import Datasets, updates_from_messages
 from orchestrator.intake import Accepted, DeadLetter, Event, Intake, Router
 from orchestrator.metrics import METRICS
 from orchestrator.settings import Settings
@@ -157,9 +158,16 @@ class KafkaSource:
 
     def use_router(self, router: Router) -> None:
         topics = tuple(router.channels("kafka"))
+        dataset_topic = self._dataset_topic
+        if dataset_topic is not None and dataset_topic not in topics:
+            topics = tuple(sorted((*topics, dataset_topic)))
         if topics != self._topics:
             self._topics = topics
             self._changed.set()
+
+    @property
+    def _dataset_topic(self) -> str | None:
+        return self._ctx.settings.dataset_topic if self._ctx is not None else None
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -502,18 +510,29 @@ class KafkaSource:
         self, events: list[Event], letters: list[DeadLetter], reads: list[LogRead]
     ) -> None:
         refused = 0
+        # Messages on the dataset topic are updates, recorded in the same commit.
+        events, updates, bad = updates_from_messages(events, self._dataset_topic)
+        letters = letters + bad
+        datasets = Datasets(self._intake.engine)
         try:
-            if reads:
-                async with self._intake.engine.db.transaction() as conn:
+            if reads or updates:
+                async with self._intake.engine.unit() as (conn, notices):
                     answers = await self._intake.ingest_in(
-                        conn, events, dead_letters=letters, actor="kafka"
+                        conn, events, dead_letters=letters, actor="kafka", notices=notices
                     )
-                    await note_reads(conn, reads)
+                    if updates:
+                        answers += await datasets.record_in(
+                            conn, updates, actor="kafka", notices=notices
+                        )
+                    if reads:
+                        await note_reads(conn, reads)
             else:
                 answers = await self._intake.ingest(events, dead_letters=letters, actor="kafka")
         except asyncpg.DataError:
             # Something in the batch PostgreSQL refuses for good: find it, one by one.
             answers, refused = await self._record_one_by_one(events, letters)
+            if updates:
+                answers += await datasets.record(updates, actor="kafka")
             if reads:
                 async with self._intake.engine.db.transaction() as conn:
                     await note_reads(conn, reads)

@@ -13,7 +13,10 @@ class NamedQueries:
     ack_alert: str
     add_event_runs: str
     add_hold: str
+    add_pending_updates: str
+    add_update_runs: str
     alerts_next_due: str
+    all_datasets_last_updates: str
     allocate_run_ids: str
     apply_decisions: str
     audit_entries: str
@@ -25,12 +28,19 @@ class NamedQueries:
     claim_alert_deliveries: str
     claim_mixed: str
     coalesced_events: str
+    consumers_of_update: str
     count_prunable: str
     count_redeliveries: str
     count_running_runs: str
     create_token: str
+    current_specs: str
     current_versions: str
     current_versions_one: str
+    dataset_dates_taken: str
+    dataset_events_by_id: str
+    dataset_known: str
+    dataset_trigger_workflows: str
+    datasets_last_updates: str
     dead_letter: str
     dead_letter_failed_again: str
     dead_letter_redriven: str
@@ -62,6 +72,8 @@ class NamedQueries:
     held_of_events: str
     holds_of_workflow: str
     insert_alerts: str
+    insert_dataset_event_uses: str
+    insert_dataset_events: str
     insert_dead_letters: str
     insert_deferrals: str
     insert_event_keys: str
@@ -96,6 +108,7 @@ class NamedQueries:
     move_held: str
     notify: str
     operator_moves: str
+    outlet_tasks: str
     paused_among: str
     pauses: str
     pending_dead_letter_ids: str
@@ -116,6 +129,8 @@ class NamedQueries:
     reopen_runs: str
     resolve_deferrals: str
     revoke_token: str
+    run_dataset_causes: str
+    run_dataset_updates: str
     run_id_bounds: str
     run_states: str
     run_task_states: str
@@ -126,6 +141,7 @@ class NamedQueries:
     sla_deadlines_new: str
     sla_last_id: str
     start_runs: str
+    take_pending_updates: str
     take_route_slots: str
     task_instances_of_run: str
     task_log_attempt: str
@@ -144,4 +160,5 @@ class NamedQueries:
     waiting_for_paths: str
     workflow_page: str
     workflow_versions_with_runs: str
+    workflows_fingerprint: str
     workflows_of_runs: str
