@@ -132,6 +132,7 @@ class RunDatasets(BaseModel):
     status=202,
     body=UpdateBody,
     path={"uri": str},
+    errors=(404,),
     tag="datasets",
 )
 async def post_update(request: web.Request) -> web.Response:
@@ -201,6 +202,8 @@ async def get_lineage(request: web.Request) -> web.Response:
     response=ConsumerList,
     query=ConsumersQuery,
     path={"uri": str},
+    # A URI that cannot be a path segment (a raw "/" or a control character) matches no route.
+    errors=(404,),
     tag="datasets",
 )
 async def get_consumers(request: web.Request) -> web.Response:
