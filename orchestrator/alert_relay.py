@@ -116,7 +116,7 @@ def build_message(row: asyncpg.Record, settings: RelaySettings) -> Message:
         "log_tail": lines[-settings.log_lines :] if lines else [],
         "event": event,
         "links": {
-            "ui": f"{base}/runs/{run_id}",
+            "ui": f"{base}/#/runs/{run_id}",
             "api": f"{base}/api/v1/runs/{run_id}",
         },
         "requires_ack": row["require_ack"],

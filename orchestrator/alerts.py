@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -134,7 +134,7 @@ class AlertRecorder:
             raises += await _recovered(conn, after_failure)
         if not raises:
             return 0
-        return await self.write(conn, raises, notices)
+        return await self.write(conn, await _with_failed_task(conn, raises), notices)
 
     async def write(
         self, conn: asyncpg.Connection, raises: Sequence[Raise], notices: Notices
@@ -161,11 +161,34 @@ class AlertRecorder:
         return raised
 
 
+async def _with_failed_task(conn: asyncpg.Connection, raises: list[Raise]) -> list[Raise]:
+    """A failed run's alert carries the task that failed first (its attempt,
+    error and log tail): one statement, only when such an alert is raised."""
+    runs = sorted({r.happened.run_id for r in raises if r.happened.kind == "run_failed"})
+    if not runs:
+        return raises
+    first = {r["run_id"]: r for r in await conn.fetch(SQL.first_failed_tasks, runs)}
+    out = []
+    for r in raises:
+        failed = first.get(r.happened.run_id) if r.happened.kind == "run_failed" else None
+        if failed is not None and not r.happened.task_id:
+            h = replace(
+                r.happened,
+                task_id=failed["task_id"],
+                attempt=failed["attempt"],
+                error=failed["error"],
+            )
+            r = Raise(r.rule, r.spec, h)
+        out.append(r)
+    return out
+
+
 async def _recovered(conn: asyncpg.Connection, candidates: Sequence[Raise]) -> list[Raise]:
-    """Those of ``candidates`` (successful runs) whose previous run failed."""
+    """Those of ``candidates`` (successful runs) whose previous run failed, or
+    that failed themselves before an operator cleared them."""
     runs = {r.happened.run_id: r.happened.workflow for r in candidates}
     rows = await conn.fetch(SQL.previous_run_states, list(runs), list(runs.values()))
-    failed_before = {r["id"] for r in rows if r["previous"] == "failed"}
+    failed_before = {r["id"] for r in rows if r["previous"] == "failed" or r["failed_itself"]}
     return [r for r in candidates if r.happened.run_id in failed_before]
 
 

@@ -63,6 +63,7 @@ class NamedQueries:
     finish_alert_deliveries: str
     finish_runs: str
     fire_sla_deadlines: str
+    first_failed_tasks: str
     get_alert_state: str
     get_run: str
     get_version: str

@@ -177,10 +177,15 @@ async def test_a_dead_letter_raises_exactly_one_alert_with_its_log_tail_and_link
         assert dead["error"] == {"type": "ValueError", "message": "bad row 7"}
         assert any("row 7 looks wrong" in line for line in dead["log_tail"])
         assert dead["links"] == {
-            "ui": f"https://orch.example/runs/{run_id}",
+            "ui": f"https://orch.example/#/runs/{run_id}",
             "api": f"https://orch.example/api/v1/runs/{run_id}",
         }
         assert dead["event"] is None
+        # The run's alert names the task that failed it, with its log.
+        failed = next(b for _, _, b in receiver.got if b["kind"] == "run_failed")
+        assert (failed["task_id"], failed["attempt"]) == ("load0", 1)
+        assert failed["error"] == {"type": "ValueError", "message": "bad row 7"}
+        assert any("row 7 looks wrong" in line for line in failed["log_tail"])
         # The same happenings seen again raise nothing new: one alert per
         # (rule, run, task, kind).
         again = [Happened("task_dead_lettered", run_id, "loads", spec.version, "load0", 1)]
@@ -405,3 +410,40 @@ async def test_a_relay_killed_mid_delivery_delivers_after_restart_with_the_same_
         assert {msg_id for _, msg_id, _ in receiver.got} == set(receiver.tried) == {"alert_1_0"}
         [alert] = await list_alerts(o.db)
         assert alert.state == "delivered" and alert.deliveries[0]["attempts"] == 2
+
+
+async def test_a_cleared_run_that_succeeds_raises_succeeded_after_failure(
+    db_url: str, receiver: Receiver
+) -> None:
+    from orchestrator.operations import clear_run
+    from orchestrator.run_waiter import wait_for_runs
+
+    broken = True
+
+    async def flaky(ctx: TaskContext) -> None:
+        if broken:
+            raise ValueError("provider down")
+
+    own = HandlerRegistry()
+    own.register("test.flaky", flaky)
+    spec = WorkflowSpec.model_validate(
+        {
+            "name": "recovers",
+            "tasks": [{"id": "t", "handler": "test.flaky", "retry": {"max_attempts": 1}}],
+            "alerts": [
+                {"on": ["run_failed", "run_succeeded_after_failure"], "routes": [receiver.route()]}
+            ],
+        }
+    )
+    async with Orchestrator(
+        settings(), db_url, registry=builtin_registry().merged(own), workflows=[spec]
+    ) as o:
+        assert o.engine is not None and o.db is not None
+        run_id = await o.engine.trigger("recovers", actor="test")
+        await wait_for_runs(o.db, [run_id], timeout=20)
+        broken = False
+        await clear_run(o.engine, run_id, actor="cli:ana", reason="provider back")
+        await eventually(lambda: _async(len(receiver.got) >= 2), what="both alerts")
+        kinds = [body["kind"] for _, _, body in receiver.got]
+        assert kinds == ["run_failed", "run_succeeded_after_failure"]
+        assert receiver.got[1][2]["run_id"] == run_id

@@ -29,13 +29,24 @@ SELECT count(*) AS raised FROM inserted;
 
 -- name: previous_run_states
 -- For each run ($1 ids, $2 workflows): the final state of the run of the
--- same workflow that ended before it (by id), success or failed.
+-- same workflow that ended before it (by id), success or failed; and whether
+-- the run itself had failed before (an operator cleared it).
 SELECT i.id, (
     SELECT p.state::text FROM runs p
     WHERE p.workflow = i.workflow AND p.id < i.id AND p.state IN ('success', 'failed')
     ORDER BY p.id DESC LIMIT 1
-) AS previous
+) AS previous,
+EXISTS (
+    SELECT 1 FROM transitions t
+    WHERE t.run_id = i.id AND t.task_id IS NULL AND t.to_state = 'failed'
+) AS failed_itself
 FROM unnest($1::bigint[], $2::text[]) AS i(id, workflow);
+
+-- name: first_failed_tasks
+-- Per run of $1, the task that failed (or was dead-lettered) first.
+SELECT DISTINCT ON (run_id) run_id, task_id, attempt, error FROM task_instances
+WHERE run_id = ANY($1::bigint[]) AND state IN ('failed', 'dead_lettered')
+ORDER BY run_id, ended_at, id;
 
 -- name: claim_alert_deliveries
 -- Lease up to $2 due deliveries for relay $1 until $3::timestamptz + $4 s (SKIP LOCKED:
