@@ -19,6 +19,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+def _shown(stamp: str | None) -> str:
+    """An API time (ISO 8601) as the other tables print times, UTC."""
+    if not stamp:
+        return "-"
+    return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _with_db(work: Callable[[Database], Awaitable[T]]) -> T:
     settings = cli_settings()
 
@@ -73,7 +80,7 @@ def datasets_cmd(uri: str | None, date: str | None, as_json: bool) -> None:
                 [
                     (
                         d["uri"],
-                        d["last_update"] or "-",
+                        _shown(d["last_update"]),
                         d["updates"],
                         d["freshness"] or "-",
                         ", ".join(d["producers"]) or "-",
@@ -158,7 +165,7 @@ def render_lineage(graph: dict[str, Any]) -> str:
     for n in graph["nodes"]:
         if n["kind"] == "dataset":
             fresh = f"  {n['freshness']}" if n["freshness"] else ""
-            lines.append(f"dataset  {n['uri']}  last update {n['last_update'] or '-'}{fresh}")
+            lines.append(f"dataset  {n['uri']}  last update {_shown(n['last_update'])}{fresh}")
         else:
             run = n["last_run"]
             state = f"run {run['id']} {run['state']}" if run else "no runs"
