@@ -159,7 +159,12 @@ async def list_runs(
 async def read_run(db: Database, run_id: int) -> RunDetail | None:
     """The run with its tasks, waits, transitions and operator actions; None
     if there is no such run."""
-    async with db.pool.acquire() as conn:
+    # One snapshot for every part: tasks, waits and transitions read in
+    # separate statements could each see a different commit.
+    async with (
+        db.pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
         run = await conn.fetchrow(SQL.get_run, run_id)
         if run is None:
             return None
