@@ -359,5 +359,5 @@ async def test_a_run_read_over_the_api_has_its_waits_but_not_the_callback_token(
         assert found.group(1) not in text and "/api/v1/callbacks/" not in text
 
         async with http.get(f"{base}/api/v1/runs") as resp:
-            [listed] = (await resp.json())["runs"]
+            [listed] = (await resp.json())["items"]
         assert listed["id"] == run_id and listed["waiting"] == 1
