@@ -260,7 +260,7 @@ def test_the_tokens_command_shows_a_token_once_and_manages_it(db_url: str) -> No
     past = cli("create", "x", "--role", "viewer", "--expires", "2001-01-01")
     assert past.returncode == 2 and "in the past" in past.stderr
     assert cli("revoke", "ci-bot", "--reason", "rotated").returncode == 0
-    assert json.loads(cli("list", "--json").stdout)[0]["state"] == "revoked"
+    assert json.loads(cli("list", "--json").stdout)["items"][0]["state"] == "revoked"
     again = cli("revoke", "ci-bot")
     assert again.returncode == 2 and "no active token named 'ci-bot'" in again.stderr
 

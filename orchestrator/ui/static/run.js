@@ -115,18 +115,20 @@ export async function runPage(main, runId) {
   }
 
   // The live stream carries states, not errors or outputs: when the open
-  // task's state changes, read the run again for them (one read at a time).
-  let rereading = null;
+  // task's state changes, read the run again for them. One read at a time; a
+  // change during a read asks for one more read after it.
+  let reading = false, again = false;
   async function rereadCurrent() {
-    if (rereading) return rereading;
-    rereading = (async () => {
-      try {
+    if (reading) { again = true; return; }
+    reading = true;
+    try {
+      do {
+        again = false;
         const fresh = await api(`/runs/${runId}`);
         for (const t of fresh.tasks) tasks[t.task_id] = { ...(tasks[t.task_id] || {}), ...t };
         drawFacts();
-      } catch { /* the next change tries again */ } finally { rereading = null; }
-    })();
-    return rereading;
+      } while (again);
+    } catch { /* the next change tries again */ } finally { reading = false; }
   }
 
   async function openTask(taskId) {
