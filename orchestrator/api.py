@@ -34,7 +34,7 @@ from orchestrator import (
     ui,
 )
 from orchestrator.access_log import access_log_middleware
-from orchestrator.api_bodies import json_object, next_page, read_query
+from orchestrator.api_bodies import json_object, page, read_query
 from orchestrator.api_models import CallbackAccepted, Held, RunPage, Started
 from orchestrator.api_models import RunDetail as RunDetailModel
 from orchestrator.api_rules import (
@@ -327,14 +327,7 @@ async def list_runs(request: web.Request) -> web.Response:
         limit=query.limit + 1,
         before=query.cursor,
     )
-    more = len(runs) > query.limit
-    runs = runs[: query.limit]
-    return json_response(
-        {
-            "runs": [asdict(r) for r in runs],
-            "next": next_page(request, runs[-1].id if more else None),
-        }
-    )
+    return json_response(page(request, runs, query.limit, item=asdict))
 
 
 @operation(

@@ -9,7 +9,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator import tokens
-from orchestrator.api_bodies import read_body
+from orchestrator.api_bodies import read_body, whole
+from orchestrator.api_models import Page
 from orchestrator.callers import actor_of
 from orchestrator.openapi import operation
 from orchestrator.problems import json_response, problem
@@ -38,8 +39,7 @@ class PoolSet(BaseModel):
     reason: str = Field(default="", max_length=2000)
 
 
-class TokenList(BaseModel):
-    tokens: list[tokens.TokenRecord]
+TokenList = Page[tokens.TokenRecord]
 
 
 class TokenCreated(BaseModel):
@@ -63,8 +63,7 @@ class Pool(BaseModel):
     running: int
 
 
-class PoolList(BaseModel):
-    pools: list[Pool]
+PoolList = Page[Pool]
 
 
 class PoolSize(BaseModel):
@@ -88,7 +87,7 @@ async def list_tokens(request: web.Request) -> web.Response:
     from orchestrator.api import ENGINE_KEY
 
     found = await tokens.listed(request.app[ENGINE_KEY].db)
-    return json_response({"tokens": [_token_json(t) for t in found]})
+    return json_response(whole([_token_json(t) for t in found]))
 
 
 @operation(
@@ -141,7 +140,7 @@ async def list_pools(request: web.Request) -> web.Response:
 
     async with request.app[ENGINE_KEY].db.pool.acquire() as conn:
         rows = await conn.fetch(SQL.list_pools)
-    return json_response({"pools": [dict(r) for r in rows]})
+    return json_response(whole([dict(r) for r in rows]))
 
 
 @operation(summary="Set a pool's size", response=PoolSize, body=PoolSet, tag="admin")

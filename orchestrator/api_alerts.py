@@ -10,7 +10,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator import alerts
-from orchestrator.api_bodies import next_page, read_body, read_query
+from orchestrator.api_bodies import page, read_body, read_query
+from orchestrator.api_models import Page
 from orchestrator.api_rules import MAX_ID, path_int
 from orchestrator.callers import actor_of
 from orchestrator.engine import Engine
@@ -69,9 +70,7 @@ class Alert(BaseModel):
     deliveries: list[AlertDelivery]
 
 
-class AlertList(BaseModel):
-    alerts: list[Alert]
-    next: str | None
+AlertList = Page[Alert]
 
 
 class AckBody(BaseModel):
@@ -93,12 +92,9 @@ def alert_json(view: alerts.AlertView) -> dict[str, Any]:
 async def list_alerts(request: web.Request) -> web.Response:
     q = read_query(request, AlertsQuery)
     found = await alerts.list_alerts(
-        _engine(request).db, workflow=q.workflow, state=q.state, before=q.cursor, limit=q.limit
+        _engine(request).db, workflow=q.workflow, state=q.state, before=q.cursor, limit=q.limit + 1
     )
-    cursor = found[-1].id if len(found) == q.limit else None
-    return json_response(
-        {"alerts": [alert_json(a) for a in found], "next": next_page(request, cursor)}
-    )
+    return json_response(page(request, found, q.limit, item=alert_json))
 
 
 @operation(

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from orchestrator import audit
-from orchestrator.api_bodies import next_page, read_query
+from orchestrator.api_bodies import page, read_query
 from orchestrator.api_models import AuditPage
 from orchestrator.api_rules import MAX_ID
 from orchestrator.openapi import operation
@@ -43,14 +43,7 @@ async def list_audit(request: web.Request) -> web.Response:
         before=query.cursor,
         limit=query.limit + 1,
     )
-    more = len(found) > query.limit
-    found = found[: query.limit]
-    return json_response(
-        {
-            "entries": [asdict(e) for e in found],
-            "next": next_page(request, found[-1].id if more else None),
-        }
-    )
+    return json_response(page(request, found, query.limit, item=asdict))
 
 
 def add_routes(app: web.Application) -> None:

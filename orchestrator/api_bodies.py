@@ -3,6 +3,7 @@ model refuses into a 400 naming every field that was wrong."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -15,6 +16,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.problems import BadFields, BadInput, FieldError
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
@@ -106,3 +108,27 @@ def next_page(request: web.Request, cursor: int | str | None) -> str | None:
     if cursor is None:
         return None
     return str(request.rel_url.update_query(cursor=str(cursor)))
+
+
+def page(
+    request: web.Request,
+    found: Sequence[T],
+    limit: int,
+    *,
+    item: Callable[[T], Any],
+    cursor: Callable[[T], int | str] = lambda row: row.id,  # type: ignore[attr-defined]
+) -> dict[str, Any]:
+    """The one list answer, ``{"items": [...], "next": url-or-null}``
+    (:class:`orchestrator.api_models.Page`), from rows read with ``limit + 1``:
+    the extra row only says that another page follows."""
+    shown = found[:limit]
+    more = len(found) > limit and bool(shown)
+    return {
+        "items": [item(row) for row in shown],
+        "next": next_page(request, cursor(shown[-1]) if more else None),
+    }
+
+
+def whole(items: Sequence[Any]) -> dict[str, Any]:
+    """A list that is never paged, in the same envelope (``next`` is null)."""
+    return {"items": list(items), "next": None}

@@ -15,7 +15,8 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.api_bodies import read_body, read_query
+from orchestrator.api_bodies import read_body, read_query, whole
+from orchestrator.api_models import Page
 from orchestrator.api_rules import MAX_IDEMPOTENCY_KEY, path_int
 from orchestrator.callers import actor_of
 from orchestrator.dataset_refs import URI_PATTERN
@@ -79,8 +80,7 @@ class DatasetSummary(BaseModel):
     consumers: list[str]
 
 
-class DatasetList(BaseModel):
-    datasets: list[DatasetSummary]
+DatasetList = Page[DatasetSummary]
 
 
 class LineageQuery(BaseModel):
@@ -106,8 +106,7 @@ class Consumer(BaseModel):
     state: str
 
 
-class ConsumerList(BaseModel):
-    consumers: list[Consumer]
+ConsumerList = Page[Consumer]
 
 
 class DatasetUpdateView(BaseModel):
@@ -170,7 +169,7 @@ async def list_datasets(request: web.Request) -> web.Response:
     engine = _engine(request)
     async with engine.db.pool.acquire() as conn:
         found = await dataset_list(conn, lineage_of(request), engine.clock.now())
-    return json_response({"datasets": found})
+    return json_response(whole(found))
 
 
 @operation(
@@ -210,7 +209,7 @@ async def get_consumers(request: web.Request) -> web.Response:
     uri = _uri(request)
     query = read_query(request, ConsumersQuery)
     found = await consumers_of(_engine(request).db, uri, query.logical_date)
-    return json_response({"consumers": found})
+    return json_response(whole(found))
 
 
 @operation(

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator import dead_letters
-from orchestrator.api_bodies import RefusedField, next_page, read_body, read_query
+from orchestrator.api_bodies import RefusedField, page, read_body, read_query
 from orchestrator.api_models import DeadLetterDetail, DeadLetterList, RedriveAnswer
 from orchestrator.api_rules import MAX_ID, path_int
 from orchestrator.callers import actor_of
@@ -79,14 +79,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
         limit=query.limit + 1,
         redriven=query.redriven,
     )
-    more = len(found) > query.limit
-    found = found[: query.limit]
-    return json_response(
-        {
-            "dead_letters": [d.as_json() for d in found],
-            "next": next_page(request, found[-1].id if more else None),
-        }
-    )
+    return json_response(page(request, found, query.limit, item=lambda d: d.as_json()))
 
 
 @operation(

@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 
 from orchestrator import event_list
-from orchestrator.api_bodies import next_page, read_query
+from orchestrator.api_bodies import page, read_query
 from orchestrator.api_models import Page
 from orchestrator.api_rules import MAX_ID, path_int
 from orchestrator.event_list import HeldBy, RefusedBy
@@ -46,8 +46,7 @@ class EventDetail(EventSummary):
     meta: dict[str, Any]
 
 
-class EventPage(Page):
-    items: list[EventSummary]
+EventPage = Page[EventSummary]
 
 
 class EventsQuery(BaseModel):
@@ -102,14 +101,7 @@ async def list_events(request: web.Request) -> web.Response:
         before=query.cursor,
         limit=query.limit + 1,
     )
-    more = len(found) > query.limit
-    found = found[: query.limit]
-    return json_response(
-        {
-            "items": [event_list.event_json(e) for e in found],
-            "next": next_page(request, found[-1].id if more else None),
-        }
-    )
+    return json_response(page(request, found, query.limit, item=event_list.event_json))
 
 
 @operation(

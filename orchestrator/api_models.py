@@ -5,7 +5,7 @@ that the routes declare next to their handlers."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,14 +35,26 @@ class Problem(BaseModel):
     errors: list[FieldProblem] = Field(default_factory=list)
 
 
-class Page(BaseModel):
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """Every list the API answers: ``{"items": [...], "next": url-or-null}``
+    (the CLI's ``--json`` lists have the same keys; its ``next`` names the
+    option that reads on)."""
+
+    items: list[T]
     next: str | None = Field(
         description="The next page's URL (same filters), or null on the last page."
     )
 
+    @classmethod
+    def model_parametrized_name(cls, params: tuple[Any, ...]) -> str:
+        # OpenAPI component names may not hold brackets: Page[RunSummary] is RunSummaryPage.
+        return f"{getattr(params[0], '__name__', 'Item')}Page"
 
-class RunPage(Page):
-    runs: list[RunSummary]
+
+RunPage = Page[RunSummary]
 
 
 class Task(BaseModel):
@@ -90,6 +102,9 @@ class RunDetail(BaseModel):
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+    event_id: int | None = Field(
+        description="The event that started the run (GET /api/v1/events/{id}), if kept."
+    )
     tasks: list[Task]
     waits: list[Wait]
     transitions: list[TransitionRecord]
@@ -106,8 +121,7 @@ class CallbackAccepted(BaseModel):
     status: Literal["success", "failed"]
 
 
-class AuditPage(Page):
-    entries: list[AuditEntry]
+AuditPage = Page[AuditEntry]
 
 
 class DeadLetter(BaseModel):
@@ -134,8 +148,7 @@ class DeadLetterDetail(DeadLetter):
     meta: dict[str, Any]
 
 
-class DeadLetterList(Page):
-    dead_letters: list[DeadLetter]
+DeadLetterList = Page[DeadLetter]
 
 
 class RedriveOutcome(BaseModel):
@@ -173,8 +186,7 @@ class Backfill(BaseModel):
     ended_at: datetime | None
 
 
-class BackfillList(BaseModel):
-    backfills: list[Backfill]
+BackfillList = Page[Backfill]
 
 
 class NothingToBackfill(BaseModel):
@@ -190,8 +202,7 @@ class Held(Started):
     paused: bool
 
 
-class WorkflowList(Page):
-    workflows: list[WorkflowSummary]
+WorkflowList = Page[WorkflowSummary]
 
 
 class PauseAnswer(BaseModel):
@@ -222,5 +233,4 @@ class HeldEvent(BaseModel):
     channel: str
 
 
-class HeldList(BaseModel):
-    held: list[HeldEvent]
+HeldList = Page[HeldEvent]

@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from orchestrator.api_bodies import next_page, read_query
+from orchestrator.api_bodies import page, read_query, whole
 from orchestrator.api_models import HeldList, PauseAnswer, UnpauseAnswer, WorkflowList
 from orchestrator.api_rules import query_int
 from orchestrator.callers import actor_of
@@ -118,13 +118,8 @@ async def list_all(request: web.Request) -> web.Response:
         after=query.cursor,
         limit=query.limit + 1,
     )
-    more = len(found) > query.limit
-    found = found[: query.limit]
     return json_response(
-        {
-            "workflows": [_summary_json(s) for s in found],
-            "next": next_page(request, found[-1].name if more else None),
-        }
+        page(request, found, query.limit, item=_summary_json, cursor=lambda s: s.name)
     )
 
 
@@ -219,7 +214,7 @@ async def list_held(request: web.Request) -> web.Response:
         await workflow_summary(db, name)
     except UnknownWorkflowError as exc:
         return _unknown(exc)
-    return json_response({"held": await held_events(db, name, state=state, limit=limit)})
+    return json_response(whole(await held_events(db, name, state=state, limit=limit)))
 
 
 def add_routes(app: web.Application) -> None:

@@ -16,6 +16,7 @@ from orchestrator.cli_support import (
     cli_actor,
     cli_settings,
     echo_json,
+    echo_page,
     fail,
     open_database,
     run_async,
@@ -338,7 +339,7 @@ def workflows(name: str | None, owner: str | None, tag: str | None, as_json: boo
                 else:
                     found = await list_workflows(db, owner=owner, tag=tag)
                     # Every workflow at once: there is no page after this one.
-                    echo_json({"workflows": [asdict(w) for w in found], "next": None})
+                    echo_page([asdict(w) for w in found])
                 return ""
             if name is not None:
                 return await describe_workflow(db, name)
@@ -389,7 +390,7 @@ def prune(days: float | None, dry_run: bool) -> None:
 @click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @click.option("--owner", default=None, help="Only runs of the workflows of this owner.")
 @click.option("--tag", default=None, help="Only runs of the workflows with this tag.")
-@click.option("--json", "as_json", is_flag=True, help='As the API\'s run list ({"runs": [...]}).')
+@click.option("--json", "as_json", is_flag=True, help="As the API's run list (items, next).")
 def runs(
     workflow: str | None,
     state: str | None,
@@ -417,7 +418,7 @@ def runs(
                 found = await list_runs(
                     db, workflow=workflow, state=state, limit=limit, workflows=names
                 )
-                echo_json({"runs": [asdict(r) for r in found]})
+                echo_page([asdict(r) for r in found])
                 return ""
             return await runs_table(
                 db, workflow=workflow, state=state, limit=limit, owner=owner, tag=tag
@@ -477,7 +478,7 @@ def pools(name: str | None, slots: int | None, reason: str, as_json: bool) -> No
             async with db.pool.acquire() as conn:
                 rows = await conn.fetch(SQL.list_pools)
             if as_json:
-                echo_json({"pools": [dict(r) for r in rows]})
+                echo_page([dict(r) for r in rows])
                 return ""
             return render_table(
                 ("POOL", "SLOTS", "RUNNING"), [(r["name"], r["slots"], r["running"]) for r in rows]
@@ -515,7 +516,7 @@ def audit_cmd(
 
     found = _run(go)
     if as_json:
-        echo_json({"entries": [asdict(e) for e in found]})
+        echo_page([asdict(e) for e in found])
     else:
         click.echo(audit_table(found) if found else "no operator actions recorded")
 

@@ -11,7 +11,7 @@ import click
 from orchestrator.cli_support import (
     cli_actor,
     cli_settings,
-    echo_json,
+    echo_page,
     open_database,
     run_async,
 )
@@ -58,7 +58,7 @@ def alerts_cmd(
 
     found = _with_db(lambda db: list_alerts(db, workflow=workflow, state=state, limit=limit))
     if as_json:
-        echo_json({"alerts": [alert_json(a) for a in found], "next": None})
+        echo_page([alert_json(a) for a in found])
         return
     if not found:
         click.echo("no alerts")

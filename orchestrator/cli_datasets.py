@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
-from orchestrator.cli_support import cli_settings, echo_json, fail, open_database, run_async
+from orchestrator.cli_support import (
+    cli_settings,
+    echo_json,
+    echo_page,
+    fail,
+    open_database,
+    run_async,
+)
 
 if TYPE_CHECKING:
     from orchestrator.store import Database
@@ -69,7 +76,7 @@ def datasets_cmd(uri: str | None, date: str | None, as_json: bool) -> None:
             fail("--date needs a dataset URI")
         found = _with_db(_listing)
         if as_json:
-            echo_json({"datasets": found})
+            echo_page(found)
             return
         if not found:
             click.echo("no datasets")
@@ -96,7 +103,7 @@ def datasets_cmd(uri: str | None, date: str | None, as_json: bool) -> None:
     day = _date(date)
     consumers = _with_db(lambda db: consumers_of(db, uri, day))
     if as_json:
-        echo_json({"consumers": consumers})
+        echo_page(consumers)
         return
     if not consumers:
         click.echo(f"no run consumed updates of {uri}" + (f" of {date}" if date else ""))

@@ -13,7 +13,7 @@ import click
 from orchestrator.cli_support import (
     cli_actor,
     cli_settings,
-    echo_json,
+    echo_page,
     fail,
     open_database,
     run_async,
@@ -50,7 +50,7 @@ def _with_engine(work: Callable[[Engine], Awaitable[T]]) -> T:
     "--json",
     "as_json",
     is_flag=True,
-    help='{"dead_letters": [...] as GET /api/v1/dead-letters, "next_before": ID or null}.',
+    help='{"items": [...] as GET /api/v1/dead-letters, "next": "--before ID" or null}.',
 )
 @click.pass_context
 def dead_letters_cmd(
@@ -83,7 +83,7 @@ def dead_letters_cmd(
     found = found[:limit]
     next_before = found[-1].id if more else None
     if as_json:
-        echo_json({"dead_letters": [d.as_json() for d in found], "next_before": next_before})
+        echo_page([d.as_json() for d in found], next_before=next_before)
         return
     if not found:
         click.echo("no dead letters")

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from orchestrator.cli_support import cli_settings, echo_json, fail, open_database, run_async
+from orchestrator.cli_support import (
+    cli_settings,
+    echo_json,
+    echo_page,
+    fail,
+    open_database,
+    run_async,
+)
 
 if TYPE_CHECKING:
     from orchestrator.store import Database
@@ -58,7 +65,7 @@ def _since(text: str | None) -> datetime | None:
     "--json",
     "as_json",
     is_flag=True,
-    help='{"items": [...] as GET /api/v1/events, "next_before": ID or null}.',
+    help='{"items": [...] as GET /api/v1/events, "next": "--before ID" or null}.',
 )
 @click.pass_context
 def events_cmd(
@@ -97,7 +104,7 @@ def events_cmd(
     found = found[:limit]
     next_before = found[-1].id if more else None
     if as_json:
-        echo_json({"items": [event_json(e) for e in found], "next_before": next_before})
+        echo_page([event_json(e) for e in found], next_before=next_before)
         return
     if not found:
         click.echo("no events")

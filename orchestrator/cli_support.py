@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 import click
@@ -66,3 +66,10 @@ def echo_json(data: object) -> None:
     import orjson
 
     click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
+
+
+def echo_page(items: list[Any], *, next_before: int | None = None) -> None:
+    """A ``--json`` list in the API's list envelope, ``{"items": [...],
+    "next": ...}``; ``next`` is the option that reads the next page
+    (``--before ID``), or null on the last page."""
+    echo_json({"items": items, "next": None if next_before is None else f"--before {next_before}"})

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime, timedelta
 
 import click
 
-from orchestrator.cli_support import cli_actor, cli_settings, open_database, run_async
+from orchestrator.cli_support import cli_actor, cli_settings, echo_page, open_database, run_async
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.tokens import Role, TokenRecord
 
@@ -104,22 +103,19 @@ def list_cmd(as_json: bool) -> None:
     found = run_async(go)
     now = SYSTEM_CLOCK.now()
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "name": t.name,
-                        "role": t.role,
-                        "state": _state(t, now),
-                        "created_at": t.created_at.isoformat(),
-                        "created_by": t.created_by,
-                        "expires_at": t.expires_at.isoformat() if t.expires_at else None,
-                        "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
-                    }
-                    for t in found
-                ],
-                indent=2,
-            )
+        echo_page(
+            [
+                {
+                    "name": t.name,
+                    "role": t.role,
+                    "state": _state(t, now),
+                    "created_at": t.created_at.isoformat(),
+                    "created_by": t.created_by,
+                    "expires_at": t.expires_at.isoformat() if t.expires_at else None,
+                    "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+                }
+                for t in found
+            ]
         )
         return
     if not found:

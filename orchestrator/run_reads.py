@@ -45,6 +45,9 @@ class RunRecord:
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+    event_id: int | None = None
+    """The event that started the run (GET /api/v1/events/{id}); None once
+    retention pruned it, or for a run made without one."""
 
 
 @dataclass(frozen=True, slots=True)

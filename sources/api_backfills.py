@@ -9,7 +9,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.api_bodies import read_body
+from orchestrator.api_bodies import read_body, whole
 from orchestrator.api_models import Backfill, BackfillList, NothingToBackfill
 from orchestrator.api_rules import path_int, query_int
 from orchestrator.callers import actor_of
@@ -67,7 +67,7 @@ async def list_backfills(request: web.Request) -> web.Response:
         state=state,
         limit=query_int(request, "limit", default=50, high=1000),
     )
-    return json_response({"backfills": [j.as_json() for j in found]})
+    return json_response(whole([j.as_json() for j in found]))
 
 
 @operation(

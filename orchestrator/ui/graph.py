@@ -17,7 +17,8 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
-from orchestrator.api_bodies import read_query
+from orchestrator.api_bodies import read_query, whole
+from orchestrator.api_models import Page
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.errors import UnknownWorkflowError
 from orchestrator.graph_layout import NODE_H, NODE_W, layout
@@ -37,6 +38,9 @@ class GraphNode(BaseModel):
     pool: str
     priority: int
     max_attempts: int
+    inputs: dict[str, Any] = Field(
+        description="The task's inputs as the spec declares them: templates, never rendered."
+    )
     layer: int
     x: float
     y: float
@@ -83,8 +87,7 @@ class VersionInfo(BaseModel):
     runs: dict[str, int] = Field(description="Runs pinned to this version, by state.")
 
 
-class VersionList(BaseModel):
-    versions: list[VersionInfo]
+VersionList = Page[VersionInfo]
 
 
 class GraphQuery(BaseModel):
@@ -160,6 +163,7 @@ def graph_of(spec: WorkflowSpec, version: str, *, current: bool) -> dict[str, An
                 "pool": t.pool,
                 "priority": t.priority,
                 "max_attempts": spec.retry_for(t).max_attempts,
+                "inputs": t.inputs,
                 "layer": where[t.id].layer,
                 "x": where[t.id].x,
                 "y": where[t.id].y,
@@ -220,8 +224,8 @@ async def list_versions(request: web.Request) -> web.Response:
         except UnknownWorkflowError as exc:
             return problem(404, str(exc), errors=[FieldError("path", "name", str(exc))])
     return json_response(
-        {
-            "versions": [
+        whole(
+            [
                 {
                     "version": r["version"],
                     "created_at": r["created_at"],
@@ -230,7 +234,7 @@ async def list_versions(request: web.Request) -> web.Response:
                 }
                 for r in rows
             ]
-        }
+        )
     )
 
 

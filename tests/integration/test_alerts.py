@@ -342,7 +342,7 @@ async def test_an_unacknowledged_alert_escalates_to_the_next_route(
         listed = await asyncio.to_thread(
             cli_runner(db_url), "alerts", "--state", "unacked", "--json"
         )
-        assert [a["id"] for a in orjson.loads(listed.stdout)["alerts"]] == [second.id]
+        assert [a["id"] for a in orjson.loads(listed.stdout)["items"]] == [second.id]
 
 
 async def test_alerts_over_the_api(db_url: str, receiver: Receiver) -> None:
@@ -358,7 +358,7 @@ async def test_alerts_over_the_api(db_url: str, receiver: Receiver) -> None:
         async with aiohttp.ClientSession() as client:
             async with client.get(base) as resp:
                 assert resp.status == 200
-                [alert] = (await resp.json())["alerts"]
+                [alert] = (await resp.json())["items"]
             assert alert["kind"] == "task_dead_lettered" and alert["state"] == "delivered"
             async with client.get(base, params={"state": "lost"}) as resp:
                 assert resp.status == 400

@@ -74,6 +74,7 @@ async def test_manual_trigger_over_http_is_an_event_with_its_caller(db_url: str)
             # The actor is decided by the server, whatever X-Actor claims.
             assert run["state"] == "success" and run["actor"] == "api:127.0.0.1"
             assert run["tasks"][0]["output"] == {"to": "Ada"}
+            assert run["event_id"] == body["event_id"]  # the event that started it
             async with http.get(f"{base}/healthz") as resp:
                 assert resp.status == 200
             async with http.get(f"{base}/readyz") as resp:
@@ -359,5 +360,5 @@ async def test_a_run_read_over_the_api_has_its_waits_but_not_the_callback_token(
         assert found.group(1) not in text and "/api/v1/callbacks/" not in text
 
         async with http.get(f"{base}/api/v1/runs") as resp:
-            [listed] = (await resp.json())["runs"]
+            [listed] = (await resp.json())["items"]
         assert listed["id"] == run_id and listed["waiting"] == 1

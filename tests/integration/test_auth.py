@@ -118,13 +118,13 @@ async def test_each_role_may_do_what_it_is_for_and_no_more(db_url: str) -> None:
         assert status == 201 and body["token"].startswith("orch_") and body["role"] == "operator"
         assert (await api.call("GET", "/api/v1/runs", body["token"]))[0] == 200
         status, listed, _h = await api.call("GET", "/api/v1/tokens", admin)
-        assert status == 200 and {t["name"] for t in listed["tokens"]} == {
+        assert status == 200 and {t["name"] for t in listed["items"]} == {
             "dash",
             "ci-bot",
             "root",
             "etl",
         }
-        assert all("token" not in t and "token_hash" not in t for t in listed["tokens"])
+        assert all("token" not in t and "token_hash" not in t for t in listed["items"])
         status, _b, _h = await api.call(
             "PUT", "/api/v1/pools/gpu", admin, json={"slots": 2, "reason": "quota"}
         )
@@ -250,7 +250,7 @@ def test_the_tokens_command_shows_a_token_once_and_manages_it(db_url: str) -> No
     assert token.startswith("orch_") and "shown only now" in made.stderr
     listed = cli("list", "--json")
     assert listed.returncode == 0, listed.stderr
-    [entry] = json.loads(listed.stdout)
+    [entry] = json.loads(listed.stdout)["items"]
     assert entry["name"] == "ci-bot" and entry["role"] == "operator"
     assert entry["state"] == "active" and entry["expires_at"] is not None
     assert token not in listed.stdout and token not in cli("list").stdout
@@ -260,7 +260,7 @@ def test_the_tokens_command_shows_a_token_once_and_manages_it(db_url: str) -> No
     past = cli("create", "x", "--role", "viewer", "--expires", "2001-01-01")
     assert past.returncode == 2 and "in the past" in past.stderr
     assert cli("revoke", "ci-bot", "--reason", "rotated").returncode == 0
-    assert json.loads(cli("list", "--json").stdout)[0]["state"] == "revoked"
+    assert json.loads(cli("list", "--json").stdout)["items"][0]["state"] == "revoked"
     again = cli("revoke", "ci-bot")
     assert again.returncode == 2 and "no active token named 'ci-bot'" in again.stderr
 
@@ -271,14 +271,14 @@ async def test_run_and_audit_lists_are_cursor_pages_stable_under_new_runs(db_url
         for _ in range(5):
             await orch.engine.trigger("greeting")
         status, page, _h = await api.call("GET", "/api/v1/runs?limit=2&workflow=greeting")
-        assert status == 200 and [r["id"] for r in page["runs"]] == [5, 4]
+        assert status == 200 and [r["id"] for r in page["items"]] == [5, 4]
         assert page["next"].startswith("/api/v1/runs?") and "workflow=greeting" in page["next"]
         await orch.engine.trigger("greeting")  # a new run does not shift the pages
-        seen = [r["id"] for r in page["runs"]]
+        seen = [r["id"] for r in page["items"]]
         while page["next"] is not None:
             status, page, _h = await api.call("GET", page["next"])
             assert status == 200
-            seen += [r["id"] for r in page["runs"]]
+            seen += [r["id"] for r in page["items"]]
         assert seen == [5, 4, 3, 2, 1]
         status, body, _h = await api.call("GET", "/api/v1/runs?cursor=abc")
         assert status == 400 and body["errors"][0] == {
@@ -292,6 +292,6 @@ async def test_run_and_audit_lists_are_cursor_pages_stable_under_new_runs(db_url
         for slots in (1, 2, 3):
             await orch.engine.set_pool("p", slots, actor="ops")
         status, page, _h = await api.call("GET", "/api/v1/audit?limit=2&action=pool")
-        assert [e["detail"]["slots"] for e in page["entries"]] == [3, 2]
+        assert [e["detail"]["slots"] for e in page["items"]] == [3, 2]
         status, page, _h = await api.call("GET", page["next"])
-        assert [e["detail"]["slots"] for e in page["entries"]] == [1] and page["next"] is None
+        assert [e["detail"]["slots"] for e in page["items"]] == [1] and page["next"] is None

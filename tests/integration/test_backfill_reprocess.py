@@ -454,7 +454,7 @@ async def test_the_api_creates_lists_shows_and_cancels_backfills(db_url: str, db
             assert made["state"] == "running" and made["counts"]["total"] == 3
             assert made["actor"].startswith("api:") and made["reason"] == "api"
             status, listed = await call("GET", "/api/v1/backfills?workflow=plain&state=running")
-            assert [b["id"] for b in listed["backfills"]] == [made["id"]]
+            assert [b["id"] for b in listed["items"]] == [made["id"]]
             status, shown = await call("GET", f"/api/v1/backfills/{made['id']}")
             assert status == 200 and shown["progress"] == "0 of 3 done, 0 running, 0 failed"
             status, cancelled = await call(

@@ -11,13 +11,13 @@ from cli_process import cli_runner
 from pydantic import TypeAdapter
 
 from handlers import builtin_registry
-from orchestrator import audit
-from orchestrator.api_admin import PoolList
+from orchestrator.api_admin import PoolList, TokenList
+from orchestrator.api_alerts import AlertList
+from orchestrator.api_datasets import DatasetList
 from orchestrator.api_events import EventDetail, EventSummary
-from orchestrator.api_models import RunDetail, WorkflowList
+from orchestrator.api_models import AuditPage, RunDetail, RunPage, WorkflowList
 from orchestrator.app import Orchestrator
 from orchestrator.intake import Event, Intake
-from orchestrator.run_reads import RunSummary
 from orchestrator.run_waiter import wait_for_runs
 from orchestrator.settings import Settings
 from orchestrator.spec import TaskSpec, WorkflowSpec
@@ -47,32 +47,34 @@ async def test_json_output_parses_and_matches_the_api_shapes(db_url: str) -> Non
         )
 
     runs = cli_json(db_url, "runs")
-    [summary] = TypeAdapter(list[RunSummary]).validate_python(runs["runs"])
+    [summary] = RunPage.model_validate(runs).items
     assert summary.id == run_id and summary.state == "success"
 
     shown = RunDetail.model_validate(cli_json(db_url, "show", str(run_id)))
     assert shown.id == run_id and [t.task_id for t in shown.tasks] == ["say"]
     assert shown.tasks[0].state == "success"
 
-    entries = TypeAdapter(list[audit.AuditEntry]).validate_python(
-        cli_json(db_url, "audit")["entries"]
-    )
+    entries = AuditPage.model_validate(cli_json(db_url, "audit")).items
     assert [(e.actor, e.action, e.reason) for e in entries] == [("cli:ana", "pool", "quota")]
 
     pools = PoolList.model_validate(cli_json(db_url, "pools"))
-    assert {p.name: p.slots for p in pools.pools}["gpu"] == 2
+    assert {p.name: p.slots for p in pools.items}["gpu"] == 2
 
     listed = WorkflowList.model_validate(cli_json(db_url, "workflows"))
-    [described] = listed.workflows
+    [described] = listed.items
     assert described.name == "greeting" and described.last_run_id == run_id
     one = TypeAdapter(WorkflowSummary).validate_python(cli_json(db_url, "workflows", "greeting"))
     assert one == described
 
     letters = cli_json(db_url, "dead-letters")
-    assert letters == {"dead_letters": [], "next_before": None}
+    assert letters == {"items": [], "next": None}
+    # Every list has the API's one envelope, {"items": [...], "next": ...}.
+    assert AlertList.model_validate(cli_json(db_url, "alerts")).items == []
+    assert DatasetList.model_validate(cli_json(db_url, "datasets")).next is None
+    assert TokenList.model_validate(cli_json(db_url, "tokens", "list")).items == []
 
     events = cli_json(db_url, "events")
-    assert set(events) == {"items", "next_before"} and events["next_before"] is None
+    assert set(events) == {"items", "next"} and events["next"] is None
     [event] = TypeAdapter(list[EventSummary]).validate_python(events["items"])
     assert (event.source, event.status, event.run_ids) == ("kafka", "recorded", [])
     shown_event = EventDetail.model_validate(cli_json(db_url, "events", "show", str(event.id)))

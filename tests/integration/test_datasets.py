@@ -254,7 +254,7 @@ async def test_external_update_over_http_show_and_lineage(db_url: str) -> None:
             status, consumers = await call(
                 "GET", "/datasets/" + quote(SALES, safe="") + "/consumers?logical_date=2026-03-01"
             )
-            assert [c["run_id"] for c in consumers["consumers"]] == [run_id]
+            assert [c["run_id"] for c in consumers["items"]] == [run_id]
             status, graph = await call("GET", "/lineage?node=report&direction=upstream")
             assert status == 200
             assert [n["id"] for n in graph["nodes"]] == [
@@ -265,8 +265,8 @@ async def test_external_update_over_http_show_and_lineage(db_url: str) -> None:
             status, _ = await call("GET", "/lineage?node=nothing")
             assert status == 404
             status, listed = await call("GET", "/datasets")
-            assert [d["uri"] for d in listed["datasets"]] == [SALES]
-            assert listed["datasets"][0]["updates"] == 1
+            assert [d["uri"] for d in listed["items"]] == [SALES]
+            assert listed["items"][0]["updates"] == 1
 
             await pause_workflow(orch.engine, "report", actor="test", reason="maintenance")
             status, held = await call("POST", path, json={"metadata": {"rows": 6}})
@@ -291,7 +291,7 @@ async def test_external_update_over_http_show_and_lineage(db_url: str) -> None:
     text = cli("lineage", "extract")
     assert f"extract --produces--> {SALES}" in text.stdout
     listed_cli = cli("datasets", "--json")
-    assert json.loads(listed_cli.stdout)["datasets"][0]["updates"] == 2
+    assert json.loads(listed_cli.stdout)["items"][0]["updates"] == 2
     consumed = cli("datasets", SALES, "--date", "2026-03-01")
     assert f"{run_id}" in consumed.stdout and "report" in consumed.stdout
 

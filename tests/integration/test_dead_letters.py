@@ -224,19 +224,19 @@ async def test_the_api_lists_shows_and_redrives_and_names_what_is_wrong(server: 
         [], dead_letters=[DeadLetter("kafka", "other", "kafka:x:1", "not JSON", raw="{")]
     )
     status, body = await server.api("GET", "/api/v1/dead-letters")
-    assert status == 200 and [d["source"] for d in body["dead_letters"]] == ["kafka", "webhook"]
+    assert status == 200 and [d["source"] for d in body["items"]] == ["kafka", "webhook"]
     status, body = await server.api("GET", "/api/v1/dead-letters?source=webhook&workflow=orders")
-    [hooked] = body["dead_letters"]
+    [hooked] = body["items"]
     status, body = await server.api("GET", "/api/v1/dead-letters?workflow=nope")
-    assert body == {"dead_letters": [], "next": None}
+    assert body == {"items": [], "next": None}
     status, body = await server.api("GET", f"/api/v1/dead-letters?cursor={hooked['id']}")
-    assert body == {"dead_letters": [], "next": None}
+    assert body == {"items": [], "next": None}
     # Pages: the next link keeps the filters.
     status, body = await server.api("GET", "/api/v1/dead-letters?limit=1&redriven=false")
-    assert [d["source"] for d in body["dead_letters"]] == ["kafka"]
+    assert [d["source"] for d in body["items"]] == ["kafka"]
     assert body["next"] is not None and "redriven=false" in body["next"]
     status, body = await server.api("GET", body["next"])
-    assert [d["id"] for d in body["dead_letters"]] == [hooked["id"]] and body["next"] is None
+    assert [d["id"] for d in body["items"]] == [hooked["id"]] and body["next"] is None
     status, shown = await server.api("GET", f"/api/v1/dead-letters/{hooked['id']}")
     assert status == 200 and shown["payload"] == {"id": "E-1"} and "'order_id'" in shown["error"]
 
@@ -282,7 +282,7 @@ async def test_the_api_lists_shows_and_redrives_and_names_what_is_wrong(server: 
     [done] = body["redriven"]
     assert done["id"] == hooked["id"] and done["redriven"] and len(done["run_ids"]) == 1
     status, body = await server.api("GET", "/api/v1/dead-letters?redriven=false")
-    assert [d["source"] for d in body["dead_letters"]] == ["kafka"]
+    assert [d["source"] for d in body["items"]] == ["kafka"]
     [entry] = await audit.entries(server.engine.db, action="redrive")
     assert entry.actor.startswith("api:") and entry.reason == "fix"
 

@@ -151,13 +151,13 @@ async def test_events_list_status_runs_masking_and_pages(db_url: str) -> None:
     out = cli("events", "--json")
     assert out.returncode == 0, out.stderr
     listed = json.loads(out.stdout)
-    assert set(listed) == {"items", "next_before"} and listed["next_before"] is None
+    assert set(listed) == {"items", "next"} and listed["next"] is None
     items = TypeAdapter(list[EventSummary]).validate_python(listed["items"])
     assert [e.status for e in items] == ["dropped", "recorded", "dropped", "dead_lettered"]
     out = cli("events", "--json", "--limit", "1", "--status", "dropped")
     paged = json.loads(out.stdout)
     assert [e["id"] for e in paged["items"]] == [late.event_id]
-    assert paged["next_before"] == late.event_id
+    assert paged["next"] == f"--before {late.event_id}"
     out = cli("events", "--json", "--status", "dropped", "--before", str(late.event_id))
     paged = json.loads(out.stdout)
     assert [e["id"] for e in paged["items"]] == [held.event_id]

@@ -53,7 +53,7 @@ async def test_pause_list_and_unpause_over_http(db_url: str) -> None:
 
             status, listed = await call("GET", "/workflows")
             assert status == 200
-            by_name = {w["name"]: w for w in listed["workflows"]}
+            by_name = {w["name"]: w for w in listed["items"]}
             assert sorted(by_name) == ["ads", "plain", "sales"]
             sales = by_name["sales"]
             assert (sales["owner"], sales["tags"], sales["on_pause"]) == (
@@ -66,20 +66,20 @@ async def test_pause_list_and_unpause_over_http(db_url: str) -> None:
             assert by_name["plain"]["next_schedule"] is None
 
             status, daily = await call("GET", "/workflows?tag=daily")
-            assert sorted(w["name"] for w in daily["workflows"]) == ["ads", "sales"]
+            assert sorted(w["name"] for w in daily["items"]) == ["ads", "sales"]
             status, growth = await call("GET", "/workflows?owner=team-growth&tag=daily")
-            assert [w["name"] for w in growth["workflows"]] == ["ads"]
+            assert [w["name"] for w in growth["items"]] == ["ads"]
             assert (await call("GET", "/workflows?owner=nobody"))[1] == {
-                "workflows": [],
+                "items": [],
                 "next": None,
             }
             # Pages by name; the next link keeps the filters.
             status, page = await call("GET", "/workflows?limit=1&tag=daily")
-            assert [w["name"] for w in page["workflows"]] == ["ads"]
+            assert [w["name"] for w in page["items"]] == ["ads"]
             assert page["next"] is not None and "tag=daily" in page["next"]
             async with http.get(f"http://127.0.0.1:{orch.http.port}{page['next']}") as resp:
                 page = await resp.json()
-            assert [w["name"] for w in page["workflows"]] == ["sales"] and page["next"] is None
+            assert [w["name"] for w in page["items"]] == ["sales"] and page["next"] is None
             for query, name in (("limit=0", "limit"), ("paused=maybe", "paused")):
                 status, bad = await call("GET", "/workflows?" + query)
                 assert status == 400 and bad["errors"][0]["name"] == name, bad
@@ -97,9 +97,9 @@ async def test_pause_list_and_unpause_over_http(db_url: str) -> None:
             status, one = await call("GET", "/workflows/sales")
             assert status == 200 and one["paused"] is True and one["buffered"] == 1
             status, only = await call("GET", "/workflows?paused=true")
-            assert [w["name"] for w in only["workflows"]] == ["sales"]
+            assert [w["name"] for w in only["items"]] == ["sales"]
             status, others = await call("GET", "/workflows?paused=false")
-            assert [w["name"] for w in others["workflows"]] == ["ads", "plain"]
+            assert [w["name"] for w in others["items"]] == ["ads", "plain"]
             assert one["pause_reason"] == "provider outage"
             assert one["paused_by"] == "api:127.0.0.1"
 
@@ -141,13 +141,13 @@ async def test_pause_list_and_unpause_over_http(db_url: str) -> None:
             assert not (await call("GET", "/workflows/ads"))[1]["paused"]
 
             status, held = await call("GET", "/workflows/sales/held?state=started")
-            assert status == 200 and [h["source"] for h in held["held"]] == ["manual"]
-            assert held["held"][0]["run_id"] == done["run_ids"][0]
+            assert status == 200 and [h["source"] for h in held["items"]] == ["manual"]
+            assert held["items"][0]["run_id"] == done["run_ids"][0]
             status, bad = await call("GET", "/workflows/sales/held?state=lost")
             assert status == 400 and bad["errors"][0]["name"] == "state"
             assert (await call("GET", "/workflows/nope/held"))[0] == 404
             status, audit = await call("GET", "/audit?workflow=sales")
-            assert [(e["action"], e["actor"], e["reason"]) for e in audit["entries"]] == [
+            assert [(e["action"], e["actor"], e["reason"]) for e in audit["items"]] == [
                 ("unpause", "api:127.0.0.1", "provider back"),
                 ("pause", "api:127.0.0.1", "provider outage"),
             ]

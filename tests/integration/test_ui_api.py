@@ -122,7 +122,7 @@ async def test_graph_versions_and_a_live_run_read_once_for_every_watcher(
                 [run_id] = (await resp.json())["run_ids"]
             await wait_for_runs(orch.db, [run_id], timeout=20)
             async with http.get("/api/v1/workflows/pair/versions") as resp:
-                [version] = (await resp.json())["versions"]
+                [version] = (await resp.json())["items"]
             assert version["current"] and version["runs"] == {"success": 1}
 
             streams = [

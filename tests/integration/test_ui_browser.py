@@ -2,7 +2,9 @@
 Playwright): sign in with a token, trigger ``daily_sales`` from its form and
 watch its graph turn green live; read a failed attempt's log, clear it and
 watch it succeed; pause a Kafka-fed workflow from the list, see its buffered
-events, unpause; a viewer sees no actions and a forged POST is refused.
+events, unpause, and read on a run's page the Kafka event that started it;
+acknowledge the failed run's alert as an operator; a viewer sees no actions
+and a forged POST is refused.
 
 One orchestrator and one browser serve the whole module. Screenshots of the
 workflow list, a run graph and a task log are written under ``docs/``.
@@ -25,6 +27,7 @@ from eventually import eventually
 from suite_settings import suite_settings
 
 from handlers import builtin_registry
+from orchestrator.alert_spec import AlertRule
 from orchestrator.app import Orchestrator
 from orchestrator.context import TaskContext
 from orchestrator.loader import load_path
@@ -107,6 +110,11 @@ async def server(
                     retry=RetryPolicy(max_attempts=1),
                 ),
                 TaskSpec(id="report", handler="noop", upstream=("load",)),
+            ),
+            alerts=(
+                AlertRule.model_validate(
+                    {"on": ["run_failed"], "routes": [{"type": "log"}], "require_ack": True}
+                ),
             ),
         ),
         WorkflowSpec(
@@ -211,6 +219,18 @@ async def test_read_the_failed_attempts_log_clear_it_and_watch_it_succeed(
     )
     await expect(page.locator("#run-state")).to_contain_text("success")
     await expect(page.locator("#task-panel")).to_contain_text("success")
+    # The open panel re-read the task when it changed: the old error is gone.
+    await expect(page.locator("#task-error")).to_have_count(0)
+
+
+async def test_acknowledge_the_failed_runs_alert(server: Server) -> None:
+    page = await signed_in(server, server.operator)
+    await page.get_by_role("link", name="Alerts").click()
+    row = page.locator("tr", has_text="nightly_load")
+    await row.get_by_role("button", name="Acknowledge").click()
+    await give_reason(page, "warehouse restarted")
+    await expect(row).to_contain_text("acked by ops")
+    await expect(row).to_contain_text("warehouse restarted")
 
 
 async def test_pause_from_the_list_buffer_kafka_events_then_unpause(server: Server) -> None:
@@ -234,6 +254,12 @@ async def test_pause_from_the_list_buffer_kafka_events_then_unpause(server: Serv
     await expect(switch).to_have_attribute("aria-checked", "false")
     await expect(row.locator(".sq.st-success")).to_have_count(3)
     await page.screenshot(path=str(DOCS / "ui-workflows.png"))
+    # A run's page names the event that started it: source, topic, payload.
+    await row.locator(".sq.st-success").first.click()
+    started = page.locator("#started-by")
+    await expect(started.locator("#started-by-event")).to_contain_text(f"kafka · {server.topic}")
+    await started.get_by_text("Payload and headers").click()
+    await expect(started.locator("pre.payload")).to_contain_text('"n"')
 
 
 async def test_a_viewer_sees_no_actions_and_forged_posts_are_refused(server: Server) -> None:

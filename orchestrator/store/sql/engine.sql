@@ -332,7 +332,7 @@ ORDER BY t.lease_until LIMIT $1;
 
 -- name: get_run
 SELECT id, workflow, version, state::text AS state, params::text AS params, logical_date,
-       actor, created_at, started_at, ended_at
+       actor, created_at, started_at, ended_at, event_id
 FROM runs WHERE id = $1;
 
 -- name: run_states

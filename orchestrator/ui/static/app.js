@@ -3,7 +3,9 @@ import { api, canAct, follow, loadSession, session, signIn, signOut, whenUnautho
 import { GLYPH, askReason, h, toast, when } from "./dom.js";
 import { drawGraph } from "./graph.js";
 import { runPage } from "./run.js";
-import { auditPage, deadLettersPage, eventsPage } from "./lists.js";
+import { auditPage, deadLettersPage } from "./lists.js";
+import { eventPage, eventsPage } from "./events.js";
+import { alertsPage, datasetsPage } from "./alerts.js";
 
 const main = document.getElementById("main");
 let leave = () => {};   // stops the current page's live updates
@@ -15,6 +17,9 @@ const ROUTES = [
   [/^#\/audit$/, () => auditPage(main)],
   [/^#\/dead-letters$/, () => deadLettersPage(main)],
   [/^#\/events$/, () => eventsPage(main)],
+  [/^#\/events\/(\d+)$/, (m) => eventPage(main, Number(m[1]))],
+  [/^#\/alerts$/, () => alertsPage(main)],
+  [/^#\/datasets$/, () => datasetsPage(main)],
 ];
 
 async function route() {
@@ -187,7 +192,7 @@ async function workflowPage(name) {
     h("div", { class: "cols" },
       h("section", { "aria-label": "graph" }, runStatus, picture.element,
         h("h2", {}, "Recent runs"),
-        h("table", {}, h("tbody", {}, runs.runs.map((r) => h("tr", {},
+        h("table", {}, h("tbody", {}, runs.items.map((r) => h("tr", {},
           h("td", {}, h("a", { href: `#/runs/${r.id}` }, `#${r.id}`)),
           h("td", {}, `${GLYPH[r.state] || ""} ${r.state}`), h("td", {}, when(r.created_at)), h("td", {}, r.actor),
           h("td", {}, h("button", { onclick: () => select(r.id) }, "show on graph"))))))),
@@ -196,10 +201,10 @@ async function workflowPage(name) {
         h("section", { class: "panel" }, h("h2", {}, "Triggers"),
           graph.triggers.length ? h("ul", {}, graph.triggers.map((t) => h("li", {}, `${SOURCE_ICON[t.source] || "•"} ${t.source} ${t.target}`, t.next ? ` — next ${when(t.next)}` : ""))) : h("p", { class: "muted" }, "manual only")),
         h("section", { class: "panel" }, h("h2", {}, "Versions"),
-          h("table", {}, h("tbody", {}, versions.versions.map((v) => h("tr", {},
+          h("table", {}, h("tbody", {}, versions.items.map((v) => h("tr", {},
             h("td", {}, h("code", {}, v.version), v.current ? " (current)" : ""), h("td", {}, when(v.created_at)),
             h("td", {}, Object.entries(v.runs).map(([s, n]) => `${n} ${s}`).join(", ") || "no runs")))))))));
-  select(runs.runs.length ? runs.runs[0].id : null);
+  select(runs.items.length ? runs.items[0].id : null);
   return () => stop();
 }
 

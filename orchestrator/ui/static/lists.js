@@ -1,9 +1,13 @@
-// Events, dead letters and the audit log: filterable tables over the API.
+// Dead letters and the audit log, and what every list page shares: filters
+// and pages. Every list the API answers is {"items": [...], "next": url-or-null}.
 import { api, canAct } from "./api.js";
 import { askReason, h, toast, when } from "./dom.js";
 
-function filters(fields, onApply) {
-  const inputs = fields.map(([name, label]) => h("input", { name, id: `f-${name}`, "aria-label": label }));
+/** A filter form; a field is [name, label] (a text box) or [name, label, choices] (a select). */
+export function filters(fields, onApply) {
+  const inputs = fields.map(([name, label, choices]) => choices
+    ? h("select", { name, id: `f-${name}`, "aria-label": label }, h("option", { value: "" }, "any"), choices.map((c) => h("option", { value: c }, c)))
+    : h("input", { name, id: `f-${name}`, "aria-label": label }));
   const form = h("form", { class: "filters", onsubmit: (e) => {
     e.preventDefault();
     const q = new URLSearchParams();
@@ -13,7 +17,7 @@ function filters(fields, onApply) {
   return form;
 }
 
-function table(head, rows) {
+export function table(head, rows) {
   return h("table", {}, h("thead", {}, h("tr", {}, head.map((t) => h("th", { scope: "col" }, t)))), h("tbody", {}, rows));
 }
 
@@ -21,7 +25,7 @@ export async function auditPage(main) {
   const box = h("div");
   const load = async (q = new URLSearchParams()) => {
     const page = await api(`/audit?${q}`);
-    box.replaceChildren(table(["When", "Who", "Action", "Workflow", "Run", "Task", "Reason"], page.entries.map((e) => h("tr", {},
+    box.replaceChildren(table(["When", "Who", "Action", "Workflow", "Run", "Task", "Reason"], page.items.map((e) => h("tr", {},
       h("td", {}, when(e.at)), h("td", {}, e.actor), h("td", {}, e.action), h("td", {}, e.workflow || ""),
       h("td", {}, e.run_id ? h("a", { href: `#/runs/${e.run_id}` }, `#${e.run_id}`) : ""), h("td", {}, e.task_id || ""), h("td", {}, e.reason || "")))));
   };
@@ -34,7 +38,7 @@ export async function deadLettersPage(main) {
   const detail = h("section", { class: "panel", "aria-live": "polite" }, h("p", { class: "muted" }, "Choose a dead letter to see its payload."));
   const load = async (q = new URLSearchParams()) => {
     const page = await api(`/dead-letters?${q}`);
-    box.replaceChildren(table(["Id", "Received", "Source", "Channel", "Workflow", "Error", "Redriven"], page.dead_letters.map((d) => h("tr", {},
+    box.replaceChildren(table(["Id", "Received", "Source", "Channel", "Workflow", "Error", "Redriven"], page.items.map((d) => h("tr", {},
       h("td", {}, h("button", { onclick: () => show(d.id) }, `#${d.id}`)), h("td", {}, when(d.received_at)), h("td", {}, d.source),
       h("td", {}, d.channel), h("td", {}, d.workflow || ""), h("td", { class: "error" }, d.error),
       h("td", {}, d.redriven_at ? `${when(d.redriven_at)} by ${d.redriven_by}` : "no")))));
@@ -58,16 +62,26 @@ export async function deadLettersPage(main) {
   await load();
 }
 
-export async function eventsPage(main) {
-  // GET /api/v1/events answers {"items": [...], "next": url-or-null}.
-  const box = h("div");
-  const load = async (q = new URLSearchParams()) => {
-    const page = await api(`/events?${q}`);
-    box.replaceChildren(table(["Id", "Received", "Source", "Channel", "Runs started", "Payload"], page.items.map((e) => h("tr", {},
-      h("td", {}, e.id), h("td", {}, when(e.received_at)), h("td", {}, e.source), h("td", {}, e.channel || ""),
-      h("td", {}, (e.run_ids || []).map((id) => h("a", { href: `#/runs/${id}` }, `#${id} `))),
-      h("td", {}, h("details", {}, h("summary", {}, "show"), h("pre", {}, JSON.stringify(e.payload, null, 2))))))));
+/**
+ * A table over a paged list: `load(query)` reads the first page, "More" the
+ * next (its URL comes from the answer). `row` turns an item into a <tr>.
+ */
+export function pagedTable(path, head, row) {
+  const body = h("tbody");
+  const more = h("button", { type: "button", hidden: true }, "More");
+  const empty = h("p", { class: "muted", hidden: true }, "Nothing here.");
+  let next = null;
+  const show = (page, append) => {
+    if (!append) body.replaceChildren();
+    body.append(...page.items.map(row));
+    next = page.next;
+    more.hidden = !next;
+    empty.hidden = body.childNodes.length > 0;
   };
-  main.replaceChildren(h("h1", {}, "Events"), filters([["source", "Source"], ["workflow", "Workflow"]], (q) => load(q).catch((err) => toast(err.message))), box);
-  try { await load(); } catch (err) { box.replaceChildren(h("p", { class: "error" }, `Events are not available: ${err.message}`)); }
+  more.addEventListener("click", async () => {
+    try { show(await api(next.replace(/^\/api\/v1/, "")), true); } catch (err) { toast(err.message); }
+  });
+  const element = h("div", {}, h("table", {}, h("thead", {}, h("tr", {}, head.map((t) => h("th", { scope: "col" }, t)))), body), empty, more);
+  const load = async (q = new URLSearchParams()) => show(await api(`${path}?${q}`), false);
+  return { element, load };
 }

@@ -3,6 +3,7 @@
 import { api, canAct, follow } from "./api.js";
 import { GLYPH, askReason, h, toast, when } from "./dom.js";
 import { drawGraph } from "./graph.js";
+import { startedBy } from "./events.js";
 
 const ENDED = new Set(["success", "failed", "cancelled"]);
 
@@ -86,11 +87,7 @@ export async function runPage(main, runId) {
 
   function paintAll() { for (const t of Object.values(tasks)) picture.paint(t.task_id, t.state, t.attempt); }
 
-  async function openTask(taskId) {
-    current = taskId;
-    stopLog();
-    const t = tasks[taskId];
-    const node = graph.nodes.find((n) => n.id === taskId);
+  function attemptsOf(taskId) {
     const attempts = [];
     for (const s of [...steps.values()].sort((a, b) => a.id - b.id)) {
       if (s.task_id !== taskId || !s.attempt) continue;
@@ -98,6 +95,48 @@ export async function runPage(main, runId) {
       if (!a) attempts.push(a = { n: s.attempt, steps: [] });
       a.steps.push(s);
     }
+    return attempts;
+  }
+
+  let facts = null;        // the task panel's state, attempts, error and output
+  function drawFacts() {
+    if (!facts || !current) return;
+    const t = tasks[current];
+    const node = graph.nodes.find((n) => n.id === current);
+    facts.replaceChildren(...[
+      h("p", {}, h("span", { id: "task-state" }, `${GLYPH[t.state] || ""} ${t.state}`), ` · attempt ${t.attempt} · handler ${t.handler} · pool ${t.pool}`,
+        node ? ` · trigger rule ${node.trigger_rule}` : ""),
+      h("h3", {}, "Attempts"),
+      h("ol", {}, attemptsOf(current).map((a) => h("li", {}, a.steps.map((s) => `${s.to_state} ${when(s.at)}`).join(" → "),
+        a.steps.filter((s) => s.reason && ["failed", "up_for_retry", "dead_lettered"].includes(s.to_state)).map((s) => h("div", { class: "error" }, s.reason))))),
+      t.error ? h("div", {}, h("h3", {}, "Error"), h("pre", { class: "error", id: "task-error" }, t.error)) : null,
+      t.state === "success" && t.output !== null && t.output !== undefined ? h("div", {}, h("h3", {}, "Output"), h("pre", { id: "task-output" }, JSON.stringify(t.output, null, 2))) : null,
+    ].filter(Boolean));
+  }
+
+  // The live stream carries states, not errors or outputs: when the open
+  // task's state changes, read the run again for them. One read at a time; a
+  // change during a read asks for one more read after it.
+  let reading = false, again = false;
+  async function rereadCurrent() {
+    if (reading) { again = true; return; }
+    reading = true;
+    try {
+      do {
+        again = false;
+        const fresh = await api(`/runs/${runId}`);
+        for (const t of fresh.tasks) tasks[t.task_id] = { ...(tasks[t.task_id] || {}), ...t };
+        drawFacts();
+      } while (again);
+    } catch { /* the next change tries again */ } finally { reading = false; }
+  }
+
+  async function openTask(taskId) {
+    current = taskId;
+    stopLog();
+    const t = tasks[taskId];
+    const node = graph.nodes.find((n) => n.id === taskId);
+    const attempts = attemptsOf(taskId);
     const logBox = h("pre", { class: "log", id: "task-log", tabindex: 0, "aria-label": "attempt log" }, "");
     const pick = h("select", { id: "attempt-pick", "aria-label": "attempt", onchange: () => showLog(Number(pick.value)) },
       (attempts.length ? attempts : [{ n: t.attempt || 1 }]).map((a) => h("option", { value: a.n, selected: a.n === t.attempt }, `attempt ${a.n}`)));
@@ -105,16 +144,14 @@ export async function runPage(main, runId) {
       h("button", { onclick: () => act(`clear task ${taskId}`, `/runs/${runId}/clear`, { tasks: [taskId] }) }, "Clear this task"),
       h("button", { onclick: () => act(`clear ${taskId} and downstream`, `/runs/${runId}/clear`, { tasks: [taskId], downstream: true }) }, "Clear with downstream"),
       ["success", "failed", "skipped"].map((state) => h("button", { onclick: () => act(`mark ${taskId} ${state}`, `/runs/${runId}/tasks/${encodeURIComponent(taskId)}/mark`, { state }) }, `Mark ${state}`))) : null;
+    facts = h("div", { id: "task-facts" });
+    drawFacts();
     panel.replaceChildren(...[
       h("h2", {}, `Task ${taskId}`),
-      h("p", {}, h("span", { id: "task-state" }, `${GLYPH[t.state] || ""} ${t.state}`), ` · attempt ${t.attempt} · handler ${t.handler} · pool ${t.pool}`,
-        node ? ` · trigger rule ${node.trigger_rule}` : ""),
       actions,
-      h("h3", {}, "Attempts"),
-      h("ol", {}, attempts.map((a) => h("li", {}, a.steps.map((s) => `${s.to_state} ${when(s.at)}`).join(" → "),
-        a.steps.filter((s) => s.reason && ["failed", "up_for_retry", "dead_lettered"].includes(s.to_state)).map((s) => h("div", { class: "error" }, s.reason))))),
-      t.error ? h("div", {}, h("h3", {}, "Error"), h("pre", { class: "error" }, t.error)) : null,
-      t.state === "success" && t.output !== null && t.output !== undefined ? h("div", {}, h("h3", {}, "Output"), h("pre", {}, JSON.stringify(t.output, null, 2))) : null,
+      facts,
+      // The spec's inputs as written: templates, never rendered, so no secret value shows.
+      node && Object.keys(node.inputs || {}).length ? h("details", { id: "task-inputs" }, h("summary", {}, "Inputs (as declared)"), h("pre", {}, JSON.stringify(node.inputs, null, 2))) : null,
       h("h3", {}, "Log ", pick), logBox].filter(Boolean));
 
     async function showLog(attempt) {
@@ -145,7 +182,8 @@ export async function runPage(main, runId) {
   }
 
   drawHeader(); paintAll(); drawTimeline(); drawLog(); drawWaits();
-  main.replaceChildren(header,
+  const origin = await startedBy(run);
+  main.replaceChildren(header, origin,
     h("div", { class: "cols" },
       h("section", { "aria-label": "graph and timeline" }, picture.element, h("h2", {}, "Timeline"), timeline,
         h("h2", {}, "Waiting"), waits,
@@ -159,8 +197,8 @@ export async function runPage(main, runId) {
     }
     for (const s of m.transitions || []) steps.set(s.id, s);
     if (current && m.tasks.some((t) => t.task_id === current)) {
-      const state = document.getElementById("task-state");
-      if (state) state.textContent = `${GLYPH[tasks[current].state] || ""} ${tasks[current].state}`;
+      drawFacts();
+      rereadCurrent();
     }
     redraw();
   });
