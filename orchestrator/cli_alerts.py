@@ -3,38 +3,21 @@ one (see :mod:`orchestrator.alerts`)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
 from orchestrator.cli_support import (
     cli_actor,
-    cli_settings,
     echo_page,
-    open_database,
-    run_async,
+    with_database,
 )
 
 if TYPE_CHECKING:
-    from orchestrator.store import Database
+    pass
 
-T = TypeVar("T")
 
 _STATES = ("pending", "delivered", "undelivered", "unacked")
-
-
-def _with_db(work: Callable[[Database], Awaitable[T]]) -> T:
-    settings = cli_settings()
-
-    async def go() -> T:
-        db = await open_database(settings)
-        try:
-            return await work(db)
-        finally:
-            await db.close()
-
-    return run_async(go)
 
 
 @click.group("alerts", invoke_without_command=True)
@@ -56,7 +39,7 @@ def alerts_cmd(
     from orchestrator.api_alerts import alert_json
     from orchestrator.views import render_table
 
-    found = _with_db(lambda db: list_alerts(db, workflow=workflow, state=state, limit=limit))
+    found = with_database(lambda db: list_alerts(db, workflow=workflow, state=state, limit=limit))
     if as_json:
         echo_page([alert_json(a) for a in found])
         return
@@ -104,5 +87,5 @@ def ack(alert_id: int, reason: str) -> None:
 
     actor = cli_actor()
     # An unknown or already acknowledged alert exits 2 with its message.
-    _with_db(lambda db: acknowledge(db, alert_id, actor=actor, reason=reason))
+    with_database(lambda db: acknowledge(db, alert_id, actor=actor, reason=reason))
     click.echo(f"alert {alert_id} acknowledged by {actor}")

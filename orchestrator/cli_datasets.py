@@ -5,25 +5,20 @@ lineage`` (the graph around a dataset or a workflow)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
 from orchestrator.cli_support import (
-    cli_settings,
     echo_json,
     echo_page,
     fail,
-    open_database,
-    run_async,
+    with_database,
 )
 
 if TYPE_CHECKING:
     from orchestrator.store import Database
-
-T = TypeVar("T")
 
 
 def _shown(stamp: str | None) -> str:
@@ -31,19 +26,6 @@ def _shown(stamp: str | None) -> str:
     if not stamp:
         return "-"
     return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _with_db(work: Callable[[Database], Awaitable[T]]) -> T:
-    settings = cli_settings()
-
-    async def go() -> T:
-        db = await open_database(settings)
-        try:
-            return await work(db)
-        finally:
-            await db.close()
-
-    return run_async(go)
 
 
 def _now() -> datetime:
@@ -74,7 +56,7 @@ def datasets_cmd(uri: str | None, date: str | None, as_json: bool) -> None:
     if uri is None:
         if date is not None:
             fail("--date needs a dataset URI")
-        found = _with_db(_listing)
+        found = with_database(_listing)
         if as_json:
             echo_page(found)
             return
@@ -101,7 +83,7 @@ def datasets_cmd(uri: str | None, date: str | None, as_json: bool) -> None:
     from orchestrator.run_datasets import consumers_of
 
     day = _date(date)
-    consumers = _with_db(lambda db: consumers_of(db, uri, day))
+    consumers = with_database(lambda db: consumers_of(db, uri, day))
     if as_json:
         echo_page(consumers)
         return
@@ -158,7 +140,7 @@ def lineage_cmd(node: str, direction: str | None, depth: int | None, as_json: bo
                 return None
         return view.as_json()
 
-    found = _with_db(query)
+    found = with_database(query)
     if found is None:
         fail(f"no dataset or workflow named {node!r}", code=1)
     if as_json:

@@ -5,39 +5,19 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
 from orchestrator.cli_support import (
     cli_actor,
-    cli_settings,
     echo_page,
     fail,
-    open_database,
-    run_async,
+    with_engine,
 )
 
 if TYPE_CHECKING:
     from orchestrator.engine import Engine
-
-T = TypeVar("T")
-
-
-def _with_engine(work: Callable[[Engine], Awaitable[T]]) -> T:
-    from orchestrator.engine import Engine  # the database's code: loaded for a command that runs
-
-    settings = cli_settings()
-
-    async def go() -> T:
-        db = await open_database(settings)
-        try:
-            return await work(Engine(db, lease_s=settings.lease_s))
-        finally:
-            await db.close()
-
-    return run_async(go)
 
 
 @click.group("dead-letters", invoke_without_command=True)
@@ -69,7 +49,7 @@ def dead_letters_cmd(
     from orchestrator.dead_letters import dead_letters
     from orchestrator.views import render_table
 
-    found = _with_engine(
+    found = with_engine(
         lambda engine: dead_letters(
             engine,
             source=source,
@@ -123,7 +103,7 @@ def show(letter_id: int) -> None:
     """One dead letter: payload, headers (secrets masked), error, when."""
     from orchestrator.dead_letters import dead_letter
 
-    d = _with_engine(lambda engine: dead_letter(engine, letter_id))
+    d = with_engine(lambda engine: dead_letter(engine, letter_id))
     lines = [
         f"dead letter {d.id}",
         f"  received   {d.received_at.isoformat()}",
@@ -171,7 +151,7 @@ def redrive_cmd(ids: tuple[int, ...], every: bool, workflow: str | None, reason:
         done = await redrive(engine, chosen, actor=actor, reason=reason)
         return [f"{'ok  ' if r.ok else 'FAIL'} {r.id}: {r.message}" for r in done]
 
-    lines = _with_engine(work)
+    lines = with_engine(work)
     if lines is None:
         click.echo("no dead letters to redrive" + (f" for {workflow}" if workflow else ""))
         return

@@ -5,39 +5,22 @@ ID`` for one with its payload and (masked) headers (see
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
 from orchestrator.cli_support import (
-    cli_settings,
     echo_json,
     echo_page,
     fail,
-    open_database,
-    run_async,
+    with_database,
 )
 
 if TYPE_CHECKING:
-    from orchestrator.store import Database
+    pass
 
-T = TypeVar("T")
 STATUSES = ("dead_lettered", "dropped", "buffered", "started", "recorded")
-
-
-def _with_db(work: Callable[[Database], Awaitable[T]]) -> T:
-    settings = cli_settings()
-
-    async def go() -> T:
-        db = await open_database(settings)
-        try:
-            return await work(db)
-        finally:
-            await db.close()
-
-    return run_async(go)
 
 
 def _since(text: str | None) -> datetime | None:
@@ -88,7 +71,7 @@ def events_cmd(
     from orchestrator.views import render_table
 
     when = _since(since)
-    found = _with_db(
+    found = with_database(
         lambda db: events(
             db,
             source=source,
@@ -143,7 +126,7 @@ def show(event_id: int, as_json: bool) -> None:
     """One event: its runs, status, payload and headers (credentials masked)."""
     from orchestrator.event_list import event, event_json
 
-    e = _with_db(lambda db: event(db, event_id))
+    e = with_database(lambda db: event(db, event_id))
     if e is None:
         fail(f"no event {event_id} (unknown, or pruned by retention): `orchestrator events`")
     if as_json:

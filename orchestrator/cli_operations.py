@@ -4,29 +4,12 @@ recorded with the OS user as actor (see :mod:`orchestrator.operations`)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from orchestrator.cli_support import cli_actor, cli_settings, open_database, run_async
-from orchestrator.engine import Engine
+from orchestrator.cli_support import cli_actor, with_engine
 from orchestrator.states import RunState
-
-T = TypeVar("T")
-
-
-def _with_engine(action: Callable[[Engine], Awaitable[T]]) -> T:
-    settings = cli_settings()
-
-    async def go() -> T:
-        db = await open_database(settings)
-        try:
-            return await action(Engine(db))
-        finally:
-            await db.close()
-
-    return run_async(go)
 
 
 @click.command()
@@ -45,7 +28,7 @@ def clear(
 
     if downstream and not tasks:
         raise click.UsageError("--downstream needs at least one --task")
-    result = _with_engine(
+    result = with_engine(
         lambda engine: clear_run(
             engine,
             run_id,
@@ -73,7 +56,7 @@ def cancel(run_id: int, reason: str) -> None:
     """Cancel RUN_ID: pending tasks skipped, waits ended, running attempts stopped."""
     from orchestrator.operations import cancel_run
 
-    result = _with_engine(
+    result = with_engine(
         lambda engine: cancel_run(engine, run_id, actor=cli_actor(), reason=reason)
     )
     skipped = ", ".join(result.skipped) or "none"
@@ -96,7 +79,7 @@ def mark(run_id: int, task_id: str, state: str, output_json: str | None, reason:
             output = json.loads(output_json)
         except json.JSONDecodeError as exc:
             raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--output") from None
-    result = _with_engine(
+    result = with_engine(
         lambda engine: mark_task(
             engine, run_id, task_id, state, output=output, actor=cli_actor(), reason=reason
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import asyncpg
 import click
@@ -15,6 +15,9 @@ from orchestrator import logs
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store import Database, connect
+
+if TYPE_CHECKING:
+    from orchestrator.engine import Engine
 
 T = TypeVar("T")
 
@@ -51,6 +54,28 @@ async def open_database(settings: Settings) -> Database:
     from orchestrator.devmode import resolve_database_url
 
     return await connect(resolve_database_url(settings), size=2, min_size=1)
+
+
+def with_database(work: Callable[[Database], Awaitable[T]]) -> T:
+    """Run ``work`` against the configured database, closing it after."""
+    settings = cli_settings()
+
+    async def go() -> T:
+        db = await open_database(settings)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return run_async(go)
+
+
+def with_engine(work: Callable[[Engine], Awaitable[T]]) -> T:
+    """:func:`with_database`, with an engine over it."""
+    from orchestrator.engine import Engine  # loaded only by a command that runs
+
+    lease_s = cli_settings().lease_s
+    return with_database(lambda db: work(Engine(db, lease_s=lease_s)))
 
 
 def cli_actor() -> str:

@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
-from orchestrator.cli_support import cli_actor, cli_settings, fail, open_database, run_async
+from orchestrator.cli_support import (
+    cli_actor,
+    cli_settings,
+    fail,
+    open_database,
+    run_async,
+    with_database,
+)
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.errors import OrchestratorError
 
 if TYPE_CHECKING:
-    from orchestrator.store import Database
     from sources.backfill import Reprocess
-
-T = TypeVar("T")
 
 
 @click.command("backfill")
@@ -206,7 +209,7 @@ def backfills(ctx: click.Context, workflow: str | None, state: str | None, limit
     from orchestrator.views import render_table
     from sources.backfill_jobs import jobs
 
-    found = _with_db(lambda db: jobs(db, workflow=workflow, state=state, limit=limit))
+    found = with_database(lambda db: jobs(db, workflow=workflow, state=state, limit=limit))
     if not found:
         click.echo("no backfills")
         return
@@ -235,7 +238,7 @@ def backfills_show(backfill_id: int) -> None:
     """One detached backfill: its range, progress, runs in flight, counts."""
     from sources.backfill_jobs import job
 
-    j = _with_db(lambda db: job(db, backfill_id))
+    j = with_database(lambda db: job(db, backfill_id))
     lines = [
         f"backfill {j.id} of {j.workflow}: {j.state}",
         f"  range      {j.start} .. {j.end}"
@@ -261,21 +264,8 @@ def backfills_cancel(backfill_id: int, reason: str) -> None:
     """Stop a detached backfill from starting more runs (those started go on)."""
     from sources.backfill_jobs import cancel
 
-    j = _with_db(lambda db: cancel(db, backfill_id, actor=cli_actor(), reason=reason))
+    j = with_database(lambda db: cancel(db, backfill_id, actor=cli_actor(), reason=reason))
     click.echo(f"backfill {j.id} cancelled; {len(j.active)} run(s) already started go on")
-
-
-def _with_db(work: Callable[[Database], Awaitable[T]]) -> T:
-    settings = cli_settings()
-
-    async def go() -> T:
-        db = await open_database(settings)
-        try:
-            return await work(db)
-        finally:
-            await db.close()
-
-    return run_async(go)
 
 
 @click.command()
