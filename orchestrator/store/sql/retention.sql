@@ -3,9 +3,19 @@
 -- name: prune_runs
 -- Ended runs older than the cutoff, with their task instances (cascade),
 -- transitions, task logs and alerts; a live run is never touched.
-WITH doomed AS (
+WITH unpublished AS (
+    -- Lifecycle events (migration 0018): a row written by a transaction at or
+    -- after the oldest relay cursor's horizon may not be on the topic yet.
+    SELECT min(pg_snapshot_xmin(done)::text::bigint) AS txid FROM lifecycle_cursors
+), doomed AS (
     SELECT id FROM runs
     WHERE ended_at < $1 AND state IN ('success', 'failed', 'cancelled')
+      AND NOT EXISTS (
+          SELECT 1 FROM unpublished u, transitions t
+          WHERE t.run_id = runs.id AND t.txid >= u.txid)
+      AND NOT EXISTS (
+          SELECT 1 FROM unpublished u, alerts a
+          WHERE a.run_id = runs.id AND a.txid >= u.txid)
     ORDER BY ended_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -26,10 +36,16 @@ WITH doomed AS (
 DELETE FROM runs WHERE id IN (SELECT id FROM doomed) RETURNING id;
 
 -- name: prune_events
--- Old events that no live run still needs.
-WITH doomed AS (
+-- Old events that no live run still needs, and whose dataset update (if
+-- any) is published when lifecycle events are on.
+WITH unpublished AS (
+    SELECT min(pg_snapshot_xmin(done)::text::bigint) AS txid FROM lifecycle_cursors
+), doomed AS (
     SELECT e.id FROM events e
     WHERE e.received_at < $1
+      AND NOT EXISTS (
+          SELECT 1 FROM unpublished u, dataset_events d
+          WHERE d.event_id = e.id AND d.txid >= u.txid)
       AND NOT EXISTS (
           SELECT 1 FROM runs r
           WHERE r.id = ANY(e.run_ids) AND r.state IN ('queued', 'running'))

@@ -1,0 +1,139 @@
+"""Lifecycle events scenario: outbox. The relay publishes every transition of
+``fanout`` to Kafka while the engine runs it: events/s to the broker, the lag
+(how long after a change everything before it was on the topic), and fanout's
+runs/s with the relay on against off (alternated rounds, medians).
+
+The relay runs in the engine's own process (the worker role's). Kafka is
+``ORCHESTRATOR_KAFKA_BOOTSTRAP`` when set, else the embedded broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from typing import Any
+
+from bench.engine_scenarios import bench_settings, chain
+from bench.harness import Figure, scratch_database
+from bench.kafka_scenarios import _kafka
+from bench.registry import scenario
+from handlers import builtin_registry
+from orchestrator.app import Orchestrator
+from orchestrator.clock import SYSTEM_CLOCK
+from orchestrator.engine import RunRequest
+from orchestrator.run_waiter import RunWaiter
+from sources.kafka_broker import ensure_topics
+from sources.lifecycle_relay import LifecycleRelay, group_status
+
+
+async def _fanout_once(
+    url: str, runs: int, bootstrap: str | None, embedded: bool
+) -> tuple[float, dict[str, Any]]:
+    """fanout's runs/s; with ``bootstrap``, the relay publishing as it runs."""
+    spec = chain("fanout3", 3)
+    overrides: dict[str, Any] = {}
+    topic = f"bench_lifecycle_{uuid.uuid4().hex[:8]}"
+    if bootstrap:
+        await ensure_topics(bootstrap, {topic: 6})
+        overrides = {
+            "kafka_bootstrap": bootstrap,
+            "lifecycle_topic": topic,
+            "kafka_idempotent_producer": not embedded,
+        }
+    settings = bench_settings(**overrides)
+    relay = LifecycleRelay() if bootstrap else None
+    async with (
+        scratch_database(url) as (db_url, db),
+        Orchestrator(
+            settings,
+            db_url,
+            registry=builtin_registry(),
+            workflows=[spec],
+            sources=[relay] if relay else [],
+        ) as orch,
+    ):
+        assert orch.engine is not None and orch.db is not None
+        async with RunWaiter(orch.db, poll_s=0.05) as waiter:
+            await waiter.wait([await orch.engine.trigger("fanout3", actor="bench")], timeout=60)
+            before = await group_status(db) if relay else None
+            lags: list[float] = []
+            sampling = True
+
+            async def sample() -> None:
+                while sampling:
+                    if relay is not None:
+                        lags.append(relay.lag_s())
+                    await asyncio.sleep(0.05)
+
+            sampler = asyncio.create_task(sample())
+            started = time.perf_counter()
+            ids = await orch.engine.create_runs(
+                [RunRequest("fanout3") for _ in range(runs)], actor="bench"
+            )
+            await waiter.wait(ids, timeout=600)
+            ended = time.perf_counter()
+            rate = runs / (ended - started)
+            if relay is None or before is None:
+                sampling = False
+                await sampler
+                return rate, {}
+            # The cursors were created before the first transition: all go out.
+            async with db.pool.acquire() as conn:
+                written = await conn.fetchval("SELECT count(*) FROM transitions")
+            while True:
+                if (await group_status(db)).published >= written:
+                    break
+                await asyncio.sleep(0.01)
+            caught_up = time.perf_counter()
+            sampling = False
+            await sampler
+            published = (await group_status(db)).published - before.published
+            return rate, {
+                "events": published,
+                "events_per_s": published / (caught_up - started),
+                "behind_at_fanout_end_s": caught_up - ended,
+                "lag_max_s": max(lags, default=0.0),
+                "lag_p50_s": statistics.median(lags) if lags else 0.0,
+                "relay_lag_now_s": relay.lag_s(),
+                "clock_now": SYSTEM_CLOCK.now().isoformat(),
+            }
+
+
+async def outbox(url: str, *, runs: int, rounds: int = 3) -> list[Figure]:
+    off: list[float] = []
+    on: list[float] = []
+    relay: list[dict[str, Any]] = []
+    async with _kafka() as (bootstrap, embedded):
+        for _ in range(rounds):
+            off.append((await _fanout_once(url, runs, None, embedded))[0])
+            rate, seen = await _fanout_once(url, runs, bootstrap, embedded)
+            on.append(rate)
+            relay.append(seen)
+    ratio = statistics.median(on) / statistics.median(off)
+    ctx: dict[str, Any] = {
+        "runs": runs,
+        "without_runs_per_s": [round(v, 1) for v in off],
+        "with_runs_per_s": [round(v, 1) for v in on],
+        "broker": "embedded" if embedded else "external",
+        "load_average": os.getloadavg(),
+    }
+    rctx = {**ctx, "rounds": [{k: v for k, v in r.items() if k != "clock_now"} for r in relay]}
+    events_per_s = statistics.median(r["events_per_s"] for r in relay)
+    lag = max(max(r["lag_max_s"], r["behind_at_fanout_end_s"]) for r in relay)
+    return [
+        Figure("outbox", "relay_events_per_s", events_per_s, "events/s", ">= 10000", rctx),
+        Figure("outbox", "relay_lag_max_s", lag, "s", "<= 1", rctx),
+        Figure("outbox", "fanout_ratio_with_outbox", ratio, "x", ">= 0.9", ctx),
+    ]
+
+
+@scenario(
+    "outbox",
+    "fanout with lifecycle events published to Kafka vs without: relay events/s, lag, cost",
+)
+async def _outbox(url: str, args: argparse.Namespace, _tx: float) -> list[Figure]:
+    return await outbox(url, runs=args.runs)

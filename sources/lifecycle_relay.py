@@ -1,0 +1,311 @@
+"""Lifecycle events out: run and task transitions, dataset updates and alerts
+published to a Kafka topic as CloudEvents 1.0 (structured JSON), keyed by run id.
+
+The outbox is what the engine already writes in the transaction of each change:
+the ``transitions``, ``dataset_events`` and ``alerts`` rows (migration 0018 adds
+the id of the writing transaction to each). Nothing more is written on the hot
+path, on or off.
+
+Why snapshot windows and not "ids past a cursor": ids come from a sequence and
+commit out of order, so reading past the highest id seen would skip an id whose
+transaction commits later. A partition's cursor holds instead the snapshot
+``done`` whose visible rows are all published. A pass takes the present
+snapshot ``window_to`` and publishes the rows visible in it and not in ``done``
+(the transactions that committed in between); a transaction still in progress
+is in neither and waits for a later window. In a window, rows go out in
+(stage, id) order: a change that waited for another's commit (a lock on the
+same task or run) takes its ids after it, so each run's events keep their order.
+
+Several relays: run ids are split into ``parts`` partitions, each with its own
+cursor row; a relay leases one partition for one window (``SKIP LOCKED``),
+checkpoints after every page the broker has acknowledged, and releases it. In
+the normal case nothing is published twice. A relay killed between publishing
+and its checkpoint leaves a lease that runs out: the next relay publishes that
+page again, with the same CloudEvents ``id`` on each duplicate (at least once).
+
+Order on the wire: one producer per process; aiokafka keeps one request in
+flight per partition (so a retry never reorders), and ``acks=all`` with
+idempotence on (``ORCHESTRATOR_KAFKA_IDEMPOTENT_PRODUCER``) for real brokers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.clock import Clock
+from orchestrator.metrics import METRICS
+from orchestrator.settings import Settings
+from orchestrator.sources import SourceContext, loop_stopped
+from orchestrator.store import Database
+from sources.kafka_config import KafkaError, describe, make_producer
+from sources.queries import SQL
+
+if TYPE_CHECKING:
+    from orchestrator.intake import Router
+
+log = logging.getLogger(__name__)
+
+#: A named fault point: awaited after a page is acknowledged by the broker and
+#: before its checkpoint (tests kill the process there).
+Fault = Callable[[str], Awaitable[None]]
+
+_LOOP = "lifecycle relay"
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    """Where the relays of the database stand, over every partition."""
+
+    published_through: datetime | None
+    """Every change committed before this is published (None: never started)."""
+    published: int
+    leased: int
+    """Partitions a relay holds right now."""
+
+
+async def group_status(db: Database) -> GroupStatus:
+    async with db.pool.acquire() as conn:
+        row = await conn.fetchrow(SQL.lifecycle_horizon)
+    assert row is not None
+    return GroupStatus(row["published_through"], row["published"] or 0, row["leased"])
+
+
+def relay_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class LifecycleRelay:
+    """Publishes the lifecycle outbox; a :class:`~orchestrator.sources.Source`
+    so that a process runs it like any source (started, stopped, in ``/readyz``)."""
+
+    name = "lifecycle"
+
+    def __init__(
+        self,
+        *,
+        owner: str | None = None,
+        fault: Fault | None = None,
+        producer_options: dict[str, Any] | None = None,
+        background: bool = True,
+    ) -> None:
+        """``background=False``: no loop of its own; the caller publishes with
+        :meth:`drain` (tests, deterministic)."""
+        self.owner = owner or relay_owner()
+        self._background = background
+        self._fault = fault
+        self._producer_options = producer_options or {}
+        self._settings: Settings | None = None
+        self._db: Database | None = None
+        self._clock: Clock | None = None
+        self._liveness: Any = None
+        self._producer: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._held: int | None = None
+        #: Every change committed before this time is published (all partitions,
+        #: as of this relay's last finished window).
+        self.published_through: datetime | None = None
+        self.published = 0
+
+    # -- Source protocol -------------------------------------------------------------
+
+    def setup(self, ctx: SourceContext) -> None:
+        self.attach(ctx.settings, ctx.engine.db, ctx.clock)
+        self._liveness = ctx.liveness
+
+    def attach(self, settings: Settings, db: Database, clock: Clock) -> None:
+        """Use ``db`` and ``settings`` (outside an orchestrator process: bench, tests)."""
+        if not settings.lifecycle_topic:
+            raise ValueError("the lifecycle relay needs ORCHESTRATOR_LIFECYCLE_TOPIC")
+        self._settings, self._db, self._clock = settings, db, clock
+
+    def use_router(self, router: Router) -> None:
+        """Publishes whatever happens: workflows do not matter."""
+
+    async def not_ready(self) -> str | None:
+        return loop_stopped(self._task, _LOOP)
+
+    async def start(self) -> None:
+        settings, db = self._ready()
+        async with db.pool.acquire() as conn:
+            await conn.execute(SQL.lifecycle_create_cursors, settings.lifecycle_partitions)
+        options = {"linger_ms": 5, "max_batch_size": 1 << 20, **self._producer_options}
+        self._producer = make_producer(settings, **options)
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise ConnectionError(
+                f"the lifecycle relay cannot reach Kafka at {describe(settings)}: {exc}"
+            ) from None
+        self._install_lag_gauge()
+        if self._background:
+            self._task = asyncio.create_task(self._run(), name="orchestrator-lifecycle-relay")
+        log.info("publishing lifecycle events to %s as %s", settings.lifecycle_topic, self.owner)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._held is not None and self._db is not None:
+            # Let another relay go on at once rather than after the lease.
+            with contextlib.suppress(Exception):
+                async with self._db.pool.acquire() as conn:
+                    await conn.execute(SQL.lifecycle_release, self._held, self.owner)
+            self._held = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self._liveness is not None:
+            self._liveness.forget(_LOOP)
+
+    async def __aenter__(self) -> LifecycleRelay:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _ready(self) -> tuple[Settings, Database]:
+        if self._settings is None or self._db is None:
+            raise RuntimeError("setup() or attach() first")
+        return self._settings, self._db
+
+    async def _run(self) -> None:
+        settings, _ = self._ready()
+        assert self._clock is not None
+        while True:
+            if self._liveness is not None:
+                self._liveness.beat(_LOOP)
+            try:
+                worked = await self.pass_once() is not None
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lifecycle relay pass failed; trying again")
+                worked = False
+            if not worked:
+                await self._clock.sleep(settings.lifecycle_poll_s / 2)
+
+    async def drain(self) -> int:
+        """Publish until a window of every partition was found empty; returns
+        how many events were published."""
+        _settings, db = self._ready()
+        async with db.pool.acquire() as conn:
+            parts = await conn.fetchval(SQL.lifecycle_parts)
+        empty: set[int] = set()
+        total = 0
+        while len(empty) < parts:
+            done = await self.pass_once(due_only=False)
+            if done is None:
+                continue
+            part, count = done
+            total += count
+            if count == 0:
+                empty.add(part)
+            else:
+                empty.discard(part)
+        return total
+
+    async def pass_once(self, *, due_only: bool = True) -> tuple[int, int] | None:
+        """Lease one due partition (any free one unless ``due_only``) and publish
+        its next window: (partition, events published), or None when none was
+        due and free."""
+        settings, db = self._ready()
+        async with db.pool.acquire() as conn:
+            claim = await conn.fetchrow(
+                SQL.lifecycle_claim, self.owner, settings.lifecycle_lease_s, due_only
+            )
+        if claim is None:
+            return None
+        part = claim["part"]
+        self._held = part
+        after = (claim["after_stage"], claim["after_id"])
+        window_rows = 0
+        while True:
+            async with db.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    SQL.lifecycle_window,
+                    claim["done"],
+                    claim["window_to"],
+                    claim["parts"],
+                    part,
+                    after[0],
+                    after[1],
+                    settings.lifecycle_batch,
+                    settings.lifecycle_source,
+                )
+            if rows:
+                await self._publish(rows)
+                if self._fault is not None:
+                    await self._fault("after_publish")
+                after = (rows[-1]["stage"], rows[-1]["id"])
+                window_rows += len(rows)
+            if len(rows) < settings.lifecycle_batch:
+                break
+            async with db.pool.acquire() as conn:
+                kept = await conn.fetchval(
+                    SQL.lifecycle_checkpoint,
+                    part,
+                    self.owner,
+                    after[0],
+                    after[1],
+                    len(rows),
+                    settings.lifecycle_lease_s,
+                )
+            if kept is None:
+                log.warning("lost the lease of lifecycle partition %d; another relay goes on", part)
+                self._held = None
+                return part, window_rows
+        # An empty window: look again after the poll interval; else at once.
+        next_in = settings.lifecycle_poll_s if window_rows == 0 else 0.0
+        async with db.pool.acquire() as conn:
+            finished = await conn.fetchrow(
+                SQL.lifecycle_finish,
+                part,
+                self.owner,
+                len(rows),
+                next_in,
+            )
+        self._held = None
+        if finished is None:
+            log.warning("lost the lease of lifecycle partition %d; another relay goes on", part)
+        else:
+            self.published_through = finished["published_through"]
+        return part, window_rows
+
+    async def _publish(self, rows: list[Any]) -> None:
+        settings, _ = self._ready()
+        topic = settings.lifecycle_topic
+        send = self._producer.send
+        futures = [
+            await send(topic, row["event"].encode(), key=row["key"].encode()) for row in rows
+        ]
+        await asyncio.gather(*futures)
+        self.published += len(rows)
+        METRICS.lifecycle_published.inc(len(rows))
+
+    # -- lag ----------------------------------------------------------------------------
+
+    def lag_s(self) -> float:
+        """Seconds between now and the time before which every change is
+        published (as of this relay's last finished window): a change committed
+        longer ago than this is on the topic."""
+        if self.published_through is None or self._clock is None:
+            return 0.0
+        return max(0.0, (self._clock.now() - self.published_through).total_seconds())
+
+    def _install_lag_gauge(self) -> None:
+        METRICS.lifecycle_lag_s.set_function(self.lag_s)
