@@ -3,19 +3,19 @@
 -- name: prune_runs
 -- Ended runs older than the cutoff, with their task instances (cascade),
 -- transitions, task logs and alerts; a live run is never touched.
-WITH unpublished AS (
-    -- Lifecycle events (migration 0018): a row written by a transaction at or
-    -- after the oldest relay cursor's horizon may not be on the topic yet.
-    SELECT min(pg_snapshot_xmin(done)::text::bigint) AS txid FROM lifecycle_cursors
-), doomed AS (
+WITH doomed AS (
     SELECT id FROM runs
     WHERE ended_at < $1 AND state IN ('success', 'failed', 'cancelled')
+      -- Lifecycle events (migration 0018): a row is published once it is
+      -- visible in its partition's `done` snapshot; keep the run until then.
       AND NOT EXISTS (
-          SELECT 1 FROM unpublished u, transitions t
-          WHERE t.run_id = runs.id AND t.txid >= u.txid)
+          SELECT 1 FROM transitions t JOIN lifecycle_cursors c ON c.part = t.run_id % c.parts
+          WHERE t.run_id = runs.id AND t.txid IS NOT NULL
+            AND NOT pg_visible_in_snapshot(t.txid::text::xid8, c.done))
       AND NOT EXISTS (
-          SELECT 1 FROM unpublished u, alerts a
-          WHERE a.run_id = runs.id AND a.txid >= u.txid)
+          SELECT 1 FROM alerts a JOIN lifecycle_cursors c ON c.part = a.run_id % c.parts
+          WHERE a.run_id = runs.id AND a.txid IS NOT NULL
+            AND NOT pg_visible_in_snapshot(a.txid::text::xid8, c.done))
     ORDER BY ended_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -38,14 +38,15 @@ DELETE FROM runs WHERE id IN (SELECT id FROM doomed) RETURNING id;
 -- name: prune_events
 -- Old events that no live run still needs, and whose dataset update (if
 -- any) is published when lifecycle events are on.
-WITH unpublished AS (
-    SELECT min(pg_snapshot_xmin(done)::text::bigint) AS txid FROM lifecycle_cursors
-), doomed AS (
+WITH doomed AS (
     SELECT e.id FROM events e
     WHERE e.received_at < $1
       AND NOT EXISTS (
-          SELECT 1 FROM unpublished u, dataset_events d
-          WHERE d.event_id = e.id AND d.txid >= u.txid)
+          SELECT 1 FROM dataset_events d
+          JOIN lifecycle_cursors c
+            ON c.part = coalesce(d.run_id, hashtext(d.uri)::bigint & 2147483647) % c.parts
+          WHERE d.event_id = e.id AND d.txid IS NOT NULL
+            AND NOT pg_visible_in_snapshot(d.txid::text::xid8, c.done))
       AND NOT EXISTS (
           SELECT 1 FROM runs r
           WHERE r.id = ANY(e.run_ids) AND r.state IN ('queued', 'running'))
@@ -75,9 +76,23 @@ DELETE FROM dead_letter_events WHERE id IN (SELECT id FROM doomed) RETURNING id;
 -- name: count_prunable
 SELECT
     (SELECT count(*) FROM runs
-      WHERE ended_at < $1 AND state IN ('success', 'failed', 'cancelled')) AS runs,
+      WHERE ended_at < $1 AND state IN ('success', 'failed', 'cancelled')
+        AND NOT EXISTS (
+            SELECT 1 FROM transitions t JOIN lifecycle_cursors c ON c.part = t.run_id % c.parts
+            WHERE t.run_id = runs.id AND t.txid IS NOT NULL
+              AND NOT pg_visible_in_snapshot(t.txid::text::xid8, c.done))
+        AND NOT EXISTS (
+            SELECT 1 FROM alerts a JOIN lifecycle_cursors c ON c.part = a.run_id % c.parts
+            WHERE a.run_id = runs.id AND a.txid IS NOT NULL
+              AND NOT pg_visible_in_snapshot(a.txid::text::xid8, c.done))) AS runs,
     (SELECT count(*) FROM events e
       WHERE e.received_at < $1
+        AND NOT EXISTS (
+            SELECT 1 FROM dataset_events d
+            JOIN lifecycle_cursors c
+              ON c.part = coalesce(d.run_id, hashtext(d.uri)::bigint & 2147483647) % c.parts
+            WHERE d.event_id = e.id AND d.txid IS NOT NULL
+              AND NOT pg_visible_in_snapshot(d.txid::text::xid8, c.done))
         AND NOT EXISTS (SELECT 1 FROM runs r
                         WHERE r.id = ANY(e.run_ids) AND r.state IN ('queued', 'running'))
         AND NOT EXISTS (SELECT 1 FROM held_events h
