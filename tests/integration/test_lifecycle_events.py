@@ -131,6 +131,47 @@ async def test_transitions_go_out_as_cloudevents_in_order_per_run(
     assert {e["subject"].rsplit("/", 1)[1] for e in done} == {"a", "b", "c"}
 
 
+async def test_dataset_updates_and_alerts_go_out_with_the_run_they_belong_to(
+    db_url: str, kafka_env: Any
+) -> None:
+    topic = await kafka_env.create_topic("kinds")
+    settings = relay_settings(kafka_env, topic, worker_slots=2)
+    publish = WorkflowSpec.model_validate(
+        {"name": "publish", "tasks": [{"id": "p", "handler": "echo", "outlets": ["s3://lake/x"]}]}
+    )
+    failing = WorkflowSpec.model_validate(
+        {
+            "name": "failing",
+            "tasks": [{"id": "f", "handler": "fail", "retry": {"max_attempts": 1}}],
+            "alerts": [{"on": ["run_failed"], "routes": [{"type": "log"}]}],
+        }
+    )
+    relay = LifecycleRelay()
+    async with Orchestrator(
+        settings,
+        db_url,
+        registry=builtin_registry(),
+        workflows=[publish, failing],
+        sources=[relay],
+    ) as orch:
+        assert orch.engine is not None and orch.db is not None
+        published = await orch.engine.trigger("publish", {}, actor="test")
+        failed = await orch.engine.trigger("failing", {}, actor="test")
+        await wait_for_runs(orch.db, [published, failed], timeout=20)
+        expected = len(await transition_ids(db_url)) + 2
+        events = await consume(settings, topic, expected)
+    update = next(e for _k, e in events if e["type"] == "orchestrator.dataset.updated")
+    assert update["id"].startswith("dataset-update-")
+    assert update["subject"] == "datasets/s3://lake/x"
+    assert update["data"]["run_id"] == published and update["data"]["task_id"] == "p"
+    alert = next((k, e) for k, e in events if e["type"] == "orchestrator.alert.run_failed")
+    assert alert[0] == str(failed)
+    assert alert[1]["id"].startswith("alert-") and alert[1]["subject"] == f"runs/{failed}"
+    # After the transition that raised it, as on the run's key.
+    keyed = [e["type"] for k, e in events if k == str(failed)]
+    assert keyed.index("orchestrator.run.failed") < keyed.index("orchestrator.alert.run_failed")
+
+
 def test_off_unless_a_topic_is_set() -> None:
     assert lifecycle.create(Settings(kafka_bootstrap="k:9092")) is None
     assert lifecycle.create(Settings(kafka_bootstrap="k:9092", lifecycle_topic="t")) is not None
