@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 Fault = Callable[[str], Awaitable[None]]
 
 _LOOP = "lifecycle relay"
+_PARTITIONER = DefaultPartitioner()
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ class LifecycleRelay:
             self._producer = None
         if self._liveness is not None:
             self._liveness.forget(_LOOP)
+        METRICS.lifecycle_lag_s.set_function(lambda: 0.0)  # no longer this relay's reading
 
     async def __aenter__(self) -> LifecycleRelay:
         await self.start()
@@ -297,11 +299,14 @@ class LifecycleRelay:
         topic = settings.lifecycle_topic
         producer = self._producer
         partitions = sorted(await producer.partitions_for(topic))
+        partition_of: dict[bytes, int] = {}  # murmur2 in Python: once per run
         batches: dict[int, Any] = {}
         acks = []
         for row in rows:
-            key, value = row["key"].encode(), row["event"].encode()
-            partition = DefaultPartitioner()(key, partitions, partitions)
+            key, value = row[2].encode(), row[3].encode()
+            partition = partition_of.get(key)
+            if partition is None:
+                partition = partition_of[key] = _PARTITIONER(key, partitions, partitions)
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = producer.create_batch()

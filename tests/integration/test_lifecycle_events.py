@@ -214,6 +214,7 @@ async def test_a_transaction_still_in_progress_is_published_after_it_commits(
             await relay.drain()
             both = await consume(settings, topic, 2)
             assert [e["id"] for _k, e in both] == [f"transition-{high}", f"transition-{low}"]
+            assert 0 < relay.lag_s() < 10, "published through the last pass"
     finally:
         await slow.close()
         await db.close()
