@@ -54,8 +54,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: A named fault point: awaited after a page is acknowledged by the broker and
-#: before its checkpoint (tests kill the process there).
+#: A named fault point, awaited with "before_acks" once a page is queued to the
+#: producer (some of it may be on the broker) and "after_publish" once the
+#: broker has acknowledged it, before its checkpoint: tests kill the process there.
 Fault = Callable[[str], Awaitable[None]]
 
 _LOOP = "lifecycle relay"
@@ -316,6 +317,8 @@ class LifecycleRelay:
                 batch.append(key=key, value=value, timestamp=None)
         for partition, batch in batches.items():
             acks.append(await producer.send_batch(batch, topic, partition=partition))
+        if self._fault is not None:
+            await self._fault("before_acks")
         await asyncio.gather(*acks)
         self.published += len(rows)
         METRICS.lifecycle_published.inc(len(rows))

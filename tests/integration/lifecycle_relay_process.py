@@ -1,8 +1,10 @@
 """One lifecycle relay in a process of its own, for the crash test:
 ``python lifecycle_relay_process.py DB_URL BOOTSTRAP TOPIC idempotent|plain
-[--stop-after N]``. Publishes pages of 10 with a lease of 1 s. Prints ``READY``
-once started; with ``--stop-after N`` it prints ``PUBLISHED`` once the broker
-has acknowledged its Nth page and then hangs before the checkpoint, to be killed.
+[--stop-at POINT --stop-after N]``. Publishes pages of 10 with a lease of 1 s.
+Prints ``READY`` once started; with ``--stop-after N`` it prints ``STOPPED``
+at the fault point POINT of its Nth page (``after_publish``: acknowledged,
+before the checkpoint; ``before_acks``: queued, not yet acknowledged) and
+hangs there, to be killed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ async def main() -> None:
     parser.add_argument("bootstrap")
     parser.add_argument("topic")
     parser.add_argument("producer", choices=["idempotent", "plain"])
+    parser.add_argument("--stop-at", default="after_publish")
     parser.add_argument("--stop-after", type=int, default=0)
     args = parser.parse_args()
     settings = Settings(
@@ -36,9 +39,11 @@ async def main() -> None:
 
     async def fault(point: str) -> None:
         nonlocal pages
+        if point != args.stop_at:
+            return
         pages += 1
         if args.stop_after and pages >= args.stop_after:
-            print("PUBLISHED", flush=True)
+            print("STOPPED", flush=True)
             await asyncio.Event().wait()
 
     db = await connect(args.db, size=2, min_size=1)
