@@ -238,7 +238,12 @@ class LifecycleRelay:
         after = (claim["after_stage"], claim["after_id"])
         window_rows = 0
         while True:
-            async with db.pool.acquire() as conn:
+            async with db.pool.acquire() as conn, conn.transaction():
+                # The bounds decide the plan (a window's first page scans its
+                # txid range, later ones start at their id): a generic plan,
+                # which a prepared statement turns to after five runs, would
+                # scan the whole window for every page.
+                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
                 rows = await conn.fetch(
                     SQL.lifecycle_window,
                     claim["done"],

@@ -37,8 +37,9 @@ RETURNING c.part, c.parts, c.done::text AS done, c.done_at, c.window_to::text AS
 -- `done` and before `window_to` of this partition, as CloudEvents 1.0 JSON,
 -- in (stage, id) order. Within a window ids follow commit order per run: a
 -- change that waited for another's commit takes its ids after it.
--- The txid bounds are constants of the statement, so the BRIN indexes find
--- the recent block ranges; JSON is built only for the rows of this page.
+-- The txid and id bounds are constants of the statement, so the BRIN indexes
+-- find the recent block ranges and the primary keys skip what earlier pages
+-- of a large window published; JSON is built only for the rows of this page.
 WITH picked AS (
     (SELECT 0 AS stage, t.id FROM transitions t
      WHERE t.txid >= pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint
@@ -46,7 +47,7 @@ WITH picked AS (
        AND pg_visible_in_snapshot(t.txid::text::xid8, $2::text::pg_snapshot)
        AND NOT pg_visible_in_snapshot(t.txid::text::xid8, $1::text::pg_snapshot)
        AND t.run_id % $3 = $4
-       AND (0, t.id) > ($5::integer, $6::bigint)
+       AND $5::integer = 0 AND t.id > $6::bigint
      ORDER BY t.id LIMIT $7)
     UNION ALL
     (SELECT 1, d.id FROM dataset_events d
@@ -55,7 +56,7 @@ WITH picked AS (
        AND pg_visible_in_snapshot(d.txid::text::xid8, $2::text::pg_snapshot)
        AND NOT pg_visible_in_snapshot(d.txid::text::xid8, $1::text::pg_snapshot)
        AND coalesce(d.run_id, hashtext(d.uri)::bigint & 2147483647) % $3 = $4
-       AND (1, d.id) > ($5::integer, $6::bigint)
+       AND $5::integer <= 1 AND d.id > CASE WHEN $5::integer = 1 THEN $6::bigint ELSE 0 END
      ORDER BY d.id LIMIT $7)
     UNION ALL
     (SELECT 2, a.id FROM alerts a
@@ -64,7 +65,7 @@ WITH picked AS (
        AND pg_visible_in_snapshot(a.txid::text::xid8, $2::text::pg_snapshot)
        AND NOT pg_visible_in_snapshot(a.txid::text::xid8, $1::text::pg_snapshot)
        AND a.run_id % $3 = $4
-       AND (2, a.id) > ($5::integer, $6::bigint)
+       AND a.id > CASE WHEN $5::integer = 2 THEN $6::bigint ELSE 0 END
      ORDER BY a.id LIMIT $7)
     ORDER BY stage, id LIMIT $7
 )
