@@ -45,7 +45,7 @@ from orchestrator.clock import Clock
 from orchestrator.metrics import METRICS
 from orchestrator.settings import Settings
 from orchestrator.sources import SourceContext, loop_stopped
-from orchestrator.store import Database
+from orchestrator.store import Database, connect
 from sources.kafka_config import DefaultPartitioner, KafkaError, describe, make_producer
 from sources.queries import SQL
 
@@ -61,6 +61,14 @@ Fault = Callable[[str], Awaitable[None]]
 
 _LOOP = "lifecycle relay"
 _PARTITIONER = DefaultPartitioner()
+
+#: The relay's own sessions. Each page is planned with its bounds: a window's
+#: first page scans its txid range, later ones start at their id; the generic
+#: plan a prepared statement turns to after five runs would scan the whole
+#: window for every page. Its commits (cursor moves, after the broker's
+#: acknowledgement) need no flush to disk: one lost in a database crash only
+#: means those events go out again, never that one is skipped.
+_SESSION = {"plan_cache_mode": "force_custom_plan", "synchronous_commit": "off"}
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,7 @@ class LifecycleRelay:
         self._producer_options = producer_options or {}
         self._settings: Settings | None = None
         self._db: Database | None = None
+        self._shared: Database | None = None
         self._clock: Clock | None = None
         self._liveness: Any = None
         self._producer: Any = None
@@ -128,6 +137,7 @@ class LifecycleRelay:
         if not settings.lifecycle_topic:
             raise ValueError("the lifecycle relay needs ORCHESTRATOR_LIFECYCLE_TOPIC")
         self._settings, self._db, self._clock = settings, db, clock
+        self._shared = db
 
     def use_router(self, router: Router) -> None:
         """Publishes whatever happens: workflows do not matter."""
@@ -136,18 +146,25 @@ class LifecycleRelay:
         return loop_stopped(self._task, _LOOP)
 
     async def start(self) -> None:
-        settings, db = self._ready()
-        async with db.pool.acquire() as conn:
-            await conn.execute(SQL.lifecycle_create_cursors, settings.lifecycle_partitions)
-        options = {"linger_ms": 5, "max_batch_size": 1 << 20, **self._producer_options}
-        self._producer = make_producer(settings, **options)
+        settings, shared = self._ready()
+        db = await connect(shared.url, size=2, min_size=1, server_settings=_SESSION)
+        producer = None
         try:
-            await self._producer.start()
-        except KafkaError as exc:
-            await self._producer.stop()
-            raise ConnectionError(
-                f"the lifecycle relay cannot reach Kafka at {describe(settings)}: {exc}"
-            ) from None
+            async with db.pool.acquire() as conn:
+                await conn.execute(SQL.lifecycle_create_cursors, settings.lifecycle_partitions)
+            options = {"linger_ms": 5, "max_batch_size": 1 << 20, **self._producer_options}
+            producer = make_producer(settings, **options)
+            await producer.start()
+        except BaseException as exc:
+            if producer is not None:
+                await producer.stop()
+            await db.close()
+            if isinstance(exc, KafkaError):
+                raise ConnectionError(
+                    f"the lifecycle relay cannot reach Kafka at {describe(settings)}: {exc}"
+                ) from None
+            raise
+        self._db, self._producer = db, producer
         self._install_lag_gauge()
         if self._background:
             self._task = asyncio.create_task(self._run(), name="orchestrator-lifecycle-relay")
@@ -165,6 +182,9 @@ class LifecycleRelay:
                 async with self._db.pool.acquire() as conn:
                     await conn.execute(SQL.lifecycle_release, self._held, self.owner)
             self._held = None
+        if self._db is not None and self._db is not self._shared:
+            await self._db.close()
+            self._db = self._shared
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -238,12 +258,7 @@ class LifecycleRelay:
         after = (claim["after_stage"], claim["after_id"])
         window_rows = 0
         while True:
-            async with db.pool.acquire() as conn, conn.transaction():
-                # The bounds decide the plan (a window's first page scans its
-                # txid range, later ones start at their id): a generic plan,
-                # which a prepared statement turns to after five runs, would
-                # scan the whole window for every page.
-                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            async with db.pool.acquire() as conn:
                 rows = await conn.fetch(
                     SQL.lifecycle_window,
                     claim["done"],
@@ -309,7 +324,7 @@ class LifecycleRelay:
         batches: dict[int, Any] = {}
         acks = []
         for row in rows:
-            key, value = row[2].encode(), row[3].encode()
+            key, value = row[2], row[3]
             partition = partition_of.get(key)
             if partition is None:
                 partition = partition_of[key] = _PARTITIONER(key, partitions, partitions)

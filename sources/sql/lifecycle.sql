@@ -35,8 +35,9 @@ RETURNING c.part, c.parts, c.done::text AS done, c.done_at, c.window_to::text AS
 -- $1 done, $2 window_to (snapshots), $3 parts, $4 part, ($5 stage, $6 id) the
 -- last published, $7 limit, $8 CloudEvents source. The rows committed after
 -- `done` and before `window_to` of this partition, as CloudEvents 1.0 JSON,
--- in (stage, id) order. Within a window ids follow commit order per run: a
--- change that waited for another's commit takes its ids after it.
+-- in (stage, id) order; key and event are UTF-8 bytes, as they go on the wire.
+-- Within a window ids follow commit order per run: a change that waited for
+-- another's commit takes its ids after it.
 -- The txid and id bounds are constants of the statement, so the BRIN indexes
 -- find the recent block ranges and the primary keys skip what earlier pages
 -- of a large window published; JSON is built only for the rows of this page.
@@ -69,7 +70,7 @@ WITH picked AS (
      ORDER BY a.id LIMIT $7)
     ORDER BY stage, id LIMIT $7
 )
-SELECT p.stage, p.id, t.run_id::text AS key, json_build_object(
+SELECT p.stage, p.id, convert_to(t.run_id::text, 'UTF8') AS key, convert_to(json_build_object(
     'specversion', '1.0',
     'id', 'transition-' || t.id,
     'source', $8::text,
@@ -81,11 +82,11 @@ SELECT p.stage, p.id, t.run_id::text AS key, json_build_object(
     'data', json_build_object(
         'run_id', t.run_id, 'workflow', r.workflow, 'task_id', t.task_id,
         'from_state', t.from_state, 'to_state', t.to_state, 'attempt', t.attempt,
-        'actor', t.actor, 'reason', t.reason))::text AS event
+        'actor', t.actor, 'reason', t.reason))::text, 'UTF8') AS event
 FROM picked p JOIN transitions t ON p.stage = 0 AND t.id = p.id
 LEFT JOIN runs r ON r.id = t.run_id
 UNION ALL
-SELECT p.stage, p.id, coalesce(d.run_id::text, d.uri), json_build_object(
+SELECT p.stage, p.id, convert_to(coalesce(d.run_id::text, d.uri), 'UTF8'), convert_to(json_build_object(
     'specversion', '1.0',
     'id', 'dataset-update-' || d.id,
     'source', $8::text,
@@ -95,10 +96,11 @@ SELECT p.stage, p.id, coalesce(d.run_id::text, d.uri), json_build_object(
     'datacontenttype', 'application/json',
     'data', json_build_object(
         'uri', d.uri, 'event_id', d.event_id, 'workflow', d.workflow, 'run_id', d.run_id,
-        'task_id', d.task_id, 'logical_date', d.logical_date, 'metadata', d.metadata))::text
+        'task_id', d.task_id, 'logical_date', d.logical_date, 'metadata', d.metadata))::text,
+    'UTF8')
 FROM picked p JOIN dataset_events d ON p.stage = 1 AND d.id = p.id
 UNION ALL
-SELECT p.stage, p.id, a.run_id::text, json_build_object(
+SELECT p.stage, p.id, convert_to(a.run_id::text, 'UTF8'), convert_to(json_build_object(
     'specversion', '1.0',
     'id', 'alert-' || a.id,
     'source', $8::text,
@@ -109,7 +111,7 @@ SELECT p.stage, p.id, a.run_id::text, json_build_object(
     'data', json_build_object(
         'alert_id', a.id, 'kind', a.kind, 'rule', a.rule, 'workflow', a.workflow,
         'run_id', a.run_id, 'task_id', nullif(a.task_id, ''), 'attempt', a.attempt,
-        'error', a.error, 'detail', a.detail))::text
+        'error', a.error, 'detail', a.detail))::text, 'UTF8')
 FROM picked p JOIN alerts a ON p.stage = 2 AND a.id = p.id
 ORDER BY stage, id;
 
