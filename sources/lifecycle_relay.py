@@ -41,7 +41,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.clock import Clock
+import asyncpg
+
+from orchestrator.clock import Clock, monotonic
 from orchestrator.metrics import METRICS
 from orchestrator.settings import Settings
 from orchestrator.sources import SourceContext, loop_stopped
@@ -69,6 +71,9 @@ _PARTITIONER = DefaultPartitioner()
 #: acknowledgement) need no flush to disk: one lost in a database crash only
 #: means those events go out again, never that one is skipped.
 _SESSION = {"plan_cache_mode": "force_custom_plan", "synchronous_commit": "off"}
+
+#: How often a relay summarizes the outbox tables' new BRIN ranges.
+SUMMARIZE_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,7 @@ class LifecycleRelay:
         #: as of this relay's last finished window).
         self.published_through: datetime | None = None
         self.published = 0
+        self._summarized_at: float | None = None
 
     # -- Source protocol -------------------------------------------------------------
 
@@ -247,6 +253,7 @@ class LifecycleRelay:
         its next window: (partition, events published), or None when none was
         due and free."""
         settings, db = self._ready()
+        await self._summarize(db)
         async with db.pool.acquire() as conn:
             claim = await conn.fetchrow(
                 SQL.lifecycle_claim, self.owner, settings.lifecycle_lease_s, due_only
@@ -310,6 +317,22 @@ class LifecycleRelay:
         else:
             self.published_through = finished["published_through"]
         return part, window_rows
+
+    async def _summarize(self, db: Database) -> None:
+        now = monotonic()
+        if self._summarized_at is not None and now - self._summarized_at < SUMMARIZE_EVERY_S:
+            return
+        self._summarized_at = now
+        try:
+            async with db.pool.acquire() as conn:
+                await conn.fetchval(SQL.lifecycle_summarize)
+        except asyncpg.InsufficientPrivilegeError:
+            # Not the tables' owner: autovacuum summarizes (autosummarize), later.
+            log.warning(
+                "the lifecycle relay may not summarize the outbox indexes; "
+                "windows read more until autovacuum does"
+            )
+            self._summarized_at = float("inf")
 
     async def _publish(self, rows: list[Any]) -> None:
         """Send ``rows`` and wait until the broker has acknowledged them all.

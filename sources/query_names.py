@@ -30,6 +30,7 @@ class SourceQueryNames:
     lifecycle_horizon: str
     lifecycle_parts: str
     lifecycle_release: str
+    lifecycle_summarize: str
     lifecycle_window: str
     list_backfills: str
     logical_dates_taken: str

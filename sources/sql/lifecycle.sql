@@ -115,6 +115,14 @@ SELECT p.stage, p.id, convert_to(a.run_id::text, 'UTF8'), convert_to(json_build_
 FROM picked p JOIN alerts a ON p.stage = 2 AND a.id = p.id
 ORDER BY stage, id;
 
+-- name: lifecycle_summarize
+-- Summarize the BRIN ranges filled since the last call (complete ranges only,
+-- so inserts never widen a summary): a window reads every range not yet
+-- summarized, and autovacuum alone would leave up to a minute of them.
+SELECT brin_summarize_new_values('transitions_by_txid'::regclass)
+     + brin_summarize_new_values('dataset_events_by_txid'::regclass)
+     + brin_summarize_new_values('alerts_by_txid'::regclass) AS ranges;
+
 -- name: lifecycle_checkpoint
 -- $1 part, $2 owner, ($3 stage, $4 id) published so far, $5 how many more,
 -- $6 lease seconds. No row: the lease was lost (another relay took over).

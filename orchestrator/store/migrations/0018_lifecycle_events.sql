@@ -11,19 +11,24 @@
 -- Old rows keep txid NULL (no table rewrite): a relay group starts at the
 -- snapshot of its creation, so history before it is never published.
 -- BRIN indexes: txid grows with the heap, so a block range summary finds the
--- recent rows, and keeping it costs next to nothing per insert.
+-- recent rows, and keeping it costs next to nothing per insert (a range is
+-- summarized once full, by the relays and by autovacuum). Ranges not yet
+-- summarized are always read, so they are kept small: 32 pages.
 
 ALTER TABLE transitions ADD COLUMN txid bigint;
 ALTER TABLE transitions ALTER COLUMN txid SET DEFAULT (pg_current_xact_id()::text::bigint);
-CREATE INDEX transitions_by_txid ON transitions USING brin (txid);
+CREATE INDEX transitions_by_txid ON transitions USING brin (txid)
+    WITH (pages_per_range = 32, autosummarize = on);
 
 ALTER TABLE dataset_events ADD COLUMN txid bigint;
 ALTER TABLE dataset_events ALTER COLUMN txid SET DEFAULT (pg_current_xact_id()::text::bigint);
-CREATE INDEX dataset_events_by_txid ON dataset_events USING brin (txid);
+CREATE INDEX dataset_events_by_txid ON dataset_events USING brin (txid)
+    WITH (pages_per_range = 32, autosummarize = on);
 
 ALTER TABLE alerts ADD COLUMN txid bigint;
 ALTER TABLE alerts ALTER COLUMN txid SET DEFAULT (pg_current_xact_id()::text::bigint);
-CREATE INDEX alerts_by_txid ON alerts USING brin (txid);
+CREATE INDEX alerts_by_txid ON alerts USING brin (txid)
+    WITH (pages_per_range = 32, autosummarize = on);
 
 -- One cursor per partition of run ids (run_id % parts): relays lease a
 -- partition for one window at a time, so two relays never publish the same
