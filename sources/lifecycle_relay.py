@@ -49,6 +49,7 @@ from orchestrator.settings import Settings
 from orchestrator.sources import SourceContext, loop_stopped
 from orchestrator.store import Database, connect
 from sources.kafka_config import DefaultPartitioner, KafkaError, describe, make_producer
+from sources.lifecycle_events import encode
 from sources.queries import SQL
 
 if TYPE_CHECKING:
@@ -275,7 +276,6 @@ class LifecycleRelay:
                     after[0],
                     after[1],
                     settings.lifecycle_batch,
-                    settings.lifecycle_source,
                 )
             if rows:
                 await self._publish(rows)
@@ -342,14 +342,14 @@ class LifecycleRelay:
         less per event than one ``send`` each; a partition's batches are queued
         in order."""
         settings, _ = self._ready()
-        topic = settings.lifecycle_topic
+        topic, source = settings.lifecycle_topic, settings.lifecycle_source
         producer = self._producer
         partitions = sorted(await producer.partitions_for(topic))
         partition_of: dict[bytes, int] = {}  # murmur2 in Python: once per run
         batches: dict[int, Any] = {}
         acks = []
         for row in rows:
-            key, value = row[2], row[3]
+            key, value = encode(row, source)
             partition = partition_of.get(key)
             if partition is None:
                 partition = partition_of[key] = _PARTITIONER(key, partitions, partitions)

@@ -33,16 +33,20 @@ RETURNING c.part, c.parts, c.done::text AS done, c.done_at, c.window_to::text AS
 
 -- name: lifecycle_window
 -- $1 done, $2 window_to (snapshots), $3 parts, $4 part, ($5 stage, $6 id) the
--- last published, $7 limit, $8 CloudEvents source. The rows committed after
--- `done` and before `window_to` of this partition, as CloudEvents 1.0 JSON,
--- in (stage, id) order; key and event are UTF-8 bytes, as they go on the wire.
--- Within a window ids follow commit order per run: a change that waited for
--- another's commit takes its ids after it.
+-- last published, $7 limit. The rows committed after `done` and before
+-- `window_to` of this partition, in (stage, id) order, with what their
+-- CloudEvents carry (sources/lifecycle_events.py): stage 0 transitions,
+-- 1 dataset updates, 2 alerts. Within a window ids follow commit order per
+-- run: a change that waited for another's commit takes its ids after it.
 -- The txid and id bounds are constants of the statement, so the BRIN indexes
 -- find the recent block ranges and the primary keys skip what earlier pages
--- of a large window published; JSON is built only for the rows of this page.
-WITH picked AS (
-    (SELECT 0 AS stage, t.id FROM transitions t
+-- of a large window published.
+WITH page AS (
+    (SELECT 0 AS stage, t.id, t.run_id, t.task_id, t.from_state, t.to_state, t.attempt,
+            t.at, t.actor, t.reason, NULL::text AS workflow, NULL::text AS uri,
+            NULL::bigint AS event_id, NULL::timestamptz AS logical_date, NULL::text AS metadata,
+            NULL::text AS rule, NULL::text AS kind, NULL::text AS error, NULL::text AS detail
+     FROM transitions t
      WHERE t.txid >= pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint
        AND t.txid < pg_snapshot_xmax($2::text::pg_snapshot)::text::bigint
        AND pg_visible_in_snapshot(t.txid::text::xid8, $2::text::pg_snapshot)
@@ -51,7 +55,11 @@ WITH picked AS (
        AND $5::integer = 0 AND t.id > $6::bigint
      ORDER BY t.id LIMIT $7)
     UNION ALL
-    (SELECT 1, d.id FROM dataset_events d
+    (SELECT 1, d.id, d.run_id, d.task_id, NULL, NULL, NULL,
+            d.recorded_at, NULL, NULL, d.workflow, d.uri,
+            d.event_id, d.logical_date, d.metadata::text,
+            NULL, NULL, NULL, NULL
+     FROM dataset_events d
      WHERE d.txid >= pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint
        AND d.txid < pg_snapshot_xmax($2::text::pg_snapshot)::text::bigint
        AND pg_visible_in_snapshot(d.txid::text::xid8, $2::text::pg_snapshot)
@@ -60,7 +68,11 @@ WITH picked AS (
        AND $5::integer <= 1 AND d.id > CASE WHEN $5::integer = 1 THEN $6::bigint ELSE 0 END
      ORDER BY d.id LIMIT $7)
     UNION ALL
-    (SELECT 2, a.id FROM alerts a
+    (SELECT 2, a.id, a.run_id, nullif(a.task_id, ''), NULL, NULL, a.attempt,
+            a.created_at, NULL, NULL, a.workflow, NULL,
+            NULL, NULL, NULL,
+            a.rule, a.kind, a.error, a.detail
+     FROM alerts a
      WHERE a.txid >= pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint
        AND a.txid < pg_snapshot_xmax($2::text::pg_snapshot)::text::bigint
        AND pg_visible_in_snapshot(a.txid::text::xid8, $2::text::pg_snapshot)
@@ -70,50 +82,11 @@ WITH picked AS (
      ORDER BY a.id LIMIT $7)
     ORDER BY stage, id LIMIT $7
 )
-SELECT p.stage, p.id, convert_to(t.run_id::text, 'UTF8') AS key, convert_to(json_build_object(
-    'specversion', '1.0',
-    'id', 'transition-' || t.id,
-    'source', $8::text,
-    'type', 'orchestrator.' || CASE WHEN t.task_id IS NULL THEN 'run' ELSE 'task' END
-            || '.' || t.to_state,
-    'subject', 'runs/' || t.run_id || coalesce('/tasks/' || t.task_id, ''),
-    'time', to_char(t.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-    'datacontenttype', 'application/json',
-    'data', json_build_object(
-        'run_id', t.run_id, 'workflow', r.workflow, 'task_id', t.task_id,
-        'from_state', t.from_state, 'to_state', t.to_state, 'attempt', t.attempt,
-        'actor', t.actor, 'reason', t.reason))::text, 'UTF8') AS event
-FROM picked p JOIN transitions t ON p.stage = 0 AND t.id = p.id
-LEFT JOIN runs r ON r.id = t.run_id
-UNION ALL
-SELECT p.stage, p.id, convert_to(coalesce(d.run_id::text, d.uri), 'UTF8'), convert_to(json_build_object(
-    'specversion', '1.0',
-    'id', 'dataset-update-' || d.id,
-    'source', $8::text,
-    'type', 'orchestrator.dataset.updated',
-    'subject', 'datasets/' || d.uri,
-    'time', to_char(d.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-    'datacontenttype', 'application/json',
-    'data', json_build_object(
-        'uri', d.uri, 'event_id', d.event_id, 'workflow', d.workflow, 'run_id', d.run_id,
-        'task_id', d.task_id, 'logical_date', d.logical_date, 'metadata', d.metadata))::text,
-    'UTF8')
-FROM picked p JOIN dataset_events d ON p.stage = 1 AND d.id = p.id
-UNION ALL
-SELECT p.stage, p.id, convert_to(a.run_id::text, 'UTF8'), convert_to(json_build_object(
-    'specversion', '1.0',
-    'id', 'alert-' || a.id,
-    'source', $8::text,
-    'type', 'orchestrator.alert.' || a.kind,
-    'subject', 'runs/' || a.run_id || CASE WHEN a.task_id = '' THEN '' ELSE '/tasks/' || a.task_id END,
-    'time', to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-    'datacontenttype', 'application/json',
-    'data', json_build_object(
-        'alert_id', a.id, 'kind', a.kind, 'rule', a.rule, 'workflow', a.workflow,
-        'run_id', a.run_id, 'task_id', nullif(a.task_id, ''), 'attempt', a.attempt,
-        'error', a.error, 'detail', a.detail))::text, 'UTF8')
-FROM picked p JOIN alerts a ON p.stage = 2 AND a.id = p.id
-ORDER BY stage, id;
+SELECT p.stage, p.id, p.run_id, p.task_id, p.from_state, p.to_state, p.attempt, p.at,
+       p.actor, p.reason, coalesce(p.workflow, r.workflow) AS workflow, p.uri, p.event_id,
+       p.logical_date, p.metadata, p.rule, p.kind, p.error, p.detail
+FROM page p LEFT JOIN runs r ON p.stage = 0 AND r.id = p.run_id
+ORDER BY p.stage, p.id;
 
 -- name: lifecycle_summarize
 -- Summarize the BRIN ranges filled since the last call (complete ranges only,
