@@ -25,6 +25,7 @@ SCENARIO_MODULES = (
     "ui_scenarios",
     "alert_scenarios",
     "lineage_scenarios",
+    "outbox_scenarios",
 )
 
 

@@ -179,6 +179,7 @@ class Orchestrator:
                         retention=timedelta(days=s.retention_days),
                         interval_s=s.prune_interval_s,
                         batch=s.prune_batch,
+                        keep_unpublished=s.lifecycle_topic is not None,
                     ),
                     name="orchestrator-retention",
                 )

@@ -370,14 +370,18 @@ def prune(days: float | None, dry_run: bool) -> None:
 
     settings = _settings()
     cutoff = SYSTEM_CLOCK.now() - timedelta(days=days or settings.retention_days)
+    keep = settings.lifecycle_topic is not None
 
     async def go() -> str:
         db = await _database(settings)
         try:
             if dry_run:
-                counts = await count_prunable(db, cutoff)
+                counts = await count_prunable(db, cutoff, keep_unpublished=keep)
                 return f"would prune {counts} (older than {cutoff:%Y-%m-%d %H:%M} UTC)"
-            return f"pruned {await prune_history(db, cutoff, batch=settings.prune_batch)}"
+            pruned = await prune_history(
+                db, cutoff, batch=settings.prune_batch, keep_unpublished=keep
+            )
+            return f"pruned {pruned}"
         finally:
             await db.close()
 

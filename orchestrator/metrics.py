@@ -139,6 +139,17 @@ class Metrics:
             "Times a dataset was found newly stale (one alert per stale spell).",
             registry=r,
         )
+        self.lifecycle_published = Counter(
+            "orchestrator_lifecycle_events_published",
+            "Lifecycle events this process published to the lifecycle topic.",
+            registry=r,
+        )
+        self.lifecycle_lag_s = Gauge(
+            "orchestrator_lifecycle_lag_seconds",
+            "Seconds since the time before which every committed change is published "
+            "(as of this process's relay; 0 before it has finished a window).",
+            registry=r,
+        )
         self._gauges_read_at: float | None = None
         self._lock = asyncio.Lock()
 

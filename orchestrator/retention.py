@@ -2,7 +2,9 @@
 
 Runs are pruned once ended and older than the cutoff (their task instances and
 transitions with them); events once older than the cutoff and none of the
-runs they started is still queued or running; dead letters by age. Each batch
+runs they started is still queued or running; dead letters by age. With
+lifecycle events on, a run or a dataset update's event stays until a relay
+has published its events. Each batch
 is its own short transaction, so pruning never holds locks for long and
 several processes may prune at once (``SKIP LOCKED``).
 
@@ -35,25 +37,32 @@ class Pruned:
         return f"{self.runs} runs, {self.events} events, {self.dead_letters} dead letters"
 
 
-async def count_prunable(db: Database, cutoff: datetime) -> Pruned:
+async def count_prunable(
+    db: Database, cutoff: datetime, *, keep_unpublished: bool = False
+) -> Pruned:
     async with db.pool.acquire() as conn:
-        row = await conn.fetchrow(SQL.count_prunable, cutoff)
+        row = await conn.fetchrow(SQL.count_prunable, cutoff, keep_unpublished)
     assert row is not None
     return Pruned(row["runs"], row["events"], row["dead_letters"])
 
 
-async def prune(db: Database, cutoff: datetime, *, batch: int = 5000) -> Pruned:
-    """Delete everything prunable older than ``cutoff``, ``batch`` rows at a time."""
+async def prune(
+    db: Database, cutoff: datetime, *, batch: int = 5000, keep_unpublished: bool = False
+) -> Pruned:
+    """Delete everything prunable older than ``cutoff``, ``batch`` rows at a time.
+
+    ``keep_unpublished``: lifecycle events are on (``ORCHESTRATOR_LIFECYCLE_TOPIC``),
+    so a run, or a dataset update's event, stays until its events are published."""
     done = Pruned()
     # Runs first: their events become prunable once they are gone.
-    for query, field in (
-        (SQL.prune_runs, "runs"),
-        (SQL.prune_events, "events"),
-        (SQL.prune_dead_letters, "dead_letters"),
+    for query, field, args in (
+        (SQL.prune_runs, "runs", (keep_unpublished,)),
+        (SQL.prune_events, "events", (keep_unpublished,)),
+        (SQL.prune_dead_letters, "dead_letters", ()),
     ):
         while True:
             async with db.transaction() as conn:
-                deleted = len(await conn.fetch(query, cutoff, batch))
+                deleted = len(await conn.fetch(query, cutoff, batch, *args))
             setattr(done, field, getattr(done, field) + deleted)
             if deleted < batch:
                 break
@@ -61,11 +70,19 @@ async def prune(db: Database, cutoff: datetime, *, batch: int = 5000) -> Pruned:
 
 
 async def prune_periodically(
-    db: Database, clock: Clock, *, retention: timedelta, interval_s: float, batch: int
+    db: Database,
+    clock: Clock,
+    *,
+    retention: timedelta,
+    interval_s: float,
+    batch: int,
+    keep_unpublished: bool = False,
 ) -> None:
     while True:
         try:
-            pruned = await prune(db, clock.now() - retention, batch=batch)
+            pruned = await prune(
+                db, clock.now() - retention, batch=batch, keep_unpublished=keep_unpublished
+            )
             if pruned.runs or pruned.events or pruned.dead_letters:
                 log.info("retention pruned %s", pruned)
         except asyncio.CancelledError:

@@ -132,6 +132,27 @@ class Settings(BaseSettings):
     dataset_freshness_check_s: float = Field(default=60.0, gt=0, le=86_400)
     """How often the scheduler role checks datasets' ``fresh_within``."""
 
+    # -- lifecycle events ---------------------------------------------------------
+    lifecycle_topic: str | None = Field(
+        default=None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._\-]+$"
+    )
+    """A Kafka topic that receives every run and task transition, dataset update
+    and alert as a CloudEvent, keyed by run id. Unset: nothing is published."""
+    lifecycle_relay: bool = True
+    """Publish from processes with the worker role (off: another replica does)."""
+    lifecycle_source: str = Field(default="/orchestrator", min_length=1)
+    """The CloudEvents ``source`` attribute of every published event."""
+    lifecycle_partitions: int = Field(default=4, ge=1, le=1024)
+    """Partitions of run ids relays share the work by (read when a group's
+    cursors are first created; later changes keep the created number)."""
+    lifecycle_batch: int = Field(default=2000, ge=1, le=100_000)
+    """Most events published between two durable checkpoints."""
+    lifecycle_poll_s: float = Field(default=0.2, gt=0, le=60)
+    """How often an idle partition is looked at again (bounds the lag when idle)."""
+    lifecycle_lease_s: float = Field(default=30.0, gt=0, le=3600)
+    """How long a relay holds a partition without a checkpoint before another
+    relay takes it over (and publishes again what was not checkpointed)."""
+
     landing_dir: Path = Path("landing")
     """The landing zone watched for files."""
     landing_rescan_s: float = Field(default=30.0, gt=0)

@@ -32,6 +32,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
     TopicAlreadyExistsError,
 )
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
+from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 
 from orchestrator.errors import ConfigError
 from orchestrator.settings import Settings
@@ -42,6 +43,7 @@ __all__ = [
     "AIOKafkaProducer",
     "CommitFailedError",
     "ConsumerRebalanceListener",
+    "DefaultPartitioner",
     "KafkaError",
     "NewTopic",
     "OffsetOutOfRangeError",

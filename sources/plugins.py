@@ -161,7 +161,27 @@ class SchedulerPlugin(SourcePlugin):
         )
 
 
+class LifecyclePlugin(SourcePlugin):
+    """Not an event source: the relay that publishes lifecycle events to Kafka
+    (``sources/lifecycle_relay.py``), run like one in processes with the worker role."""
+
+    store = STORE
+
+    def create(self, settings: Settings) -> Source | None:
+        if not (
+            settings.lifecycle_topic
+            and settings.lifecycle_relay
+            and settings.kafka_bootstrap
+            and settings.has_role("worker")
+        ):
+            return None
+        from sources.lifecycle_relay import LifecycleRelay
+
+        return LifecycleRelay()
+
+
 kafka = KafkaPlugin()
 webhook = WebhookPlugin()
 files = FilesPlugin()
 scheduler = SchedulerPlugin()
+lifecycle = LifecyclePlugin()

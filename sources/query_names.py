@@ -23,6 +23,15 @@ class SourceQueryNames:
     landing_move_done: str
     landing_move_target: str
     landing_moves_due: str
+    lifecycle_checkpoint: str
+    lifecycle_claim: str
+    lifecycle_create_cursors: str
+    lifecycle_finish: str
+    lifecycle_horizon: str
+    lifecycle_parts: str
+    lifecycle_release: str
+    lifecycle_summarize: str
+    lifecycle_window: str
     list_backfills: str
     logical_dates_taken: str
     running_backfill_ids: str

@@ -118,7 +118,14 @@ class Database:
         await self.pool.close()
 
 
-async def connect(url: str, *, size: int = 8, min_size: int | None = None) -> Database:
+async def connect(
+    url: str,
+    *,
+    size: int = 8,
+    min_size: int | None = None,
+    server_settings: dict[str, str] | None = None,
+) -> Database:
+    """A pool on ``url``; ``server_settings`` are set on each of its sessions."""
     try:
         pool = await asyncpg.create_pool(
             url,
@@ -128,6 +135,7 @@ async def connect(url: str, *, size: int = 8, min_size: int | None = None) -> Da
             # engine runs the same few queries thousands of times a second.
             statement_cache_size=256,
             command_timeout=60,
+            server_settings=server_settings,
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc

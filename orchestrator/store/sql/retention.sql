@@ -6,6 +6,16 @@
 WITH doomed AS (
     SELECT id FROM runs
     WHERE ended_at < $1 AND state IN ('success', 'failed', 'cancelled')
+      -- $3: lifecycle events are on (migration 0018). A row is published
+      -- once visible in its partition's `done` snapshot; keep the run until then.
+      AND (NOT $3 OR NOT EXISTS (
+          SELECT 1 FROM transitions t JOIN lifecycle_cursors c ON c.part = t.run_id % c.parts
+          WHERE t.run_id = runs.id AND t.txid IS NOT NULL
+            AND NOT pg_visible_in_snapshot(t.txid::text::xid8, c.done)))
+      AND (NOT $3 OR NOT EXISTS (
+          SELECT 1 FROM alerts a JOIN lifecycle_cursors c ON c.part = a.run_id % c.parts
+          WHERE a.run_id = runs.id AND a.txid IS NOT NULL
+            AND NOT pg_visible_in_snapshot(a.txid::text::xid8, c.done)))
     ORDER BY ended_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -26,10 +36,17 @@ WITH doomed AS (
 DELETE FROM runs WHERE id IN (SELECT id FROM doomed) RETURNING id;
 
 -- name: prune_events
--- Old events that no live run still needs.
+-- Old events that no live run still needs, and whose dataset update (if
+-- any) is published when lifecycle events are on ($3).
 WITH doomed AS (
     SELECT e.id FROM events e
     WHERE e.received_at < $1
+      AND (NOT $3 OR NOT EXISTS (
+          SELECT 1 FROM dataset_events d
+          JOIN lifecycle_cursors c
+            ON c.part = coalesce(d.run_id, hashtext(d.uri)::bigint & 2147483647) % c.parts
+          WHERE d.event_id = e.id AND d.txid IS NOT NULL
+            AND NOT pg_visible_in_snapshot(d.txid::text::xid8, c.done)))
       AND NOT EXISTS (
           SELECT 1 FROM runs r
           WHERE r.id = ANY(e.run_ids) AND r.state IN ('queued', 'running'))
@@ -57,11 +74,26 @@ WITH doomed AS (
 DELETE FROM dead_letter_events WHERE id IN (SELECT id FROM doomed) RETURNING id;
 
 -- name: count_prunable
+-- $1 cutoff, $2 lifecycle events are on (as prune_runs' $3).
 SELECT
     (SELECT count(*) FROM runs
-      WHERE ended_at < $1 AND state IN ('success', 'failed', 'cancelled')) AS runs,
+      WHERE ended_at < $1 AND state IN ('success', 'failed', 'cancelled')
+        AND (NOT $2 OR NOT EXISTS (
+            SELECT 1 FROM transitions t JOIN lifecycle_cursors c ON c.part = t.run_id % c.parts
+            WHERE t.run_id = runs.id AND t.txid IS NOT NULL
+              AND NOT pg_visible_in_snapshot(t.txid::text::xid8, c.done)))
+        AND (NOT $2 OR NOT EXISTS (
+            SELECT 1 FROM alerts a JOIN lifecycle_cursors c ON c.part = a.run_id % c.parts
+            WHERE a.run_id = runs.id AND a.txid IS NOT NULL
+              AND NOT pg_visible_in_snapshot(a.txid::text::xid8, c.done)))) AS runs,
     (SELECT count(*) FROM events e
       WHERE e.received_at < $1
+        AND (NOT $2 OR NOT EXISTS (
+            SELECT 1 FROM dataset_events d
+            JOIN lifecycle_cursors c
+              ON c.part = coalesce(d.run_id, hashtext(d.uri)::bigint & 2147483647) % c.parts
+            WHERE d.event_id = e.id AND d.txid IS NOT NULL
+              AND NOT pg_visible_in_snapshot(d.txid::text::xid8, c.done)))
         AND NOT EXISTS (SELECT 1 FROM runs r
                         WHERE r.id = ANY(e.run_ids) AND r.state IN ('queued', 'running'))
         AND NOT EXISTS (SELECT 1 FROM held_events h
