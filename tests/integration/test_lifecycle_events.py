@@ -169,7 +169,8 @@ async def test_dataset_updates_and_alerts_go_out_with_the_run_they_belong_to(
     assert update["data"]["run_id"] == published and update["data"]["task_id"] == "p"
     alert = next((k, e) for k, e in events if e["type"] == "orchestrator.alert.run_failed")
     assert alert[0] == str(failed)
-    assert alert[1]["id"].startswith("alert-") and alert[1]["subject"] == f"runs/{failed}"
+    # A failed run's alert names the task that failed it.
+    assert alert[1]["id"].startswith("alert-") and alert[1]["subject"] == f"runs/{failed}/tasks/f"
     # After the transition that raised it, as on the run's key.
     keyed = [e["type"] for k, e in events if k == str(failed)]
     assert keyed.index("orchestrator.run.failed") < keyed.index("orchestrator.alert.run_failed")
