@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from types import TracebackType
 
+from orchestrator.clock import monotonic
 from orchestrator.notices import RUNS_CHANNEL
 from orchestrator.states import TERMINAL_RUN_STATES, RunState
 from orchestrator.store import SQL, Database
@@ -19,17 +19,52 @@ async def run_states(db: Database, run_ids: Iterable[int]) -> dict[int, RunState
     return {r["id"]: RunState(r["state"]) for r in rows}
 
 
-class RunWaiter:
-    """Waits for any number of runs on the process's one LISTEN connection."""
+class _Inbox:
+    """What notifications said since one waiting call last read the database."""
 
-    def __init__(self, db: Database, *, poll_s: float = 0.5) -> None:
+    def __init__(self) -> None:
+        self.named: set[int] = set()
+        self.unnamed = False
+        """A notification named no runs (too many for its payload): read them all."""
+        self.woken = asyncio.Event()
+
+    def take(self) -> set[int] | None:
+        """The runs named since the last take (None: read every pending run)."""
+        self.woken.clear()
+        named, self.named = self.named, set()
+        unnamed, self.unnamed = self.unnamed, False
+        return None if unnamed else named
+
+
+class RunWaiter:
+    """Waits for any number of runs on the process's one LISTEN connection.
+
+    A run that ends is named in its commit's notification, so a round reads
+    only the pending runs that were named: waiting for N runs costs what
+    ended, not N per ended run. Every run still pending is read at the start,
+    whenever a notification names none, when none comes for ``poll_s``, and
+    at least every ``full_read_s``: a payload is a hint, never the truth, and
+    a notification can be lost while the listener reconnects."""
+
+    def __init__(self, db: Database, *, poll_s: float = 0.5, full_read_s: float = 2.0) -> None:
         self.db = db
         self.poll_s = poll_s
-        self._woken = asyncio.Event()
+        self.full_read_s = max(full_read_s, poll_s)
+        self._inboxes: list[_Inbox] = []
         self._subscription: Subscription | None = None
 
-    def _on_notify(self, _payload: str) -> None:
-        self._woken.set()
+    def _on_notify(self, payload: str) -> None:
+        named: list[int] = []
+        try:
+            named = [int(part) for part in payload.split(",")] if payload else []
+        except ValueError:
+            named = []
+        for inbox in self._inboxes:
+            if named:
+                inbox.named.update(named)
+            else:
+                inbox.unnamed = True
+            inbox.woken.set()
 
     async def start(self) -> None:
         self._subscription = self.db.listener.subscribe(RUNS_CHANNEL, self._on_notify)
@@ -60,19 +95,34 @@ class RunWaiter:
     ) -> dict[int, RunState]:
         pending = set(run_ids)
         final: dict[int, RunState] = {}
-        async with asyncio.timeout(timeout):
-            while pending and (every or not final):
-                # Cleared before reading: a NOTIFY sent during the read wakes
-                # the next round instead of being lost.
-                self._woken.clear()
-                for run_id, state in (await run_states(self.db, pending)).items():
-                    if state in TERMINAL_RUN_STATES:
-                        final[run_id] = state
-                        pending.discard(run_id)
-                if pending and (every or not final):
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.poll_s):
-                            await self._woken.wait()
+        inbox = _Inbox()
+        self._inboxes.append(inbox)
+        try:
+            async with asyncio.timeout(timeout):
+                read_all, read_all_at = True, monotonic()
+                while pending and (every or not final):
+                    # Taken before reading: a notification sent during the
+                    # read is kept for the next round instead of being lost.
+                    named = inbox.take()
+                    if named is None or monotonic() - read_all_at >= self.full_read_s:
+                        read_all = True
+                    wanted = pending if read_all or named is None else pending & named
+                    if read_all:
+                        read_all_at = monotonic()
+                    read_all = False
+                    if wanted:
+                        for run_id, state in (await run_states(self.db, wanted)).items():
+                            if state in TERMINAL_RUN_STATES:
+                                final[run_id] = state
+                                pending.discard(run_id)
+                    if pending and (every or not final):
+                        try:
+                            async with asyncio.timeout(self.poll_s):
+                                await inbox.woken.wait()
+                        except TimeoutError:
+                            read_all = True  # quiet for a while: look at them all
+        finally:
+            self._inboxes.remove(inbox)
         return final
 
     async def __aenter__(self) -> RunWaiter:

@@ -107,3 +107,34 @@ async def test_a_run_end_is_announced_with_its_id_once(db_url: str) -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_waiting_for_many_runs_reads_only_those_that_ended(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator import run_waiter
+
+    reads: list[int] = []
+    real = run_waiter.run_states
+
+    async def counted(db: Database, run_ids: Any) -> Any:
+        ids = list(run_ids)
+        reads.append(len(ids))
+        return await real(db, ids)
+
+    monkeypatch.setattr(run_waiter, "run_states", counted)
+    spec = WorkflowSpec(name="many", tasks=(TaskSpec(id="a", handler="noop"),))
+    async with Orchestrator(
+        settings(worker_slots=8), db_url, registry=builtin_registry(), workflows=[spec]
+    ) as o:
+        assert o.engine is not None and o.db is not None
+        from orchestrator.engine import RunRequest
+
+        count = 300
+        ids = await o.engine.create_runs([RunRequest("many") for _ in range(count)], actor="t")
+        async with run_waiter.RunWaiter(o.db, poll_s=5, full_read_s=60) as waiter:
+            states = await asyncio.wait_for(waiter.wait(ids), 60)
+    assert len(states) == count and set(states.values()) == {"success"}
+    # The first read asks for every run; then each round only for the runs the
+    # notifications named: about one read per run in all, not one per run per round.
+    assert reads[0] <= count and sum(reads) <= 2 * count, reads
