@@ -368,7 +368,7 @@ async def workflows_table(db: Database, *, owner: str | None = None, tag: str | 
                 last,
                 w.live_runs,
                 w.buffered,
-                w.params,
+                "?" if w.params is None else ", ".join(w.params) or "-",
                 w.description,
             )
         )

@@ -24,8 +24,8 @@ class WorkflowSummary:
     name: str
     version: str
     description: str = ""
-    params: str = "?"
-    """The params its runs accept, by name (``-``: none declared; ``?``: unreadable spec)."""
+    params: list[str] | None = None
+    """The params its runs accept, by name; None when this release cannot read its spec."""
     owner: str | None = None
     tags: list[str] = field(default_factory=list)
     triggers: list[str] = field(default_factory=list)
@@ -77,7 +77,7 @@ async def list_workflows(
             summary = WorkflowSummary(r["name"], r["current_version"], live_runs=r["live_runs"])
             if spec is not None:
                 summary.description = spec.description
-                summary.params = ", ".join(sorted(spec.params)) or "-"
+                summary.params = sorted(spec.params)
                 summary.owner = spec.owner
                 summary.tags = list(spec.tags)
                 summary.on_pause = spec.on_pause.value

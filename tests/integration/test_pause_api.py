@@ -21,6 +21,7 @@ pytestmark = pytest.mark.timeout(120)
 
 SALES = WorkflowSpec(
     name="sales",
+    params={"n": 0},
     owner="team-finance",
     tags=("finance", "daily"),
     on_pause=OnPause.COALESCE,
@@ -64,6 +65,8 @@ async def test_pause_list_and_unpause_over_http(db_url: str) -> None:
             assert sales["paused"] is False and sales["next_schedule"] is not None
             assert sales["triggers"] == ["schedule cron '0 2 * * *' UTC", "webhook hook sales"]
             assert by_name["plain"]["next_schedule"] is None
+            # The params a run accepts, by name: a list, empty when none are declared.
+            assert (sales["params"], by_name["plain"]["params"]) == (["n"], [])
 
             status, daily = await call("GET", "/workflows?tag=daily")
             assert sorted(w["name"] for w in daily["items"]) == ["ads", "sales"]
