@@ -41,7 +41,7 @@ from pydantic import ValidationError
 from orchestrator.alert_routes import DeliveryError, Message, RouteContext, installed_routes
 from orchestrator.alert_spec import RouteSpec
 from orchestrator.alerts import error_parts
-from orchestrator.backoff import Backoff, capped_exponential
+from orchestrator.backoff import Backoff, capped_exponential, restart_on_failure
 from orchestrator.clock import Clock, wait_for_event
 from orchestrator.health import Liveness
 from orchestrator.metrics import METRICS
@@ -197,15 +197,9 @@ class AlertRelay:
         self._woken.set()
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self._loop()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                delay = self._backoff.next()
-                log.exception("alert relay %s failed; restarting in %.2fs", self.name, delay)
-                await self.clock.sleep(delay)
+        await restart_on_failure(
+            self._loop, self._backoff, self.clock.sleep, f"alert relay {self.name}"
+        )
 
     async def _loop(self) -> None:
         while True:

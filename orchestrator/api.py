@@ -35,8 +35,13 @@ from orchestrator import (
 )
 from orchestrator.access_log import access_log_middleware
 from orchestrator.api_bodies import json_object, page, read_query
-from orchestrator.api_models import CallbackAccepted, Held, RunPage, Started
-from orchestrator.api_models import RunDetail as RunDetailModel
+from orchestrator.api_models import (
+    CallbackAccepted,
+    Held,
+    RunDetail as RunDetailModel,
+    RunPage,
+    Started,
+)
 from orchestrator.api_rules import (
     MAX_ID,
     MAX_IDEMPOTENCY_KEY,

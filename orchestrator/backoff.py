@@ -10,9 +10,11 @@ Randomness is injected (``rand``) so tests pin the jitter instead of sampling.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 __all__ = ["Backoff", "capped_exponential"]
 
@@ -91,3 +93,22 @@ class Backoff:
     def reset(self) -> None:
         """The loop succeeded: the next failure waits ``initial_s`` again."""
         self.failures = 0
+
+
+async def restart_on_failure(
+    loop: Callable[[], Awaitable[None]],
+    backoff: Backoff,
+    sleep: Callable[[float], Awaitable[None]],
+    what: str,
+) -> None:
+    """Run ``loop`` for good: when it fails (the database away, ...), log,
+    back off and start it again. Nothing that matters may live only in it."""
+    while True:
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            delay = backoff.next()
+            logging.getLogger(__name__).exception("%s failed; restarting in %.2fs", what, delay)
+            await sleep(delay)

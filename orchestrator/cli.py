@@ -365,8 +365,7 @@ def prune(days: float | None, dry_run: bool) -> None:
     (in batches; never anything a live run still needs)."""
     from datetime import timedelta
 
-    from orchestrator.retention import count_prunable
-    from orchestrator.retention import prune as prune_history
+    from orchestrator.retention import count_prunable, prune as prune_history
 
     settings = _settings()
     cutoff = SYSTEM_CLOCK.now() - timedelta(days=days or settings.retention_days)

@@ -14,20 +14,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
-from orchestrator import audit, sla, waits
-from orchestrator import plan as p
+from orchestrator import audit, plan as p, sla, waits
 from orchestrator.alert_spec import AlertRule
 from orchestrator.alerts import AlertRecorder
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.compiled import CompiledWorkflow, SpecCache
 from orchestrator.deferral import Resolution
+from orchestrator.engine_types import Claimed, Completion, RunRequest, claimed_from_rows
 from orchestrator.errors import DuplicateRunError, OrchestratorError, UnknownWorkflowError
 from orchestrator.metrics import METRICS
 from orchestrator.notices import Notices
@@ -39,73 +38,6 @@ from orchestrator.store import SQL, Database
 log = logging.getLogger(__name__)
 
 __all__ = ["Claimed", "Completion", "Engine", "Outcome", "RunRequest"]
-
-
-@dataclass(frozen=True, slots=True)
-class RunRequest:
-    workflow: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-    logical_date: datetime | None = None
-    interval_end: datetime | None = None
-    event_id: int | None = None
-    """The event that started the run, if any."""
-    actor: str | None = None
-    """Who asked for it, when not the actor of the whole call (events of
-    several callers committed together)."""
-    trigger: str = ""
-    """Which trigger of the workflow asked for it (intake: to hold it while paused)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A task instance leased to a worker, with what its handler needs."""
-
-    id: int
-    run_id: int
-    task_id: str
-    attempt: int
-    handler: str
-    workflow: str
-    version: str
-    params: dict[str, Any]
-    logical_date: datetime | None
-    interval_end: datetime | None
-    upstream: dict[str, Any]
-    resumed: Any = None
-    """What woke this task, when a handler deferred and is resumed."""
-    tries_before: int = 0
-    """Attempts made before an operator last cleared the task: its retry
-    policy counts only the attempts since (``attempt - tries_before``)."""
-
-
-@dataclass(slots=True)
-class Completion:
-    accepted: list[Outcome]
-    rejected: list[Outcome]
-    claimed: list[Claimed]
-    finished_runs: dict[int, RunState]
-
-
-def _claimed(rows: Sequence[asyncpg.Record]) -> list[Claimed]:
-    METRICS.tasks_claimed(r["queue_wait_s"] for r in rows)
-    return [
-        Claimed(
-            id=r["id"],
-            run_id=r["run_id"],
-            task_id=r["task_id"],
-            attempt=r["attempt"],
-            handler=r["handler"],
-            workflow=r["workflow"],
-            version=r["version"],
-            params=orjson.loads(r["params"]),
-            logical_date=r["logical_date"],
-            interval_end=r["interval_end"],
-            upstream=orjson.loads(r["upstream"]) if r["upstream"] else {},
-            resumed=orjson.loads(r["resume_payload"]) if r["resume_payload"] else None,
-            tries_before=r["tries_before"],
-        )
-        for r in rows
-    ]
 
 
 class Engine:
@@ -323,7 +255,7 @@ class Engine:
             if limit <= 0:
                 return [], waiting
             if not waiting:
-                claimed = _claimed(
+                claimed = claimed_from_rows(
                     await conn.fetch(SQL.claim, owner, limit, self.lease_s, self.clock.stamp())
                 )
                 if claimed:
@@ -341,7 +273,7 @@ class Engine:
                 )
             if rows:
                 self.db.committed()
-            return _claimed(rows), True
+            return claimed_from_rows(rows), True
 
     async def complete(
         self,
@@ -359,7 +291,7 @@ class Engine:
             await self._record_outlets(conn, done, actor, notices)
             claimed: list[Claimed] = []
             if claim_for is not None and claim_limit > 0:
-                claimed = _claimed(
+                claimed = claimed_from_rows(
                     await conn.fetch(
                         SQL.claim, claim_for, claim_limit, self.lease_s, self.clock.stamp()
                     )

@@ -18,8 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from orchestrator import audit
-from orchestrator import plan as p
+from orchestrator import audit, plan as p
 from orchestrator.decisions import Dag, Transition, cancel_transitions
 from orchestrator.engine import Engine
 from orchestrator.errors import (

@@ -43,7 +43,7 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator.backoff import Backoff
+from orchestrator.backoff import Backoff, restart_on_failure
 from orchestrator.clock import Clock, wait_for_event
 from orchestrator.deferral import Resolution
 from orchestrator.engine import Engine
@@ -203,15 +203,9 @@ class Triggerer:
     async def _run(self) -> None:
         """Keep the loop alive across database errors: log, back off, start
         over from a full reload (nothing that matters lives only here)."""
-        while True:
-            try:
-                await self._loop()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                delay = self._backoff.next()
-                log.exception("triggerer %s failed; restarting in %.2fs", self.name, delay)
-                await self.clock.sleep(delay)
+        await restart_on_failure(
+            self._loop, self._backoff, self.clock.sleep, f"triggerer {self.name}"
+        )
 
     async def _loop(self) -> None:
         if self._last_id == 0:

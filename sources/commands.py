@@ -95,8 +95,7 @@ def backfill(
 
     from orchestrator.engine import Engine
     from orchestrator.intake import Intake
-    from sources.backfill import BackfillResult, registered_spec
-    from sources.backfill import backfill as backfill_runs
+    from sources.backfill import BackfillResult, backfill as backfill_runs, registered_spec
 
     settings = cli_settings()
 

@@ -42,13 +42,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
-import orjson
 
 from orchestrator.backoff import Backoff
-from orchestrator.clock import SYSTEM_CLOCK, Clock, monotonic, wait_for_event
-from orchestrator.datasets import Datasets, updates_from_messages
-from orchestrator.intake import Accepted, DeadLetter, Event, Intake, Router
-from orchestrator.metrics import METRICS
+from orchestrator.clock import SYSTEM_CLOCK, Clock, wait_for_event
+from orchestrator.health import Liveness
+from orchestrator.intake import Intake, Router
 from orchestrator.settings import Settings
 from orchestrator.sources import SourceContext, loop_stopped
 from sources.kafka_config import (
@@ -63,14 +61,13 @@ from sources.kafka_config import (
     make_consumer,
     session_options,
 )
-from sources.kafka_logs import LogBook, LogRead, note_reads, records_at
-from sources.kafka_messages import Batch, raw_text, to_batch
+from sources.kafka_health import ConsumerHealth
+from sources.kafka_logs import LogBook, records_at
+from sources.kafka_messages import Batch, to_batch
+from sources.kafka_recording import record_messages
 from sources.kafka_stats import KafkaIntakeStats
 
 log = logging.getLogger(__name__)
-
-#: The consume loop's name in ``/healthz``.
-LOOP_NAME = "kafka intake"
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -148,8 +145,7 @@ class KafkaSource:
         """Sent back to their beginning: records fetched before that are dropped."""
         self._next: dict[Any, int] = {}
         """Per partition, the offset after the last one keyed (going back: a new log)."""
-        self._failing_since: float | None = None
-        """When the consume loop began failing (unreachable broker, ...); None while it reads."""
+        self._health = ConsumerHealth()
 
     # -- Source protocol ------------------------------------------------------
 
@@ -215,34 +211,29 @@ class KafkaSource:
     def _clock(self) -> Clock:
         return self._ctx.clock if self._ctx is not None else SYSTEM_CLOCK
 
-    def _beat(self) -> None:
-        if self._ctx is not None and self._ctx.liveness is not None:
-            self._ctx.liveness.beat(LOOP_NAME)
-
-    def _idle(self) -> None:
-        """Waiting for topics is not being stuck."""
-        if self._ctx is not None and self._ctx.liveness is not None:
-            self._ctx.liveness.forget(LOOP_NAME)
+    @property
+    def _liveness(self) -> Liveness | None:
+        return self._ctx.liveness if self._ctx is not None else None
 
     async def _run(self) -> None:
         backoff = self._backoff()
         try:
             await self._consume(backoff)
         finally:
-            self._idle()
+            self._health.idle(self._liveness)
 
     async def _consume(self, backoff: Backoff) -> None:
         while not self._stopping.is_set():
             # Comes round at least every poll_s (getmany's timeout) or backoff step.
-            self._beat()
+            self._health.beat(self._liveness)
             try:
                 if not self._topics:
                     await self._drain()
                     await self._close_consumer()
-                    self._failing_since = None
+                    self._health.read()
                     self._changed.clear()
                     if not self._topics and not self._stopping.is_set():
-                        self._idle()
+                        self._health.idle(self._liveness)
                         await self._changed.wait()
                     continue
                 consumer = await self._consumer_for(self._topics)
@@ -271,18 +262,17 @@ class KafkaSource:
                         assert oldest is not None
                         # Waiting on the database is not being stuck.
                         await asyncio.wait([oldest], timeout=self.poll_s)
-                        self._beat()
+                        self._health.beat(self._liveness)
                     self._inflight.append(batch)
                     batch.task = asyncio.create_task(self._record_batch(batch))
-                self._report_lag(consumer)
+                self._health.report_lag(consumer, self._next)
                 backoff.reset()
-                self._failing_since = None
+                self._health.read()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                if self._failing_since is None:
-                    self._failing_since = monotonic()
+                self._health.failed()
                 delay = backoff.next()
                 if isinstance(exc, KafkaError):
                     log.warning("Kafka: %s; trying again in %.1fs", self.stats.last_error, delay)
@@ -323,27 +313,14 @@ class KafkaSource:
             self._forget_partitions()
             await consumer.stop()
             self.stats.assigned = frozenset()
-            METRICS.kafka_lag.clear()
+            self._health.forget_lag()
 
     # -- which log each partition reads -------------------------------------------
 
-    def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
-        """Per assigned partition, how far the next offset to read is behind
-        the high watermark the broker last reported (no round trip)."""
-        for tp in consumer.assignment():
-            end, at = consumer.highwater(tp), self._next.get(tp)
-            if end is not None and at is not None:
-                METRICS.kafka_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - at))
-
     async def not_ready(self) -> str | None:
-        """Ready while assigned or still connecting; not once the loop died,
-        or has failed for longer than the health allowance."""
         if stopped := loop_stopped(self._task, "the Kafka intake loop"):
             return stopped
-        since = self._failing_since
-        if since is not None and monotonic() - since > self._settings.health_stale_s:
-            return f"cannot read from Kafka for {monotonic() - since:.0f}s: {self.stats.last_error}"
-        return None
+        return self._health.not_ready(self._settings.health_stale_s, self.stats.last_error)
 
     def _forget_partitions(self) -> None:
         self._logs.forget()
@@ -486,7 +463,14 @@ class KafkaSource:
                 )
                 break
             try:
-                await self._record(batch.events, batch.letters, batch.reads)
+                await record_messages(
+                    self._intake,
+                    batch.events,
+                    batch.letters,
+                    batch.reads,
+                    self._dataset_topic,
+                    self.stats,
+                )
             except Exception as exc:
                 delay = backoff.next()
                 self._ingest_failed(exc, batch.size, backoff.failures, delay)
@@ -505,71 +489,6 @@ class KafkaSource:
                 self.stats.batches += 1
                 self.stats.messages += batch.size
         await self._commit_recorded()
-
-    async def _record(
-        self, events: list[Event], letters: list[DeadLetter], reads: list[LogRead]
-    ) -> None:
-        refused = 0
-        # Messages on the dataset topic are updates, recorded in the same commit.
-        events, updates, bad = updates_from_messages(events, self._dataset_topic)
-        letters = letters + bad
-        datasets = Datasets(self._intake.engine)
-        try:
-            if reads or updates:
-                async with self._intake.engine.unit() as (conn, notices):
-                    answers = await self._intake.ingest_in(
-                        conn, events, dead_letters=letters, actor="kafka", notices=notices
-                    )
-                    if updates:
-                        answers += await datasets.record_in(
-                            conn, updates, actor="kafka", notices=notices
-                        )
-                    if reads:
-                        await note_reads(conn, reads)
-            else:
-                answers = await self._intake.ingest(events, dead_letters=letters, actor="kafka")
-        except asyncpg.DataError:
-            # Something in the batch PostgreSQL refuses for good: find it, one by one.
-            answers, refused = await self._record_one_by_one(events, letters)
-            if updates:
-                answers += await datasets.record(updates, actor="kafka")
-            if reads:
-                async with self._intake.engine.db.transaction() as conn:
-                    await note_reads(conn, reads)
-        for answer in answers:
-            if answer.duplicate:
-                self.stats.duplicates += 1
-            else:
-                self.stats.runs += len(answer.run_ids)
-                self.stats.dead_letters += len(answer.dead_letters)
-        self.stats.dead_letters += len(letters) + refused
-
-    async def _record_one_by_one(
-        self, events: list[Event], letters: list[DeadLetter]
-    ) -> tuple[list[Accepted], int]:
-        """Each event in its own transaction; those PostgreSQL refuses become
-        dead letters. Each step is idempotent, so a failure part-way is retried
-        as a whole."""
-        if letters:
-            await self._intake.ingest([], dead_letters=letters, actor="kafka")
-        answers: list[Accepted] = []
-        refused = 0
-        for event in events:
-            try:
-                answers += await self._intake.ingest([event], actor="kafka")
-            except asyncpg.DataError as exc:
-                letter = DeadLetter(
-                    "kafka",
-                    event.channel,
-                    event.dedup_key,
-                    f"PostgreSQL cannot store this message: {exc}",
-                    raw=raw_text(orjson.dumps(event.payload)),
-                    headers=event.headers,
-                    meta=event.meta,
-                )
-                await self._intake.ingest([], dead_letters=[letter], actor="kafka")
-                refused += 1
-        return answers, refused
 
     def _ingest_failed(self, exc: Exception, count: int, attempt: int, delay: float) -> None:
         self.stats.ingest_failures += 1
@@ -643,7 +562,7 @@ class KafkaSource:
             if not self._stopping.is_set():
                 self._interrupt.clear()
         self._pending.clear()
-        METRICS.kafka_lag.clear()
+        self._health.forget_lag()
         if revoked:
             log.info("Kafka partitions revoked: %s", describe_partitions(revoked))
 

@@ -20,8 +20,7 @@ from orchestrator.registry import HandlerRegistry
 from orchestrator.run_reads import read_run
 from orchestrator.run_waiter import wait_for_runs
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
-from orchestrator.states import RunState, is_legal, is_legal_run
-from orchestrator.states import TaskState as T
+from orchestrator.states import RunState, TaskState as T, is_legal, is_legal_run
 from orchestrator.store import SQL
 from orchestrator.views import show_run
 

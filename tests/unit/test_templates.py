@@ -5,8 +5,7 @@ from typing import Any
 
 import jmespath
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from orchestrator.errors import SpecError
 from orchestrator.templates import (

@@ -1,0 +1,84 @@
+"""What the engine is given and gives back: run requests, claimed tasks and
+the result of a completion."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from orchestrator.metrics import METRICS
+from orchestrator.plan import Outcome
+from orchestrator.states import RunState
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    workflow: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    logical_date: datetime | None = None
+    interval_end: datetime | None = None
+    event_id: int | None = None
+    """The event that started the run, if any."""
+    actor: str | None = None
+    """Who asked for it, when not the actor of the whole call (events of
+    several callers committed together)."""
+    trigger: str = ""
+    """Which trigger of the workflow asked for it (intake: to hold it while paused)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A task instance leased to a worker, with what its handler needs."""
+
+    id: int
+    run_id: int
+    task_id: str
+    attempt: int
+    handler: str
+    workflow: str
+    version: str
+    params: dict[str, Any]
+    logical_date: datetime | None
+    interval_end: datetime | None
+    upstream: dict[str, Any]
+    resumed: Any = None
+    """What woke this task, when a handler deferred and is resumed."""
+    tries_before: int = 0
+    """Attempts made before an operator last cleared the task: its retry
+    policy counts only the attempts since (``attempt - tries_before``)."""
+
+
+@dataclass(slots=True)
+class Completion:
+    accepted: list[Outcome]
+    rejected: list[Outcome]
+    claimed: list[Claimed]
+    finished_runs: dict[int, RunState]
+
+
+def claimed_from_rows(rows: Sequence[asyncpg.Record]) -> list[Claimed]:
+    """Claimed tasks from the rows a claim returned (their queue wait is counted)."""
+    METRICS.tasks_claimed(r["queue_wait_s"] for r in rows)
+    return [
+        Claimed(
+            id=r["id"],
+            run_id=r["run_id"],
+            task_id=r["task_id"],
+            attempt=r["attempt"],
+            handler=r["handler"],
+            workflow=r["workflow"],
+            version=r["version"],
+            params=orjson.loads(r["params"]),
+            logical_date=r["logical_date"],
+            interval_end=r["interval_end"],
+            upstream=orjson.loads(r["upstream"]) if r["upstream"] else {},
+            resumed=orjson.loads(r["resume_payload"]) if r["resume_payload"] else None,
+            tries_before=r["tries_before"],
+        )
+        for r in rows
+    ]
