@@ -251,16 +251,16 @@ class Engine:
         one serialised statement that orders both kinds by priority; otherwise
         through the lock-free fast path."""
         async with self.db.pool.acquire() as conn:
-            waiting: bool = await conn.fetchval(SQL.limited_waiting)
-            if limit <= 0:
-                return [], waiting
-            if not waiting:
-                claimed = claimed_from_rows(
-                    await conn.fetch(SQL.claim, owner, limit, self.lease_s, self.clock.stamp())
-                )
+            rows = await conn.fetch(
+                SQL.claim, owner, max(limit, 0), self.lease_s, self.clock.stamp()
+            )
+            if not rows[0]["limited_waiting"]:
+                claimed = claimed_from_rows(rows)
                 if claimed:
                     self.db.committed()  # a claim is a commit of its own
                 return claimed, False
+            if limit <= 0:
+                return [], True
             async with conn.transaction():
                 await conn.execute(SQL.lock_limited_claims)
                 rows = await conn.fetch(
@@ -290,17 +290,18 @@ class Engine:
             done = await self._carry_out(conn, p.commit(outcomes), actor, notices)
             await self._record_outlets(conn, done, actor, notices)
             claimed: list[Claimed] = []
+            limited_waiting: bool | None = None
             if claim_for is not None and claim_limit > 0:
-                claimed = claimed_from_rows(
-                    await conn.fetch(
-                        SQL.claim, claim_for, claim_limit, self.lease_s, self.clock.stamp()
-                    )
+                rows = await conn.fetch(
+                    SQL.claim, claim_for, claim_limit, self.lease_s, self.clock.stamp()
                 )
+                claimed = claimed_from_rows(rows)
+                limited_waiting = rows[0]["limited_waiting"]
             # What this worker claims itself needs nobody woken.
             notices.queued += done.queued - len(claimed)
             notices.runs_ended(done.ended_runs)
             notices.timed_waits |= done.timed_waits
-        return Completion(done.accepted, done.rejected, claimed, done.ended_runs)
+        return Completion(done.accepted, done.rejected, claimed, done.ended_runs, limited_waiting)
 
     # -- deferrals (orchestrator.waits) ------------------------------------------
 

@@ -59,10 +59,16 @@ class Completion:
     rejected: list[Outcome]
     claimed: list[Claimed]
     finished_runs: dict[int, RunState]
+    limited_waiting: bool | None = None
+    """Whether limited work waits to run, as the commit's claim saw it (None:
+    nothing was claimed in it). While it does, the claim left it all to the
+    worker's claim loop, which orders both kinds by priority."""
 
 
 def claimed_from_rows(rows: Sequence[asyncpg.Record]) -> list[Claimed]:
-    """Claimed tasks from the rows a claim returned (their queue wait is counted)."""
+    """Claimed tasks from the rows a claim returned (their queue wait is counted);
+    a row without an id only carries the claim's answer about limited work."""
+    rows = [r for r in rows if r["id"] is not None]
     METRICS.tasks_claimed(r["queue_wait_s"] for r in rows)
     return [
         Claimed(

@@ -444,6 +444,8 @@ class Worker:
         finally:
             self._reserved -= want
         self._busy -= len(batch)
+        if result.limited_waiting is not None:
+            self._limited_waiting = result.limited_waiting
         for o in result.accepted:
             METRICS.task_attempts.labels(o.target.value).inc()
             if self._interrupted and (o.id, o.attempt) in self._interrupted:

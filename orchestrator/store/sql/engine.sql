@@ -99,12 +99,23 @@ SELECT run_id, task_id, NULL, state::text, 0, $11, 'created' FROM inserted;
 -- name: claim
 -- Claim up to $2 runnable unlimited task instances for lease owner $1 in one
 -- statement: pick (SKIP LOCKED), lease, log, and return what the handler needs.
-WITH picked AS (
+-- Every row also says whether limited work (named pools, per-task caps) waits
+-- to run; while it does nothing is claimed here (claim_mixed orders both kinds
+-- by priority) and the one row returned has a NULL id. One round trip answers
+-- both questions of a claim.
+WITH limited AS (
+    SELECT EXISTS (
+        SELECT 1 FROM task_instances
+        WHERE state IN ('queued', 'up_for_retry') AND limited
+          AND (not_before IS NULL OR not_before <= now())
+    ) AS waiting
+), picked AS (
     -- ready_at: when it became runnable (queued, or its retry came due): the
     -- queue-wait metric.
     SELECT id, state, greatest(queued_at, not_before) AS ready_at FROM task_instances
     WHERE state IN ('queued', 'up_for_retry') AND NOT limited
       AND (not_before IS NULL OR not_before <= now())
+      AND NOT (SELECT waiting FROM limited)
     ORDER BY priority DESC, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -120,27 +131,22 @@ WITH picked AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
     SELECT c.run_id, c.task_id, p.state::text, 'running', c.attempt, $1, 'claimed'
     FROM claimed c JOIN picked p ON p.id = c.id
+), handed AS (
+    SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workflow,
+           r.version, c.resume_payload::text AS resume_payload,
+           r.params::text AS params, r.logical_date, r.interval_end,
+           CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
+               (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
+                 WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream,
+           extract(epoch FROM now() - p.ready_at)::float8 AS queue_wait_s
+    FROM claimed c JOIN runs r ON r.id = c.run_id JOIN picked p ON p.id = c.id
 )
-SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workflow, r.version,
-       c.resume_payload::text AS resume_payload,
-       r.params::text AS params, r.logical_date, r.interval_end,
-       CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
-           (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
-             WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream,
-       extract(epoch FROM now() - p.ready_at)::float8 AS queue_wait_s
-FROM claimed c JOIN runs r ON r.id = c.run_id JOIN picked p ON p.id = c.id
-ORDER BY c.id;
+SELECT l.waiting AS limited_waiting, h.*
+FROM limited l LEFT JOIN handed h ON true
+ORDER BY h.id;
 
 -- name: lock_limited_claims
 SELECT pg_advisory_xact_lock(8675309);
-
--- name: limited_waiting
--- Is any task in a named pool or under a per-task cap waiting to run?
-SELECT EXISTS (
-    SELECT 1 FROM task_instances
-    WHERE state IN ('queued', 'up_for_retry') AND limited
-      AND (not_before IS NULL OR not_before <= now())
-);
 
 -- name: claim_mixed
 -- Used while limited work waits, under lock_limited_claims so the running
