@@ -469,7 +469,11 @@ class Worker:
                 self.owner,
             )
         self._launch(result.claimed)
-        if self.free > 0:
+        # A commit that claimed less than it asked for saw every claimable
+        # task: the claim loop is woken only when more may be there (or
+        # limited work waits for it); later work comes with a notification.
+        more = want == 0 or len(result.claimed) == want or bool(result.limited_waiting)
+        if self.free > 0 and more:
             self._wake.set()
 
     async def _drain_buffer(self) -> None:
