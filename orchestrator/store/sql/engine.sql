@@ -125,12 +125,13 @@ WITH limited AS (
         lease_until = coalesce($4::timestamptz, clock_timestamp()) + make_interval(secs => $3),
         started_at = now(), not_before = NULL
     FROM picked p WHERE t.id = p.id
+    -- What was picked rides along: no join back to picked (a CTE has no index).
     RETURNING t.id, t.run_id, t.task_id, t.attempt, t.tries_before, t.handler, t.needs,
-              t.resume_payload
+              t.resume_payload, p.state AS picked_state, p.ready_at
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
-    SELECT c.run_id, c.task_id, p.state::text, 'running', c.attempt, $1, 'claimed'
-    FROM claimed c JOIN picked p ON p.id = c.id
+    SELECT c.run_id, c.task_id, c.picked_state::text, 'running', c.attempt, $1, 'claimed'
+    FROM claimed c
 ), handed AS (
     SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workflow,
            r.version, c.resume_payload::text AS resume_payload,
@@ -138,8 +139,8 @@ WITH limited AS (
            CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
                (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
                  WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream,
-           extract(epoch FROM now() - p.ready_at)::float8 AS queue_wait_s
-    FROM claimed c JOIN runs r ON r.id = c.run_id JOIN picked p ON p.id = c.id
+           extract(epoch FROM now() - c.ready_at)::float8 AS queue_wait_s
+    FROM claimed c JOIN runs r ON r.id = c.run_id
 )
 SELECT l.waiting AS limited_waiting, h.*
 FROM limited l LEFT JOIN handed h ON true
@@ -192,11 +193,11 @@ WITH running_pools AS (
         started_at = now(), not_before = NULL
     FROM picked p WHERE t.id = p.id
     RETURNING t.id, t.run_id, t.task_id, t.attempt, t.tries_before, t.handler, t.needs,
-              t.resume_payload
+              t.resume_payload, p.state AS picked_state, p.ready_at
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
-    SELECT c.run_id, c.task_id, p.state::text, 'running', c.attempt, $1, 'claimed'
-    FROM claimed c JOIN picked p ON p.id = c.id
+    SELECT c.run_id, c.task_id, c.picked_state::text, 'running', c.attempt, $1, 'claimed'
+    FROM claimed c
 )
 SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workflow, r.version,
        c.resume_payload::text AS resume_payload,
@@ -204,8 +205,8 @@ SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workfl
        CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
            (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
              WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream,
-       extract(epoch FROM now() - p.ready_at)::float8 AS queue_wait_s
-FROM claimed c JOIN runs r ON r.id = c.run_id JOIN picked p ON p.id = c.id
+       extract(epoch FROM now() - c.ready_at)::float8 AS queue_wait_s
+FROM claimed c JOIN runs r ON r.id = c.run_id
 ORDER BY c.id;
 
 -- name: lock_runs
