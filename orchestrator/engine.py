@@ -26,7 +26,13 @@ from orchestrator.alerts import AlertRecorder
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.compiled import CompiledWorkflow, SpecCache
 from orchestrator.deferral import Resolution
-from orchestrator.engine_types import Claimed, Completion, RunRequest, claimed_from_rows
+from orchestrator.engine_types import (
+    Claimed,
+    Completion,
+    LocalWorker,
+    RunRequest,
+    claimed_from_rows,
+)
 from orchestrator.errors import DuplicateRunError, OrchestratorError, UnknownWorkflowError
 from orchestrator.metrics import METRICS
 from orchestrator.notices import Notices
@@ -58,6 +64,8 @@ class Engine:
         self.default_pool_slots = default_pool_slots
         #: Raises the alerts of what the commits do (workflow and project-wide rules).
         self.alerts = AlertRecorder(alert_rules, clock)
+        #: The worker of this process, if any: commits that queue work hand it some.
+        self.local: LocalWorker | None = None
 
     # -- workflows ---------------------------------------------------------
 
@@ -118,13 +126,40 @@ class Engine:
         return ids[0]
 
     @contextlib.asynccontextmanager
-    async def unit(self) -> AsyncIterator[tuple[asyncpg.Connection, Notices]]:
+    async def unit(
+        self, *, hand_over: bool = True
+    ) -> AsyncIterator[tuple[asyncpg.Connection, Notices]]:
         """A transaction and the notifications it collects, sent as its last
-        statement (delivered at commit)."""
-        async with self.db.transaction() as conn:
-            notices = Notices()
-            yield conn, notices
-            await notices.send(conn)
+        statement (delivered at commit). When it queued work and this process
+        has a worker with free slots, it claims for that worker too (unless
+        ``hand_over`` is off: the caller claims itself), which starts the work
+        once the commit returns."""
+        local = self.local if hand_over else None
+        reserved = 0
+        claimed: list[Claimed] = []
+        limited: bool | None = None
+        try:
+            async with self.db.transaction() as conn:
+                notices = Notices()
+                yield conn, notices
+                if local is not None and notices.queued > 0 and (reserved := local.reserve()):
+                    claimed, limited = await self._claim_in(conn, local.owner, reserved)
+                    notices.queued = _left_to_notify(notices.queued, len(claimed), reserved, limited)
+                await notices.send(conn)
+        except BaseException:
+            if local is not None and reserved:
+                local.hand_over([], reserved, None)
+            raise
+        if local is not None and reserved:
+            local.hand_over(claimed, reserved, limited)
+
+    async def _claim_in(
+        self, conn: asyncpg.Connection, owner: str, limit: int
+    ) -> tuple[list[Claimed], bool]:
+        """Claim unlimited work for ``owner`` in the caller's transaction, and
+        whether limited work waits (then nothing is claimed here)."""
+        rows = await conn.fetch(SQL.claim, owner, limit, self.lease_s, self.clock.stamp())
+        return claimed_from_rows(rows), rows[0]["limited_waiting"]
 
     async def create_runs(self, requests: Sequence[RunRequest], *, actor: str) -> list[int]:
         """Create runs in one transaction; runs over ``max_active_runs`` wait queued."""
@@ -286,17 +321,13 @@ class Engine:
         """Record finished attempts and everything that follows from them, in
         one transaction; optionally claim up to ``claim_limit`` new tasks for
         ``claim_for`` in the same commit."""
-        async with self.unit() as (conn, notices):
+        async with self.unit(hand_over=claim_for is None) as (conn, notices):
             done = await self._carry_out(conn, p.commit(outcomes), actor, notices)
             await self._record_outlets(conn, done, actor, notices)
             claimed: list[Claimed] = []
             limited_waiting: bool | None = None
             if claim_for is not None and claim_limit > 0:
-                rows = await conn.fetch(
-                    SQL.claim, claim_for, claim_limit, self.lease_s, self.clock.stamp()
-                )
-                claimed = claimed_from_rows(rows)
-                limited_waiting = rows[0]["limited_waiting"]
+                claimed, limited_waiting = await self._claim_in(conn, claim_for, claim_limit)
             # What this worker claims itself needs nobody woken.
             notices.queued += done.queued - len(claimed)
             notices.runs_ended(done.ended_runs)
@@ -564,3 +595,13 @@ class Engine:
                 o.target.value,
             )
         return len(result.accepted)
+
+
+def _left_to_notify(queued: int, claimed: int, asked: int, limited_waiting: bool) -> int:
+    """How much of what a commit queued other workers must still be told of,
+    after it claimed ``claimed`` of ``asked`` for its own worker."""
+    if limited_waiting:
+        return queued  # the claim took nothing: the claim loops order limited work
+    if claimed < asked:
+        return 0  # it took every claimable task there was
+    return max(1, queued - claimed)  # more may wait, older than what it queued

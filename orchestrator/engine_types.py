@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import orjson
@@ -63,6 +63,25 @@ class Completion:
     """Whether limited work waits to run, as the commit's claim saw it (None:
     nothing was claimed in it). While it does, the claim left it all to the
     worker's claim loop, which orders both kinds by priority."""
+
+
+class LocalWorker(Protocol):
+    """A worker in the engine's own process. A commit that queues work claims
+    some of it for this worker in the same transaction, so the work starts
+    when the commit returns: no notification, no second commit."""
+
+    owner: str
+
+    def reserve(self) -> int:
+        """Slots set aside for a claim about to be made (0: take nothing)."""
+        ...
+
+    def hand_over(
+        self, claimed: list[Claimed], reserved: int, limited_waiting: bool | None
+    ) -> None:
+        """After the commit (``claimed`` empty when it failed): start what was
+        claimed and give back the ``reserved`` slots."""
+        ...
 
 
 def claimed_from_rows(rows: Sequence[asyncpg.Record]) -> list[Claimed]:
