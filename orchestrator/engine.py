@@ -144,7 +144,8 @@ class Engine:
                 yield conn, notices
                 if local is not None and notices.queued > 0 and (reserved := local.reserve()):
                     claimed, limited = await self._claim_in(conn, local.owner, reserved)
-                    notices.queued = _left_to_notify(notices.queued, len(claimed), reserved, limited)
+                    left = _left_to_notify(notices.queued, len(claimed), reserved, limited)
+                    notices.queued = left
                 await notices.send(conn)
         except BaseException:
             if local is not None and reserved:
