@@ -34,6 +34,7 @@ from orchestrator.engine_types import (
     claimed_from_rows,
 )
 from orchestrator.errors import DuplicateRunError, OrchestratorError, UnknownWorkflowError
+from orchestrator.leases import lost_attempt
 from orchestrator.metrics import METRICS
 from orchestrator.notices import Notices
 from orchestrator.plan import Outcome
@@ -144,8 +145,7 @@ class Engine:
                 yield conn, notices
                 if local is not None and notices.queued > 0 and (reserved := local.reserve()):
                     claimed, limited = await self._claim_in(conn, local.owner, reserved)
-                    left = _left_to_notify(notices.queued, len(claimed), reserved, limited)
-                    notices.queued = left
+                    notices.claimed_here(len(claimed), reserved, limited)
                 await notices.send(conn)
         except BaseException:
             if local is not None and reserved:
@@ -557,35 +557,11 @@ class Engine:
     async def expire_leases(self, *, actor: str, limit: int = 500) -> int:
         """Attempts whose lease ran out (worker died or froze) are lost: retry
         or fail them per their policy. Returns how many were taken back."""
-        from orchestrator.retry import decide_failure  # local: keeps import graph flat
-
         async with self.db.pool.acquire() as conn:
             rows = await conn.fetch(SQL.expired_leases, limit, self.clock.stamp())
-            if not rows:
-                return 0
-            outcomes = []
-            for r in rows:
-                compiled = await self.specs.get(conn, r["version"])
-                decision = decide_failure(
-                    compiled.retry[r["task_id"]], r["attempt"] - r["tries_before"], None
-                )
-                outcomes.append(
-                    Outcome(
-                        id=r["id"],
-                        run_id=r["run_id"],
-                        task_id=r["task_id"],
-                        attempt=r["attempt"],
-                        owner=r["lease_owner"],
-                        target=decision.target,
-                        delay_s=decision.delay_s
-                        if decision.target == TaskState.UP_FOR_RETRY
-                        else None,
-                        error=f"attempt {r['attempt']} lost: lease held by {r['lease_owner']} "
-                        "expired (worker died or stopped heartbeating)",
-                        reason="lease expired",
-                        expired_only=True,
-                    )
-                )
+            outcomes = [lost_attempt(r, await self.specs.get(conn, r["version"])) for r in rows]
+        if not outcomes:
+            return 0
         result = await self.complete(outcomes, actor=actor)
         for o in result.accepted:
             log.warning(
@@ -596,13 +572,3 @@ class Engine:
                 o.target.value,
             )
         return len(result.accepted)
-
-
-def _left_to_notify(queued: int, claimed: int, asked: int, limited_waiting: bool) -> int:
-    """How much of what a commit queued other workers must still be told of,
-    after it claimed ``claimed`` of ``asked`` for its own worker."""
-    if limited_waiting:
-        return queued  # the claim took nothing: the claim loops order limited work
-    if claimed < asked:
-        return 0  # it took every claimable task there was
-    return max(1, queued - claimed)  # more may wait, older than what it queued
