@@ -26,6 +26,7 @@ SCENARIO_MODULES = (
     "alert_scenarios",
     "lineage_scenarios",
     "outbox_scenarios",
+    "ceiling_scenarios",
 )
 
 
