@@ -151,15 +151,6 @@ CLAIM = f"WITH {_claim('$1', '$2', '$3')}\n{_answer('claimed', None)}"
 #: Complete and queue successors; claim nothing.
 COMPLETE = f"WITH {_COMPLETE}, {_QUEUE_SUCCESSOR}\n{_answer(None, 'finished')}"
 
-#: Complete, queue successors and claim up to $5 queued tasks for $3 with
-#: lease $6 seconds, in one commit (the engine's complete with claim_for).
-#: The claim reads the statement's snapshot: it takes other runs' queued
-#: tasks, not the successors queued by this same statement.
-COMPLETE_AND_CLAIM = (
-    f"WITH {_COMPLETE}, {_QUEUE_SUCCESSOR}, {_claim('$3', '$5', '$6')}\n"
-    f"{_answer('claimed', 'finished')}"
-)
-
 #: Complete and lease each successor to the same worker ($5 lease seconds).
 COMPLETE_AND_RUN_SUCCESSOR = f"WITH {_COMPLETE}, {_RUN_SUCCESSOR}\n{_answer('leased', 'finished')}"
 

@@ -79,63 +79,43 @@ async def _expect_rows(conn: asyncpg.Connection, probe: str, expected: dict[str,
 # -- fanout ----------------------------------------------------------------------------
 
 
-class _Progress:
-    """Runs ended so far, and a wake-up for a worker that found nothing to claim."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.finished = 0
-        self.commits = 0
-        self.deadlocks = 0
-        self._changed = asyncio.Event()
-
-    def committed(self, finished: int) -> None:
-        self.finished += finished
-        self.commits += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def changed_since(self, seen: int) -> None:
-        if self.commits == seen:
-            # A commit always wakes the waiters: the timeout only bounds a stall.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), 1.0)
-
-
 class _FanoutWorker:
-    """One connection's claim/complete loop: what the engine's worker does per
-    batch, minus the handler."""
+    """One connection's loop, what the engine's worker does minus the handler:
+    claim a batch, then complete it step by step, each commit leasing the
+    completed tasks' successors to this same worker, until its runs ended."""
 
     def __init__(self, conn: asyncpg.Connection, chain: list[str]) -> None:
         self.conn = conn
         self.chain = chain
+        self.finished = 0
+        self.deadlocks = 0
 
     async def prepare(self) -> None:
         self.claim = await self.conn.prepare(sql.CLAIM)
-        self.step = await self.conn.prepare(sql.COMPLETE_AND_CLAIM)
+        self.step = await self.conn.prepare(sql.COMPLETE_AND_RUN_SUCCESSOR)
 
-    async def drain(self, progress: _Progress) -> None:
+    async def drain(self) -> None:
+        """Until a claim finds nothing: every run was created before the
+        workers started, and a successor is never queued for another worker,
+        so nothing can become claimable later."""
+        self.finished = self.deadlocks = 0
         ids: list[int] = []
         attempts: list[int] = []
-        while ids or progress.finished < progress.total:
-            if not ids:
-                seen = progress.commits
-                row = await self.claim.fetchrow(OWNER, CLAIM_BATCH, LEASE_S)
-                ids, attempts = row["ids"], row["attempts"]
-                if not ids:
-                    await progress.changed_since(seen)
-                continue
+        while True:
             try:
-                row = await self.step.fetchrow(
-                    ids, attempts, OWNER, self.chain, CLAIM_BATCH, LEASE_S
-                )
+                if ids:
+                    row = await self.step.fetchrow(ids, attempts, OWNER, self.chain, LEASE_S)
+                else:
+                    row = await self.claim.fetchrow(OWNER, CLAIM_BATCH, LEASE_S)
             except asyncpg.DeadlockDetectedError:
-                # Nothing was written: complete the same batch again. (A claim
-                # keeps the lock of a row it found re-leased since its snapshot,
-                # which the worker completing that row then waits for.)
-                progress.deadlocks += 1
+                # Nothing was written: try the same statement again. (A claim
+                # keeps the lock of a row leased and committed since its
+                # snapshot, which the worker completing that row then waits for.)
+                self.deadlocks += 1
                 continue
-            progress.committed(row["finished"])
+            if not (ids or row["ids"]):
+                return
+            self.finished += row["finished"]
             ids, attempts = row["ids"], row["attempts"]
 
 
@@ -144,15 +124,17 @@ async def _fanout_once(
 ) -> float:
     """Seconds from creating ``runs`` runs (one commit) until all ended."""
     chain = workers[0].chain
-    progress = _Progress(runs)
     started = time.perf_counter()
     await conns[0].fetchval(sql.CREATE_RUNS, "fanout3", "ceiling", runs, chain, ACTOR, HANDLER)
-    await asyncio.gather(*(w.drain(progress) for w in workers))
+    await asyncio.gather(*(w.drain() for w in workers))
     elapsed = time.perf_counter() - started
-    if progress.deadlocks:
+    finished = sum(w.finished for w in workers)
+    if finished != runs:
+        raise AssertionError(f"fanout ceiling: {finished} of {runs} runs ended")
+    deadlocks = sum(w.deadlocks for w in workers)
+    if deadlocks:
         print(
-            f"fanout ceiling: {progress.deadlocks} deadlock(s) of {runs} runs retried "
-            "(each cost deadlock_timeout)",
+            f"fanout ceiling: {deadlocks} deadlock(s) retried, each after deadlock_timeout",
             file=sys.stderr,
         )
     return elapsed
@@ -160,9 +142,9 @@ async def _fanout_once(
 
 async def fanout_ceiling(url: str, runs: int, *, tasks: int = 3, warmup: int = 64) -> float:
     """Runs/s: ``runs`` runs of a ``tasks``-task chain created in one commit,
-    then claimed and completed in batches of CLAIM_BATCH (FOR UPDATE SKIP
-    LOCKED) over CONNECTIONS connections, each completion claiming the next
-    batch in its commit."""
+    then claimed in batches of CLAIM_BATCH (FOR UPDATE SKIP LOCKED) over
+    CONNECTIONS connections, each batch completed one commit per step (the
+    commit that completes a task leases its successor to the same worker)."""
     chain = chain_ids(tasks)
     async with scratch_database(url) as (db_url, _db):
         conns = [await asyncpg.connect(db_url) for _ in range(CONNECTIONS)]
