@@ -86,19 +86,17 @@ async def _ceiling(url: str, args: argparse.Namespace, _tx: float) -> list[Figur
 )
 async def _fanout_curve(url: str, args: argparse.Namespace, _tx: float) -> list[Figure]:
     figures: list[Figure] = []
+    rates: list[float] = []
+    ceilings: list[float] = []
     for runs in args.curve_sizes:
         measured = (await fanout(url, runs=runs))[0]
-        figures.append(
-            Figure(
-                "fanout_curve",
-                f"runs_per_s_{runs}",
-                measured.value,
-                "runs/s",
-                context=measured.context,
-            )
-        )
-    rates = [f.value for f in figures]
-    ceilings = [f.context["ceiling"] for f in figures]
+        rates.append(measured.value)
+        ceilings.append(measured.context["ceiling"])
+        name = f"runs_per_s_{runs}"
+        figures += [
+            Figure("fanout_curve", name, measured.value, "runs/s", context=measured.context),
+            Figure("fanout_curve", f"ceiling_{name}", ceilings[-1], "runs/s", "", {"runs": runs}),
+        ]
     flatness: dict[str, Any] = {
         "sizes": list(args.curve_sizes),
         "runs_per_s": [round(r, 1) for r in rates],
