@@ -27,6 +27,7 @@ SCENARIO_MODULES = (
     "lineage_scenarios",
     "outbox_scenarios",
     "step_scenarios",
+    "ceiling_scenarios",
 )
 
 

@@ -97,9 +97,11 @@ def record(figures: list[Figure], results_file: Path) -> None:
 
 
 def table(figures: list[Figure]) -> str:
-    rows = [("scenario", "metric", "value", "unit", "target", "vs baseline")]
+    rows = [("scenario", "metric", "value", "unit", "target", "vs baseline", "vs ceiling")]
     for f in figures:
         ratio = f.context.get("ratio_to_baseline")
+        # The share of its raw-SQL ceiling a figure reaches (100 %: as fast).
+        share = f.context.get("ratio_to_ceiling")
         rows.append(
             (
                 f.scenario,
@@ -108,6 +110,7 @@ def table(figures: list[Figure]) -> str:
                 f.unit,
                 f.target,
                 f"{ratio:.3f}x" if isinstance(ratio, float) else "",
+                f"{share:.0%}" if isinstance(share, float) else "",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
