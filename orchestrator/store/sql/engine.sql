@@ -240,7 +240,10 @@ WITH input AS (
                           ELSE now() + make_interval(secs => i.delay_s) END,
         ended_at = CASE WHEN i.target IN ('up_for_retry', 'deferred') THEN NULL ELSE now() END
     FROM input i
-    WHERE t.id = i.id AND t.state = $10::task_state AND t.attempt = i.attempt
+    -- The id array as well as the join: looked up by key, never a scan of the
+    -- running rows, whatever the statistics of fresh rows say.
+    WHERE t.id = i.id AND t.id = ANY($1::bigint[])
+      AND t.state = $10::task_state AND t.attempt = i.attempt
       AND t.lease_owner = i.owner
       AND (NOT i.expired_only OR t.lease_until < coalesce($14::timestamptz, now()))
     RETURNING t.id, t.run_id, t.task_id, t.attempt, t.state, i.reason
@@ -275,7 +278,9 @@ WITH input AS (
         ended_at = CASE WHEN i.target = 'queued' THEN t.ended_at ELSE now() END,
         lease_owner = NULL, lease_until = NULL
     FROM input i
+    -- The arrays as well as the join: looked up by key, never a table scan.
     WHERE t.run_id = i.run_id AND t.task_id = i.task_id AND t.state = i.source
+      AND t.run_id = ANY($1::bigint[]) AND t.task_id = ANY($2::text[])
     RETURNING t.run_id, t.task_id, t.attempt, i.source, t.state, i.reason
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
