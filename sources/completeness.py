@@ -111,6 +111,8 @@ class Rule:
 
     def marker_paths(self, relative_path: str) -> dict[str, str | None]:
         """Template -> the marker's relative path (None when the template is invalid)."""
+        if not self.markers:
+            return {}  # the common case, asked for every file looked at
         directory, name = posixpath.split(relative_path)
         out: dict[str, str | None] = {}
         for template in self.markers:
