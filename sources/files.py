@@ -78,8 +78,11 @@ __all__ = ["FileIdentity", "LandingSource"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: How many threads hash one pass's complete files.
+#: Most threads hashing one pass's complete files, one per ``HASH_SHARE_BYTES``
+#: of content: hashing large files releases the GIL, while for small ones the
+#: hand-off to more threads costs more than it gains.
 HASH_THREADS = 4
+HASH_SHARE_BYTES = 16 << 20
 #: After a failed pass (database down, ...) its files are looked at again this much
 #: later, doubling per failed pass in a row up to ``RETRY_MAX_S``.
 RETRY_S = 1.0
@@ -166,8 +169,11 @@ class LandingSource:
             asyncio.create_task(self._mover(), name="landing-move"),
         ]
         log.info("landing zone %s: watching (full rescan every %gs)", self.root, self._rescan_s)
-        # Read when scraped: the files seen and not taken in yet.
-        METRICS.landing_pending.set_function(lambda: len(self._pending))
+        # Read when scraped: the files seen and not taken in yet (being
+        # checked, or complete and waiting for their commit).
+        METRICS.landing_pending.set_function(
+            lambda: len(self._pending.keys() | self._recorder.taking.keys())
+        )
 
     async def stop(self) -> None:
         self._stop_watching.set()
@@ -401,7 +407,9 @@ class LandingSource:
     async def _digest(self, ready: list[tuple[str, Stat]]) -> list[tuple[str, Stat, str | None]]:
         if not ready:
             return []
-        size = -(-len(ready) // HASH_THREADS)
+        content = sum(stat.size for _, stat in ready)
+        threads = max(1, min(HASH_THREADS, content // HASH_SHARE_BYTES))
+        size = -(-len(ready) // threads)
         parts = await asyncio.gather(
             *(
                 asyncio.to_thread(digest_many, self.root, ready[i : i + size])

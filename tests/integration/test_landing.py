@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from eventually import eventually
@@ -22,7 +23,7 @@ from orchestrator.run_waiter import wait_for_runs
 from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
-from orchestrator.store import SQL
+from orchestrator.store import SQL, database_name
 from sources.files import LandingSource
 from sources.models import FileTrigger
 from sources.queries import SQL as TRIGGERS_SQL
@@ -345,6 +346,53 @@ async def test_touch_is_not_an_event_but_new_content_is(db_url: str, tmp_path: P
             events = await eventually(recorded, what=f"event {expected}")
             assert events[-1]["meta"]["sha256"] == sha(version)
         assert await count(orch, "SELECT count(*) FROM runs") == 3
+
+
+@pytest.mark.timeout(90)
+async def test_files_complete_while_the_database_is_down_are_recorded_once_it_is_back(
+    db_url: str, pg_admin_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    zone = tmp_path / "landing"
+    spec = flow("down", handler="noop", glob="d/*.csv", quiet_s=0.2)
+    names = [f"f{i}.csv" for i in range(10)]
+    async with landing(db_url, zone, spec, worker_slots=0) as (orch, src):
+        for name in names:
+            write(zone / "d" / name, b"v1")
+
+        async def recorded(n: int) -> bool:
+            return await count(orch, "SELECT count(*) FROM events") == n
+
+        await eventually(lambda: recorded(10), what="the first versions")
+        await settled(src)
+        database = database_name(db_url)
+        admin = await asyncpg.connect(pg_admin_url)
+        try:
+            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                database,
+            )
+            # Known paths need no database to be checked: the new versions are
+            # complete and hashed, and their recording fails.
+            for name in names:
+                write(zone / "d" / name, b"v2, longer")
+
+            async def recording_failed() -> bool:
+                return any(
+                    r.getMessage().startswith("recording") and "failed" in r.getMessage()
+                    for r in caplog.records
+                )
+
+            await eventually(recording_failed, timeout=30, what="a failed recording")
+        finally:
+            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+            await admin.close()
+        await eventually(lambda: recorded(20), timeout=60, what="the second versions")
+        await settled(src)
+        events = await file_events(orch)
+        assert sorted(e["channel"] for e in events) == sorted(f"d/{n}" for n in names * 2)
+        assert {e["meta"]["sha256"] for e in events[10:]} == {sha(b"v2, longer")}
+        assert await count(orch, "SELECT count(*) FROM runs") == 20
 
 
 async def test_on_done_move_sends_files_to_processed_or_failed(db_url: str, tmp_path: Path) -> None:
