@@ -48,7 +48,7 @@ import asyncio
 import logging
 import os
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 from watchfiles import awatch
@@ -69,8 +69,12 @@ from sources.landing_fs import (
 )
 from sources.landing_moves import move_finished
 from sources.landing_pending import Candidate, CheckSchedule
-from sources.landing_record import FileIdentity, LandingRecorder, file_triggers_for
-from sources.models import FileTrigger
+from sources.landing_record import (
+    FileIdentity,
+    LandingRecorder,
+    file_triggers,
+    file_triggers_for,
+)
 from sources.queries import SQL
 
 __all__ = ["FileIdentity", "LandingSource"]
@@ -142,7 +146,7 @@ class LandingSource:
     def use_router(self, router: Router) -> None:
         self._router = router
         self._recorder.router = router
-        self._markers = MarkerNames(t for t in _file_triggers(router))
+        self._markers = MarkerNames(t for t in file_triggers(router))
         # New rules may complete (or stop parking) files already waiting.
         self._rules = {}
         now = self._now_or_zero()
@@ -374,8 +378,9 @@ class LandingSource:
     def _look_again(self, rels: Sequence[str], when: float) -> None:
         """Files that could not be recorded: seen anew, looked at from ``when``."""
         for rel in rels:
-            if rel not in self._pending:
-                self._looks.schedule(rel, self._pending.setdefault(rel, Candidate()), when)
+            if rel not in self._pending:  # else already seen anew, and looked at soon
+                cand = self._pending[rel] = Candidate()
+                self._looks.schedule(rel, cand, when)
 
     def _rule_of(self, rel: str, cand: Candidate) -> Rule:
         if cand.rule is None:
@@ -428,7 +433,7 @@ class LandingSource:
                 log.exception("moving finished landing-zone files failed; retrying")
             # Without a move trigger only moves left from an earlier
             # configuration remain: looking at the rescan pace is enough.
-            moving = any(t.on_done == "move" for t in _file_triggers(self._router))
+            moving = any(t.on_done == "move" for t in file_triggers(self._router))
             await self._clock.sleep(self._move_interval_s if moving else self._rescan_s)
 
     async def move_finished(self, limit: int = 500) -> int:
@@ -457,10 +462,6 @@ class LandingSource:
         return 0.0 if self._ctx is None else self._now()
 
 
-def _file_triggers(router: Router) -> Iterable[FileTrigger]:
-    return [r.trigger for r in router.routes_of("file") if isinstance(r.trigger, FileTrigger)]
-
-
 def _identity_from_key(rel: str, key: str) -> FileIdentity | None:
     prefix, size, mtime_ns, sha = key.rsplit(":", 3)
     if prefix != f"file:{rel}" or not size.isdigit() or not mtime_ns.lstrip("-").isdigit():
@@ -470,6 +471,3 @@ def _identity_from_key(rel: str, key: str) -> FileIdentity | None:
 
 def _batched(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-# -- file-system side: plain functions run in worker threads ---------------------------

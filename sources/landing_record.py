@@ -179,7 +179,7 @@ class LandingRecorder:
     ) -> None:
         ctx = self._context()
         events = [event for event, _ in batch]
-        moving = any(t.on_done == "move" for t in _file_triggers(self.router))
+        moving = any(t.on_done == "move" for t in file_triggers(self.router))
         async with ctx.engine.db.transaction() as conn:
             accepted = await ctx.intake.ingest_in(
                 conn, events, dead_letters=[self._dead_letter(r) for r in letters], actor=ACTOR
@@ -233,7 +233,8 @@ class LandingRecorder:
         return self._ctx
 
 
-def _file_triggers(router: Router) -> list[FileTrigger]:
+def file_triggers(router: Router) -> list[FileTrigger]:
+    """Every file trigger of the workflows ``router`` routes to."""
     return [r.trigger for r in router.routes_of("file") if isinstance(r.trigger, FileTrigger)]
 
 
