@@ -20,8 +20,8 @@ class SourceQueryNames:
     kafka_logs_read: str
     kafka_logs_start: str
     landing_last_recorded: str
-    landing_move_done: str
-    landing_move_target: str
+    landing_move_targets: str
+    landing_moves_done: str
     landing_moves_due: str
     lifecycle_checkpoint: str
     lifecycle_claim: str
