@@ -106,8 +106,6 @@ class HttpProcesses:
         self.stop_timeout_s = stop_timeout_s
         self._procs: list[asyncio.subprocess.Process] = []
         self._keepers: list[asyncio.Task[None]] = []
-        self.restarts = 0
-        """Processes started again after one exited."""
 
     @property
     def pids(self) -> list[int]:
@@ -117,15 +115,20 @@ class HttpProcesses:
     async def start(self) -> None:
         """Start every process and wait until each serves; when one cannot,
         the others are stopped and :class:`ConfigError` says so."""
+        starting: list[asyncio.Task[asyncio.subprocess.Process]] = []
         try:
             async with asyncio.TaskGroup() as group:
                 starting = [group.create_task(self._spawn()) for _ in range(self.count)]
-        except BaseExceptionGroup as failed:
-            for task in starting:
-                if not task.cancelled() and task.exception() is None:
-                    self._procs.append(task.result())
+        except BaseException as failed:  # one failed, or this start is cancelled
+            self._procs = [
+                task.result()
+                for task in starting
+                if task.done() and not task.cancelled() and task.exception() is None
+            ]
             await self.stop()
-            raise failed.exceptions[0] from None
+            if isinstance(failed, BaseExceptionGroup):
+                raise failed.exceptions[0] from None
+            raise
         self._procs = [task.result() for task in starting]
         self._keepers = [
             asyncio.create_task(self._keep(slot), name=f"http-process-{slot}")
@@ -234,6 +237,5 @@ class HttpProcesses:
                 except OrchestratorError as exc:
                     log.error("%s", exc)
                     continue
-                self.restarts += 1
                 started = monotonic()
                 break

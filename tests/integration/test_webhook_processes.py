@@ -3,7 +3,8 @@
 Real processes, real HTTP, a real database: every delivery answered 202 is
 recorded exactly once whichever process took it, both processes take some,
 the API answers on the same port, and no process outlives the orchestrator,
-whether it stops or is killed. One that dies is started again.
+whether it stops or is killed. One that dies is started again; workflows
+registered later reach every process.
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ import asyncpg
 import orjson
 import pytest
 from eventually import eventually
+from suite_settings import suite_settings
 
+from orchestrator.app import Orchestrator
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.signatures import generate_secret, standard_headers
+from orchestrator.spec import TaskSpec, WorkflowSpec
+from sources.models import WebhookTrigger
+from sources.webhook import WebhookSource
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOK = "orders_in"
@@ -253,3 +259,36 @@ async def test_a_process_that_dies_is_started_again(
 
     assert run.stop(signal.SIGINT) == 0, run.log_path.read_text()
     assert gone(second)
+
+
+@pytest.mark.timeout(120)
+async def test_workflows_registered_later_are_served_by_every_process(
+    db_url: str, fresh_connections: aiohttp.ClientSession
+) -> None:
+    first = WorkflowSpec(name="first", tasks=(TaskSpec(id="t", handler="noop"),))
+    later = WorkflowSpec(
+        name="later",
+        tasks=(TaskSpec(id="t", handler="noop"),),
+        triggers=(WebhookTrigger(hook="late", auth="none"),),
+    )
+    async with Orchestrator(
+        suite_settings(roles="api", worker_slots=0),
+        db_url,
+        workflows=[first],
+        sources=[WebhookSource()],
+        http=True,
+        webhook_processes=2,
+    ) as orch:
+        assert orch.http is not None and orch.http_processes is not None
+        [other] = orch.http_processes.pids
+        await orch.register([later])
+
+        async def post(i: int) -> int:
+            url = f"http://127.0.0.1:{orch.http.port}/hooks/late"  # type: ignore[union-attr]
+            headers = {"Content-Type": "application/json", "Idempotency-Key": f"late-{i}"}
+            async with fresh_connections.post(url, data=b"{}", headers=headers) as answer:
+                return answer.status
+
+        # Forty connections: all taken by one process once in 2**39.
+        assert await asyncio.gather(*(post(i) for i in range(40))) == [202] * 40
+    assert gone(other)
