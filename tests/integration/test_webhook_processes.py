@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,7 @@ from suite_settings import suite_settings
 
 from orchestrator.app import Orchestrator
 from orchestrator.clock import SYSTEM_CLOCK
+from orchestrator.errors import ConfigError
 from orchestrator.signatures import generate_secret, standard_headers
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from sources.models import WebhookTrigger
@@ -292,3 +294,19 @@ async def test_workflows_registered_later_are_served_by_every_process(
         # Forty connections: all taken by one process once in 2**39.
         assert await asyncio.gather(*(post(i) for i in range(40))) == [202] * 40
     assert gone(other)
+
+
+@pytest.mark.timeout(60)
+async def test_a_port_another_program_shares_is_refused(db_url: str) -> None:
+    # A listener that would let anyone join it: SO_REUSEPORT alone must not
+    # let the orchestrator split its connections with another program.
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        orch = Orchestrator(
+            suite_settings(roles="api", http_port=port), db_url, http=True, webhook_processes=2
+        )
+        with pytest.raises(ConfigError, match=f"cannot serve HTTP on 127.0.0.1:{port}"):
+            await orch.start()
