@@ -8,6 +8,12 @@ runs as another process with 64 keep-alive connections, pre-signed Standard
 Webhooks requests and unique delivery ids. Each 202 means an event row and a
 1-task run were committed; afterwards the rows are counted to check that every
 202 is in the database.
+
+The CPU time each side used per 202 (the serving processes, the PostgreSQL
+backends of the scratch database, the load generator) is recorded too, with
+the rate the machine's cores could sustain at that cost: on a machine whose
+cores all three share, that bounds the figure whatever the number of
+processes, and it does not move with the load other programs put on them.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import os
 import secrets
 from typing import Any
 
-from bench.harness import Figure, scratch_database
+from bench.harness import Figure, cpu_seconds, scratch_database
 from bench.registry import option, scenario
 from bench.webhook_load import SECRET_ENV, run_generator
 from handlers import builtin_registry
@@ -26,6 +32,7 @@ from orchestrator.app import Orchestrator
 from orchestrator.http_processes import default_count
 from orchestrator.settings import Settings, webhook_secret_variable
 from orchestrator.spec import TaskSpec, WorkflowSpec
+from orchestrator.store import database_name
 from sources.models import WebhookTrigger
 from sources.webhook import WebhookSource
 
@@ -113,8 +120,15 @@ async def webhook_intake(url: str, args: argparse.Namespace) -> list[Figure]:
             ) as orch,
         ):
             assert orch.http is not None
+            serving = [os.getpid(), *(orch.http_processes.pids if orch.http_processes else [])]
+            backends = "SELECT array_agg(pid) FROM pg_stat_activity WHERE datname = $1"
+            database = database_name(db_url)
+            async with db.pool.acquire() as conn:
+                before = cpu_seconds(serving + await conn.fetchval(backends, database))
             result = await _load(orch.http.port, secret, args)
             async with db.pool.acquire() as conn:
+                postgres = await conn.fetchval(backends, database)
+                after = cpu_seconds(serving + postgres)
                 stored_events = await conn.fetchval("SELECT count(*) FROM events")
                 stored_runs = await conn.fetchval("SELECT count(*) FROM runs")
                 # Group commits of every process: each inserted its events in
@@ -126,6 +140,15 @@ async def webhook_intake(url: str, args: argparse.Namespace) -> list[Figure]:
         else:
             os.environ[variable] = previous
     accepted = result["accepted"] + result["warmup_accepted"]
+    used = {pid: spent - before.get(pid, 0.0) for pid, spent in after.items()}
+    cpu_ms = {
+        "serving": sum(used.get(pid, 0.0) for pid in serving),
+        "postgres": sum(used.get(pid, 0.0) for pid in postgres),
+        "load_generator": result["cpu_s"] + result["warmup_cpu_s"],
+    }
+    cpu_ms = {k: round(v * 1000 / accepted, 3) if accepted else 0.0 for k, v in cpu_ms.items()}
+    cores = os.cpu_count() or 1
+    total_ms = sum(cpu_ms.values())
     if stored_events != accepted or stored_runs != accepted:
         raise AssertionError(
             f"{accepted} requests were answered 202 but {stored_events} events and "
@@ -145,6 +168,9 @@ async def webhook_intake(url: str, args: argparse.Namespace) -> list[Figure]:
         "flushers": args.webhook_flushers,
         "mean_batch": round(stored_events / batches, 1) if batches else 0,
         "processes": processes,
+        "cpu_ms_per_202": cpu_ms,
+        # The rate at which the machine's cores would all be busy at these costs.
+        "cpu_bound_per_s": round(cores * 1000 / total_ms) if total_ms else 0,
         "stored_events": stored_events,
         "db_pool_size": settings.db_pool_size,
     }
