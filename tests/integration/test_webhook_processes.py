@@ -144,6 +144,10 @@ def gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def command_line(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+
+
 async def deliver(
     client: aiohttp.ClientSession, port: int, secret: str, delivery: str
 ) -> tuple[int, dict[str, Any]]:
@@ -168,6 +172,10 @@ async def test_two_processes_record_every_delivery_once_and_leave_nothing_behind
     port = await run.port()
     [other] = run.others()
     assert other != run.proc.pid
+    # Settings go through a pipe: nothing of them on the command line.
+    shown = command_line(other)
+    assert shown[1:3] == ["-m", "orchestrator.http_process"]
+    assert not any(db_url in arg or secret in arg for arg in shown)
 
     deliveries = [f"msg_{i}" for i in range(60)]
     answers = await asyncio.gather(
