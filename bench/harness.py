@@ -70,6 +70,21 @@ async def scratch_database(
         await drop_database(url, name)
 
 
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """CPU time (user + system) each process has used so far, from ``/proc``
+    (Linux); processes gone, or not readable, are left out."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        used[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return used
+
+
 def machine_context() -> dict[str, Any]:
     try:
         commit = subprocess.run(

@@ -155,16 +155,34 @@ async def serve(
     reload: bool,
     banner: str = "",
     stop: asyncio.Event | None = None,
+    webhook_processes: int = 1,
 ) -> None:
     """Run the engine, a worker, and every event source the settings' roles
     enable (found through entry points) until SIGINT/SIGTERM, or until
-    ``stop`` is set when the caller handles the signals itself."""
+    ``stop`` is set when the caller handles the signals itself.
+    ``webhook_processes``: processes serving the HTTP port, this one included."""
     if stop is None:
         stop = asyncio.Event()
         with stop_on_signals(stop):
-            await _serve(settings, database_url, path, reload=reload, banner=banner, stop=stop)
-    else:
-        await _serve(settings, database_url, path, reload=reload, banner=banner, stop=stop)
+            await serve(
+                settings,
+                database_url,
+                path,
+                reload=reload,
+                banner=banner,
+                stop=stop,
+                webhook_processes=webhook_processes,
+            )
+        return
+    await _serve(
+        settings,
+        database_url,
+        path,
+        reload=reload,
+        banner=banner,
+        stop=stop,
+        webhook_processes=webhook_processes,
+    )
 
 
 async def _serve(
@@ -175,6 +193,7 @@ async def _serve(
     reload: bool,
     banner: str,
     stop: asyncio.Event,
+    webhook_processes: int,
 ) -> None:
     first = await asyncio.to_thread(load_workflows, path)
     if first.errors:
@@ -189,6 +208,7 @@ async def _serve(
         sources=create_sources(settings),
         http=settings.has_role("api"),
         prune=True,
+        webhook_processes=webhook_processes,
     )
     # A signal during start() is acted on once it returns.
     await orch.start()
@@ -199,7 +219,10 @@ async def _serve(
         if reload:
             watcher = asyncio.create_task(Reloader(orch, path, first).watch())
         if orch.http is not None:
-            click.echo(f"HTTP API and webhooks on http://{orch.http.host}:{orch.http.port}")
+            served = f"http://{orch.http.host}:{orch.http.port}"
+            if orch.http_processes is not None:
+                served += f" ({orch.http_processes.count + 1} processes)"
+            click.echo(f"HTTP API and webhooks on {served}")
         if banner and not stop.is_set():
             click.echo(banner)
         await stop.wait()
