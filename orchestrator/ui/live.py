@@ -249,6 +249,11 @@ class LiveHub:
                 self._whole_at = monotonic()
                 for run in self._runs.values():
                     run.whole = True
+                # A run that no longer changes sends its watchers nothing that
+                # would find the pages gone.
+                for watcher in self._all_watchers():
+                    if watcher.transport.is_closing():
+                        watcher.ended.set()
             if monotonic() - self._kept_alive_at >= KEEPALIVE_S:
                 self._kept_alive_at = monotonic()
                 self._send(self._all_watchers(), KEEPALIVE)

@@ -202,6 +202,13 @@ async def test_a_transition_committed_after_a_newer_one_still_streams(
                 assert reasons.count("drawn first") == reasons.count("committed first") == 1
             finally:
                 stream.close()
+            hub = orch.http.app[live_hub_key()]
+
+            async def left() -> bool:
+                return bool(hub.watchers == 0)
+
+            # The run sends nothing more: the hub still finds the page gone.
+            await eventually(left, timeout=10, what="the closed stream's watcher to leave")
 
 
 def live_hub_key() -> Any:
