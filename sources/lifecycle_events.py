@@ -8,7 +8,7 @@ Kafka key is the run id (a dataset update made outside a run: its URI).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -102,8 +102,36 @@ def _event(
     }
 
 
+def key_of(row: Mapping[str, Any]) -> bytes:
+    """The Kafka key of a window row: its run id, else its dataset's URI."""
+    run_id = row["run_id"]
+    return (str(run_id) if run_id is not None else row["uri"]).encode()
+
+
 def encode(row: Mapping[str, Any], source: str) -> tuple[bytes, bytes]:
     """(Kafka key, value) of one window row."""
-    run_id = row["run_id"]
-    key = str(run_id) if run_id is not None else row["uri"]
-    return key.encode(), orjson.dumps(cloud_event(row, source), option=_JSON_OPTIONS)
+    return key_of(row), orjson.dumps(cloud_event(row, source), option=_JSON_OPTIONS)
+
+
+#: Every event's JSON starts so (its first attribute), and only there: a
+#: quote inside a JSON string is always escaped.
+_HEAD = b'{"specversion":'
+_BETWEEN = b"}," + _HEAD
+
+
+def encode_values(rows: Sequence[Mapping[str, Any]], source: str) -> list[bytes]:
+    """The Kafka values of ``rows``, as :func:`encode` makes them.
+
+    One JSON encoding of them all, cut between the events, costs a fraction
+    of one encoding each (the call, not the JSON, is most of an event's
+    cost). A cut can only fall inside an event where a dataset update's
+    metadata holds an object starting like an event: then there are more
+    pieces than events, and each is encoded alone."""
+    events = [cloud_event(row, source) for row in rows]
+    if not events:
+        return []
+    whole = orjson.dumps(events, option=_JSON_OPTIONS)  # [{"specversion":...},...]
+    pieces = whole[len(_HEAD) + 1 : -2].split(_BETWEEN)
+    if len(pieces) != len(events):
+        return [orjson.dumps(event, option=_JSON_OPTIONS) for event in events]
+    return [b"".join((_HEAD, piece, b"}")) for piece in pieces]

@@ -53,7 +53,7 @@ from orchestrator.settings import Settings
 from orchestrator.sources import SourceContext, loop_stopped
 from orchestrator.store import Database, connect
 from sources.kafka_config import DefaultPartitioner, KafkaError, describe, make_producer
-from sources.lifecycle_events import encode
+from sources.lifecycle_events import encode_values, key_of
 from sources.queries import SQL
 
 if TYPE_CHECKING:
@@ -456,8 +456,8 @@ class LifecycleRelay:
             partition_of.clear()
         batches: dict[int, Any] = {}
         acks = []
-        for row in rows:
-            key, value = encode(row, source)
+        for row, value in zip(rows, encode_values(rows, source), strict=True):
+            key = key_of(row)
             partition = partition_of.get(key)
             if partition is None:
                 partition = partition_of[key] = _PARTITIONER(key, partitions, partitions)
