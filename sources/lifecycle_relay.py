@@ -53,7 +53,7 @@ from orchestrator.settings import Settings
 from orchestrator.sources import SourceContext, loop_stopped
 from orchestrator.store import Database, connect
 from sources.kafka_config import DefaultPartitioner, KafkaError, describe, make_producer
-from sources.lifecycle_events import encode_values, key_of
+from sources.lifecycle_events import TRANSITION, encode_values, key_of
 from sources.queries import SQL
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ _SESSION = {
 #: How often a relay summarizes the outbox tables' new BRIN ranges.
 SUMMARIZE_EVERY_S = 1.0
 
-#: Kafka partitions of run ids a relay remembers (then it starts afresh).
+#: Kafka partitions and workflows of runs a relay remembers (then it starts afresh).
 _KEYS_KEPT = 1 << 16
 
 
@@ -182,6 +182,7 @@ class LifecycleRelay:
         self._joined_at: float | None = None
         self._partitions: list[int] = []
         self._partition_of: dict[bytes, int] = {}
+        self._workflow_of: dict[int, str | None] = {}
 
     # -- Source protocol -------------------------------------------------------------
 
@@ -357,6 +358,7 @@ class LifecycleRelay:
                     after[1],
                     batch,
                 )
+                await self._learn_workflows(conn, rows)
             if rows:
                 await self._publish(rows)
                 if self._fault is not None:
@@ -386,6 +388,18 @@ class LifecycleRelay:
             self.published_through = min(row["published_through"] for row in finished)
             return published, min(row["due_in_s"] for row in finished)
         return published, None
+
+    async def _learn_workflows(self, conn: asyncpg.Connection, rows: list[Any]) -> None:
+        """Read the workflow of the runs in ``rows`` not seen before."""
+        known = self._workflow_of
+        runs = {row["run_id"] for row in rows if row["stage"] == TRANSITION} - known.keys()
+        if not runs:
+            return
+        if len(known) + len(runs) > _KEYS_KEPT:
+            known.clear()
+        known.update(dict.fromkeys(runs))  # a run deleted since: none
+        for run in await conn.fetch(SQL.lifecycle_run_workflows, list(runs)):
+            known[run["id"]] = run["workflow"]
 
     async def _checkpoint(
         self, db: Database, settings: Settings, window: _Window, counts: list[int]
@@ -456,7 +470,8 @@ class LifecycleRelay:
             partition_of.clear()
         batches: dict[int, Any] = {}
         acks = []
-        for row, value in zip(rows, encode_values(rows, source), strict=True):
+        values = encode_values(rows, source, self._workflow_of)
+        for row, value in zip(rows, values, strict=True):
             key = key_of(row)
             partition = partition_of.get(key)
             if partition is None:

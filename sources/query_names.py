@@ -32,6 +32,7 @@ class SourceQueryNames:
     lifecycle_leave: str
     lifecycle_parts: str
     lifecycle_release: str
+    lifecycle_run_workflows: str
     lifecycle_summarize: str
     lifecycle_window: str
     list_backfills: str

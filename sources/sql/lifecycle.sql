@@ -62,59 +62,58 @@ RETURNING c.part, c.parts, c.done::text AS done, c.done_at, c.window_to::text AS
 -- and what their CloudEvents carry (sources/lifecycle_events.py): stage 0
 -- transitions, 1 dataset updates, 2 alerts. Within a window ids follow commit
 -- order per run: a change that waited for another's commit takes its ids
--- after it.
+-- after it. A transition's workflow is its run's (lifecycle_run_workflows:
+-- once per run, where joining the runs cost as much as the rest per row).
 -- The txid and id bounds are constants of the statement, so the BRIN indexes
 -- find the recent block ranges and the primary keys skip what earlier pages
 -- of a large window published; a window's first page has no id bound at all
 -- (one the planner could pick the primary key for, to read the whole table).
-WITH page AS (
-    (SELECT 0 AS stage, t.id, t.run_id % $3 AS part, t.run_id, t.task_id, t.from_state,
-            t.to_state, t.attempt, t.at, t.actor, t.reason, NULL::text AS workflow,
-            NULL::text AS uri, NULL::bigint AS event_id, NULL::timestamptz AS logical_date,
-            NULL::text AS metadata, NULL::text AS rule, NULL::text AS kind,
-            NULL::text AS error, NULL::text AS detail
-     FROM transitions t
-     WHERE t.txid >= pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint
-       AND t.txid < pg_snapshot_xmax($2::text::pg_snapshot)::text::bigint
-       AND pg_visible_in_snapshot(t.txid::text::xid8, $2::text::pg_snapshot)
-       AND NOT pg_visible_in_snapshot(t.txid::text::xid8, $1::text::pg_snapshot)
-       AND t.run_id % $3 = ANY($4::integer[])
-       AND $5::integer = 0 AND ($6::bigint = 0 OR t.id > $6::bigint)
-     ORDER BY t.id LIMIT $7)
-    UNION ALL
-    (SELECT 1, d.id, coalesce(d.run_id, hashtext(d.uri)::bigint & 2147483647) % $3,
-            d.run_id, d.task_id, NULL, NULL, NULL,
-            d.recorded_at, NULL, NULL, d.workflow, d.uri,
-            d.event_id, d.logical_date, d.metadata::text,
-            NULL, NULL, NULL, NULL
-     FROM dataset_events d
-     WHERE d.txid >= pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint
-       AND d.txid < pg_snapshot_xmax($2::text::pg_snapshot)::text::bigint
-       AND pg_visible_in_snapshot(d.txid::text::xid8, $2::text::pg_snapshot)
-       AND NOT pg_visible_in_snapshot(d.txid::text::xid8, $1::text::pg_snapshot)
-       AND coalesce(d.run_id, hashtext(d.uri)::bigint & 2147483647) % $3 = ANY($4::integer[])
-       AND $5::integer <= 1 AND ($5::integer = 0 OR d.id > $6::bigint)
-     ORDER BY d.id LIMIT $7)
-    UNION ALL
-    (SELECT 2, a.id, a.run_id % $3, a.run_id, nullif(a.task_id, ''), NULL, NULL, a.attempt,
-            a.created_at, NULL, NULL, a.workflow, NULL,
-            NULL, NULL, NULL,
-            a.rule, a.kind, a.error, a.detail
-     FROM alerts a
-     WHERE a.txid >= pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint
-       AND a.txid < pg_snapshot_xmax($2::text::pg_snapshot)::text::bigint
-       AND pg_visible_in_snapshot(a.txid::text::xid8, $2::text::pg_snapshot)
-       AND NOT pg_visible_in_snapshot(a.txid::text::xid8, $1::text::pg_snapshot)
-       AND a.run_id % $3 = ANY($4::integer[])
-       AND ($5::integer < 2 OR a.id > $6::bigint)
-     ORDER BY a.id LIMIT $7)
-    ORDER BY stage, id LIMIT $7
-)
-SELECT p.stage, p.id, p.part::integer AS part, p.run_id, p.task_id, p.from_state, p.to_state,
-       p.attempt, p.at, p.actor, p.reason, coalesce(p.workflow, r.workflow) AS workflow, p.uri,
-       p.event_id, p.logical_date, p.metadata, p.rule, p.kind, p.error, p.detail
-FROM page p LEFT JOIN runs r ON p.stage = 0 AND r.id = p.run_id
-ORDER BY p.stage, p.id;
+(SELECT 0 AS stage, t.id, (t.run_id % $3)::integer AS part, t.run_id, t.task_id, t.from_state,
+        t.to_state, t.attempt, t.at, t.actor, t.reason, NULL::text AS workflow,
+        NULL::text AS uri, NULL::bigint AS event_id, NULL::timestamptz AS logical_date,
+        NULL::text AS metadata, NULL::text AS rule, NULL::text AS kind,
+        NULL::text AS error, NULL::text AS detail
+ FROM transitions t
+ WHERE t.txid >= pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint
+   AND t.txid < pg_snapshot_xmax($2::text::pg_snapshot)::text::bigint
+   AND pg_visible_in_snapshot(t.txid::text::xid8, $2::text::pg_snapshot)
+   AND NOT pg_visible_in_snapshot(t.txid::text::xid8, $1::text::pg_snapshot)
+   AND t.run_id % $3 = ANY($4::integer[])
+   AND $5::integer = 0 AND ($6::bigint = 0 OR t.id > $6::bigint)
+ ORDER BY t.id LIMIT $7)
+UNION ALL
+(SELECT 1, d.id, (coalesce(d.run_id, hashtext(d.uri)::bigint & 2147483647) % $3)::integer,
+        d.run_id, d.task_id, NULL, NULL, NULL,
+        d.recorded_at, NULL, NULL, d.workflow, d.uri,
+        d.event_id, d.logical_date, d.metadata::text,
+        NULL, NULL, NULL, NULL
+ FROM dataset_events d
+ WHERE d.txid >= pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint
+   AND d.txid < pg_snapshot_xmax($2::text::pg_snapshot)::text::bigint
+   AND pg_visible_in_snapshot(d.txid::text::xid8, $2::text::pg_snapshot)
+   AND NOT pg_visible_in_snapshot(d.txid::text::xid8, $1::text::pg_snapshot)
+   AND coalesce(d.run_id, hashtext(d.uri)::bigint & 2147483647) % $3 = ANY($4::integer[])
+   AND $5::integer <= 1 AND ($5::integer = 0 OR d.id > $6::bigint)
+ ORDER BY d.id LIMIT $7)
+UNION ALL
+(SELECT 2, a.id, (a.run_id % $3)::integer, a.run_id, nullif(a.task_id, ''), NULL, NULL,
+        a.attempt,
+        a.created_at, NULL, NULL, a.workflow, NULL,
+        NULL, NULL, NULL,
+        a.rule, a.kind, a.error, a.detail
+ FROM alerts a
+ WHERE a.txid >= pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint
+   AND a.txid < pg_snapshot_xmax($2::text::pg_snapshot)::text::bigint
+   AND pg_visible_in_snapshot(a.txid::text::xid8, $2::text::pg_snapshot)
+   AND NOT pg_visible_in_snapshot(a.txid::text::xid8, $1::text::pg_snapshot)
+   AND a.run_id % $3 = ANY($4::integer[])
+   AND ($5::integer < 2 OR a.id > $6::bigint)
+ ORDER BY a.id LIMIT $7)
+ORDER BY stage, id LIMIT $7;
+
+-- name: lifecycle_run_workflows
+-- $1 run ids: the workflow of each.
+SELECT id, workflow FROM runs WHERE id = ANY($1::bigint[]);
 
 -- name: lifecycle_summarize
 -- Summarize the BRIN ranges filled since the last call (complete ranges only,
