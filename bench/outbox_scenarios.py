@@ -34,6 +34,7 @@ import orjson
 from bench.cpu_use import backends_cpu_s, cpu_s
 from bench.engine_scenarios import bench_settings, chain
 from bench.harness import Figure, scratch_database
+from bench.outbox_explain import relay_statements
 from bench.registry import scenario
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
@@ -228,6 +229,7 @@ async def _capacity(url: str, runs: int, broker: _Broker) -> dict[str, Any]:
         async with RunWaiter(orch.db, poll_s=0.05) as waiter:
             requests = [RunRequest("fanout3") for _ in range(runs)]
             await waiter.wait(await orch.engine.create_runs(requests, actor="bench"), timeout=600)
+            statements = await relay_statements(db_url, settings.lifecycle_batch)
             relay = LifecycleRelay()
             relay.attach(settings, orch.db, SYSTEM_CLOCK)
             started = time.perf_counter()
@@ -241,7 +243,12 @@ async def _capacity(url: str, runs: int, broker: _Broker) -> dict[str, Any]:
                         break
                     await asyncio.sleep(0.01)
                 elapsed = time.perf_counter() - started
-    return {"events": written, "seconds": round(elapsed, 3), "events_per_s": written / elapsed}
+    return {
+        "events": written,
+        "seconds": round(elapsed, 3),
+        "events_per_s": written / elapsed,
+        "statements": statements,
+    }
 
 
 async def outbox(url: str, *, runs: int, rounds: int = 3) -> list[Figure]:

@@ -79,7 +79,7 @@ _PARTITIONER = DefaultPartitioner()
 #: after the broker's acknowledgement) need no flush to disk: one lost in a
 #: database crash only means those events go out again, never that one is
 #: skipped.
-_SESSION = {
+SESSION = {
     "plan_cache_mode": "force_custom_plan",
     "enable_seqscan": "off",
     "jit": "off",
@@ -205,7 +205,7 @@ class LifecycleRelay:
 
     async def start(self) -> None:
         settings, shared = self._ready()
-        db = await connect(shared.url, size=2, min_size=1, server_settings=_SESSION)
+        db = await connect(shared.url, size=2, min_size=1, server_settings=SESSION)
         producer = None
         try:
             async with db.pool.acquire() as conn:
