@@ -28,8 +28,11 @@ class SourceQueryNames:
     lifecycle_create_cursors: str
     lifecycle_finish: str
     lifecycle_horizon: str
+    lifecycle_join: str
+    lifecycle_leave: str
     lifecycle_parts: str
     lifecycle_release: str
+    lifecycle_run_workflows: str
     lifecycle_summarize: str
     lifecycle_window: str
     list_backfills: str
