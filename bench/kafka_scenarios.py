@@ -147,6 +147,7 @@ async def kafka_intake(
             source.setup(SourceContext(settings, orch.engine, orch.intake, orch.clock, None))
             source.use_router(orch.intake.router)
             started = time.perf_counter()
+            cpu_started = time.process_time()
             first: float | None = None
             await source.start()
             try:
@@ -160,6 +161,7 @@ async def kafka_intake(
                         )
                     await asyncio.sleep(0.005)
                 elapsed = time.perf_counter() - started
+                cpu = time.process_time() - cpu_started
             finally:
                 await source.stop()
             async with db.pool.acquire() as conn:
@@ -173,6 +175,8 @@ async def kafka_intake(
         "partitions": PARTITIONS,
         "payload_bytes": payload_bytes,
         "seconds": round(elapsed, 3),
+        # The engine's own CPU (it runs in this process); PostgreSQL's and the broker's aside.
+        "engine_cpu_us_per_event": round(cpu / events * 1e6, 1),
         "first_batch_s": round(first - started, 3),
         "after_first_batch_events_per_s": round(events / max(elapsed - (first - started), 1e-9)),
         "batch_max": settings.kafka_batch_max,

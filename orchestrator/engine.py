@@ -189,14 +189,17 @@ class Engine:
                     f"{exc.detail or exc}"
                 ) from None
             raise
-        notices.timed_waits |= await sla.arm(
-            conn,
-            [
-                (run_id, compiled[r.workflow].spec, r.logical_date)
-                for run_id, r in zip(ids, requests, strict=True)
-            ],
-            self.clock,
-        )
+        timed = {name for name, c in compiled.items() if sla.has_deadlines(c.spec)}
+        if timed:
+            notices.timed_waits |= await sla.arm(
+                conn,
+                [
+                    (run_id, compiled[r.workflow].spec, r.logical_date)
+                    for run_id, r in zip(ids, requests, strict=True)
+                    if r.workflow in timed
+                ],
+                self.clock,
+            )
         METRICS.runs_created(r.workflow for r in requests)
 
     @staticmethod
