@@ -23,6 +23,7 @@ import click
 from orchestrator.app import Orchestrator
 from orchestrator.embedded import EmbeddedPostgres
 from orchestrator.errors import ConfigError
+from orchestrator.gc_tuning import tune_gc
 from orchestrator.loader import LoadResult, format_errors, load_path
 from orchestrator.plugins import DevPreparation, create_sources, handler_registry, prepare_dev
 from orchestrator.registry import HandlerRegistry
@@ -333,7 +334,9 @@ def _dev_banner(path: Path, preparations: list[DevPreparation], settings: Settin
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop where it is installed: a faster loop for the hot path."""
+    """Run on uvloop where it is installed: a faster loop for the hot path;
+    with the garbage collector sized for it (:mod:`orchestrator.gc_tuning`)."""
+    tune_gc()
     try:
         import uvloop
     except ImportError:

@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import orjson
 
 from orchestrator import audit, plan as p, sla, waits
 from orchestrator.alert_spec import AlertRule
@@ -38,6 +37,7 @@ from orchestrator.leases import lost_attempt
 from orchestrator.metrics import METRICS
 from orchestrator.notices import Notices
 from orchestrator.plan import Outcome
+from orchestrator.run_rows import run_row, runs_document, task_template
 from orchestrator.spec import WorkflowSpec
 from orchestrator.states import RunState, TaskState, legal_run_sources
 from orchestrator.store import SQL, Database
@@ -201,32 +201,22 @@ class Engine:
             if active is not None:
                 room[name] = p.room_left(active)
         starts = p.admit_new([r.workflow for r in requests], room)
-        params_json: list[str] = []
-        started: list[tuple[int, CompiledWorkflow]] = []
+        defaults = {name: c.spec.param_defaults for name, c in compiled.items()}
+        running, queued = RunState.RUNNING.value, RunState.QUEUED.value
+        runs: list[list[Any]] = []
         for run_id, req, start in zip(ids, requests, starts, strict=True):
             c = compiled[req.workflow]
-            if not isinstance(req.params, Mapping):
-                raise OrchestratorError(f"params for {req.workflow!r} must be a JSON object")
             if start:
-                started.append((run_id, c))
-            try:
-                params_json.append(orjson.dumps({**c.spec.param_defaults, **req.params}).decode())
-            except TypeError as exc:
-                raise OrchestratorError(
-                    f"params for {req.workflow!r} are not JSON-serialisable: {exc}"
-                ) from None
+                notices.queued += len(c.dag.roots)
+            state = running if start else queued
+            runs.append(run_row(run_id, req, c, defaults[req.workflow], state, actor))
         try:
+            # The runs, the task instances of those that start, and their transitions.
             await conn.execute(
                 SQL.insert_runs,
-                list(ids),
-                [r.workflow for r in requests],
-                [compiled[r.workflow].version for r in requests],
-                [RunState.RUNNING if start else RunState.QUEUED for start in starts],
-                params_json,
-                [r.logical_date for r in requests],
-                [r.interval_end for r in requests],
-                [r.event_id for r in requests],
-                [r.actor or actor for r in requests],
+                runs_document(runs),
+                task_template(compiled[n] for n in names),
+                actor,
             )
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == "runs_logical_date":
@@ -235,16 +225,17 @@ class Engine:
                     f"{exc.detail or exc}"
                 ) from None
             raise
-        await self._insert_tasks(conn, started, actor)
-        notices.queued += sum(len(c.dag.roots) for _, c in started)
-        notices.timed_waits |= await sla.arm(
-            conn,
-            [
-                (run_id, compiled[r.workflow].spec, r.logical_date)
-                for run_id, r in zip(ids, requests, strict=True)
-            ],
-            self.clock,
-        )
+        timed = {name for name, c in compiled.items() if sla.has_deadlines(c.spec)}
+        if timed:
+            notices.timed_waits |= await sla.arm(
+                conn,
+                [
+                    (run_id, compiled[r.workflow].spec, r.logical_date)
+                    for run_id, r in zip(ids, requests, strict=True)
+                    if r.workflow in timed
+                ],
+                self.clock,
+            )
         METRICS.runs_created(r.workflow for r in requests)
 
     @staticmethod

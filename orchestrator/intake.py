@@ -22,7 +22,6 @@ decided under the workflow's shared pause lock in this same transaction.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from collections import defaultdict
@@ -47,7 +46,7 @@ from orchestrator.pausing import paused_among, record_held, split_held
 from orchestrator.plugins import SourceRegistry, source_registry
 from orchestrator.spec import OnPause, WorkflowSpec
 from orchestrator.store import SQL
-from orchestrator.templates import TemplateError, render
+from orchestrator.templates import Renderer, TemplateError, renderer
 from orchestrator.trigger_spec import TriggerSpec
 
 log = logging.getLogger(__name__)
@@ -87,6 +86,9 @@ class Event:
     fresh_key: bool = False
     """The source made the dedup key up just now (a manual trigger without an
     idempotency key): no stored event can have it, so it is not looked up."""
+    raw: bytes | None = None
+    """The payload's JSON text as received, when the source has it: stored as
+    sent (exact numbers included) instead of encoding ``payload`` again."""
 
 
 @dataclass(slots=True)
@@ -135,6 +137,11 @@ class Route:
     """The params the workflow declares (None: it accepts any)."""
     key: str = ""
     """Which of the workflow's triggers (see :func:`trigger_key_of`)."""
+    _params: Renderer = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The params mapping is walked once, not for every event.
+        object.__setattr__(self, "_params", renderer(self.trigger.params))
 
     def params_for(self, event: Event) -> dict[str, Any]:
         """The run params, checked against the workflow's declared params, or
@@ -147,7 +154,7 @@ class Route:
             except JMESPathError as exc:
                 raise ValueError(f"filter {self.trigger.filter!r} failed: {exc}") from None
         try:
-            params = render(self.trigger.params, scope)
+            params = self._params(scope)
         except TemplateError as exc:
             raise ValueError(f"params mapping failed: {exc}") from None
         if not isinstance(params, dict):
@@ -271,10 +278,6 @@ class Router:
         return keys
 
 
-def _json_text(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
 class Intake:
     def __init__(self, engine: Engine, router: Router | None = None) -> None:
         self.engine = engine
@@ -335,17 +338,7 @@ class Intake:
         total = sum(len(requests) for requests, _ in planned)
         ids = iter(await self.engine.allocate_run_ids(conn, total) if total else [])
         run_ids = [[next(ids) for _ in requests] for requests, _ in planned]
-        rows = await conn.fetch(
-            SQL.insert_events,
-            [e.source for e in batch],
-            [e.channel for e in batch],
-            [e.dedup_key for e in batch],
-            [_json_text(e.payload) for e in batch],
-            [orjson.dumps(e.headers).decode() for e in batch],
-            [orjson.dumps(e.meta).decode() for e in batch],
-            [e.actor or actor for e in batch],
-            ["{" + ",".join(map(str, r)) + "}" for r in run_ids],
-        )
+        rows = await conn.fetch(SQL.insert_events, _events_document(batch, run_ids, actor))
         inserted = {r["dedup_key"]: r["id"] for r in rows}
         existing: dict[str, asyncpg.Record] = {}
         missing = [e.dedup_key for e in batch if e.dedup_key not in inserted]
@@ -356,11 +349,15 @@ class Intake:
         answers = {k: Accepted(r["id"], list(r["run_ids"]), True) for k, r in known.items()}
         for event, (requests, reasons), rids in zip(batch, planned, run_ids, strict=True):
             key = event.dedup_key
-            if key in inserted:
-                event_id = inserted[key]
-                for req, rid in zip(requests, rids, strict=True):
-                    new_requests.append(_with_event(req, event_id, event.actor or None))
-                    new_ids.append(rid)
+            event_id = inserted.get(key)
+            if event_id is None:
+                row = existing[key]
+                answers[key] = Accepted(row["id"], list(row["run_ids"]), True)
+                continue
+            if requests:
+                new_requests += [_with_event(r, event_id, event.actor or None) for r in requests]
+                new_ids += rids
+            if reasons:
                 letters.extend(
                     DeadLetter(
                         event.source,
@@ -373,10 +370,7 @@ class Intake:
                     )
                     for workflow, reason in reasons
                 )
-                answers[key] = Accepted(event_id, rids, False, [r for _, r in reasons])
-            else:
-                row = existing[key]
-                answers[key] = Accepted(row["id"], list(row["run_ids"]), True)
+            answers[key] = Accepted(event_id, rids, False, [r for _, r in reasons])
         if new_requests:
             await self.engine.create_runs_in(
                 conn, new_requests, new_ids, actor=actor, notices=notices
@@ -548,7 +542,29 @@ class Intake:
 
 
 def _with_event(req: RunRequest, event_id: int, actor: str | None) -> RunRequest:
-    return dataclasses.replace(req, event_id=event_id, actor=actor)
+    # Not dataclasses.replace: this runs for every run an event starts.
+    return RunRequest(
+        req.workflow, req.params, req.logical_date, req.interval_end, event_id, actor, req.trigger
+    )
+
+
+def _events_document(batch: Sequence[Event], run_ids: Sequence[list[int]], actor: str) -> str:
+    """The batch as the one JSON document ``insert_events`` reads."""
+    return orjson.dumps(
+        [
+            [
+                e.source,
+                e.channel,
+                e.dedup_key,
+                e.payload if e.raw is None else orjson.Fragment(e.raw),
+                e.headers,
+                e.meta,
+                e.actor or actor,
+                "{" + ",".join(map(str, rids)) + "}",
+            ]
+            for e, rids in zip(batch, run_ids, strict=True)
+        ]
+    ).decode()
 
 
 def _resolution(deferral_id: int, event_id: int, event: Event) -> Resolution:

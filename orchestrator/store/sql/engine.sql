@@ -52,28 +52,69 @@ SELECT name FROM workflows WHERE name = $1 FOR UPDATE;
 SELECT count(*) FROM runs WHERE workflow = $1 AND state = 'running';
 
 -- name: allocate_run_ids
-SELECT nextval(pg_get_serial_sequence('runs', 'id')) AS id FROM generate_series(1, $1);
+-- The sequence is looked up once, not once per id.
+WITH s AS MATERIALIZED (SELECT pg_get_serial_sequence('runs', 'id')::regclass AS seq)
+SELECT nextval(s.seq) AS id FROM s, generate_series(1, $1);
 
 -- name: insert_runs
--- $1 id[], $2 workflow[], $3 version[], $4 state[], $5 params(json text)[],
--- $6 logical_date[], $7 interval_end[], $8 event_id[], $9 actor[]
+-- Runs, the task instances of those that start, and both "created" transitions,
+-- set-based in one statement. $1 the runs, one JSON array each:
+-- [id, workflow, version, state, params, logical_date, interval_end, event_id,
+-- actor]; $2 the task rows of their versions, one JSON array each: [version,
+-- task_id, state, handler, pool, priority, limited, concurrency_key,
+-- max_concurrency, needs] (roots queued, the rest scheduled); $3 the actor of
+-- the task transitions. One document per table: one parameter to send and to
+-- parse, whatever the batch size.
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::run_state[], $5::text[],
-                         $6::timestamptz[], $7::timestamptz[], $8::bigint[], $9::text[])
-        AS i(id, workflow, version, state, params, logical_date, interval_end, event_id, actor)
-), inserted AS (
+    SELECT (r->>0)::bigint AS id, r->>1 AS workflow, r->>2 AS version,
+           (r->>3)::run_state AS state, r->4 AS params,
+           (r->>5)::timestamptz AS logical_date, (r->>6)::timestamptz AS interval_end,
+           (r->>7)::bigint AS event_id, r->>8 AS actor
+    FROM jsonb_array_elements($1::jsonb) AS r
+), runs_in AS (
     INSERT INTO runs (id, workflow, version, state, params, logical_date, interval_end,
                       event_id, actor, started_at)
-    SELECT id, workflow, version, state, params::jsonb, logical_date, interval_end, event_id,
+    SELECT id, workflow, version, state, params, logical_date, interval_end, event_id,
            actor, CASE WHEN state = 'running' THEN now() END
     FROM input
-    RETURNING id, state, actor
+    RETURNING id, workflow, version, state, actor
+), template AS MATERIALIZED (
+    -- A few rows, each decoded once (not once per run).
+    SELECT t->>0 AS version, t->>1 AS task_id, (t->>2)::task_state AS state,
+           t->>3 AS handler, t->>4 AS pool, (t->>5)::integer AS priority,
+           (t->>6)::boolean AS limited, t->>7 AS concurrency_key,
+           (t->>8)::integer AS max_concurrency,
+           ARRAY(SELECT jsonb_array_elements_text(t->9)) AS needs, n
+    FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS x(t, n)
+), holds AS MATERIALIZED (
+    -- Tasks an operator holds (a handful): read once, not once per row.
+    SELECT workflow, task FROM task_holds
+), tasks_in AS (
+    INSERT INTO task_instances (run_id, task_id, state, handler, pool, priority, limited,
+                                concurrency_key, max_concurrency, needs, queued_at)
+    SELECT r.id, t.task_id,
+           -- A root of a task an operator holds waits held (no slot) instead.
+           CASE WHEN t.state = 'queued' AND EXISTS (
+                    SELECT 1 FROM holds h
+                    WHERE h.workflow = r.workflow AND h.task IN (t.task_id, '*'))
+                THEN 'held'::task_state ELSE t.state END,
+           t.handler, t.pool, t.priority, t.limited, t.concurrency_key, t.max_concurrency,
+           t.needs, CASE WHEN t.state = 'queued' THEN now() END
+    FROM runs_in r JOIN template t ON t.version = r.version
+    WHERE r.state = 'running'
+    -- Claims take equal priorities oldest first: ids in run order, then DAG order.
+    ORDER BY r.id, t.n
+    RETURNING run_id, task_id, state
 )
-INSERT INTO transitions (run_id, task_id, from_state, to_state, actor, reason)
-SELECT id, NULL, NULL, state::text, actor, 'created' FROM inserted;
+-- The runs' transitions first, then their tasks' (UNION ALL reads in order).
+INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
+SELECT id, NULL, NULL, state::text, NULL, actor, 'created' FROM runs_in
+UNION ALL
+SELECT run_id, task_id, NULL, state::text, 0, $3, 'created' FROM tasks_in;
 
 -- name: insert_task_instances
--- One row per (run, task); roots start queued, the rest scheduled.
+-- One row per (run, task) of queued runs that start; roots start queued, the
+-- rest scheduled (new runs get theirs from insert_runs).
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::task_state[], $4::text[], $5::text[],
                          $6::integer[], $7::boolean[], $8::text[], $9::integer[], $10::text[])
