@@ -295,9 +295,12 @@ class Intake:
     ) -> list[Accepted]:
         """Store, route and start runs for ``events`` in one transaction; the
         results are in the same order as ``events``. ``dead_letters`` (events
-        a source could not even parse) are stored in the same commit."""
-        async with self.engine.db.transaction() as conn:
-            return await self.ingest_in(conn, events, dead_letters=dead_letters, actor=actor)
+        a source could not even parse) are stored in the same commit. Runs it
+        starts are handed to this process's worker, if it has one (engine.unit)."""
+        async with self.engine.unit() as (conn, notices):
+            return await self.ingest_in(
+                conn, events, dead_letters=dead_letters, actor=actor, notices=notices
+            )
 
     async def ingest_in(
         self,
