@@ -127,6 +127,41 @@ def _compiled_filter(expression: str) -> Any:
     return jmespath.compile(expression)
 
 
+@lru_cache(maxsize=1024)
+def _field_path(expression: str) -> tuple[str, ...] | None:
+    """The field names of ``expression`` when it is a plain path of fields
+    (``payload.order_id``, what correlations almost always are), else None."""
+    node = _compiled_filter(expression).parsed
+    names: list[str] = []
+    pending = [node]
+    while pending:
+        node = pending.pop()
+        if node["type"] == "field":
+            names.append(node["value"])
+        elif node["type"] == "subexpression":
+            pending.extend(reversed(node["children"]))
+        else:
+            return None
+    return tuple(names)
+
+
+def search(expression: str, scope: Mapping[str, Any]) -> Any:
+    """``expression`` (JMESPath) over ``scope``. A plain path of fields is
+    followed directly, with JMESPath's meaning (a missing field or a value
+    that is not an object gives None): every event of a channel that sensors
+    wait on is searched once per correlation, and the general evaluator costs
+    more than the rest of matching the event."""
+    path = _field_path(expression)
+    if path is None:
+        return _compiled_filter(expression).search(scope)
+    value: Any = scope
+    for name in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(name)
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     workflow: str
@@ -263,7 +298,7 @@ class Router:
             scope = scope_of(event)
             for expr in expressions:
                 try:
-                    value = _compiled_filter(expr).search(scope)
+                    value = search(expr, scope)
                 except JMESPathError:
                     continue
                 if value is not None:
@@ -451,12 +486,11 @@ class Intake:
         if not keys:
             return
         await conn.execute(SQL.lock_keys, keys)
-        await conn.execute(SQL.insert_event_keys, keys, key_events)
-        event_of_key = dict(zip(keys, key_events, strict=True))
-        matches = [
-            (r["id"], event_of_key[r["match_key"]])
-            for r in await conn.fetch(SQL.waiting_for_keys, keys)
-        ]
+        # A wait two events match ends with the later one (batch order).
+        matches = {
+            r["id"]: (r["run_id"], r["event_id"])
+            for r in await conn.fetch(SQL.record_event_keys, keys, key_events)
+        }
         by_pattern = [e for e in events if e.source in self.router.pattern_waits]
         if by_pattern:
             rows = await conn.fetch(
@@ -464,12 +498,12 @@ class Intake:
                 [e.channel for e in by_pattern],
                 [event_ids[e.dedup_key] for e in by_pattern],
             )
-            matches += [(r["id"], r["event_id"]) for r in rows]
+            matches.update((r["id"], (r["run_id"], r["event_id"])) for r in rows)
         if not matches:
             return
         resolutions = [
-            _resolution(deferral_id, event_id, by_id[event_id])
-            for deferral_id, event_id in dict(matches).items()
+            _resolution(deferral_id, run_id, event_id, by_id[event_id])
+            for deferral_id, (run_id, event_id) in matches.items()
         ]
         await self.engine.resolve_in(conn, resolutions, actor=actor, notices=notices)
 
@@ -551,7 +585,7 @@ def _with_event(req: RunRequest, event_id: int, actor: str | None) -> RunRequest
     return dataclasses.replace(req, event_id=event_id, actor=actor)
 
 
-def _resolution(deferral_id: int, event_id: int, event: Event) -> Resolution:
+def _resolution(deferral_id: int, run_id: int, event_id: int, event: Event) -> Resolution:
     if event.source == "callback":
         # The caller says how the task ends: {"status": "success"|"failed", ...}.
         body = event.payload if isinstance(event.payload, dict) else {}
@@ -562,6 +596,7 @@ def _resolution(deferral_id: int, event_id: int, event: Event) -> Resolution:
                 reason=f"callback {event_id}: failed",
                 event_id=event_id,
                 error=str(body.get("error") or "the callback reported a failure"),
+                run_id=run_id,
             )
         return Resolution(
             deferral_id,
@@ -569,6 +604,7 @@ def _resolution(deferral_id: int, event_id: int, event: Event) -> Resolution:
             body.get("output"),
             reason=f"callback {event_id}: success",
             event_id=event_id,
+            run_id=run_id,
         )
     return Resolution(
         deferral_id,
@@ -576,4 +612,5 @@ def _resolution(deferral_id: int, event_id: int, event: Event) -> Resolution:
         {"event_id": event_id, "payload": event.payload, "meta": event.meta},
         reason=f"event {event_id} arrived",
         event_id=event_id,
+        run_id=run_id,
     )
