@@ -501,10 +501,11 @@ class Intake:
             matches.update((r["id"], (r["run_id"], r["event_id"])) for r in rows)
         if not matches:
             return
-        resolutions = [
-            _resolution(deferral_id, run_id, event_id, by_id[event_id])
-            for deferral_id, (run_id, event_id) in matches.items()
-        ]
+        resolutions = []
+        for deferral_id, (run_id, event_id) in matches.items():
+            resolution = _resolution(deferral_id, event_id, by_id[event_id])
+            resolution.run_id = run_id
+            resolutions.append(resolution)
         await self.engine.resolve_in(conn, resolutions, actor=actor, notices=notices)
 
     async def registered_schemas(
@@ -585,7 +586,7 @@ def _with_event(req: RunRequest, event_id: int, actor: str | None) -> RunRequest
     return dataclasses.replace(req, event_id=event_id, actor=actor)
 
 
-def _resolution(deferral_id: int, run_id: int, event_id: int, event: Event) -> Resolution:
+def _resolution(deferral_id: int, event_id: int, event: Event) -> Resolution:
     if event.source == "callback":
         # The caller says how the task ends: {"status": "success"|"failed", ...}.
         body = event.payload if isinstance(event.payload, dict) else {}
@@ -596,7 +597,6 @@ def _resolution(deferral_id: int, run_id: int, event_id: int, event: Event) -> R
                 reason=f"callback {event_id}: failed",
                 event_id=event_id,
                 error=str(body.get("error") or "the callback reported a failure"),
-                run_id=run_id,
             )
         return Resolution(
             deferral_id,
@@ -604,7 +604,6 @@ def _resolution(deferral_id: int, run_id: int, event_id: int, event: Event) -> R
             body.get("output"),
             reason=f"callback {event_id}: success",
             event_id=event_id,
-            run_id=run_id,
         )
     return Resolution(
         deferral_id,
@@ -612,5 +611,4 @@ def _resolution(deferral_id: int, run_id: int, event_id: int, event: Event) -> R
         {"event_id": event_id, "payload": event.payload, "meta": event.meta},
         reason=f"event {event_id} arrived",
         event_id=event_id,
-        run_id=run_id,
     )
