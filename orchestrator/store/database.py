@@ -135,6 +135,7 @@ async def connect(
 ) -> Database:
     """A pool on ``url``; ``server_settings`` are set on each of its sessions
     (over :data:`SESSION_DEFAULTS`)."""
+    server_settings = {**SESSION_DEFAULTS, **(server_settings or {})}
     try:
         pool = await asyncpg.create_pool(
             url,
@@ -144,7 +145,7 @@ async def connect(
             # engine runs the same few queries thousands of times a second.
             statement_cache_size=256,
             command_timeout=60,
-            server_settings={**SESSION_DEFAULTS, **(server_settings or {})},
+            server_settings=server_settings,
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
