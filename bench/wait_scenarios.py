@@ -197,21 +197,22 @@ DEFERRED_TASKS = "SELECT count(*) FROM task_instances WHERE state = 'deferred'"
 RUN_WAITING = "SELECT count(*) FROM deferrals WHERE run_id = $1 AND state = 'waiting'"
 
 
-async def _all_released(db: Database, count: int, timeout: float) -> None:
-    """Wait until ``count`` more runs of bench_wait succeeded: the engine's
-    own counter says when to look (a count of a million rows ten times a
-    second would load the database being measured), the database says when
-    it is so."""
+def _runs_succeeded() -> float:
+    """Runs of bench_wait this process has seen succeed (the engine's counter)."""
     labels = {"workflow": "bench_wait", "state": "success"}
+    return METRICS.registry.get_sample_value("orchestrator_runs_ended_total", labels) or 0.0
 
-    def ended() -> float:
-        return METRICS.registry.get_sample_value("orchestrator_runs_ended_total", labels) or 0.0
 
-    start = ended()
+async def _all_released(db: Database, count: int, before: float, timeout: float) -> None:
+    """Wait until ``count`` runs of bench_wait succeeded since the counter read
+    ``before``: the engine's own counter says when to look (a count of a
+    million rows ten times a second would load the database being measured),
+    the database says when it is so."""
     deadline = time.perf_counter() + timeout
-    while ended() - start < count:
+    while _runs_succeeded() - before < count:
         if time.perf_counter() > deadline:
-            raise TimeoutError(f"runs succeeded: {ended() - start:.0f} of {count}")
+            done = _runs_succeeded() - before
+            raise TimeoutError(f"runs succeeded: {done:.0f} of {count}")
         await asyncio.sleep(0.02)
     await _until(db, SUCCESSFUL_RUNS, want=count, timeout=60, what="runs succeeded", every_s=0.02)
 
@@ -294,6 +295,7 @@ async def waiting(
             still_waiting = await _count(db, WAITING)
 
             # 3. Release: N matching messages; the clock stops when every run succeeded.
+            succeeded_before = _runs_succeeded()
             released = time.perf_counter()
             cpu_before = _cpu_s()
             producer = make_producer(settings, linger_ms=5, max_batch_size=256 * 1024)
@@ -303,7 +305,7 @@ async def waiting(
             finally:
                 await producer.stop()
             published_s = time.perf_counter() - released
-            await _all_released(db, count, timeout=1800)
+            await _all_released(db, count, succeeded_before, timeout=1800)
             release_s = time.perf_counter() - released
             cpu_release = _cpu_s() - cpu_before
             peak_after, _ = _rss_mib()
