@@ -275,6 +275,8 @@ def ended_run_keys(run: EndedRun) -> tuple[str, str]:
 
 
 def waits_ended_by(runs: Sequence[EndedRun], waiting: Sequence[WaitOnRun]) -> list[Resolution]:
+    if not waiting:
+        return []
     ended = {key: r.id for r in runs for key in ended_run_keys(r)}
     return [
         Resolution(w.id, "success", {"run_id": ended[w.key]}, reason=f"run {ended[w.key]} ended")
