@@ -74,6 +74,8 @@ class Resolution:
     error: str | None = None
     timed_out: bool = False
     """The wait ran out of time (alert rules may be set on it)."""
+    run_id: int | None = None
+    """The wait's run, when the caller read it with the wait (saves a read)."""
 
 
 def correlation_key(source: str, channel: str, expression: str, value: Any) -> str:

@@ -129,6 +129,41 @@ def _compiled_filter(expression: str) -> Any:
     return jmespath.compile(expression)
 
 
+@lru_cache(maxsize=1024)
+def _field_path(expression: str) -> tuple[str, ...] | None:
+    """The field names of ``expression`` when it is a plain path of fields
+    (``payload.order_id``, what correlations almost always are), else None."""
+    node = _compiled_filter(expression).parsed
+    names: list[str] = []
+    pending = [node]
+    while pending:
+        node = pending.pop()
+        if node["type"] == "field":
+            names.append(node["value"])
+        elif node["type"] == "subexpression":
+            pending.extend(reversed(node["children"]))
+        else:
+            return None
+    return tuple(names)
+
+
+def search(expression: str, scope: Mapping[str, Any]) -> Any:
+    """``expression`` (JMESPath) over ``scope``. A plain path of fields is
+    followed directly, with JMESPath's meaning (a missing field or a value
+    that is not an object gives None): every event of a channel that sensors
+    wait on is searched once per correlation, and the general evaluator costs
+    more than the rest of matching the event."""
+    path = _field_path(expression)
+    if path is None:
+        return _compiled_filter(expression).search(scope)
+    value: Any = scope
+    for name in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(name)
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     workflow: str
@@ -270,7 +305,7 @@ class Router:
             scope = scope_of(event)
             for expr in expressions:
                 try:
-                    value = _compiled_filter(expr).search(scope)
+                    value = search(expr, scope)
                 except JMESPathError:
                     continue
                 if value is not None:
@@ -448,12 +483,11 @@ class Intake:
         if not keys:
             return
         await conn.execute(SQL.lock_keys, keys)
-        await conn.execute(SQL.insert_event_keys, keys, key_events)
-        event_of_key = dict(zip(keys, key_events, strict=True))
-        matches = [
-            (r["id"], event_of_key[r["match_key"]])
-            for r in await conn.fetch(SQL.waiting_for_keys, keys)
-        ]
+        # A wait two events match ends with the later one (batch order).
+        matches = {
+            r["id"]: (r["run_id"], r["event_id"])
+            for r in await conn.fetch(SQL.record_event_keys, keys, key_events)
+        }
         by_pattern = [e for e in events if e.source in self.router.pattern_waits]
         if by_pattern:
             rows = await conn.fetch(
@@ -461,13 +495,14 @@ class Intake:
                 [e.channel for e in by_pattern],
                 [event_ids[e.dedup_key] for e in by_pattern],
             )
-            matches += [(r["id"], r["event_id"]) for r in rows]
+            matches.update((r["id"], (r["run_id"], r["event_id"])) for r in rows)
         if not matches:
             return
-        resolutions = [
-            _resolution(deferral_id, event_id, by_id[event_id])
-            for deferral_id, event_id in dict(matches).items()
-        ]
+        resolutions = []
+        for deferral_id, (run_id, event_id) in matches.items():
+            resolution = _resolution(deferral_id, event_id, by_id[event_id])
+            resolution.run_id = run_id
+            resolutions.append(resolution)
         await self.engine.resolve_in(conn, resolutions, actor=actor, notices=notices)
 
     async def registered_schemas(

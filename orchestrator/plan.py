@@ -275,6 +275,8 @@ def ended_run_keys(run: EndedRun) -> tuple[str, str]:
 
 
 def waits_ended_by(runs: Sequence[EndedRun], waiting: Sequence[WaitOnRun]) -> list[Resolution]:
+    if not waiting:
+        return []
     ended = {key: r.id for r in runs for key in ended_run_keys(r)}
     return [
         Resolution(w.id, "success", {"run_id": ended[w.key]}, reason=f"run {ended[w.key]} ended")
@@ -519,7 +521,11 @@ def _end_waits(
     """End waits still waiting and move their tasks out of ``deferred``;
     returns the runs, task states and ended tasks to decide next."""
     by_id = {r.deferral_id: r for r in resolutions}
-    run_ids = yield from ask(RunsOfWaits(list(by_id)))
+    known = {r.run_id for r in resolutions}
+    if None in known:
+        run_ids = yield from ask(RunsOfWaits(list(by_id)))
+    else:
+        run_ids = cast(list[int], list(known))  # read with the waits by their callers
     runs = yield from ask(LockRuns(sorted(run_ids)))
     ended = yield from ask(EndWaits(list(by_id.values())))
     if not ended:

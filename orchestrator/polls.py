@@ -110,6 +110,7 @@ class PollRunner:
                         "success",
                         {"result": result, "checks": checks},
                         reason=f"condition met after {checks} check(s)",
+                        run_id=row["run_id"],
                     )
                 ],
                 actor=self.actor,

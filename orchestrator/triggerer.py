@@ -365,13 +365,18 @@ def _resolution(row: asyncpg.Record, now: datetime) -> Resolution | None:
             "success",
             {"wake_at": wake.isoformat(), "woke_at": now.isoformat()},
             reason=f"time reached: {wake.isoformat()}",
+            run_id=row["run_id"],
         )
     if timeout is not None and timeout <= now:
         waited = _seconds(timeout - row["created_at"])
         text = f"timed out after {waited} waiting for {row['description']}"
         if row["on_timeout"] == "skipped":
-            return Resolution(row["id"], "skipped", reason=text, timed_out=True)
-        return Resolution(row["id"], "failed", reason=text, error=text, timed_out=True)
+            return Resolution(
+                row["id"], "skipped", reason=text, timed_out=True, run_id=row["run_id"]
+            )
+        return Resolution(
+            row["id"], "failed", reason=text, error=text, timed_out=True, run_id=row["run_id"]
+        )
     return None
 
 

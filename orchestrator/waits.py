@@ -114,22 +114,19 @@ async def end_tasks(
     conn: asyncpg.Connection, moves: Sequence[DeferredMove], actor: str
 ) -> list[MovedTask]:
     """Move the tasks of ended waits out of ``deferred`` (guarded by attempt)."""
-    rows = await conn.fetch(
-        SQL.end_deferred_tasks,
-        [m.task_instance_id for m in moves],
-        [m.attempt for m in moves],
-        [m.target.value for m in moves],
-        [_json_or_none(m.output) for m in moves],
-        [m.error for m in moves],
-        [_json_or_none(m.resumed) for m in moves],
-        [m.reason for m in moves],
-        actor,
-    )
-    return [MovedTask(r["run_id"], r["task_id"], TaskState(r["state"])) for r in rows]
+    document = orjson.dumps(
+        [
+            (m.task_instance_id, m.attempt, m.target.value, m.output, m.error, m.resumed, m.reason)
+            for m in moves
+        ]
+    ).decode()
+    rows = await conn.fetch(SQL.end_deferred_tasks, document, actor)
+    state = _TASK_STATES.__getitem__
+    return [MovedTask(r["run_id"], r["task_id"], state(r["state"])) for r in rows]
 
 
-def _json_or_none(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
+#: A state by its name, without the enum's call machinery (one per ended wait).
+_TASK_STATES = {s.value: s for s in TaskState}
 
 
 def event_output(event_id: int, payload: str | None, meta: str | None) -> dict[str, Any]:

@@ -77,7 +77,6 @@ class NamedQueries:
     insert_dataset_events: str
     insert_dead_letters: str
     insert_deferrals: str
-    insert_event_keys: str
     insert_events: str
     insert_held_events: str
     insert_pause: str
@@ -123,6 +122,7 @@ class NamedQueries:
     record_attempts: str
     record_audit: str
     record_audits: str
+    record_event_keys: str
     registered_workflows: str
     release_held: str
     remove_hold: str

@@ -500,12 +500,15 @@ def step(draw: Draw, model: Model) -> None:
         if not ids:
             return
         chosen = draw(st.lists(st.sampled_from(ids), max_size=4, unique=True))
+        # Intake and the triggerer read each wait's run with it; others do not.
+        with_runs = draw(st.booleans())
         resolutions = [
             Resolution(
                 i,
                 draw(st.sampled_from(["success", "failed", "skipped"])),
                 {"woke": i},
                 error="no" if draw(st.booleans()) else None,
+                run_id=model.waits[i].task.run_id if with_runs else None,
             )
             for i in chosen
         ]

@@ -49,10 +49,26 @@ JOIN events e ON e.source = 'file' AND e.channel ~ d.match_pattern
 WHERE d.id = ANY($1::bigint[]) AND d.state = 'waiting'
 ORDER BY d.id, e.id;
 
--- name: insert_event_keys
-INSERT INTO event_keys (key, event_id)
-SELECT * FROM unnest($1::text[], $2::bigint[])
-ON CONFLICT DO NOTHING;
+-- name: record_event_keys
+-- $1 key[], $2 event id[] (the event of each key, in batch order): the keys
+-- of new events, kept for waits yet to start, and the waits waiting on them
+-- now with their runs and the events that end them (in batch order; taken
+-- after the keys' locks, so a wait recorded meanwhile is seen). One index
+-- lookup per key (OFFSET 0 keeps the lookup apart): a plan short of
+-- statistics cannot read every waiting deferral instead.
+WITH recorded AS (
+    INSERT INTO event_keys (key, event_id)
+    SELECT * FROM unnest($1::text[], $2::bigint[])
+    ON CONFLICT DO NOTHING
+)
+SELECT d.id, d.run_id, k.event_id
+FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(key, event_id, n)
+CROSS JOIN LATERAL (
+    SELECT id, run_id FROM deferrals
+    WHERE state = 'waiting' AND match_key = k.key
+    OFFSET 0
+) d
+ORDER BY k.n;
 
 -- name: waiting_for_keys
 SELECT id, match_key FROM deferrals
@@ -60,7 +76,7 @@ WHERE state = 'waiting' AND match_key = ANY($1::text[]);
 
 -- name: waiting_for_paths
 -- $1 relative path[], $2 event id[]: file waits whose glob matches a new file.
-SELECT DISTINCT ON (d.id) d.id, p.event_id
+SELECT DISTINCT ON (d.id) d.id, d.run_id, p.event_id
 FROM deferrals d
 JOIN unnest($1::text[], $2::bigint[]) AS p(path, event_id) ON p.path ~ d.match_pattern
 WHERE d.state = 'waiting' AND d.match_pattern IS NOT NULL
@@ -82,12 +98,15 @@ WHERE d.id = i.id AND d.state = 'waiting'
 RETURNING d.id, d.task_instance_id, d.run_id, d.task_id, d.attempt, d.resume;
 
 -- name: end_deferred_tasks
--- $1 task_instance_id[], $2 attempt[], $3 target[], $4 output json[], $5 error[],
--- $6 resume payload json[], $7 reason[], $8 actor
+-- $1 the moves as one JSON array of [task_instance_id, attempt, target,
+-- output, error, resume payload, reason] (output and resume payload as JSON
+-- values, null for none): one document costs the driver one encoding, where
+-- seven column arrays cost it a check per element. $2 actor
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::integer[], $3::task_state[], $4::text[],
-                         $5::text[], $6::text[], $7::text[])
-        AS i(id, attempt, target, output, error, resume_payload, reason)
+    SELECT (m->>0)::bigint AS id, (m->>1)::integer AS attempt,
+           (m->>2)::task_state AS target, nullif(m->3, 'null') AS output,
+           m->>4 AS error, nullif(m->5, 'null') AS resume_payload, m->>6 AS reason
+    FROM jsonb_array_elements($1::jsonb) AS m
 ), updated AS (
     UPDATE task_instances t
     -- A resumed handler of a task an operator holds waits held; the caller
@@ -96,8 +115,8 @@ WITH input AS (
                     SELECT 1 FROM task_holds h JOIN runs hr ON hr.workflow = h.workflow
                     WHERE hr.id = t.run_id AND h.task IN (t.task_id, '*'))
                 THEN 'held'::task_state ELSE i.target END,
-        output = coalesce(i.output::jsonb, t.output), error = i.error,
-        resume_payload = i.resume_payload::jsonb,
+        output = coalesce(i.output, t.output), error = i.error,
+        resume_payload = i.resume_payload,
         queued_at = CASE WHEN i.target = 'queued' THEN now() ELSE t.queued_at END,
         ended_at = CASE WHEN i.target = 'queued' THEN NULL ELSE now() END
     FROM input i
@@ -105,13 +124,19 @@ WITH input AS (
     RETURNING t.run_id, t.task_id, t.attempt, t.state, i.reason
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
-    SELECT run_id, task_id, 'deferred', state::text, attempt, $8, reason FROM updated
+    SELECT run_id, task_id, 'deferred', state::text, attempt, $2, reason FROM updated
 )
 SELECT run_id, task_id, state::text AS state FROM updated;
 
 -- name: run_task_states
-SELECT run_id, task_id, state::text AS state FROM task_instances
-WHERE run_id = ANY($1::bigint[]);
+-- One index lookup per run (OFFSET 0 keeps each apart): short of statistics
+-- (a burst of new runs, analysed later) the planner reads every task of
+-- every run for a = ANY of a thousand ids.
+SELECT t.run_id, t.task_id, t.state::text AS state
+FROM unnest($1::bigint[]) AS r(id)
+CROSS JOIN LATERAL (
+    SELECT run_id, task_id, state FROM task_instances WHERE run_id = r.id OFFSET 0
+) t;
 
 -- name: deferrals_of_run
 -- A callback's URL holds its token: a column of its own while the wait is open

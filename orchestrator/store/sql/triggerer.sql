@@ -19,10 +19,20 @@ LIMIT $3;
 -- $1 last id seen, $2 ids below it not seen yet (their transaction was still
 -- open), $3 limit. Every row is returned, waiting or not, so that an id
 -- missing from the answer means "not committed yet"; due is NULL for a row
--- that is no longer waiting or has no time.
-SELECT id, CASE WHEN state = 'waiting' THEN least(wake_at, timeout_at) END AS due
-FROM deferrals
-WHERE id > $1 OR id = ANY($2::bigint[])
+-- that is no longer waiting or has no time. Two index reads, not one OR: an
+-- OR of both conditions walks the primary key from its first row, so each
+-- look cost as much as every wait ever recorded.
+SELECT id, due FROM (
+    (SELECT id, CASE WHEN state = 'waiting' THEN least(wake_at, timeout_at) END AS due
+     FROM deferrals
+     WHERE id > $1
+     ORDER BY id
+     LIMIT $3)
+    UNION ALL
+    SELECT id, CASE WHEN state = 'waiting' THEN least(wake_at, timeout_at) END
+    FROM deferrals
+    WHERE id = ANY($2::bigint[]) AND id <= $1
+) found
 ORDER BY id
 LIMIT $3;
 
