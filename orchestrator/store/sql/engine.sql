@@ -204,8 +204,14 @@ ORDER BY c.id;
 
 -- name: lock_runs
 -- Serialises decisions per run: whoever completes tasks of a run holds its row.
-SELECT id, workflow, version, state::text AS state FROM runs
-WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE;
+-- Locked in id order, each found by its key: a = ANY of a thousand ids, planned
+-- while the table was small (a prepared statement keeps that plan), scans
+-- every run and compares each with every id.
+SELECT r.id, r.workflow, r.version, r.state::text AS state
+FROM (SELECT DISTINCT id FROM unnest($1::bigint[]) AS u(id) ORDER BY id) i
+CROSS JOIN LATERAL (
+    SELECT id, workflow, version, state FROM runs WHERE id = i.id FOR UPDATE
+) r;
 
 -- name: record_attempts
 -- Apply finished attempts, guarded by state, attempt and lease: a late result
