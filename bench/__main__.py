@@ -11,6 +11,7 @@ from pathlib import Path
 from bench.engine_scenarios import baseline
 from bench.harness import RESULTS_DIR, Figure, record, server_url, table
 from bench.registry import OPTIONS, SCENARIOS
+from orchestrator.gc_tuning import tune_gc
 
 #: Every module whose import registers scenarios.
 SCENARIO_MODULES = (
@@ -26,6 +27,8 @@ SCENARIO_MODULES = (
     "alert_scenarios",
     "lineage_scenarios",
     "outbox_scenarios",
+    "step_scenarios",
+    "ceiling_scenarios",
 )
 
 
@@ -115,6 +118,7 @@ def _record(figures: list[Figure], explicit: Path | None) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    tune_gc()  # as an orchestrator process does
     try:
         import uvloop
 

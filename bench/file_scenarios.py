@@ -28,9 +28,13 @@ QUIET_S = 0.2
 # would share the GIL with the orchestrator it measures). It writes every file
 # under a temporary name first (a dot-directory the landing zone ignores: on
 # this kind of VM creating 10,000 files alone takes seconds, which says nothing
-# about intake), then, when told to, renames them all into place one by one.
+# about intake), then, when told to, renames them all into place one by one and
+# reports when its first rename began and its last one ended, on the
+# system-wide monotonic clock (the same clock as this process's
+# time.monotonic(), so the bench's own event loop, busy with the intake it
+# measures, cannot delay the moment the figure is counted from).
 _DROP = """
-import os, sys
+import os, sys, time
 staging, final, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 os.makedirs(staging, exist_ok=True)
 os.makedirs(final, exist_ok=True)
@@ -40,8 +44,10 @@ for i, name in enumerate(names):
         f.write(f"id,value\\n{i},{i * 7}\\n".encode())
 print("written", flush=True)
 sys.stdin.readline()
+first = time.monotonic()
 for name in names:
     os.rename(os.path.join(staging, name), os.path.join(final, name))
+print(first, time.monotonic(), flush=True)
 """
 
 
@@ -65,10 +71,17 @@ async def _staged_drop(zone: Path, count: int) -> asyncio.subprocess.Process:
     return proc
 
 
-async def _recorded(db: Database) -> int:
+async def _all_recorded(db: Database, files: int, deadline: float) -> None:
+    """Poll every 20 ms, on one connection held throughout (a pool round trip
+    per poll would add its reset statement to the load being measured)."""
     async with db.pool.acquire() as conn:
-        n: int = await conn.fetchval("SELECT count(*) FROM events WHERE source = 'file'")
-    return n
+        while True:
+            n: int = await conn.fetchval("SELECT count(*) FROM events WHERE source = 'file'")
+            if n >= files:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {n} of {files} files recorded")
+            await asyncio.sleep(0.02)
 
 
 async def file_intake(url: str, *, files: int = 10_000) -> list[Figure]:
@@ -90,36 +103,45 @@ async def file_intake(url: str, *, files: int = 10_000) -> list[Figure]:
             ),
         ):
             await asyncio.to_thread(zone.mkdir, parents=True, exist_ok=True)
-            staged = time.perf_counter()
+            staged = time.monotonic()
             dropper = await _staged_drop(zone, files)
-            written = time.perf_counter() - staged
-            assert dropper.stdin is not None
-            started = time.perf_counter()
+            written = time.monotonic() - staged
+            assert dropper.stdin is not None and dropper.stdout is not None
             dropper.stdin.write(b"go\n")
             await dropper.stdin.drain()
+            first_rename, last_rename = map(float, (await dropper.stdout.readline()).split())
             if await dropper.wait() != 0:
                 raise RuntimeError("renaming the dropped files into place failed")
-            renamed = time.perf_counter() - started
-            deadline = started + 300
-            while await _recorded(db) < files:
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(f"only {await _recorded(db)} of {files} files recorded")
-                await asyncio.sleep(0.02)
-            elapsed = time.perf_counter() - started
+            await _all_recorded(db, files, deadline=first_rename + 300)
+            recorded = time.monotonic()
             transactions = source.ingest_calls
     ctx = {
         "files": files,
-        "drop": "another process renames temp-named files into place, from the first rename",
+        "drop": "another process renames temp-named files into place",
+        "measured": "from the end of the last rename until every file's event is committed",
         "completeness": f"quiet period {QUIET_S}s",
         "staging_write_s (not measured)": round(written, 3),
-        "rename_s": round(renamed, 3),
+        "rename_s": round(last_rename - first_rename, 3),
+        "from_first_rename_s": round(recorded - first_rename, 3),
         "transactions": transactions,
-        "files_per_s": round(files / elapsed, 1),
         "runs_started": "one noop run per file, workers on",
     }
-    return [Figure("file_intake", "seconds", elapsed, "s", "<= 10", context=ctx)]
+    return [
+        Figure(
+            "file_intake",
+            "after_last_rename_s",
+            recorded - last_rename,
+            "s",
+            "<= 1",
+            context=ctx,
+        )
+    ]
 
 
-@scenario("file_intake", "10,000 small files dropped at once: seconds until all are recorded")
+@scenario(
+    "file_intake",
+    "10,000 small files renamed into place at once: seconds from the last rename"
+    " until all are recorded",
+)
 async def _file_intake(url: str, args: argparse.Namespace, _tx: float) -> list[Figure]:
     return await file_intake(url, files=args.files)

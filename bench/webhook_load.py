@@ -129,8 +129,10 @@ async def run(
 ) -> dict[str, Any]:
     load = Load(requests, time.perf_counter() + seconds, ok)
     started = time.perf_counter()
+    cpu = time.process_time()
     await asyncio.gather(*(load.connection(host, port) for _ in range(connections)))
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     accepted = load.statuses.get(ok, 0)
     lat = load.latencies_ms
     return {
@@ -144,6 +146,7 @@ async def run(
         "p99_ms": _percentile(lat, 0.99),
         "max_ms": max(lat) if lat else float("nan"),
         "connections": connections,
+        "cpu_s": round(cpu, 3),
     }
 
 
@@ -209,6 +212,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         ok=ok,
     )
     result["warmup_accepted"] = warmup.get("accepted", 0)
+    result["warmup_cpu_s"] = warmup.get("cpu_s", 0.0)
     result["warmup_statuses"] = warmup.get("statuses", {})
     return result
 

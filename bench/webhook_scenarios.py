@@ -1,11 +1,19 @@
 """Webhook intake scenario: signed deliveries over loopback HTTP -> durable 202s.
 
 The orchestrator (webhook source, group commit, no worker: ``worker_slots=0``,
-so intake is what is measured) runs in this process; the load generator
-(``bench.webhook_load``) runs as a second process with 64 keep-alive
-connections, pre-signed Standard Webhooks requests and unique delivery ids.
-Each 202 means an event row and a 1-task run were committed; afterwards the
-rows are counted to check that every 202 is in the database.
+so intake is what is measured) runs in this process, with ``--webhook-processes``
+processes serving its port as ``orchestrator run`` has (default: one per core;
+this one and the others it starts); the load generator (``bench.webhook_load``)
+runs as another process with 64 keep-alive connections, pre-signed Standard
+Webhooks requests and unique delivery ids. Each 202 means an event row and a
+1-task run were committed; afterwards the rows are counted to check that every
+202 is in the database.
+
+The CPU time each side used per 202 (the serving processes, the PostgreSQL
+backends of the scratch database, the load generator) is recorded too, with
+the rate the machine's cores could sustain at that cost: on a machine whose
+cores all three share, that bounds the figure whatever the number of
+processes, and it does not move with the load other programs put on them.
 """
 
 from __future__ import annotations
@@ -16,13 +24,15 @@ import os
 import secrets
 from typing import Any
 
-from bench.harness import Figure, scratch_database
+from bench.harness import Figure, cpu_seconds, scratch_database
 from bench.registry import option, scenario
 from bench.webhook_load import SECRET_ENV, run_generator
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
+from orchestrator.http_processes import default_count
 from orchestrator.settings import Settings, webhook_secret_variable
 from orchestrator.spec import TaskSpec, WorkflowSpec
+from orchestrator.store import database_name
 from sources.models import WebhookTrigger
 from sources.webhook import WebhookSource
 
@@ -47,6 +57,12 @@ option(
     help="webhook_intake: load generator connections (default 64)",
 )
 option(
+    "--webhook-processes",
+    type=int,
+    default=None,
+    help="webhook_intake: processes serving the port (default: one per core)",
+)
+option(
     "--webhook-batch-delay",
     type=float,
     default=None,
@@ -56,13 +72,15 @@ option(
     "--webhook-max-batch",
     type=int,
     default=256,
-    help="webhook_intake: most requests per commit; 1 = no group commit (default 256)",
+    help="webhook_intake: most requests per commit in the first process; 1 = no group "
+    "commit (default 256; the other processes take the default)",
 )
 option(
     "--webhook-flushers",
     type=int,
     default=3,
-    help="webhook_intake: commits in flight at once (default 3)",
+    help="webhook_intake: commits in flight at once in the first process (default 3; "
+    "the other processes take the default)",
 )
 
 SPEC = WorkflowSpec(
@@ -87,6 +105,7 @@ async def webhook_intake(url: str, args: argparse.Namespace) -> list[Figure]:
         overrides["intake_batch_delay_s"] = args.webhook_batch_delay
     settings = Settings(**overrides)
     source = WebhookSource(max_batch=args.webhook_max_batch, flushers=args.webhook_flushers)
+    processes = args.webhook_processes or default_count()
     try:
         async with (
             scratch_database(url) as (db_url, db),
@@ -97,21 +116,39 @@ async def webhook_intake(url: str, args: argparse.Namespace) -> list[Figure]:
                 workflows=[SPEC],
                 sources=[source],
                 http=True,
+                webhook_processes=processes,
             ) as orch,
         ):
             assert orch.http is not None
-            result = await _load(orch.http.port, secret, args)
-            assert source.batcher is not None
-            batches, events = source.batcher.batches, source.batcher.events
+            serving = [os.getpid(), *(orch.http_processes.pids if orch.http_processes else [])]
+            backends = "SELECT array_agg(pid) FROM pg_stat_activity WHERE datname = $1"
+            database = database_name(db_url)
             async with db.pool.acquire() as conn:
+                before = cpu_seconds(serving + await conn.fetchval(backends, database))
+            result = await _load(orch.http.port, secret, args)
+            async with db.pool.acquire() as conn:
+                postgres = await conn.fetchval(backends, database)
+                after = cpu_seconds(serving + postgres)
                 stored_events = await conn.fetchval("SELECT count(*) FROM events")
                 stored_runs = await conn.fetchval("SELECT count(*) FROM runs")
+                # Group commits of every process: each inserted its events in
+                # one transaction, whose id is the rows' xmin.
+                batches = await conn.fetchval("SELECT count(DISTINCT xmin::text) FROM events")
     finally:
         if previous is None:
             os.environ.pop(variable, None)
         else:
             os.environ[variable] = previous
     accepted = result["accepted"] + result["warmup_accepted"]
+    used = {pid: spent - before.get(pid, 0.0) for pid, spent in after.items()}
+    cpu_ms = {
+        "serving": sum(used.get(pid, 0.0) for pid in serving),
+        "postgres": sum(used.get(pid, 0.0) for pid in postgres),
+        "load_generator": result["cpu_s"] + result["warmup_cpu_s"],
+    }
+    cpu_ms = {k: round(v * 1000 / accepted, 3) if accepted else 0.0 for k, v in cpu_ms.items()}
+    cores = os.cpu_count() or 1
+    total_ms = sum(cpu_ms.values())
     if stored_events != accepted or stored_runs != accepted:
         raise AssertionError(
             f"{accepted} requests were answered 202 but {stored_events} events and "
@@ -129,7 +166,11 @@ async def webhook_intake(url: str, args: argparse.Namespace) -> list[Figure]:
         "batch_delay_s": settings.intake_batch_delay_s,
         "max_batch": args.webhook_max_batch,
         "flushers": args.webhook_flushers,
-        "mean_batch": round(events / batches, 1) if batches else 0,
+        "mean_batch": round(stored_events / batches, 1) if batches else 0,
+        "processes": processes,
+        "cpu_ms_per_202": cpu_ms,
+        # The rate at which the machine's cores would all be busy at these costs.
+        "cpu_bound_per_s": round(cores * 1000 / total_ms) if total_ms else 0,
         "stored_events": stored_events,
         "db_pool_size": settings.db_pool_size,
     }

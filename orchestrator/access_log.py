@@ -28,7 +28,8 @@ def loggable_path(path: str) -> str:
 def access_log_middleware(enabled: bool) -> Middleware:
     @web.middleware
     async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not enabled:
+        if not enabled or not log.isEnabledFor(logging.INFO):
+            # Nothing would be written: spare the busiest routes the bookkeeping.
             return await handler(request)
         started = monotonic()
         status = 500

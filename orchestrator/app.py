@@ -20,7 +20,8 @@ from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine
 from orchestrator.freshness import FreshnessWatch
 from orchestrator.health import Liveness, Readiness
-from orchestrator.http_server import HttpServer
+from orchestrator.http_processes import HttpProcesses, Launch
+from orchestrator.http_server import HttpServer, PortSharing
 from orchestrator.intake import Intake, Router
 from orchestrator.metrics import metrics_app, watch_loop_lag
 from orchestrator.notices import TASKS_CHANNEL
@@ -70,10 +71,26 @@ class Orchestrator:
         http: bool = False,
         clock: Clock | None = None,
         prune: bool = False,
+        webhook_processes: int = 1,
+        register: bool = True,
+        share_port: PortSharing = "no",
     ) -> None:
+        """``webhook_processes``: processes serving the HTTP port, this one
+        included (see :mod:`orchestrator.http_processes`). ``register=False``:
+        ``workflows`` are registered already (by the orchestrator that started
+        this process); only route events by them. ``share_port``: how the
+        HTTP server binds its port (``"join"``: beside the orchestrator that
+        started this process)."""
+        if webhook_processes < 1:
+            raise ValueError("webhook_processes must be at least 1")
         self.settings = settings
         self.sources = list(sources)
         self._serve_http = http
+        self._webhook_processes = webhook_processes
+        self._register = register
+        self._share_port: PortSharing = "first" if webhook_processes > 1 else share_port
+        self.http_processes: HttpProcesses | None = None
+        """The other processes serving the HTTP port, when there are."""
         self.clock: Clock = clock or SystemClock()
         self.workflows: dict[str, WorkflowSpec] = {}
         self._prune = prune
@@ -120,12 +137,14 @@ class Orchestrator:
                     name, slots, actor="config", reason="ORCHESTRATOR_POOLS at start"
                 )
             self.intake = Intake(self.engine)
-            if self._initial_workflows:
+            if self._initial_workflows and self._register:
                 await self.register(self._initial_workflows)
+            elif self._initial_workflows:
+                self.route(self._initial_workflows)
             app = None
             if self._serve_http:
                 required = tokens_required(s.api_auth, s.http_host)
-                if not required:
+                if not required and self._share_port != "join":  # said once, by the first
                     log.warning(
                         "the API is open to any caller that reaches %s "
                         "(ORCHESTRATOR_API_AUTH=%s); tokens are still checked when sent",
@@ -157,6 +176,7 @@ class Orchestrator:
                     s.http_port,
                     read_timeout_s=s.http_read_timeout_s,
                     max_connections=s.http_max_connections,
+                    sharing=self._share_port,
                 )
                 await self.http.start()
             if s.metrics_port is not None:
@@ -171,6 +191,9 @@ class Orchestrator:
             for source in self.sources:
                 await source.start()
                 self._started_sources.append(source)
+            if self.http is not None and self._webhook_processes > 1:
+                self.http_processes = self._more_http_processes(self.http.port)
+                await self.http_processes.start()
             if self._prune:
                 self._pruner = asyncio.create_task(
                     prune_periodically(
@@ -224,6 +247,8 @@ class Orchestrator:
                     self.relay.liveness = self.liveness
                     self.relay.start()
         except BaseException:
+            if self.http_processes is not None:
+                await self.http_processes.stop()
             if self.relay is not None:
                 await self.relay.stop()
             if self.freshness is not None:
@@ -246,13 +271,32 @@ class Orchestrator:
         versions = await self.engine.register(specs)
         for name, version in versions.items():
             log.info("workflow %s is at version %s", name, version)
-        self.workflows.update({spec.name: spec for spec in specs})
+        self.route(specs)
+        if self.http_processes is not None:
+            await self.http_processes.follow(self.workflows.values())
+        return versions
+
+    def route(self, workflows: Iterable[WorkflowSpec]) -> None:
+        """Route events by ``workflows`` too (registered already)."""
+        self.workflows.update({spec.name: spec for spec in workflows})
         router = Router(self.workflows.values())
         if self.intake is not None:
             self.intake.use_router(router)
         for source in self.sources:
             source.use_router(router)
-        return versions
+
+    def _more_http_processes(self, port: int) -> HttpProcesses:
+        """The other processes serving ``port``: the HTTP role only, no metrics port."""
+        settings = self.settings.model_copy(
+            update={"http_port": port, "roles": "api", "metrics_port": None}
+        )
+        launch = Launch(
+            settings,
+            self.database_url,
+            tuple(self.workflows.values()),
+            logging.getLogger().getEffectiveLevel(),
+        )
+        return HttpProcesses(self._webhook_processes - 1, launch, sleep=self.clock.sleep)
 
     def use_handlers(self, registry: HandlerRegistry) -> None:
         """Swap in freshly loaded handlers; attempts already running keep theirs."""
@@ -273,6 +317,8 @@ class Orchestrator:
         then close the database."""
         if grace_s is None:
             grace_s = self.settings.shutdown_grace_s
+        if self.http_processes is not None:
+            await _shutdown_step("the other HTTP processes", self.http_processes.stop())
         await self._stop_sources()
         if self.triggerer is not None:
             await _shutdown_step("the triggerer", self.triggerer.stop())

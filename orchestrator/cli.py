@@ -118,9 +118,18 @@ def dev(path: Path | None) -> None:
     help="Workflows and handlers to load (default: ORCHESTRATOR_WORKFLOWS_PATH).",
 )
 @click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations at start.")
-def run_cmd(path: Path | None, no_migrate: bool) -> None:
+@click.option(
+    "--webhook-processes",
+    type=click.IntRange(1, 1024),
+    default=None,
+    metavar="N",
+    help="Processes serving the HTTP port (webhooks and the API), this one included "
+    "(default: one per core).",
+)
+def run_cmd(path: Path | None, no_migrate: bool, webhook_processes: int | None) -> None:
     """Production mode: settings from ORCHESTRATOR_* variables; runs until SIGTERM."""
     from orchestrator.devmode import _run_loop, resolve_database_url, serve
+    from orchestrator.http_processes import default_count
 
     settings = _settings()
     if settings.database_url is None:
@@ -141,7 +150,13 @@ def run_cmd(path: Path | None, no_migrate: bool) -> None:
                 raise OrchestratorError(
                     f"pending migrations: {', '.join(todo)}; run `orchestrator migrate` first"
                 )
-        await serve(settings, url, path or settings.workflows_path, reload=False)
+        await serve(
+            settings,
+            url,
+            path or settings.workflows_path,
+            reload=False,
+            webhook_processes=webhook_processes or default_count(),
+        )
 
     try:
         _run_loop(go())

@@ -35,8 +35,9 @@ import orjson
 from orchestrator import audit
 from orchestrator.engine import Engine, RunRequest
 from orchestrator.errors import OrchestratorError
-from orchestrator.intake import Event, Intake, Route, Router, _Unmatched
+from orchestrator.intake import Event, Intake, Route, Router
 from orchestrator.notices import Notices
+from orchestrator.routing import Unmatched
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import SQL
 
@@ -385,7 +386,7 @@ async def _paused(conn: asyncpg.Connection, names: list[str]) -> list[str]:
 def _request(route: Route, event: Event, event_id: int) -> RunRequest:
     try:
         params = route.params_for(event)
-    except _Unmatched:
+    except Unmatched:
         raise _StillRefused(
             f"the filter of {route.workflow!r}'s trigger ({route.trigger.filter}) "
             "does not match this event now"

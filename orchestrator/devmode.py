@@ -23,6 +23,7 @@ import click
 from orchestrator.app import Orchestrator
 from orchestrator.embedded import EmbeddedPostgres
 from orchestrator.errors import ConfigError
+from orchestrator.gc_tuning import tune_gc
 from orchestrator.loader import LoadResult, format_errors, load_path
 from orchestrator.plugins import DevPreparation, create_sources, handler_registry, prepare_dev
 from orchestrator.registry import HandlerRegistry
@@ -155,16 +156,34 @@ async def serve(
     reload: bool,
     banner: str = "",
     stop: asyncio.Event | None = None,
+    webhook_processes: int = 1,
 ) -> None:
     """Run the engine, a worker, and every event source the settings' roles
     enable (found through entry points) until SIGINT/SIGTERM, or until
-    ``stop`` is set when the caller handles the signals itself."""
+    ``stop`` is set when the caller handles the signals itself.
+    ``webhook_processes``: processes serving the HTTP port, this one included."""
     if stop is None:
         stop = asyncio.Event()
         with stop_on_signals(stop):
-            await _serve(settings, database_url, path, reload=reload, banner=banner, stop=stop)
-    else:
-        await _serve(settings, database_url, path, reload=reload, banner=banner, stop=stop)
+            await serve(
+                settings,
+                database_url,
+                path,
+                reload=reload,
+                banner=banner,
+                stop=stop,
+                webhook_processes=webhook_processes,
+            )
+        return
+    await _serve(
+        settings,
+        database_url,
+        path,
+        reload=reload,
+        banner=banner,
+        stop=stop,
+        webhook_processes=webhook_processes,
+    )
 
 
 async def _serve(
@@ -175,6 +194,7 @@ async def _serve(
     reload: bool,
     banner: str,
     stop: asyncio.Event,
+    webhook_processes: int,
 ) -> None:
     first = await asyncio.to_thread(load_workflows, path)
     if first.errors:
@@ -189,6 +209,7 @@ async def _serve(
         sources=create_sources(settings),
         http=settings.has_role("api"),
         prune=True,
+        webhook_processes=webhook_processes,
     )
     # A signal during start() is acted on once it returns.
     await orch.start()
@@ -199,7 +220,10 @@ async def _serve(
         if reload:
             watcher = asyncio.create_task(Reloader(orch, path, first).watch())
         if orch.http is not None:
-            click.echo(f"HTTP API and webhooks on http://{orch.http.host}:{orch.http.port}")
+            served = f"http://{orch.http.host}:{orch.http.port}"
+            if orch.http_processes is not None:
+                served += f" ({orch.http_processes.count + 1} processes)"
+            click.echo(f"HTTP API and webhooks on {served}")
         if banner and not stop.is_set():
             click.echo(banner)
         await stop.wait()
@@ -310,7 +334,9 @@ def _dev_banner(path: Path, preparations: list[DevPreparation], settings: Settin
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop where it is installed: a faster loop for the hot path."""
+    """Run on uvloop where it is installed: a faster loop for the hot path;
+    with the garbage collector sized for it (:mod:`orchestrator.gc_tuning`)."""
+    tune_gc()
     try:
         import uvloop
     except ImportError:

@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import orjson
 
 from orchestrator import audit, plan as p, sla, waits
 from orchestrator.alert_spec import AlertRule
@@ -26,11 +25,19 @@ from orchestrator.alerts import AlertRecorder
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.compiled import CompiledWorkflow, SpecCache
 from orchestrator.deferral import Resolution
-from orchestrator.engine_types import Claimed, Completion, RunRequest, claimed_from_rows
+from orchestrator.engine_types import (
+    Claimed,
+    Completion,
+    LocalWorker,
+    RunRequest,
+    claimed_from_rows,
+)
 from orchestrator.errors import DuplicateRunError, OrchestratorError, UnknownWorkflowError
+from orchestrator.leases import lost_attempt
 from orchestrator.metrics import METRICS
 from orchestrator.notices import Notices
 from orchestrator.plan import Outcome
+from orchestrator.run_rows import run_row, runs_document, task_template
 from orchestrator.spec import WorkflowSpec
 from orchestrator.states import RunState, TaskState, legal_run_sources
 from orchestrator.store import SQL, Database
@@ -58,6 +65,8 @@ class Engine:
         self.default_pool_slots = default_pool_slots
         #: Raises the alerts of what the commits do (workflow and project-wide rules).
         self.alerts = AlertRecorder(alert_rules, clock)
+        #: The worker of this process, if any: commits that queue work hand it some.
+        self.local: LocalWorker | None = None
 
     # -- workflows ---------------------------------------------------------
 
@@ -118,13 +127,40 @@ class Engine:
         return ids[0]
 
     @contextlib.asynccontextmanager
-    async def unit(self) -> AsyncIterator[tuple[asyncpg.Connection, Notices]]:
+    async def unit(
+        self, *, hand_over: bool = True
+    ) -> AsyncIterator[tuple[asyncpg.Connection, Notices]]:
         """A transaction and the notifications it collects, sent as its last
-        statement (delivered at commit)."""
-        async with self.db.transaction() as conn:
-            notices = Notices()
-            yield conn, notices
-            await notices.send(conn)
+        statement (delivered at commit). When it queued work and this process
+        has a worker with free slots, it claims for that worker too (unless
+        ``hand_over`` is off: the caller claims itself), which starts the work
+        once the commit returns."""
+        local = self.local if hand_over else None
+        reserved = 0
+        claimed: list[Claimed] = []
+        limited: bool | None = None
+        try:
+            async with self.db.transaction() as conn:
+                notices = Notices()
+                yield conn, notices
+                if local is not None and notices.queued > 0 and (reserved := local.reserve()):
+                    claimed, limited = await self._claim_in(conn, local.owner, reserved)
+                    notices.claimed_here(len(claimed), reserved, limited)
+                await notices.send(conn)
+        except BaseException:
+            if local is not None and reserved:
+                local.hand_over([], reserved, None)
+            raise
+        if local is not None and reserved:
+            local.hand_over(claimed, reserved, limited)
+
+    async def _claim_in(
+        self, conn: asyncpg.Connection, owner: str, limit: int
+    ) -> tuple[list[Claimed], bool]:
+        """Claim unlimited work for ``owner`` in the caller's transaction, and
+        whether limited work waits (then nothing is claimed here)."""
+        rows = await conn.fetch(SQL.claim, owner, limit, self.lease_s, self.clock.stamp())
+        return claimed_from_rows(rows), rows[0]["limited_waiting"]
 
     async def create_runs(self, requests: Sequence[RunRequest], *, actor: str) -> list[int]:
         """Create runs in one transaction; runs over ``max_active_runs`` wait queued."""
@@ -165,32 +201,22 @@ class Engine:
             if active is not None:
                 room[name] = p.room_left(active)
         starts = p.admit_new([r.workflow for r in requests], room)
-        params_json: list[str] = []
-        started: list[tuple[int, CompiledWorkflow]] = []
+        defaults = {name: c.spec.param_defaults for name, c in compiled.items()}
+        running, queued = RunState.RUNNING.value, RunState.QUEUED.value
+        runs: list[list[Any]] = []
         for run_id, req, start in zip(ids, requests, starts, strict=True):
             c = compiled[req.workflow]
-            if not isinstance(req.params, Mapping):
-                raise OrchestratorError(f"params for {req.workflow!r} must be a JSON object")
             if start:
-                started.append((run_id, c))
-            try:
-                params_json.append(orjson.dumps({**c.spec.param_defaults, **req.params}).decode())
-            except TypeError as exc:
-                raise OrchestratorError(
-                    f"params for {req.workflow!r} are not JSON-serialisable: {exc}"
-                ) from None
+                notices.queued += len(c.dag.roots)
+            state = running if start else queued
+            runs.append(run_row(run_id, req, c, defaults[req.workflow], state, actor))
         try:
+            # The runs, the task instances of those that start, and their transitions.
             await conn.execute(
                 SQL.insert_runs,
-                list(ids),
-                [r.workflow for r in requests],
-                [compiled[r.workflow].version for r in requests],
-                [RunState.RUNNING if start else RunState.QUEUED for start in starts],
-                params_json,
-                [r.logical_date for r in requests],
-                [r.interval_end for r in requests],
-                [r.event_id for r in requests],
-                [r.actor or actor for r in requests],
+                runs_document(runs),
+                task_template(compiled[n] for n in names),
+                actor,
             )
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == "runs_logical_date":
@@ -199,16 +225,17 @@ class Engine:
                     f"{exc.detail or exc}"
                 ) from None
             raise
-        await self._insert_tasks(conn, started, actor)
-        notices.queued += sum(len(c.dag.roots) for _, c in started)
-        notices.timed_waits |= await sla.arm(
-            conn,
-            [
-                (run_id, compiled[r.workflow].spec, r.logical_date)
-                for run_id, r in zip(ids, requests, strict=True)
-            ],
-            self.clock,
-        )
+        timed = {name for name, c in compiled.items() if sla.has_deadlines(c.spec)}
+        if timed:
+            notices.timed_waits |= await sla.arm(
+                conn,
+                [
+                    (run_id, compiled[r.workflow].spec, r.logical_date)
+                    for run_id, r in zip(ids, requests, strict=True)
+                    if r.workflow in timed
+                ],
+                self.clock,
+            )
         METRICS.runs_created(r.workflow for r in requests)
 
     @staticmethod
@@ -251,16 +278,16 @@ class Engine:
         one serialised statement that orders both kinds by priority; otherwise
         through the lock-free fast path."""
         async with self.db.pool.acquire() as conn:
-            waiting: bool = await conn.fetchval(SQL.limited_waiting)
-            if limit <= 0:
-                return [], waiting
-            if not waiting:
-                claimed = claimed_from_rows(
-                    await conn.fetch(SQL.claim, owner, limit, self.lease_s, self.clock.stamp())
-                )
+            rows = await conn.fetch(
+                SQL.claim, owner, max(limit, 0), self.lease_s, self.clock.stamp()
+            )
+            if not rows[0]["limited_waiting"]:
+                claimed = claimed_from_rows(rows)
                 if claimed:
                     self.db.committed()  # a claim is a commit of its own
                 return claimed, False
+            if limit <= 0:
+                return [], True
             async with conn.transaction():
                 await conn.execute(SQL.lock_limited_claims)
                 rows = await conn.fetch(
@@ -286,21 +313,18 @@ class Engine:
         """Record finished attempts and everything that follows from them, in
         one transaction; optionally claim up to ``claim_limit`` new tasks for
         ``claim_for`` in the same commit."""
-        async with self.unit() as (conn, notices):
+        async with self.unit(hand_over=claim_for is None) as (conn, notices):
             done = await self._carry_out(conn, p.commit(outcomes), actor, notices)
             await self._record_outlets(conn, done, actor, notices)
             claimed: list[Claimed] = []
+            limited_waiting: bool | None = None
             if claim_for is not None and claim_limit > 0:
-                claimed = claimed_from_rows(
-                    await conn.fetch(
-                        SQL.claim, claim_for, claim_limit, self.lease_s, self.clock.stamp()
-                    )
-                )
+                claimed, limited_waiting = await self._claim_in(conn, claim_for, claim_limit)
             # What this worker claims itself needs nobody woken.
             notices.queued += done.queued - len(claimed)
             notices.runs_ended(done.ended_runs)
             notices.timed_waits |= done.timed_waits
-        return Completion(done.accepted, done.rejected, claimed, done.ended_runs)
+        return Completion(done.accepted, done.rejected, claimed, done.ended_runs, limited_waiting)
 
     # -- deferrals (orchestrator.waits) ------------------------------------------
 
@@ -524,35 +548,11 @@ class Engine:
     async def expire_leases(self, *, actor: str, limit: int = 500) -> int:
         """Attempts whose lease ran out (worker died or froze) are lost: retry
         or fail them per their policy. Returns how many were taken back."""
-        from orchestrator.retry import decide_failure  # local: keeps import graph flat
-
         async with self.db.pool.acquire() as conn:
             rows = await conn.fetch(SQL.expired_leases, limit, self.clock.stamp())
-            if not rows:
-                return 0
-            outcomes = []
-            for r in rows:
-                compiled = await self.specs.get(conn, r["version"])
-                decision = decide_failure(
-                    compiled.retry[r["task_id"]], r["attempt"] - r["tries_before"], None
-                )
-                outcomes.append(
-                    Outcome(
-                        id=r["id"],
-                        run_id=r["run_id"],
-                        task_id=r["task_id"],
-                        attempt=r["attempt"],
-                        owner=r["lease_owner"],
-                        target=decision.target,
-                        delay_s=decision.delay_s
-                        if decision.target == TaskState.UP_FOR_RETRY
-                        else None,
-                        error=f"attempt {r['attempt']} lost: lease held by {r['lease_owner']} "
-                        "expired (worker died or stopped heartbeating)",
-                        reason="lease expired",
-                        expired_only=True,
-                    )
-                )
+            outcomes = [lost_attempt(r, await self.specs.get(conn, r["version"])) for r in rows]
+        if not outcomes:
+            return 0
         result = await self.complete(outcomes, actor=actor)
         for o in result.accepted:
             log.warning(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import orjson
@@ -59,10 +59,35 @@ class Completion:
     rejected: list[Outcome]
     claimed: list[Claimed]
     finished_runs: dict[int, RunState]
+    limited_waiting: bool | None = None
+    """Whether limited work waits to run, as the commit's claim saw it (None:
+    nothing was claimed in it). While it does, the claim left it all to the
+    worker's claim loop, which orders both kinds by priority."""
+
+
+class LocalWorker(Protocol):
+    """A worker in the engine's own process. A commit that queues work claims
+    some of it for this worker in the same transaction, so the work starts
+    when the commit returns: no notification, no second commit."""
+
+    owner: str
+
+    def reserve(self) -> int:
+        """Slots set aside for a claim about to be made (0: take nothing)."""
+        ...
+
+    def hand_over(
+        self, claimed: list[Claimed], reserved: int, limited_waiting: bool | None
+    ) -> None:
+        """After the commit (``claimed`` empty when it failed): start what was
+        claimed and give back the ``reserved`` slots."""
+        ...
 
 
 def claimed_from_rows(rows: Sequence[asyncpg.Record]) -> list[Claimed]:
-    """Claimed tasks from the rows a claim returned (their queue wait is counted)."""
+    """Claimed tasks from the rows a claim returned (their queue wait is counted);
+    a row without an id only carries the claim's answer about limited work."""
+    rows = [r for r in rows if r["id"] is not None]
     METRICS.tasks_claimed(r["queue_wait_s"] for r in rows)
     return [
         Claimed(

@@ -10,13 +10,20 @@
   answered 503 (``Retry-After``) and closed at once, so a flood of idle or
   slow sockets costs no more than that many file descriptors, and clients are
   served again as soon as the slow ones time out.
+
+**Sharing the port** with other processes of the same orchestrator
+(:mod:`orchestrator.http_processes`) binds with ``SO_REUSEPORT``. The first
+process checks that nothing listens there yet: the option would otherwise let
+it quietly split the port's connections with another program.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
+from typing import Literal
 
 import orjson
 from aiohttp import web
@@ -164,6 +171,22 @@ class _Counted(asyncio.Protocol):
             self._inner.connection_lost(exc)
 
 
+#: ``no``: the port is this process's alone; ``first``: other processes will
+#: join it (nothing may listen there yet); ``join``: serve it beside the first.
+PortSharing = Literal["no", "first", "join"]
+
+
+async def _refuse_if_served(host: str, port: int) -> None:
+    """Raise :class:`OSError` (address in use) when something listens on
+    ``host:port``, with ``SO_REUSEPORT`` or without."""
+    loop = asyncio.get_running_loop()
+    found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    for family, kind, proto, _name, address in found:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+
+
 class HttpServer:
     def __init__(
         self,
@@ -173,12 +196,14 @@ class HttpServer:
         *,
         read_timeout_s: float = 10.0,
         max_connections: int = 1000,
+        sharing: PortSharing = "no",
     ) -> None:
         self.app = app
         self.host = host
         self.port = port
         self.read_timeout_s = read_timeout_s
         self.max_connections = max_connections
+        self.sharing = sharing
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self.connections: ConnectionLimit | None = None
@@ -197,8 +222,14 @@ class HttpServer:
         assert self._runner.server is not None
         self.connections = ConnectionLimit(self._runner.server, self.max_connections)
         try:
+            if self.sharing == "first" and self.port != 0:
+                await _refuse_if_served(self.host, self.port)
             self._listener = await asyncio.get_running_loop().create_server(
-                self.connections, self.host, self.port, reuse_address=True
+                self.connections,
+                self.host,
+                self.port,
+                reuse_address=True,
+                reuse_port=self.sharing != "no",
             )
         except OSError as exc:
             await self._runner.cleanup()
@@ -211,7 +242,8 @@ class HttpServer:
             for sock in self._listener.sockets:
                 self.port = int(sock.getsockname()[1])
                 break
-        log.info("HTTP API on http://%s:%d", self.host, self.port)
+        if self.sharing != "join":
+            log.info("HTTP API on http://%s:%d", self.host, self.port)
         return self.port
 
     async def stop(self) -> None:

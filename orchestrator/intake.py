@@ -22,45 +22,35 @@ decided under the workflow's shared pause lock in this same transaction.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import re
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 import asyncpg
-import jmespath
 import orjson
-from jmespath.exceptions import JMESPathError
 
-from orchestrator.deferral import Resolution, channel_key, correlation_key
+from orchestrator.deferral import Resolution
 from orchestrator.engine import Engine, RunRequest
-from orchestrator.errors import OrchestratorError, ParamsError
+from orchestrator.errors import ParamsError
 from orchestrator.metrics import METRICS
 from orchestrator.notices import Notices
 from orchestrator.params import ParamsSchema
 from orchestrator.pausing import paused_among, record_held, split_held
-from orchestrator.plugins import SourceRegistry, source_registry
-from orchestrator.spec import OnPause, WorkflowSpec
+from orchestrator.routing import (
+    Route as Route,
+    Router as Router,
+    Unmatched,
+    scope_of as scope_of,
+    search as search,
+    trigger_at as trigger_at,
+    trigger_key_of as trigger_key_of,
+)
+from orchestrator.spec import OnPause
 from orchestrator.store import SQL
-from orchestrator.templates import TemplateError, render
-from orchestrator.trigger_spec import TriggerSpec
 
 log = logging.getLogger(__name__)
-
-#: Sources whose events come a few at a time (a person, and those plugins name
-#: in ``looked_up_first``: a schedule, a backfill): their keys are looked up
-#: before run ids are drawn, so repeating one (an Idempotency-Key, a logical
-#: date) uses up no run id. Kafka and webhook batches skip that query on their
-#: hot path: a redelivery there uses up the ids drawn for it (run ids are unique
-#: and increasing, not dense). An up-front lookup cannot replace it: on a young
-#: table the planner caches a plan that scans all events for it, while ON
-#: CONFLICT always uses the unique index.
-LOOKED_UP_FIRST = frozenset({"manual"})
 
 
 @dataclass(slots=True)
@@ -87,6 +77,9 @@ class Event:
     fresh_key: bool = False
     """The source made the dedup key up just now (a manual trigger without an
     idempotency key): no stored event can have it, so it is not looked up."""
+    raw: bytes | None = None
+    """The payload's JSON text as received, when the source has it: stored as
+    sent (exact numbers included) instead of encoding ``payload`` again."""
 
 
 @dataclass(slots=True)
@@ -118,198 +111,6 @@ class Accepted:
     of starting a run (see :mod:`orchestrator.pausing`)."""
 
 
-def scope_of(event: Event) -> dict[str, Any]:
-    return {"payload": event.payload, "headers": event.headers, "meta": event.meta}
-
-
-@lru_cache(maxsize=1024)
-def _compiled_filter(expression: str) -> Any:
-    return jmespath.compile(expression)
-
-
-@lru_cache(maxsize=1024)
-def _field_path(expression: str) -> tuple[str, ...] | None:
-    """The field names of ``expression`` when it is a plain path of fields
-    (``payload.order_id``, what correlations almost always are), else None."""
-    node = _compiled_filter(expression).parsed
-    names: list[str] = []
-    pending = [node]
-    while pending:
-        node = pending.pop()
-        if node["type"] == "field":
-            names.append(node["value"])
-        elif node["type"] == "subexpression":
-            pending.extend(reversed(node["children"]))
-        else:
-            return None
-    return tuple(names)
-
-
-def search(expression: str, scope: Mapping[str, Any]) -> Any:
-    """``expression`` (JMESPath) over ``scope``. A plain path of fields is
-    followed directly, with JMESPath's meaning (a missing field or a value
-    that is not an object gives None): every event of a channel that sensors
-    wait on is searched once per correlation, and the general evaluator costs
-    more than the rest of matching the event."""
-    path = _field_path(expression)
-    if path is None:
-        return _compiled_filter(expression).search(scope)
-    value: Any = scope
-    for name in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(name)
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    workflow: str
-    trigger: TriggerSpec
-    schema: ParamsSchema | None = None
-    """The params the workflow declares (None: it accepts any)."""
-    key: str = ""
-    """Which of the workflow's triggers (see :func:`trigger_key_of`)."""
-
-    def params_for(self, event: Event) -> dict[str, Any]:
-        """The run params, checked against the workflow's declared params, or
-        raise ``ValueError`` naming what failed."""
-        scope = scope_of(event)
-        if self.trigger.filter:
-            try:
-                if not _compiled_filter(self.trigger.filter).search(scope):
-                    raise _Unmatched
-            except JMESPathError as exc:
-                raise ValueError(f"filter {self.trigger.filter!r} failed: {exc}") from None
-        try:
-            params = render(self.trigger.params, scope)
-        except TemplateError as exc:
-            raise ValueError(f"params mapping failed: {exc}") from None
-        if not isinstance(params, dict):
-            raise ValueError("params mapping did not give an object")
-        if self.schema is not None:
-            try:
-                return self.schema.check(params, workflow=self.workflow)
-            except ParamsError as exc:
-                raise ValueError(str(exc)) from None
-        return params
-
-
-def trigger_key_of(index: int) -> str:
-    """How a held event names the trigger that matched it: its position."""
-    return f"t{index}"
-
-
-def trigger_at(spec: WorkflowSpec, key: str) -> TriggerSpec | None:
-    """The trigger a held event's ``key`` names in ``spec``, if it is there."""
-    if not key.startswith("t") or not key[1:].isdigit():
-        return None
-    index = int(key[1:])
-    return spec.triggers[index] if index < len(spec.triggers) else None
-
-
-class _Unmatched(OrchestratorError):
-    """The trigger's filter said no: not an error."""
-
-
-class Router:
-    """Which workflows an event starts, and which correlation keys it carries:
-    indexes by source, built from the specs and what the source plugins declare.
-
-    A trigger whose :meth:`~orchestrator.trigger_spec.Trigger.routed_channel` names
-    one channel is found by one lookup; one with a channel pattern is matched
-    against each event of its source; the rest (schedules) are not routed."""
-
-    def __init__(
-        self, workflows: Iterable[WorkflowSpec] = (), sources: SourceRegistry | None = None
-    ) -> None:
-        plugins = sources or source_registry()
-        #: source -> channel -> routes
-        self._exact: dict[str, dict[str, list[Route]]] = defaultdict(lambda: defaultdict(list))
-        self._patterns: dict[str, list[tuple[re.Pattern[str], Route]]] = defaultdict(list)
-        self._all: dict[str, list[Route]] = defaultdict(list)
-        #: source -> channel -> correlation expressions its sensors wait on
-        self._waits: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-        #: sources whose waits may match an event's channel by pattern
-        self.pattern_waits = frozenset(s.source for s in plugins.sensors.values() if s.by_pattern)
-        #: source -> the key each of its events carries, from its channel
-        self._keyed_by_channel = {s.source for s in plugins.sensors.values() if s.keyed_by_channel}
-        self.looked_up_first = LOOKED_UP_FIRST | plugins.looked_up_first
-        sensors = plugins.sensors
-        for spec in workflows:
-            for task in spec.tasks:
-                sensor = sensors.get(task.handler)
-                waited = sensor.waits_on(task.inputs) if sensor and sensor.waits_on else None
-                if sensor is not None and waited is not None:
-                    waited_channel, expression = waited
-                    self._waits[sensor.source][waited_channel].add(expression)
-            for index, trigger in enumerate(spec.triggers):
-                route = Route(spec.name, trigger, spec.param_schema, trigger_key_of(index))
-                self._all[trigger.source].append(route)
-                channel = trigger.routed_channel()
-                if channel is not None:
-                    self._exact[trigger.source][channel].append(route)
-                    continue
-                pattern = trigger.channel_pattern()
-                if pattern is not None:
-                    self._patterns[trigger.source].append((pattern, route))
-        # Plain dicts from here on: a lookup of an unknown key must not add it.
-        self._exact = {source: dict(by) for source, by in self._exact.items()}
-        self._patterns = dict(self._patterns)
-        self._all = dict(self._all)
-        self._waits = {source: dict(by) for source, by in self._waits.items()}
-
-    def routes(self, event: Event) -> list[Route]:
-        # routes_on, inlined: this runs for every event on the hot path.
-        by_channel = self._exact.get(event.source)
-        found = by_channel.get(event.channel, []) if by_channel is not None else []
-        patterns = self._patterns.get(event.source)
-        if patterns:
-            found = found + [route for regex, route in patterns if regex.match(event.channel)]
-        return found
-
-    def routes_on(self, source: str, channel: str) -> list[Route]:
-        """The routes of ``source``'s triggers that an event on ``channel`` matches."""
-        by_channel = self._exact.get(source)
-        found = by_channel.get(channel, []) if by_channel is not None else []
-        patterns = self._patterns.get(source)
-        if patterns:
-            found = found + [route for regex, route in patterns if regex.match(channel)]
-        return found
-
-    def routes_of(self, source: str) -> list[Route]:
-        """Every route of ``source``'s triggers."""
-        return self._all.get(source, [])
-
-    def channels(self, source: str) -> list[str]:
-        """The channels of ``source`` to follow: those its triggers name and
-        those its sensors wait on (e.g. the Kafka topics to consume)."""
-        return sorted(set(self._exact.get(source, ())) | set(self._waits.get(source, ())))
-
-    def event_keys(self, event: Event) -> list[str]:
-        """Correlation keys of an event, for waits now or later: those the
-        source gave, and one per expression a sensor waits on for its channel."""
-        keys = list(event.keys)
-        if event.source in self._keyed_by_channel:
-            keys.append(channel_key(event.source, event.channel))
-        by_channel = self._waits.get(event.source)
-        expressions = by_channel.get(event.channel) if by_channel is not None else None
-        if expressions:
-            scope = scope_of(event)
-            for expr in expressions:
-                try:
-                    value = search(expr, scope)
-                except JMESPathError:
-                    continue
-                if value is not None:
-                    keys.append(correlation_key(event.source, event.channel, expr, value))
-        return keys
-
-
-def _json_text(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
 class Intake:
     def __init__(self, engine: Engine, router: Router | None = None) -> None:
         self.engine = engine
@@ -327,9 +128,12 @@ class Intake:
     ) -> list[Accepted]:
         """Store, route and start runs for ``events`` in one transaction; the
         results are in the same order as ``events``. ``dead_letters`` (events
-        a source could not even parse) are stored in the same commit."""
-        async with self.engine.db.transaction() as conn:
-            return await self.ingest_in(conn, events, dead_letters=dead_letters, actor=actor)
+        a source could not even parse) are stored in the same commit. Runs it
+        starts are handed to this process's worker, if it has one (engine.unit)."""
+        async with self.engine.unit() as (conn, notices):
+            return await self.ingest_in(
+                conn, events, dead_letters=dead_letters, actor=actor, notices=notices
+            )
 
     async def ingest_in(
         self,
@@ -370,17 +174,7 @@ class Intake:
         total = sum(len(requests) for requests, _ in planned)
         ids = iter(await self.engine.allocate_run_ids(conn, total) if total else [])
         run_ids = [[next(ids) for _ in requests] for requests, _ in planned]
-        rows = await conn.fetch(
-            SQL.insert_events,
-            [e.source for e in batch],
-            [e.channel for e in batch],
-            [e.dedup_key for e in batch],
-            [_json_text(e.payload) for e in batch],
-            [orjson.dumps(e.headers).decode() for e in batch],
-            [orjson.dumps(e.meta).decode() for e in batch],
-            [e.actor or actor for e in batch],
-            ["{" + ",".join(map(str, r)) + "}" for r in run_ids],
-        )
+        rows = await conn.fetch(SQL.insert_events, _events_document(batch, run_ids, actor))
         inserted = {r["dedup_key"]: r["id"] for r in rows}
         existing: dict[str, asyncpg.Record] = {}
         missing = [e.dedup_key for e in batch if e.dedup_key not in inserted]
@@ -391,11 +185,15 @@ class Intake:
         answers = {k: Accepted(r["id"], list(r["run_ids"]), True) for k, r in known.items()}
         for event, (requests, reasons), rids in zip(batch, planned, run_ids, strict=True):
             key = event.dedup_key
-            if key in inserted:
-                event_id = inserted[key]
-                for req, rid in zip(requests, rids, strict=True):
-                    new_requests.append(_with_event(req, event_id, event.actor or None))
-                    new_ids.append(rid)
+            event_id = inserted.get(key)
+            if event_id is None:
+                row = existing[key]
+                answers[key] = Accepted(row["id"], list(row["run_ids"]), True)
+                continue
+            if requests:
+                new_requests += [_with_event(r, event_id, event.actor or None) for r in requests]
+                new_ids += rids
+            if reasons:
                 letters.extend(
                     DeadLetter(
                         event.source,
@@ -408,10 +206,7 @@ class Intake:
                     )
                     for workflow, reason in reasons
                 )
-                answers[key] = Accepted(event_id, rids, False, [r for _, r in reasons])
-            else:
-                row = existing[key]
-                answers[key] = Accepted(row["id"], list(row["run_ids"]), True)
+            answers[key] = Accepted(event_id, rids, False, [r for _, r in reasons])
         if new_requests:
             await self.engine.create_runs_in(
                 conn, new_requests, new_ids, actor=actor, notices=notices
@@ -540,7 +335,7 @@ class Intake:
         for route in self.router.routes(event):
             try:
                 params = route.params_for(event)
-            except _Unmatched:
+            except Unmatched:
                 continue
             except ValueError as exc:
                 reasons.append((route.workflow, str(exc)))
@@ -583,7 +378,29 @@ class Intake:
 
 
 def _with_event(req: RunRequest, event_id: int, actor: str | None) -> RunRequest:
-    return dataclasses.replace(req, event_id=event_id, actor=actor)
+    # Not dataclasses.replace: this runs for every run an event starts.
+    return RunRequest(
+        req.workflow, req.params, req.logical_date, req.interval_end, event_id, actor, req.trigger
+    )
+
+
+def _events_document(batch: Sequence[Event], run_ids: Sequence[list[int]], actor: str) -> str:
+    """The batch as the one JSON document ``insert_events`` reads."""
+    return orjson.dumps(
+        [
+            [
+                e.source,
+                e.channel,
+                e.dedup_key,
+                e.payload if e.raw is None else orjson.Fragment(e.raw),
+                e.headers,
+                e.meta,
+                e.actor or actor,
+                "{" + ",".join(map(str, rids)) + "}",
+            ]
+            for e, rids in zip(batch, run_ids, strict=True)
+        ]
+    ).decode()
 
 
 def _resolution(deferral_id: int, event_id: int, event: Event) -> Resolution:

@@ -45,7 +45,8 @@ def rfc3339_utc(created: float) -> str:
 
 class JSONFormatter(logging.Formatter):
     """One object per line: ``at`` (RFC 3339, UTC), ``level``, ``logger``,
-    ``message``, and the ids the record carries."""
+    ``message``, ``pid`` (several processes may share one stream: ``run
+    --webhook-processes``), and the ids the record carries."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -53,6 +54,7 @@ class JSONFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,
         }
         for key in (*RECORD_IDS, *ACCESS_FIELDS):
             if hasattr(record, key):

@@ -114,7 +114,8 @@ class Metrics:
         )
         self.landing_pending = Gauge(
             "orchestrator_landing_files_pending",
-            "Files seen in the landing zone and not taken in yet (not complete, or being checked).",
+            "Files seen in the landing zone and not taken in yet (not complete, being checked,"
+            " or complete and waiting for their commit).",
             registry=r,
         )
         self.db_pool_in_use = Gauge(

@@ -43,6 +43,16 @@ class Notices:
     timed_waits: bool = False
     alerts: bool = False
 
+    def claimed_here(self, claimed: int, asked: int, limited_waiting: bool) -> None:
+        """The committer claimed ``claimed`` of ``asked`` tasks for its own
+        worker: only what may be left is announced to the others."""
+        if limited_waiting:
+            return  # the claim took nothing: the claim loops order limited work
+        if claimed < asked:
+            self.queued = 0  # it took every claimable task there was
+        else:
+            self.queued = max(1, self.queued - claimed)  # more may wait, older than these
+
     def runs_ended(self, run_ids: Iterable[int]) -> None:
         self.ended_runs.extend(run_ids)
 

@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     some brokers (the embedded one) hold the full wait, so dev lowers it."""
     kafka_batch_max: int = Field(default=1000, ge=1, le=100_000)
     """Most messages recorded in one transaction."""
+    kafka_fetch_partition_bytes: int = Field(default=1_048_576, ge=1024, le=1_073_741_824)
+    """Most bytes one fetch takes from a partition (a message larger than this
+    is still fetched, alone)."""
     dataset_topic: str | None = Field(
         default=None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._\-]+$"
     )

@@ -34,6 +34,11 @@ _MET_RUN = frozenset({"success", "cancelled"})
 _MET_TASK = frozenset({"success", "skipped"})
 
 
+def has_deadlines(spec: WorkflowSpec) -> bool:
+    """Whether a run of ``spec`` gets any deadline (most get none)."""
+    return spec.sla is not None or any(t.deadline is not None for t in spec.tasks)
+
+
 def deadlines_of(
     run_id: int, spec: WorkflowSpec, logical_date: datetime | None
 ) -> list[tuple[int, str, datetime | None, float]]:

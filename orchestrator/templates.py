@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -52,6 +52,7 @@ from orchestrator.errors import SpecError
 __all__ = [
     "ROOTS",
     "ROOT_FIELDS",
+    "Renderer",
     "TemplateError",
     "build_scope",
     "has_templates",
@@ -60,6 +61,7 @@ __all__ = [
     "referenced_roots",
     "referenced_tasks",
     "render",
+    "renderer",
 ]
 
 OPEN = "{{"
@@ -411,3 +413,29 @@ def render(value: Any, scope: Mapping[str, Any]) -> Any:
     if isinstance(value, list | tuple):
         return [render(item, scope) for item in value]
     return value
+
+
+Renderer = Callable[[Mapping[str, Any]], Any]
+
+
+def renderer(value: Any) -> Renderer:
+    """``render(value, scope)`` as a function of ``scope``, with ``value``
+    walked once, here: for a template used again and again (a trigger's params
+    mapping, for every event). A malformed template still raises when called."""
+    if isinstance(value, str):
+        if OPEN not in value:
+            return lambda scope: value
+        try:
+            whole = _parse(value).whole
+        except TemplateError:
+            whole = None
+        if whole is not None:
+            return lambda scope: _search(whole, scope)
+        return lambda scope: _render_str(value, scope)
+    if isinstance(value, Mapping):
+        items = [(key, renderer(item)) for key, item in value.items()]
+        return lambda scope: {key: render_item(scope) for key, render_item in items}
+    if isinstance(value, list | tuple):
+        each = [renderer(item) for item in value]
+        return lambda scope: [render_item(scope) for render_item in each]
+    return lambda scope: value

@@ -99,6 +99,7 @@ class Worker:
         self._attempts: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._buffer: list[Outcome] = []
         self._wake = asyncio.Event()
+        self._handed = asyncio.Event()  # set each time a hand-over (or flush) ends
         self._flush_wanted = asyncio.Event()
         self._stopping = False
         # Set once no attempt runs any more: the flusher records what is left and ends.
@@ -126,6 +127,8 @@ class Worker:
         for label, fn in loops:
             self._loops[label] = asyncio.create_task(self._guard(label, fn), name=f"worker-{label}")
         self.task_logs.start()
+        # Work queued by this process's commits is claimed for this worker in them.
+        self.engine.local = self
 
     def wake(self, _payload: str = "") -> None:
         """Called on NOTIFY: there may be new work."""
@@ -140,6 +143,8 @@ class Worker:
         ``running``; its lease then runs out and another worker takes it back.
         """
         self._stopping = True
+        if self.engine.local is self:
+            self.engine.local = None
         self._wake.set()
         claimer = self._loops.get("claim")
         if claimer is not None:
@@ -168,9 +173,16 @@ class Worker:
     async def _finish_attempts(self, grace_s: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
-        # A flush in flight may still launch attempts it claimed: wait for those too.
-        while self._running and (left := deadline - loop.time()) > 0:
-            await asyncio.wait(set(self._running), timeout=left)
+        # A flush in flight may still launch attempts it claimed, and a commit
+        # of this process may still hand some over: wait for those too.
+        while (self._running or self._reserved > 0) and (left := deadline - loop.time()) > 0:
+            if self._running:
+                await asyncio.wait(set(self._running), timeout=left)
+                continue
+            self._handed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._handed.wait()
         if self._running:
             pending = set(self._running)
             for task in pending:
@@ -216,12 +228,33 @@ class Worker:
                 claimed, self._limited_waiting = await self.engine.claim(self.owner, want)
             finally:
                 self._reserved -= want
+                self._handed.set()
             self._launch(claimed)
             if want and len(claimed) == want and self.free > 0:
                 continue  # there may be more right away
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(poll):
                     await self._wake.wait()
+
+    def reserve(self) -> int:
+        """Slots for a claim made by a commit of this process (engine.unit)."""
+        if self._stopping or self._limited_waiting:
+            return 0
+        want = max(0, min(self.free, self.settings.claim_batch))
+        self._reserved += want
+        return want
+
+    def hand_over(
+        self, claimed: list[Claimed], reserved: int, limited_waiting: bool | None
+    ) -> None:
+        """Start what a commit of this process claimed for this worker."""
+        self._reserved -= reserved
+        self._handed.set()
+        if limited_waiting is not None:
+            self._limited_waiting = limited_waiting
+        if limited_waiting:
+            self._wake.set()  # the claim loop orders limited work
+        self._launch(claimed)
 
     def _launch(self, claimed: list[Claimed]) -> None:
         for c in claimed:
@@ -443,7 +476,10 @@ class Worker:
             raise
         finally:
             self._reserved -= want
+            self._handed.set()
         self._busy -= len(batch)
+        if result.limited_waiting is not None:
+            self._limited_waiting = result.limited_waiting
         for o in result.accepted:
             METRICS.task_attempts.labels(o.target.value).inc()
             if self._interrupted and (o.id, o.attempt) in self._interrupted:
@@ -467,7 +503,11 @@ class Worker:
                 self.owner,
             )
         self._launch(result.claimed)
-        if self.free > 0:
+        # A commit that claimed less than it asked for saw every claimable
+        # task: the claim loop is woken only when more may be there (or
+        # limited work waits for it); later work comes with a notification.
+        more = want == 0 or len(result.claimed) == want or bool(result.limited_waiting)
+        if self.free > 0 and more:
             self._wake.set()
 
     async def _drain_buffer(self) -> None:

@@ -13,7 +13,8 @@ Rules:
   skipped too.
 - A ``quiet`` trigger: size and mtime unchanged for ``quiet_s``, *observed*
   across checks. An old mtime alone proves nothing (``cp -p`` and rsync keep
-  the source's mtime while still writing), so the file must be seen twice.
+  the source's mtime while still writing), so the file must be seen twice
+  (what the watcher or a scan saw counts as the first look).
 - A ``marker`` trigger: a marker file exists in the same directory, ``_SUCCESS``
   for the whole directory or ``{name}.done`` for one file. Marker files are
   never events themselves.
@@ -111,6 +112,8 @@ class Rule:
 
     def marker_paths(self, relative_path: str) -> dict[str, str | None]:
         """Template -> the marker's relative path (None when the template is invalid)."""
+        if not self.markers:
+            return {}  # the common case, asked for every file looked at
         directory, name = posixpath.split(relative_path)
         out: dict[str, str | None] = {}
         for template in self.markers:

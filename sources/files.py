@@ -7,16 +7,23 @@ How a file travels:
    (anything the watcher missed: an overflowed inotify queue, a directory
    moved in whole). Temporary names are never looked at
    (:func:`sources.completeness.is_ignored`).
-2. *Checked* — stat and marker look-ups run in a worker thread;
-   :func:`sources.completeness.judge` decides. Files still settling wait on a
-   small heap of next-check times (no busy polling); files waiting for a marker
-   are parked until something changes in their directory or the next rescan.
-3. *Recorded* — complete files are hashed (SHA-256, in threads) and recorded
-   in batches: one transaction per up to ``batch_max`` files, holding the
-   events, the runs they start, the dead letters of refused paths and the
-   pending moves. A file counts as taken only after that commit.
+   What the watcher or a scan saw (size and mtime) is the file's first
+   observation, so a file that stays quiet is looked at once more, when its
+   quiet period has passed.
+2. *Checked* — stat and marker look-ups run in a worker thread, up to
+   ``batch_max`` files per call; :func:`sources.completeness.judge` decides.
+   Files still settling wait on a small heap of next-check times (no busy
+   polling); files waiting for a marker are parked until something changes in
+   their directory or the next rescan. Complete files are hashed (SHA-256, in
+   threads) by the same pass and queued for recording.
+3. *Recorded* — by tasks of their own (:mod:`sources.landing_record`), so
+   checking and hashing the next files go on while a batch is written: one
+   transaction per up to ``batch_max`` queued files, holding the events, the
+   runs they start, the dead letters of refused paths and the pending moves.
+   A file counts as taken only after that commit.
 4. *Moved* (``on_done: move``) — once every run the event started has ended,
-   the file goes to ``processed/<path>`` (all succeeded) or ``failed/<path>``.
+   the file goes to ``processed/<path>`` (all succeeded) or ``failed/<path>``
+   (:mod:`sources.landing_moves`).
 
 Identity and dedup. The event's dedup key is
 ``file:{path}:{size}:{mtime_ns}:{sha256}``, so the same bytes seen twice (a
@@ -38,38 +45,36 @@ per path and link target; nothing else happens.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import os
 import posixpath
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 from watchfiles import awatch
 
 from orchestrator.backoff import Backoff
 from orchestrator.clock import Clock, wait_for_event
-from orchestrator.intake import DeadLetter, Event, Router
+from orchestrator.intake import Router
 from orchestrator.metrics import METRICS
 from orchestrator.sources import SourceContext, loop_stopped
-from orchestrator.states import TERMINAL_RUN_STATES
 from sources.completeness import MarkerNames, Observation, Rule, Stat, judge
 from sources.landing_fs import (
     Found,
     Refusal,
-    absolute_in,
-    choose_target,
     classify_paths,
     digest_many,
     look_many,
-    move_file,
     walk_tree,
 )
-from sources.models import FileTrigger
+from sources.landing_moves import move_finished
+from sources.landing_pending import Candidate, CheckSchedule
+from sources.landing_record import (
+    FileIdentity,
+    LandingRecorder,
+    file_triggers,
+    file_triggers_for,
+)
 from sources.queries import SQL
 
 __all__ = ["FileIdentity", "LandingSource"]
@@ -77,34 +82,15 @@ __all__ = ["FileIdentity", "LandingSource"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ACTOR = "files"
-#: Most due files looked at in one pass; the rest follow right after.
-CHECK_MAX_FACTOR = 5
-#: How many threads hash one batch.
+#: Most threads hashing one pass's complete files, one per ``HASH_SHARE_BYTES``
+#: of content: hashing large files releases the GIL, while for small ones the
+#: hand-off to more threads costs more than it gains.
 HASH_THREADS = 4
+HASH_SHARE_BYTES = 16 << 20
 #: After a failed pass (database down, ...) its files are looked at again this much
 #: later, doubling per failed pass in a row up to ``RETRY_MAX_S``.
 RETRY_S = 1.0
 RETRY_MAX_S = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class FileIdentity:
-    """What was last recorded for a path."""
-
-    stat: Stat
-    sha256: str
-
-
-@dataclass(slots=True)
-class _Candidate:
-    due: float | None = None
-    """Next check (seconds on the source's clock); None while parked or being checked."""
-    observation: Observation | None = None
-    waiting_for: str = "a first look"
-    checking: bool = False
-    changed: bool = False
-    """Something changed in its directory while it was being checked."""
 
 
 def _readable_dir(path: str) -> bool:
@@ -137,21 +123,20 @@ class LandingSource:
         self.root = ""
         """The landing zone's real absolute path, once started."""
         self._rescan_s = 30.0
-        self._pending: dict[str, _Candidate] = {}
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = itertools.count()
-        self._parked: dict[str, set[str]] = defaultdict(set)
+        self._pending: dict[str, Candidate] = {}
+        self._rules: dict[tuple[int, ...], Rule] = {}
+        self._looks = CheckSchedule(self._pending)
         self._known: dict[str, FileIdentity | None] = {}
-        self._letters: dict[str, Refusal] = {}
-        self._refused: dict[str, str] = {}
-        self._wake = asyncio.Event()
+        self._recorder = LandingRecorder(
+            batch_max=batch_max, known=self._known, look_again=self._look_again
+        )
         self._stop_watching = asyncio.Event()
         self._busy = False
         self._tasks: list[asyncio.Task[None]] = []
         self.scans = 0
         """Full scans finished (the first one runs at start)."""
-        self.ingest_calls = 0
-        """Transactions that recorded files or dead letters."""
+        self.looks = 0
+        """Files looked at by checks (what the watcher and scans see is not counted)."""
 
     # -- Source protocol ----------------------------------------------------------------
 
@@ -160,12 +145,15 @@ class LandingSource:
 
     def use_router(self, router: Router) -> None:
         self._router = router
-        self._markers = MarkerNames(t for t in _file_triggers(router))
+        self._recorder.router = router
+        self._markers = MarkerNames(t for t in file_triggers(router))
         # New rules may complete (or stop parking) files already waiting.
+        self._rules = {}
         now = self._now_or_zero()
         for rel, cand in self._pending.items():
+            cand.rule = None
             if cand.due is None and not cand.checking:
-                self._schedule(rel, cand, now)
+                self._looks.schedule(rel, cand, now)
 
     async def start(self) -> None:
         ctx = self._context()
@@ -181,11 +169,15 @@ class LandingSource:
         self._tasks += [
             asyncio.create_task(self._rescan(), name="landing-rescan"),
             asyncio.create_task(self._pump(), name="landing-check"),
+            *self._recorder.start(ctx, self.root),
             asyncio.create_task(self._mover(), name="landing-move"),
         ]
         log.info("landing zone %s: watching (full rescan every %gs)", self.root, self._rescan_s)
-        # Read when scraped: the files seen and not taken in yet.
-        METRICS.landing_pending.set_function(lambda: len(self._pending))
+        # Read when scraped: the files seen and not taken in yet (being
+        # checked, or complete and waiting for their commit).
+        METRICS.landing_pending.set_function(
+            lambda: len(self._pending.keys() | self._recorder.taking.keys())
+        )
 
     async def stop(self) -> None:
         self._stop_watching.set()
@@ -209,6 +201,11 @@ class LandingSource:
         """Files seen but not complete yet, with what each is waiting for."""
         return {rel: cand.waiting_for for rel, cand in self._pending.items()}
 
+    @property
+    def ingest_calls(self) -> int:
+        """Transactions that recorded files or dead letters."""
+        return self._recorder.ingest_calls
+
     def seen(self, relative_path: str) -> FileIdentity | None:
         """The last recorded (or touched) identity of a path, if known."""
         return self._known.get(relative_path)
@@ -217,7 +214,7 @@ class LandingSource:
     def idle(self) -> bool:
         """Nothing due, being checked or being recorded (files parked until their
         marker appears may remain)."""
-        if self._letters or self._busy:
+        if self._busy or not self._recorder.idle:
             return False
         return all(c.due is None and not c.checking for c in self._pending.values())
 
@@ -259,88 +256,65 @@ class LandingSource:
 
     def _take(self, found: Found) -> None:
         for refusal in found.refused:
-            if self._refused.get(refusal.path) != refusal.key:
-                self._letters[refusal.key] = refusal
-        if found.refused:
-            self._wake.set()
+            self._recorder.refuse(refusal)
         self._offer(found.files)
 
     def _offer(self, stats: Mapping[str, Stat | None]) -> None:
+        """Files seen (with their stat; None: look again from scratch)."""
         now = self._now()
         for rel, stat in stats.items():
             if self._markers.matches(rel):
-                self._unpark(posixpath.dirname(rel), now)
+                self._looks.unpark(posixpath.dirname(rel), now)
                 continue
-            known = self._known.get(rel)
-            if stat is not None and known is not None and known.stat == stat:
-                continue  # unchanged since it was recorded: the common rescan case
+            if stat is not None and self._unchanged(rel, stat):
+                continue  # recorded (or being recorded) as it is: the common rescan case
             cand = self._pending.get(rel)
             if cand is None:
-                cand = self._pending[rel] = _Candidate()
-                self._schedule(rel, cand, now)
+                cand = self._pending[rel] = Candidate()
             elif cand.checking:
                 cand.changed = True
-            elif cand.due is None:
-                self._schedule(rel, cand, now)
-            # Already due: that check will see whatever changed.
+                continue
+            if stat is not None and (cand.observation is None or cand.observation.stat != stat):
+                # Seen as it is now (the stat was taken before ``now``): the
+                # first of the two looks a quiet period needs.
+                cand.observation = Observation(stat, now)
+            when = self._next_look(rel, cand, now)
+            if cand.due is None or cand.due < when:
+                self._looks.schedule(rel, cand, when)
+            # Due earlier (a retry, a marker look): that check sees whatever changed.
+
+    def _unchanged(self, rel: str, stat: Stat) -> bool:
+        known = self._known.get(rel)
+        return (known is not None and known.stat == stat) or self._recorder.taking.get(rel) == stat
+
+    def _next_look(self, rel: str, cand: Candidate, now: float) -> float:
+        """When a look can decide: once the quiet period since the last
+        observation has passed, or now when markers must be looked for."""
+        rule = self._rule_of(rel, cand)
+        if cand.observation is None or rule.markers or not rule.quiet_s:
+            return now
+        return max(now, cand.observation.since + rule.quiet_s)
 
     def _forget_absent(self, found: Found) -> None:
         """Keep memory bounded by the files present; a path that comes back is
         looked up in the database again."""
         present = found.files.keys() | {r.path for r in found.refused}
-        for table in (self._known, self._refused):
-            for rel in [r for r in table if r not in present and r not in self._pending]:
+        busy = self._pending.keys() | self._recorder.taking.keys()
+        for table in (self._known, self._recorder.refused):
+            for rel in [r for r in table if r not in present and r not in busy]:
                 del table[rel]
 
     # -- checking ------------------------------------------------------------------------
-
-    def _schedule(self, rel: str, cand: _Candidate, when: float) -> None:
-        directory = posixpath.dirname(rel)
-        parked = self._parked.get(directory)
-        if parked is not None:
-            parked.discard(rel)
-            if not parked:
-                del self._parked[directory]
-        cand.due = when
-        heapq.heappush(self._heap, (when, next(self._seq), rel))
-        if self._heap[0][2] == rel:
-            self._wake.set()
-
-    def _park(self, rel: str, cand: _Candidate) -> None:
-        cand.due = None
-        self._parked[posixpath.dirname(rel)].add(rel)
-
-    def _unpark(self, directory: str, now: float) -> None:
-        for rel in self._parked.pop(directory, set()):
-            cand = self._pending.get(rel)
-            if cand is not None and cand.due is None and not cand.checking:
-                self._schedule(rel, cand, now)
-
-    def _pop_due(self, now: float) -> list[str]:
-        due: list[str] = []
-        while self._heap and self._heap[0][0] <= now and len(due) < self._check_max:
-            when, _seq, rel = heapq.heappop(self._heap)
-            cand = self._pending.get(rel)
-            if cand is None or cand.due != when or cand.checking:
-                continue  # superseded by a later schedule
-            cand.due = None
-            cand.checking = True
-            due.append(rel)
-        return due
-
-    @property
-    def _check_max(self) -> int:
-        return self._batch_max * CHECK_MAX_FACTOR
 
     async def _pump(self) -> None:
         backoff = Backoff(RETRY_S, RETRY_MAX_S)
         while True:
             now = self._now()
-            due = self._pop_due(now)
-            if not due and not self._letters:
-                delay = max(0.0, self._heap[0][0] - now) if self._heap else None
-                self._wake.clear()
-                await wait_for_event(self._clock, self._wake, delay)
+            due = self._looks.pop_due(now, self._batch_max)
+            if not due:
+                wake = self._looks.wake
+                wake.clear()
+                await wait_for_event(self._clock, wake, self._looks.next_in(now))
                 continue
             self._busy = True
             try:
@@ -353,16 +327,17 @@ class LandingSource:
                 )
                 later = self._now() + delay
                 for rel in due:
-                    cand = self._pending.setdefault(rel, _Candidate())
+                    cand = self._pending.setdefault(rel, Candidate())
                     cand.checking = False
-                    self._schedule(rel, cand, later)
+                    self._looks.schedule(rel, cand, later)
                 await self._clock.sleep(delay)
             finally:
                 self._busy = False
 
     async def _check(self, rels: list[str]) -> None:
+        self.looks += len(rels)
         await self._load_known([rel for rel in rels if rel not in self._known])
-        rules = {rel: self._rule(rel) for rel in rels}
+        rules = {rel: self._rule_of(rel, self._pending[rel]) for rel in rels}
         wanted = {
             rel: [p for p in rule.marker_paths(rel).values() if p is not None]
             for rel, rule in rules.items()
@@ -375,11 +350,10 @@ class LandingSource:
             cand.checking = False
             if found is None or isinstance(found, Refusal):
                 del self._pending[rel]
-                if isinstance(found, Refusal) and self._refused.get(rel) != found.key:
-                    self._letters[found.key] = found
+                if isinstance(found, Refusal):
+                    self._recorder.refuse(found)
                 continue
-            known = self._known.get(rel)
-            if known is not None and known.stat == found:
+            if self._unchanged(rel, found):
                 del self._pending[rel]
                 continue
             verdict = judge(rules[rel], cand.observation, found, present, now, relative_path=rel)
@@ -389,17 +363,35 @@ class LandingSource:
                 del self._pending[rel]
                 ready.append((rel, found))
             elif verdict.check_at is not None:
-                self._schedule(rel, cand, verdict.check_at)
+                self._looks.schedule(rel, cand, verdict.check_at)
             elif cand.changed:
-                self._schedule(rel, cand, now)
+                self._looks.schedule(rel, cand, now)
             else:
-                self._park(rel, cand)
+                self._looks.park(rel, cand)
             cand.changed = False
-        await self._record(ready)
+        for rel, stat, sha in await self._digest(ready):
+            if sha is None:  # changed (or vanished) while hashing: look again
+                self._offer({rel: None})
+                continue
+            self._recorder.put(rel, stat, sha)
 
-    def _rule(self, rel: str) -> Rule:
-        triggers = _file_triggers_for(self._router, rel)
-        return Rule.for_triggers(triggers, default_quiet_s=self._default_quiet_s)
+    def _look_again(self, rels: Sequence[str], when: float) -> None:
+        """Files that could not be recorded: seen anew, looked at from ``when``."""
+        for rel in rels:
+            if rel not in self._pending:  # else already seen anew, and looked at soon
+                cand = self._pending[rel] = Candidate()
+                self._looks.schedule(rel, cand, when)
+
+    def _rule_of(self, rel: str, cand: Candidate) -> Rule:
+        if cand.rule is None:
+            triggers = file_triggers_for(self._router, rel)
+            key = tuple(map(id, triggers))  # files of one glob share their rule
+            rule = self._rules.get(key)
+            if rule is None:
+                rule = Rule.for_triggers(triggers, default_quiet_s=self._default_quiet_s)
+                self._rules[key] = rule
+            cand.rule = rule
+        return cand.rule
 
     async def _load_known(self, rels: Sequence[str]) -> None:
         """The last recorded content of paths not seen since start."""
@@ -417,32 +409,12 @@ class LandingSource:
 
     # -- recording -----------------------------------------------------------------------
 
-    async def _record(self, ready: list[tuple[str, Stat]]) -> None:
-        events: list[tuple[Event, FileIdentity]] = []
-        for rel, stat, sha in await self._digest(ready):
-            if sha is None:  # changed (or vanished) while hashing: look again
-                self._offer({rel: None})
-                continue
-            known = self._known.get(rel)
-            identity = FileIdentity(stat, sha)
-            if known is not None and known.stat.size == stat.size and known.sha256 == sha:
-                self._known[rel] = identity  # touched, same bytes: nothing new
-                continue
-            events.append((self._event(rel, stat, sha), identity))
-        letters = list(self._letters.values())
-        self._letters = {}
-        try:
-            for i, chunk in enumerate(_batched(events, self._batch_max) or [[]]):
-                await self._ingest(chunk, letters if i == 0 else [])
-        except BaseException:
-            for refusal in letters:
-                self._letters.setdefault(refusal.key, refusal)
-            raise
-
     async def _digest(self, ready: list[tuple[str, Stat]]) -> list[tuple[str, Stat, str | None]]:
         if not ready:
             return []
-        size = -(-len(ready) // HASH_THREADS)
+        content = sum(stat.size for _, stat in ready)
+        threads = max(1, min(HASH_THREADS, content // HASH_SHARE_BYTES))
+        size = -(-len(ready) // threads)
         parts = await asyncio.gather(
             *(
                 asyncio.to_thread(digest_many, self.root, ready[i : i + size])
@@ -450,60 +422,6 @@ class LandingSource:
             )
         )
         return [item for part in parts for item in part]
-
-    async def _ingest(
-        self, batch: Sequence[tuple[Event, FileIdentity]], letters: Sequence[Refusal]
-    ) -> None:
-        if not batch and not letters:
-            return
-        ctx = self._context()
-        events = [event for event, _ in batch]
-        async with ctx.engine.db.transaction() as conn:
-            accepted = await ctx.intake.ingest_in(
-                conn, events, dead_letters=[self._dead_letter(r) for r in letters], actor=ACTOR
-            )
-            moves = [
-                (answer.event_id, event.channel, event.meta["sha256"])
-                for event, answer in zip(events, accepted, strict=True)
-                if not answer.duplicate and answer.run_ids and self._moves(event.channel)
-            ]
-            if moves:
-                await conn.execute(SQL.insert_landing_moves, *map(list, zip(*moves, strict=True)))
-        self.ingest_calls += 1
-        for event, identity in batch:
-            self._known[event.channel] = identity
-        for refusal in letters:
-            self._refused[refusal.path] = refusal.key
-        if events:
-            log.info("landing zone: recorded %d file(s)", len(events))
-
-    def _event(self, rel: str, stat: Stat, sha: str) -> Event:
-        mtime = datetime.fromtimestamp(stat.mtime_ns / 1e9, UTC)
-        return Event(
-            source="file",
-            channel=rel,
-            dedup_key=f"file:{rel}:{stat.size}:{stat.mtime_ns}:{sha}",
-            payload=None,
-            meta={
-                "path": rel,
-                "absolute_path": absolute_in(self.root, rel),
-                "size": stat.size,
-                "mtime": mtime.isoformat(),
-                "sha256": sha,
-            },
-        )
-
-    def _dead_letter(self, refusal: Refusal) -> DeadLetter:
-        return DeadLetter(
-            source="file",
-            channel=refusal.path,
-            dedup_key=refusal.key,
-            reason=refusal.reason,
-            meta={"path": refusal.path, "absolute_path": absolute_in(self.root, refusal.path)},
-        )
-
-    def _moves(self, rel: str) -> bool:
-        return any(t.on_done == "move" for t in _file_triggers_for(self._router, rel))
 
     # -- moving finished files -----------------------------------------------------------
 
@@ -515,39 +433,15 @@ class LandingSource:
                 log.exception("moving finished landing-zone files failed; retrying")
             # Without a move trigger only moves left from an earlier
             # configuration remain: looking at the rescan pace is enough.
-            moving = any(t.on_done == "move" for t in _file_triggers(self._router))
+            moving = any(t.on_done == "move" for t in file_triggers(self._router))
             await self._clock.sleep(self._move_interval_s if moving else self._rescan_s)
 
     async def move_finished(self, limit: int = 500) -> int:
         """Move the files whose runs have all ended; returns how many moved."""
-        db = self._context().engine.db
-        terminal = sorted(s.value for s in TERMINAL_RUN_STATES)
-        async with db.pool.acquire() as conn:
-            rows = await conn.fetch(SQL.landing_moves_due, terminal, limit)
-        moved = 0
-        for row in rows:
-            event_id, rel = row["event_id"], row["path"]
-            outcome = "processed" if row["succeeded"] else "failed"
-            proposed = row["target"] or await asyncio.to_thread(
-                choose_target, self.root, rel, outcome, event_id
-            )
-            # The target is stored before the file moves: after a crash in
-            # between, the next attempt finishes the same move.
-            async with db.pool.acquire() as conn:
-                target = await conn.fetchval(SQL.landing_move_target, event_id, proposed)
-            if target is None:
-                continue  # finished elsewhere meanwhile
-            result = await asyncio.to_thread(move_file, self.root, rel, row["sha256"], target)
-            state = target.split("/", 1)[0] if result == "moved" else "skipped"
-            async with db.pool.acquire() as conn:
-                await conn.execute(SQL.landing_move_done, event_id, state)
-            if result == "moved":
-                moved += 1
-                self._known[rel] = None  # gone: the same bytes dropped again are new
-                log.info("landing zone: moved %s to %s (event %d)", rel, target, event_id)
-            else:
-                log.warning("landing zone: left %s in place (event %d): %s", rel, event_id, result)
-        return moved
+        moved = await move_finished(self._context().engine.db, self.root, limit)
+        for rel in moved:
+            self._known[rel] = None  # gone: the same bytes dropped again are new
+        return len(moved)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -568,18 +462,6 @@ class LandingSource:
         return 0.0 if self._ctx is None else self._now()
 
 
-def _file_triggers(router: Router) -> Iterable[FileTrigger]:
-    return [r.trigger for r in router.routes_of("file") if isinstance(r.trigger, FileTrigger)]
-
-
-def _file_triggers_for(router: Router, relative_path: str) -> list[FileTrigger]:
-    return [
-        r.trigger
-        for r in router.routes_on("file", relative_path)
-        if isinstance(r.trigger, FileTrigger)
-    ]
-
-
 def _identity_from_key(rel: str, key: str) -> FileIdentity | None:
     prefix, size, mtime_ns, sha = key.rsplit(":", 3)
     if prefix != f"file:{rel}" or not size.isdigit() or not mtime_ns.lstrip("-").isdigit():
@@ -589,6 +471,3 @@ def _identity_from_key(rel: str, key: str) -> FileIdentity | None:
 
 def _batched(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-# -- file-system side: plain functions run in worker threads ---------------------------

@@ -199,8 +199,9 @@ EMBEDDED_CONSUMER_OPTIONS: dict[str, Any] = {
 
 
 def session_options(settings: Settings) -> dict[str, Any]:
-    """Consumer session options from ``kafka_session_timeout_ms`` when the
-    settings have it (heartbeats at a quarter of it); else aiokafka's defaults."""
+    """Consumer session and fetch options from the settings when they have
+    them (heartbeats at a quarter of ``kafka_session_timeout_ms``); else
+    aiokafka's defaults."""
     session = settings.kafka_session_timeout_ms
     if not isinstance(session, int):
         return {}
@@ -208,6 +209,7 @@ def session_options(settings: Settings) -> dict[str, Any]:
         "session_timeout_ms": session,
         "heartbeat_interval_ms": max(100, session // 4),
         "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "max_partition_fetch_bytes": settings.kafka_fetch_partition_bytes,
     }
 
 

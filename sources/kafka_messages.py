@@ -36,46 +36,46 @@ def message_event(record: Any, key_prefix: str, max_bytes: int) -> Event | DeadL
     """A consumed record as an :class:`Event`, or a :class:`DeadLetter` naming
     why it cannot be one. ``key_prefix`` names its log, topic and partition
     (:func:`sources.kafka_logs.key_prefix`); a value over ``max_bytes`` is
-    refused."""
-    topic, partition, offset = record.topic, record.partition, record.offset
+    refused. The event keeps the value as its ``raw`` payload text."""
+    # Straight-line: this runs for every message consumed.
+    topic, offset = record.topic, record.offset
     key = f"{key_prefix}{offset}"
-    headers = {k: _text(v) or "" for k, v in record.headers or ()}
+    pairs = record.headers
+    headers = {k: _text(v) or "" for k, v in pairs} if pairs else {}
     meta = {
         "topic": topic,
-        "partition": partition,
+        "partition": record.partition,
         "offset": offset,
         "key": _text(record.key),
         "timestamp": record.timestamp,
     }
     value: bytes | None = record.value
-
-    def refused(reason: str) -> DeadLetter:
-        raw = None if value is None else raw_text(value)
-        return DeadLetter("kafka", topic, key, reason, raw=raw, headers=headers, meta=meta)
-
     if value is None:
         reason = "message has no value (a tombstone); expected a JSON document"
-        return refused(reason)
-    if len(value) > max_bytes:
+    elif len(value) > max_bytes:
         reason = (
             f"message is {len(value)} bytes, over the limit of {max_bytes} bytes "
             "(ORCHESTRATOR_MAX_PAYLOAD_BYTES)"
         )
-        return refused(reason)
-    try:
-        payload = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
+    else:
         try:
-            value.decode("utf-8")
-        except UnicodeDecodeError as bad:
-            reason = f"message is not UTF-8 text: {bad}"
+            payload = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            reason = _not_json(value, exc)
         else:
-            reason = f"message is not JSON: {exc}"
-        return refused(reason)
-    if b"\\u0000" in value and b"\\u0000" in orjson.dumps(payload):
-        reason = "message contains a NUL character (\\u0000), which PostgreSQL cannot store"
-        return refused(reason)
-    return Event("kafka", topic, key, payload, headers, meta, actor="kafka")
+            if b"\\u0000" not in value or b"\\u0000" not in orjson.dumps(payload):
+                return Event("kafka", topic, key, payload, headers, meta, actor="kafka", raw=value)
+            reason = "message contains a NUL character (\\u0000), which PostgreSQL cannot store"
+    raw = None if value is None else raw_text(value)
+    return DeadLetter("kafka", topic, key, reason, raw=raw, headers=headers, meta=meta)
+
+
+def _not_json(value: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"message is not UTF-8 text: {bad}"
+    return f"message is not JSON: {exc}"
 
 
 @dataclass(eq=False)

@@ -27,10 +27,15 @@ __all__ = [
     "digest_many",
     "look_many",
     "move_file",
+    "real_dir",
+    "real_path",
     "walk_tree",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Bytes read per call while hashing.
+READ_SIZE = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +55,37 @@ class Found:
 
 
 def absolute_in(root: str, rel: str) -> str:
-    return os.path.join(root, *rel.split("/"))
+    """``rel`` ("/"-separated, no empty parts: see ``is_ignored``) under ``root``."""
+    return root.rstrip(os.sep) + os.sep + rel.replace("/", os.sep)
+
+
+#: Directory -> its real path, for one pass over many entries (one thread call):
+#: every file of a directory shares the answer, worked out once.
+RealDirs = dict[str, str]
+
+
+def real_dir(directory: str, dirs: RealDirs) -> str:
+    """``os.path.realpath(directory)``, resolved once per pass."""
+    real = dirs.get(directory)
+    if real is None:
+        real = dirs[directory] = os.path.realpath(directory)
+    return real
+
+
+def real_path(path: str, dirs: RealDirs) -> str:
+    """``os.path.realpath`` of a path whose last part is not a symbolic link
+    (its lstat says so): its directory's real path and its name."""
+    parent, name = os.path.split(path)
+    return os.path.join(real_dir(parent, dirs), name)
 
 
 def is_inside(root: str, path: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-def refusal_for(root: str, rel: str, info: os.stat_result) -> Refusal | None:
+def refusal_for(
+    root: str, rel: str, info: os.stat_result, dirs: RealDirs | None = None
+) -> Refusal | None:
     """Why the entry at ``rel`` (lstat ``info``) is refused, if it is."""
     path = absolute_in(root, rel)
     if st.S_ISLNK(info.st_mode):
@@ -81,7 +109,7 @@ def refusal_for(root: str, rel: str, info: os.stat_result) -> Refusal | None:
             f"{rel}: not a regular file (mode {st.filemode(info.st_mode)}): refused",
             f"file:refused:{rel}:mode:{info.st_mode}",
         )
-    real = os.path.realpath(path)
+    real = real_path(path, {} if dirs is None else dirs)
     if real != path:
         where = (
             "outside the landing zone" if not is_inside(root, real) else "through a symbolic link"
@@ -128,12 +156,15 @@ def walk_tree(root: str, top: str = "") -> Found:
 def classify_paths(root: str, paths: Iterable[str]) -> Found:
     """Sort what the watcher reported: files, whole directories moved in, links."""
     found = Found()
+    dirs: RealDirs = {}
+    prefix = root.rstrip(os.sep) + os.sep
     for path in paths:
-        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        rel = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
+        rel = rel.replace(os.sep, "/")
         if rel == "." or rel.startswith("../") or rel == ".." or is_ignored(rel):
             continue
         parent = os.path.dirname(path)
-        if os.path.realpath(parent) != parent:
+        if real_dir(parent, dirs) != parent:
             continue  # reported through a linked directory: the link itself is refused
         try:
             info = os.lstat(path)
@@ -144,7 +175,7 @@ def classify_paths(root: str, paths: Iterable[str]) -> Found:
             found.files.update(sub.files)
             found.refused.extend(sub.refused)
             continue
-        refused = refusal_for(root, rel, info)
+        refused = refusal_for(root, rel, info, dirs)
         if refused is not None:
             found.refused.append(refused)
         else:
@@ -158,6 +189,7 @@ Look = tuple[Stat | Refusal | None, frozenset[str]]
 def look_many(root: str, wanted: Mapping[str, Sequence[str]]) -> dict[str, Look]:
     """Each file's stat (None: gone) and which of its markers exist."""
     out: dict[str, Look] = {}
+    dirs: RealDirs = {}
     for rel, markers in wanted.items():
         present = frozenset(m for m in markers if os.path.lexists(absolute_in(root, m)))
         try:
@@ -165,7 +197,7 @@ def look_many(root: str, wanted: Mapping[str, Sequence[str]]) -> dict[str, Look]
         except (FileNotFoundError, NotADirectoryError):
             out[rel] = (None, present)
             continue
-        refused = refusal_for(root, rel, info)
+        refused = refusal_for(root, rel, info, dirs)
         if refused is None and st.S_ISDIR(info.st_mode):
             out[rel] = (None, present)
         else:
@@ -180,16 +212,22 @@ def sha256_of(path: str, expected: Stat | None) -> str | None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
+    try:
         before = os.fstat(fd)
         if not st.S_ISREG(before.st_mode):
             return None
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        # Plain reads: hashlib.file_digest sets up a 256 KiB buffer per file,
+        # which costs more than hashing a small file.
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, READ_SIZE):
+            digest.update(chunk)
         after = os.fstat(fd)
+    finally:
+        os.close(fd)
     seen = {Stat(i.st_size, i.st_mtime_ns) for i in (before, after)}
     if len(seen) != 1 or (expected is not None and seen != {expected}):
         return None
-    return digest
+    return digest.hexdigest()
 
 
 def digest_many(root: str, ready: Sequence[tuple[str, Stat]]) -> list[tuple[str, Stat, str | None]]:

@@ -17,11 +17,15 @@ is in neither and waits for a later window. In a window, rows go out in
 same task or run) takes its ids after it, so each run's events keep their order.
 
 Several relays: run ids are split into ``parts`` partitions, each with its own
-cursor row; a relay leases one partition for one window (``SKIP LOCKED``),
-checkpoints after every page the broker has acknowledged, and releases it. In
-the normal case nothing is published twice. A relay killed between publishing
-and its checkpoint leaves a lease that runs out: the next relay publishes that
-page again, with the same CloudEvents ``id`` on each duplicate (at least once).
+cursor row; a relay leases its share of the partitions (all of them when it is
+alone, else the partitions over the relays alive, rounded up) for one window
+(``SKIP LOCKED``), checkpoints after every page the broker has acknowledged,
+and releases them. Partitions leased together open their windows at the same
+snapshot, so one read publishes them all: a relay's cost follows its windows,
+not the number of partitions. In the normal case nothing is published twice.
+A relay killed between publishing and its checkpoint leaves a lease that runs
+out: the next relay publishes that page again, with the same CloudEvents
+``id`` on each duplicate (at least once).
 
 Order on the wire: one producer per process; aiokafka keeps one request in
 flight per partition (so a retry never reorders), and ``acks=all`` with
@@ -49,7 +53,7 @@ from orchestrator.settings import Settings
 from orchestrator.sources import SourceContext, loop_stopped
 from orchestrator.store import Database, connect
 from sources.kafka_config import DefaultPartitioner, KafkaError, describe, make_producer
-from sources.lifecycle_events import encode
+from sources.lifecycle_events import TRANSITION, encode_values, key_of
 from sources.queries import SQL
 
 if TYPE_CHECKING:
@@ -68,13 +72,48 @@ _PARTITIONER = DefaultPartitioner()
 #: The relay's own sessions. Each page is planned with its bounds: a window's
 #: first page scans its txid range, later ones start at their id; the generic
 #: plan a prepared statement turns to after five runs would scan the whole
-#: window for every page. Its commits (cursor moves, after the broker's
-#: acknowledgement) need no flush to disk: one lost in a database crash only
-#: means those events go out again, never that one is skipped.
-_SESSION = {"plan_cache_mode": "force_custom_plan", "synchronous_commit": "off"}
+#: window for every page. No sequential scans: on tables without statistics
+#: yet (a new database) the planner would read the whole table rather than
+#: the BRIN ranges of a window; and so no JIT, which the cost of a disabled
+#: scan would set off for a statement of microseconds. Its commits (cursor moves,
+#: after the broker's acknowledgement) need no flush to disk: one lost in a
+#: database crash only means those events go out again, never that one is
+#: skipped.
+SESSION = {
+    "plan_cache_mode": "force_custom_plan",
+    "enable_seqscan": "off",
+    "jit": "off",
+    "synchronous_commit": "off",
+}
 
 #: How often a relay summarizes the outbox tables' new BRIN ranges.
 SUMMARIZE_EVERY_S = 1.0
+
+#: Kafka partitions and workflows of runs a relay remembers (then it starts afresh).
+_KEYS_KEPT = 1 << 16
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one pass of a relay did."""
+
+    parts: frozenset[int]
+    """The partitions it leased."""
+    empty: frozenset[int]
+    """Those whose window had nothing to publish."""
+    published: int
+    due_in_s: float
+    """How long until a partition no one holds is due (0: at once)."""
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Leased partitions with the same window, read and published together."""
+
+    parts: list[int]
+    done: str
+    window_to: str
+    after: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -93,6 +132,14 @@ async def group_status(db: Database) -> GroupStatus:
         row = await conn.fetchrow(SQL.lifecycle_horizon)
     assert row is not None
     return GroupStatus(row["published_through"], row["published"] or 0, row["leased"])
+
+
+def _counts(parts: list[int], rows: list[Any]) -> list[int]:
+    """How many of ``rows`` belong to each of ``parts``."""
+    counts = dict.fromkeys(parts, 0)
+    for row in rows:
+        counts[row["part"]] += 1
+    return list(counts.values())
 
 
 def relay_owner() -> str:
@@ -126,12 +173,16 @@ class LifecycleRelay:
         self._liveness: Any = None
         self._producer: Any = None
         self._task: asyncio.Task[None] | None = None
-        self._held: int | None = None
+        self._held: list[int] = []
         #: Every change committed before this time is published (all partitions,
         #: as of this relay's last finished window).
         self.published_through: datetime | None = None
         self.published = 0
         self._summarized_at: float | None = None
+        self._joined_at: float | None = None
+        self._partitions: list[int] = []
+        self._partition_of: dict[bytes, int] = {}
+        self._workflow_of: dict[int, str | None] = {}
 
     # -- Source protocol -------------------------------------------------------------
 
@@ -154,11 +205,13 @@ class LifecycleRelay:
 
     async def start(self) -> None:
         settings, shared = self._ready()
-        db = await connect(shared.url, size=2, min_size=1, server_settings=_SESSION)
+        db = await connect(shared.url, size=2, min_size=1, server_settings=SESSION)
         producer = None
         try:
             async with db.pool.acquire() as conn:
                 await conn.execute(SQL.lifecycle_create_cursors, settings.lifecycle_partitions)
+                await conn.execute(SQL.lifecycle_join, self.owner, settings.lifecycle_lease_s)
+            self._joined_at = monotonic()
             options = {"linger_ms": 5, "max_batch_size": 1 << 20, **self._producer_options}
             producer = make_producer(settings, **options)
             await producer.start()
@@ -183,12 +236,15 @@ class LifecycleRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._held is not None and self._db is not None:
-            # Let another relay go on at once rather than after the lease.
+        if self._db is not None and self._db is not self._shared:
+            # Let another relay go on at once rather than after the lease,
+            # and take all the partitions rather than a share.
             with contextlib.suppress(Exception):
                 async with self._db.pool.acquire() as conn:
-                    await conn.execute(SQL.lifecycle_release, self._held, self.owner)
-            self._held = None
+                    if self._held:
+                        await conn.execute(SQL.lifecycle_release, self._held, self.owner)
+                    await conn.execute(SQL.lifecycle_leave, self.owner)
+        self._held = []
         if self._db is not None and self._db is not self._shared:
             await self._db.close()
             self._db = self._shared
@@ -220,14 +276,15 @@ class LifecycleRelay:
             if self._liveness is not None:
                 self._liveness.beat(_LOOP)
             try:
-                worked = await self.pass_once() is not None
+                done = await self.pass_once()
+                wait_s = settings.lifecycle_poll_s / 2 if done is None else done.due_in_s
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("lifecycle relay pass failed; trying again")
-                worked = False
-            if not worked:
-                await self._clock.sleep(settings.lifecycle_poll_s / 2)
+                wait_s = settings.lifecycle_poll_s / 2
+            if wait_s > 0:
+                await self._clock.sleep(min(wait_s, settings.lifecycle_poll_s))
 
     async def drain(self) -> int:
         """Publish until a window of every partition was found empty; returns
@@ -241,82 +298,143 @@ class LifecycleRelay:
             done = await self.pass_once(due_only=False)
             if done is None:
                 continue
-            part, count = done
-            total += count
-            if count == 0:
-                empty.add(part)
-            else:
-                empty.discard(part)
+            total += done.published
+            empty = (empty - done.parts) | done.empty
         return total
 
-    async def pass_once(self, *, due_only: bool = True) -> tuple[int, int] | None:
-        """Lease one due partition (any free one unless ``due_only``) and publish
-        its next window: (partition, events published), or None when none was
-        due and free."""
+    async def pass_once(self, *, due_only: bool = True) -> Pass | None:
+        """Lease this relay's share of the due partitions (of the free ones
+        unless ``due_only``) and publish their next windows; None when none
+        was due and free."""
         settings, db = self._ready()
-        await self._summarize(db)
+        await self._housekeeping(db, settings)
         async with db.pool.acquire() as conn:
-            claim = await conn.fetchrow(
+            claims = await conn.fetch(
                 SQL.lifecycle_claim, self.owner, settings.lifecycle_lease_s, due_only
             )
-        if claim is None:
+        if not claims:
             return None
-        part = claim["part"]
-        self._held = part
-        after = (claim["after_stage"], claim["after_id"])
-        window_rows = 0
+        parts = self._held = [claim["part"] for claim in claims]
+        windows: dict[tuple[str, str, int, int], _Window] = {}
+        for claim in claims:
+            after = (claim["after_stage"], claim["after_id"])
+            key = (claim["done"], claim["window_to"], *after)
+            if key not in windows:
+                windows[key] = _Window([], claim["done"], claim["window_to"], after)
+            windows[key].parts.append(claim["part"])
+        nparts = claims[0]["parts"]
+        published, empty, due_in_s = 0, set(), settings.lifecycle_poll_s
+        for i, window in enumerate(windows.values()):
+            # A window after the first starts with its lease renewed (the
+            # first may have taken long), or not at all when it was lost.
+            if i and not await self._checkpoint(db, settings, window, [0] * len(window.parts)):
+                continue
+            count, due_in = await self._publish_window(db, settings, nparts, window)
+            published += count
+            if count == 0:
+                empty.update(window.parts)
+            if due_in is not None:
+                due_in_s = min(due_in_s, due_in)
+        self._held = []
+        return Pass(frozenset(parts), frozenset(empty), published, due_in_s)
+
+    async def _publish_window(
+        self, db: Database, settings: Settings, nparts: int, window: _Window
+    ) -> tuple[int, float | None]:
+        """Publish ``window`` page by page and finish it: (events published,
+        seconds until a free partition is due; None when a lease was lost)."""
+        batch = settings.lifecycle_batch
+        after = window.after
+        published = 0
         while True:
             async with db.pool.acquire() as conn:
                 rows = await conn.fetch(
                     SQL.lifecycle_window,
-                    claim["done"],
-                    claim["window_to"],
-                    claim["parts"],
-                    part,
+                    window.done,
+                    window.window_to,
+                    nparts,
+                    window.parts,
                     after[0],
                     after[1],
-                    settings.lifecycle_batch,
+                    batch,
                 )
+                await self._learn_workflows(conn, rows)
             if rows:
                 await self._publish(rows)
                 if self._fault is not None:
                     await self._fault("after_publish")
                 after = (rows[-1]["stage"], rows[-1]["id"])
-                window_rows += len(rows)
-            if len(rows) < settings.lifecycle_batch:
+                published += len(rows)
+            counts = _counts(window.parts, rows)
+            if len(rows) < batch:
                 break
-            async with db.pool.acquire() as conn:
-                kept = await conn.fetchval(
-                    SQL.lifecycle_checkpoint,
-                    part,
-                    self.owner,
-                    after[0],
-                    after[1],
-                    len(rows),
-                    settings.lifecycle_lease_s,
-                )
-            if kept is None:
-                log.warning("lost the lease of lifecycle partition %d; another relay goes on", part)
-                self._held = None
-                return part, window_rows
+            window = _Window(window.parts, window.done, window.window_to, after)
+            if not await self._checkpoint(db, settings, window, counts):
+                return published, None
         # Behind (a full page or more): go on at once. Else wait the poll
         # interval, so that a busy partition's windows gather a poll's worth
         # of changes rather than costing a few statements per handful.
-        next_in = 0.0 if window_rows >= settings.lifecycle_batch else settings.lifecycle_poll_s
+        next_in = 0.0 if published >= batch else settings.lifecycle_poll_s
         async with db.pool.acquire() as conn:
-            finished = await conn.fetchrow(
-                SQL.lifecycle_finish,
-                part,
-                self.owner,
-                len(rows),
-                next_in,
+            finished = await conn.fetch(
+                SQL.lifecycle_finish, window.parts, self.owner, counts, next_in
             )
-        self._held = None
-        if finished is None:
-            log.warning("lost the lease of lifecycle partition %d; another relay goes on", part)
-        else:
-            self.published_through = finished["published_through"]
-        return part, window_rows
+        if len(finished) < len(window.parts):
+            log.warning(
+                "lost the lease of lifecycle partitions %s; another relay goes on",
+                sorted(set(window.parts) - {row["part"] for row in finished}),
+            )
+        if finished:
+            self.published_through = min(row["published_through"] for row in finished)
+            return published, min(row["due_in_s"] for row in finished)
+        return published, None
+
+    async def _learn_workflows(self, conn: asyncpg.Connection, rows: list[Any]) -> None:
+        """Read the workflow of the runs in ``rows`` not seen before."""
+        known = self._workflow_of
+        runs = {row["run_id"] for row in rows if row["stage"] == TRANSITION} - known.keys()
+        if not runs:
+            return
+        if len(known) + len(runs) > _KEYS_KEPT:
+            known.clear()
+        known.update(dict.fromkeys(runs))  # a run deleted since: none
+        for run in await conn.fetch(SQL.lifecycle_run_workflows, list(runs)):
+            known[run["id"]] = run["workflow"]
+
+    async def _checkpoint(
+        self, db: Database, settings: Settings, window: _Window, counts: list[int]
+    ) -> bool:
+        """Record that ``window`` is published up to its ``after`` (``counts``
+        more events of each partition) and renew its leases; False (and the
+        leases still held released) when another relay took one over."""
+        async with db.pool.acquire() as conn:
+            kept = await conn.fetch(
+                SQL.lifecycle_checkpoint,
+                window.parts,
+                self.owner,
+                window.after[0],
+                window.after[1],
+                counts,
+                settings.lifecycle_lease_s,
+            )
+            if len(kept) == len(window.parts):
+                return True
+            log.warning(
+                "lost the lease of lifecycle partitions %s; another relay goes on",
+                sorted(set(window.parts) - {row["part"] for row in kept}),
+            )
+            if kept:
+                await conn.execute(SQL.lifecycle_release, window.parts, self.owner)
+        return False
+
+    async def _housekeeping(self, db: Database, settings: Settings) -> None:
+        """Keep this relay counted among the live ones and the BRIN summaries current."""
+        now = monotonic()
+        if self._joined_at is None or now - self._joined_at >= settings.lifecycle_lease_s / 4:
+            self._joined_at = now
+            async with db.pool.acquire() as conn:
+                await conn.execute(SQL.lifecycle_join, self.owner, settings.lifecycle_lease_s)
+        await self._summarize(db)
 
     async def _summarize(self, db: Database) -> None:
         now = monotonic()
@@ -345,11 +463,16 @@ class LifecycleRelay:
         topic, source = settings.lifecycle_topic, settings.lifecycle_source
         producer = self._producer
         partitions = sorted(await producer.partitions_for(topic))
-        partition_of: dict[bytes, int] = {}  # murmur2 in Python: once per run
+        # murmur2 in Python costs microseconds: once per run, not per event.
+        partition_of = self._partition_of
+        if partitions != self._partitions or len(partition_of) > _KEYS_KEPT:
+            self._partitions = partitions
+            partition_of.clear()
         batches: dict[int, Any] = {}
         acks = []
-        for row in rows:
-            key, value = encode(row, source)
+        values = encode_values(rows, source, self._workflow_of)
+        for row, value in zip(rows, values, strict=True):
+            key = key_of(row)
             partition = partition_of.get(key)
             if partition is None:
                 partition = partition_of[key] = _PARTITIONER(key, partitions, partitions)

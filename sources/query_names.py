@@ -20,16 +20,19 @@ class SourceQueryNames:
     kafka_logs_read: str
     kafka_logs_start: str
     landing_last_recorded: str
-    landing_move_done: str
-    landing_move_target: str
+    landing_move_targets: str
+    landing_moves_done: str
     landing_moves_due: str
     lifecycle_checkpoint: str
     lifecycle_claim: str
     lifecycle_create_cursors: str
     lifecycle_finish: str
     lifecycle_horizon: str
+    lifecycle_join: str
+    lifecycle_leave: str
     lifecycle_parts: str
     lifecycle_release: str
+    lifecycle_run_workflows: str
     lifecycle_summarize: str
     lifecycle_window: str
     list_backfills: str

@@ -126,6 +126,13 @@ class Database:
         await self.pool.close()
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Pooled sessions carry no state of their own (LISTEN and session locks
+    live on dedicated connections; settings are per transaction), so a released
+    connection skips asyncpg's reset query: one round trip less per use.
+    asyncpg still rolls back a transaction left open."""
+
+
 async def connect(
     url: str,
     *,
@@ -146,6 +153,7 @@ async def connect(
             statement_cache_size=256,
             command_timeout=60,
             server_settings=server_settings,
+            reset=_keep_session,
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc

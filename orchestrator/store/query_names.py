@@ -85,7 +85,6 @@ class NamedQueries:
     insert_task_instances: str
     insert_task_logs: str
     last_runs: str
-    limited_waiting: str
     list_alerts: str
     list_dead_letters: str
     list_events: str

@@ -9,11 +9,12 @@ One :class:`LiveHub` per process does the reading for every page: it wakes
 on this process's commits (:meth:`orchestrator.store.Database.on_commit`: no
 NOTIFY is added to any transaction) and on the notifications other
 processes already send (:mod:`orchestrator.notices`), lets a burst settle for
-a few milliseconds, then reads every watched run in one round of queries and
-hands the same encoded message to each of its watchers. A watcher costs a
-queue, never a query; a re-read on a timer is the safety net for changes
-made by processes that notify nobody (a worker that claims its successors
-itself).
+a few milliseconds, then reads every watched run in one round of queries,
+encodes each run's message once and writes the same bytes to each of its
+watchers' connections. A watcher costs one write per message: never a query,
+and no task of its own woken (the engine shares this process, and its
+cores). A re-read on a timer is the safety net for changes made by processes
+that notify nobody (a worker that claims its successors itself).
 
 A watcher too slow to take what it is sent is disconnected; the browser's
 ``EventSource`` reconnects and starts again from a full picture.
@@ -22,10 +23,11 @@ A watcher too slow to take what it is sent is disconnected; the browser's
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
-from collections import deque
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,26 +46,55 @@ from orchestrator.workflow_list import list_workflows
 
 log = logging.getLogger(__name__)
 
-#: Messages a watcher may have unsent before it is dropped (it reconnects).
-MAX_BACKLOG = 256
+#: Bytes a watcher's connection may hold unsent before it is dropped (it reconnects).
+MAX_UNSENT = 8 * 1024 * 1024
 #: Newest runs per workflow in the list's strips.
 RECENT_RUNS = 20
+#: A comment line this often keeps proxies from closing an idle stream (and
+#: finds the streams whose page went away).
+KEEPALIVE_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One server-sent event, encoded once for every watcher."""
+
+    raw: bytes
+    framed: bytes
+    """The same as one chunk of a chunked HTTP/1.1 body."""
+
+    @classmethod
+    def of(cls, raw: bytes) -> Message:
+        return cls(raw, b"".join((b"%x\r\n" % len(raw), raw, b"\r\n")))
+
+
+def encode(event: str, data: Any) -> Message:
+    return Message.of(b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n")
+
+
+KEEPALIVE = Message.of(b": keepalive\n\n")
 
 
 @dataclass(eq=False)
 class Watcher:
-    """One open stream: encoded messages wait here for its writer."""
+    """One open stream. The hub writes to its connection directly, after the
+    response's headers and first bytes went out through aiohttp."""
 
-    pending: deque[bytes] = field(default_factory=deque)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    dropped: bool = False
+    transport: asyncio.Transport
+    chunked: bool
+    """The body is chunked (HTTP/1.1): each message goes out as one chunk."""
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once nothing more is written: the stream's handler then returns."""
 
-    def send(self, message: bytes) -> None:
-        if len(self.pending) >= MAX_BACKLOG:
-            self.dropped = True  # too slow: it starts again from a full picture
+    def send(self, message: Message) -> None:
+        if self.ended.is_set():
+            return
+        if self.transport.is_closing():  # the page went away
+            self.ended.set()
+        elif self.transport.get_write_buffer_size() > MAX_UNSENT:
+            self.ended.set()  # too slow: it starts again from a full picture
         else:
-            self.pending.append(message)
-        self.ready.set()
+            self.transport.write(message.framed if self.chunked else message.raw)
 
 
 @dataclass(eq=False)
@@ -75,20 +106,23 @@ class _Run:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     newest: int = 0
     """The highest transition id sent."""
-    seen: set[int] = field(default_factory=set)
-    """Transition ids sent that are above ``newest - LATE_IDS``."""
+    sent: list[int] = field(default_factory=list)
+    """Transition ids sent above ``newest - LATE_IDS``, ascending."""
     whole: bool = True
     """Read the tasks themselves next round (first picture, or the safety net)."""
 
+    def floor(self) -> int:
+        """Forget the ids sent at or below the floor; return it."""
+        floor = max(self.newest - LATE_IDS, 0)
+        del self.sent[: bisect.bisect_right(self.sent, floor)]
+        return floor
+
 
 #: Transition ids are drawn before commit, so a row can become visible after
-#: one with a higher id: each round reads again this many ids below the newest
-#: it sent (a commit later than that is caught by the next whole re-read).
+#: one with a higher id: each round counts the transitions this many ids below
+#: the newest it sent, and reads them again when the count is not what it
+#: sent (a commit later than that is caught by the next whole re-read).
 LATE_IDS = 512
-
-
-def encode(event: str, data: Any) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
 class LiveHub:
@@ -108,16 +142,20 @@ class LiveHub:
         """The workflow list is read at most this often (it takes several queries)."""
         self._runs: dict[int, _Run] = {}
         self._list_watchers: set[Watcher] = set()
-        self._list_message: bytes | None = None
+        self._list_message: Message | None = None
         self._list_dirty = True
         self._list_at = 0.0
         self._whole_at = 0.0
+        self._kept_alive_at = 0.0
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._unhook: Callable[[], None] | None = None
         self._subscriptions: list[Subscription] = []
         self.rounds = 0
         """Rounds of reading done (each serves every watcher)."""
+        self.cpu_s = 0.0
+        """CPU time this process spent making and writing messages (the
+        driver's decoding of the rows read is not in it)."""
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -128,6 +166,7 @@ class LiveHub:
         self._subscriptions = [
             self.db.listener.subscribe(channel, self._notified) for channel in CHANNELS
         ]
+        self._kept_alive_at = monotonic()
         self._task = asyncio.create_task(self._loop(), name="orchestrator-live")
 
     async def stop(self) -> None:
@@ -143,8 +182,7 @@ class LiveHub:
             await subscription.close()
         self._subscriptions = []
         for watcher in self._all_watchers():
-            watcher.dropped = True
-            watcher.ready.set()
+            watcher.ended.set()
 
     def _all_watchers(self) -> list[Watcher]:
         found = list(self._list_watchers)
@@ -154,28 +192,25 @@ class LiveHub:
 
     # -- watching --------------------------------------------------------------------
 
-    def watch_run(self, run_id: int) -> Watcher:
+    def watch_run(self, run_id: int, watcher: Watcher) -> None:
         self._start()
-        watcher = Watcher()
         run = self._runs.setdefault(run_id, _Run())
         # Its first picture comes from the next round's task rows, which the
         # others watching get as changes only.
         run.joining.add(watcher)
         run.whole = True
         self.poke()
-        return watcher
 
-    def watch_workflows(self) -> Watcher:
+    def watch_workflows(self, watcher: Watcher) -> None:
         self._start()
-        watcher = Watcher()
         self._list_watchers.add(watcher)
         if self._list_message is not None:
             watcher.send(self._list_message)
         self._list_dirty = True
         self.poke()
-        return watcher
 
     def leave(self, watcher: Watcher) -> None:
+        watcher.ended.set()
         self._list_watchers.discard(watcher)
         for run_id, run in list(self._runs.items()):
             run.watchers.discard(watcher)
@@ -190,9 +225,12 @@ class LiveHub:
     # -- reading ---------------------------------------------------------------------
 
     def poke(self) -> None:
-        """Something was committed: read again soon."""
-        self._dirty.set()
-        self._list_dirty = True
+        """Something was committed: read again soon (if anyone watches).
+
+        Called after every commit of the engine's: it must stay this cheap."""
+        if self._runs or self._list_watchers:
+            self._dirty.set()
+            self._list_dirty = True
 
     def _notified(self, _payload: str) -> None:
         self.poke()
@@ -211,6 +249,14 @@ class LiveHub:
                 self._whole_at = monotonic()
                 for run in self._runs.values():
                     run.whole = True
+                # A run that no longer changes sends its watchers nothing that
+                # would find the pages gone.
+                for watcher in self._all_watchers():
+                    if watcher.transport.is_closing():
+                        watcher.ended.set()
+            if monotonic() - self._kept_alive_at >= KEEPALIVE_S:
+                self._kept_alive_at = monotonic()
+                self._send(self._all_watchers(), KEEPALIVE)
             if self.settle_s > 0:
                 await real_pause(self.settle_s)  # real time: a burst shares one round
             self._dirty.clear()
@@ -221,6 +267,12 @@ class LiveHub:
             except Exception:  # the database may be away: the next round tries again
                 log.warning("live view could not read the database", exc_info=True)
                 await real_pause(self.safety_s)
+
+    def _send(self, watchers: Iterable[Watcher], message: Message) -> None:
+        started = time.thread_time()
+        for watcher in watchers:
+            watcher.send(message)
+        self.cpu_s += time.thread_time() - started
 
     async def _round(self) -> None:
         self.rounds += 1
@@ -240,54 +292,71 @@ class LiveHub:
         """One round for every watched run: its state and its new transitions
         (the tasks' states follow from them); the task rows themselves only
         for a run's first picture and on the safety-net timer."""
-        ids = list(self._runs)
-        floors = [max(self._runs[i].newest - LATE_IDS, 0) for i in ids]
-        whole = [i for i in ids if self._runs[i].whole]
-        async with self.db.pool.acquire() as conn:
-            runs = await conn.fetch(SQL.live_run_states, ids)
-            steps = await conn.fetch(SQL.live_transitions, ids, floors)
-            tasks = await conn.fetch(SQL.live_task_states, whole) if whole else []
+        reading = dict(self._runs)
+        """What the queries are asked about (watchers may come and go meanwhile)."""
+        ids = list(reading)
+        floors = [w.floor() for w in reading.values()]
+        newest = [w.newest for w in reading.values()]
+        sent = [len(w.sent) for w in reading.values()]
+        whole = [i for i, w in reading.items() if w.whole]
+        # A watcher joining from now on is served by the next round.
+        joining = {i: set(w.joining) for i, w in reading.items()}
+        for w in reading.values():
+            w.whole = False
+        try:
+            async with self.db.pool.acquire() as conn:
+                runs = await conn.fetch(SQL.live_run_states, ids)
+                steps = await conn.fetch(SQL.live_transitions, ids, newest, floors, sent)
+                tasks = await conn.fetch(SQL.live_task_states, whole) if whole else []
+        except BaseException:
+            for i in whole:
+                reading[i].whole = True
+            raise
+        started = time.thread_time()
         changes: dict[int, dict[str, dict[str, Any]]] = {i: {} for i in ids}
         fresh: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
         for row in tasks:
-            watched = self._runs.get(row["run_id"])
-            if watched is None:
-                continue
+            watched = reading[row["run_id"]]
             task = dict(row)
             del task["run_id"]
             if watched.tasks.get(task["task_id"]) != task:
                 watched.tasks[task["task_id"]] = task
                 changes[row["run_id"]][task["task_id"]] = task
+        whole_now = set(whole)
+        late: dict[int, set[int]] = {}
+        """Per run whose margin was read again, the ids sent in it."""
         for row in steps:
-            watched = self._runs.get(row["run_id"])
-            if watched is None or row["id"] in watched.seen:
-                continue
+            run_id = row["run_id"]
+            watched = reading[run_id]
+            if row["id"] > watched.newest:  # rows come in id order
+                watched.sent.append(row["id"])
+                watched.newest = row["id"]
+            else:
+                sent_ids = late.get(run_id)
+                if sent_ids is None:
+                    sent_ids = late[run_id] = set(watched.sent)
+                if row["id"] in sent_ids:
+                    continue
+                bisect.insort(watched.sent, row["id"])
             step = dict(row)
-            watched.seen.add(step["id"])
-            fresh[row["run_id"]].append(step)
+            fresh[run_id].append(step)
             task_id = step["task_id"]
-            if task_id is None or watched.whole:
+            if task_id is None or run_id in whole_now:
                 continue  # the run's own change, or the task rows say it already
             known = watched.tasks.setdefault(task_id, {"task_id": task_id})
             if step["id"] >= known.get("_step", 0):
                 known.update(state=step["to_state"], attempt=step["attempt"], _step=step["id"])
                 # Only what the transition says: the row's other columns may be stale.
-                changes[row["run_id"]][task_id] = {
+                changes[run_id][task_id] = {
                     "task_id": task_id,
                     "state": step["to_state"],
                     "attempt": step["attempt"],
                 }
         for row in runs:
-            watched = self._runs.get(row["id"])
-            if watched is None:
-                continue
+            watched = reading[row["id"]]
             state = dict(row)
             moved = watched.run != state
             watched.run = state
-            watched.whole = False
-            if fresh[row["id"]]:
-                watched.newest = max(watched.newest, fresh[row["id"]][-1]["id"])
-                watched.seen = {i for i in watched.seen if i > watched.newest - LATE_IDS}
             if moved or changes[row["id"]] or fresh[row["id"]]:
                 message = encode(
                     "run",
@@ -300,7 +369,8 @@ class LiveHub:
                 )
                 for watcher in watched.watchers:
                     watcher.send(message)
-            if watched.joining:
+            ready = joining[row["id"]] & watched.joining
+            if ready:
                 full = encode(
                     "run",
                     {
@@ -313,10 +383,11 @@ class LiveHub:
                         "full": True,
                     },
                 )
-                for watcher in watched.joining:
+                for watcher in ready:
                     watcher.send(full)
-                watched.watchers |= watched.joining
-                watched.joining = set()
+                watched.watchers |= ready
+                watched.joining -= ready
+        self.cpu_s += time.thread_time() - started
 
     async def _read_list(self) -> None:
         summaries = await list_workflows(self.db)
@@ -330,17 +401,14 @@ class LiveHub:
             "workflows",
             {"workflows": [{**asdict(s), "recent": recent[s.name]} for s in summaries]},
         )
-        if message != self._list_message:
+        if self._list_message is None or message.raw != self._list_message.raw:
             self._list_message = message
-            for watcher in self._list_watchers:
-                watcher.send(message)
+            self._send(self._list_watchers, message)
 
 
 # -- the route ----------------------------------------------------------------------
 
 HUB_KEY = web.AppKey("live_hub", LiveHub)
-#: A comment line this often keeps proxies from closing an idle stream.
-KEEPALIVE_S = 15.0
 
 
 class LiveQuery(BaseModel):
@@ -388,22 +456,19 @@ async def live(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    watcher = hub.watch_run(run_id) if run_id is not None else hub.watch_workflows()
+    # Through aiohttp, which sends the headers with it: the hub writes after them.
+    await response.write(b"retry: 1000\n\n")
+    if request.transport is None:  # the page went away already
+        return response
+    watcher = Watcher(
+        request.transport, chunked=response.headers.get("Transfer-Encoding") == "chunked"
+    )
+    if run_id is not None:
+        hub.watch_run(run_id, watcher)
+    else:
+        hub.watch_workflows(watcher)
     try:
-        await response.write(b"retry: 1000\n\n")
-        while not watcher.dropped:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(KEEPALIVE_S):
-                    await watcher.ready.wait()
-            watcher.ready.clear()
-            if watcher.pending:
-                chunk = b"".join(watcher.pending)
-                watcher.pending.clear()
-                await response.write(chunk)
-            else:
-                await response.write(b": keepalive\n\n")
-    except ConnectionResetError:
-        pass  # the page went away
+        await watcher.ended.wait()
     finally:
         hub.leave(watcher)
     return response

@@ -30,13 +30,28 @@ HAVING bool_and(r.state = ANY ($1::run_state[]))
 ORDER BY m.event_id
 LIMIT $2;
 
--- name: landing_move_target
--- Keeps a target chosen before a crash; $1 event_id, $2 proposed target
-UPDATE landing_moves SET target = coalesce(target, $2)
-WHERE event_id = $1 AND state = 'pending'
-RETURNING target;
+-- name: landing_move_targets
+-- Stores the targets of a pass's moves before any file moves, keeping those
+-- chosen before a crash; returns the moves still pending with their target.
+-- A move another mover holds right now is skipped (never waited on).
+-- $1 event_id[], $2 proposed target[]
+WITH due AS (
+    SELECT event_id FROM landing_moves
+    WHERE event_id = ANY ($1::bigint[]) AND state = 'pending'
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE landing_moves m SET target = coalesce(m.target, p.target)
+FROM due, unnest($1::bigint[], $2::text[]) AS p (event_id, target)
+WHERE m.event_id = due.event_id AND p.event_id = due.event_id
+RETURNING m.event_id, m.target;
 
--- name: landing_move_done
--- $1 event_id, $2 state ('processed', 'failed' or 'skipped')
-UPDATE landing_moves SET state = $2, moved_at = now()
-WHERE event_id = $1 AND state = 'pending';
+-- name: landing_moves_done
+-- $1 event_id[], $2 state[] ('processed', 'failed' or 'skipped')
+WITH due AS (
+    SELECT event_id FROM landing_moves
+    WHERE event_id = ANY ($1::bigint[]) AND state = 'pending'
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE landing_moves m SET state = d.state, moved_at = now()
+FROM due, unnest($1::bigint[], $2::text[]) AS d (event_id, state)
+WHERE m.event_id = due.event_id AND d.event_id = due.event_id;

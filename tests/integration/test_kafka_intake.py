@@ -269,10 +269,12 @@ async def test_filters_mappings_and_what_an_event_carries(db_url: str, kafka_env
         {"kind": "created", "order_id": "C"},  # created_orders; two dead letters
         {"kind": "ping"},  # nothing matches: still recorded
     ]
+    # Stored as sent: an integer beyond 64 bits and a decimal's scale are kept.
+    exact = b'{"kind": "ping", "amount": 123456789012345678901234567890, "price": 1.50}'
     sent = await produce(
         settings,
         topic,
-        [(0, orjson.dumps(v)) for v in values],
+        [(0, orjson.dumps(v)) for v in values] + [(0, exact)],
         headers=[("region", b"eu")],
         key=b"k1",
     )
@@ -285,7 +287,9 @@ async def test_filters_mappings_and_what_an_event_carries(db_url: str, kafka_env
         db_url,
         "SELECT id, payload, headers, meta, run_ids FROM events ORDER BY (meta->>'offset')::int",
     )
-    assert [json.loads(e["payload"]) for e in events] == values
+    assert [json.loads(e["payload"]) for e in events] == [*values, json.loads(exact)]
+    assert '"amount": 123456789012345678901234567890' in events[-1]["payload"]
+    assert '"price": 1.50' in events[-1]["payload"]
     first = events[0]
     assert json.loads(first["headers"]) == {"region": "eu"}
     meta = json.loads(first["meta"])
@@ -296,7 +300,7 @@ async def test_filters_mappings_and_what_an_event_carries(db_url: str, kafka_env
         "key": "k1",
     }
     assert isinstance(meta["timestamp"], int) and meta["timestamp"] > 0
-    assert [len(e["run_ids"]) for e in events] == [3, 1, 1, 0]
+    assert [len(e["run_ids"]) for e in events] == [3, 1, 1, 0, 0]
     runs = await rows(
         db_url, "SELECT workflow, params, event_id FROM runs ORDER BY event_id, workflow"
     )

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from eventually import eventually
@@ -22,7 +23,7 @@ from orchestrator.run_waiter import wait_for_runs
 from orchestrator.settings import Settings
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
-from orchestrator.store import SQL
+from orchestrator.store import SQL, database_name
 from sources.files import LandingSource
 from sources.models import FileTrigger
 from sources.queries import SQL as TRIGGERS_SQL
@@ -296,6 +297,28 @@ async def test_a_burst_of_2000_files_is_2000_events_in_few_transactions(
         assert src.ingest_calls <= 40, f"{src.ingest_calls} transactions for 2000 files"
 
 
+async def test_a_file_renamed_into_place_is_looked_at_once_after_its_quiet_period(
+    db_url: str, tmp_path: Path
+) -> None:
+    # What the watcher saw is the first of the two looks a quiet period needs:
+    # a file that stays as it was is looked at once more, when it can complete.
+    zone = tmp_path / "landing"
+    spec = flow("renamed", handler="noop", glob="in/*.csv", quiet_s=0.3)
+    async with landing(db_url, zone, spec, worker_slots=0) as (orch, src):
+        staging = zone / "in" / ".staging"
+        for i in range(50):
+            write(staging / f"f{i:02d}.csv", f"row {i}".encode())
+        for i in range(50):
+            os.rename(staging / f"f{i:02d}.csv", zone / "in" / f"f{i:02d}.csv")
+
+        async def all_recorded() -> bool:
+            return await count(orch, "SELECT count(*) FROM events") == 50
+
+        await eventually(all_recorded, timeout=30, what="50 events")
+        await settled(src)
+        assert src.looks == 50
+
+
 async def test_touch_is_not_an_event_but_new_content_is(db_url: str, tmp_path: Path) -> None:
     zone = tmp_path / "landing"
     path = zone / "t" / "x.csv"
@@ -323,6 +346,53 @@ async def test_touch_is_not_an_event_but_new_content_is(db_url: str, tmp_path: P
             events = await eventually(recorded, what=f"event {expected}")
             assert events[-1]["meta"]["sha256"] == sha(version)
         assert await count(orch, "SELECT count(*) FROM runs") == 3
+
+
+@pytest.mark.timeout(90)
+async def test_files_complete_while_the_database_is_down_are_recorded_once_it_is_back(
+    db_url: str, pg_admin_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    zone = tmp_path / "landing"
+    spec = flow("down", handler="noop", glob="d/*.csv", quiet_s=0.2)
+    names = [f"f{i}.csv" for i in range(10)]
+    async with landing(db_url, zone, spec, worker_slots=0) as (orch, src):
+        for name in names:
+            write(zone / "d" / name, b"v1")
+
+        async def recorded(n: int) -> bool:
+            return await count(orch, "SELECT count(*) FROM events") == n
+
+        await eventually(lambda: recorded(10), what="the first versions")
+        await settled(src)
+        database = database_name(db_url)
+        admin = await asyncpg.connect(pg_admin_url)
+        try:
+            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                database,
+            )
+            # Known paths need no database to be checked: the new versions are
+            # complete and hashed, and their recording fails.
+            for name in names:
+                write(zone / "d" / name, b"v2, longer")
+
+            async def recording_failed() -> bool:
+                return any(
+                    r.getMessage().startswith("recording") and "failed" in r.getMessage()
+                    for r in caplog.records
+                )
+
+            await eventually(recording_failed, timeout=30, what="a failed recording")
+        finally:
+            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+            await admin.close()
+        await eventually(lambda: recorded(20), timeout=60, what="the second versions")
+        await settled(src)
+        events = await file_events(orch)
+        assert sorted(e["channel"] for e in events) == sorted(f"d/{n}" for n in names * 2)
+        assert {e["meta"]["sha256"] for e in events[10:]} == {sha(b"v2, longer")}
+        assert await count(orch, "SELECT count(*) FROM runs") == 20
 
 
 async def test_on_done_move_sends_files_to_processed_or_failed(db_url: str, tmp_path: Path) -> None:
@@ -365,6 +435,40 @@ async def test_on_done_move_sends_files_to_processed_or_failed(db_url: str, tmp_
         assert len(await file_events(orch)) == 3
 
 
+async def test_two_moves_of_one_path_are_never_in_one_pass(db_url: str, tmp_path: Path) -> None:
+    # Both runs end before any move: the older event's file was rewritten, so
+    # it is skipped; the newer one moves, in the next pass (in one pass both
+    # would have been given the same target).
+    zone = tmp_path / "landing"
+    spec = flow("good", glob="ok/*.csv", quiet_s=0.2, on_done="move")
+    async with landing(db_url, zone, spec, move_interval_s=3600) as (orch, src):
+        assert orch.db is not None
+        for n, data in enumerate([b"first", b"second"], start=1):
+            write(zone / "ok" / "a.csv", data)
+
+            async def recorded(n: int = n) -> list[dict[str, Any]]:
+                events = await file_events(orch)
+                return events if len(events) == n else []
+
+            events = await eventually(recorded, what=f"event {n}")
+        run_ids = [rid for event in events for rid in event["run_ids"]]
+        states = await wait_for_runs(orch.db, run_ids, timeout=20)
+        assert set(states.values()) == {RunState.SUCCESS}
+        assert await src.move_finished() == 0
+        assert await src.move_finished() == 1
+        assert await src.move_finished() == 0
+        sql = "SELECT event_id, state, target FROM landing_moves ORDER BY event_id"
+        async with orch.db.pool.acquire() as conn:
+            moves = [tuple(r) for r in await conn.fetch(sql)]
+        first, second = (e["id"] for e in events)
+        assert moves == [
+            (first, "skipped", "processed/ok/a.csv"),
+            (second, "processed", "processed/ok/a.csv"),
+        ]
+        assert (zone / "processed" / "ok" / "a.csv").read_bytes() == b"second"
+        assert not (zone / "ok" / "a.csv").exists()
+
+
 async def test_a_restart_finishes_a_move_cut_short_and_repeats_none(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -380,7 +484,9 @@ async def test_a_restart_finishes_a_move_cut_short_and_repeats_none(
         }
         # Crash point: the target was stored and the file linked there, not yet unlinked.
         async with orch.db.pool.acquire() as conn:
-            await conn.execute(TRIGGERS_SQL.landing_move_target, event["id"], "processed/ok/a.csv")
+            await conn.execute(
+                TRIGGERS_SQL.landing_move_targets, [event["id"]], ["processed/ok/a.csv"]
+            )
         (zone / "processed" / "ok").mkdir(parents=True)
         os.link(zone / "ok" / "a.csv", zone / "processed" / "ok" / "a.csv")
 

@@ -252,6 +252,32 @@ async def test_two_relays_share_the_partitions_and_publish_each_event_once(
         await db.close()
 
 
+async def test_a_relay_alone_publishes_every_partition_in_one_pass(
+    db_url: str, kafka_env: Any
+) -> None:
+    topic = await kafka_env.create_topic("alone")
+    settings = relay_settings(kafka_env, topic, lifecycle_partitions=4)
+    db = await connect(db_url, size=2, min_size=1)
+    try:
+        relay = LifecycleRelay(background=False)
+        relay.attach(settings, db, SYSTEM_CLOCK)
+        async with relay:
+            async with db.pool.acquire() as conn:
+                await conn.execute(
+                    "INSERT INTO transitions (run_id, to_state, actor) "
+                    "SELECT r % 10, 'running', 'test' FROM generate_series(1, 40) AS r"
+                )
+            done = await relay.pass_once(due_only=False)
+            assert done is not None
+            assert done.parts == frozenset({0, 1, 2, 3}) and not done.empty
+            assert done.published == 40
+            events = await consume(settings, topic, 40)
+        assert len({e["id"] for _k, e in events}) == 40
+        assert_in_order_per_run(events)
+    finally:
+        await db.close()
+
+
 async def _published(db_url: str, n: int) -> bool:
     conn = await asyncpg.connect(db_url)
     try:

@@ -138,3 +138,47 @@ async def test_waiting_for_many_runs_reads_only_those_that_ended(
     # The first read asks for every run; then each round only for the runs the
     # notifications named: about one read per run in all, not one per run per round.
     assert reads[0] <= count and sum(reads) <= 2 * count, reads
+
+
+async def test_a_run_triggered_in_the_workers_process_is_claimed_in_its_own_commit(
+    db_url: str,
+) -> None:
+    """The commit that queues a root claims it for the process's worker: the
+    claim is part of the run's creating transaction, and no notification or
+    poll is needed to start it."""
+    spec = WorkflowSpec(
+        name="handed",
+        tasks=(TaskSpec(id="a", handler="noop"), TaskSpec(id="b", handler="noop", upstream=("a",))),
+    )
+    # A poll far beyond the test's timeout: only the hand-over can start the run this fast.
+    async with Orchestrator(
+        settings(poll_interval_s=600), db_url, registry=builtin_registry(), workflows=[spec]
+    ) as o:
+        assert o.db is not None and o.engine is not None
+        async with RunWaiter(o.db, poll_s=600) as waiter:
+            run_id = await o.engine.trigger("handed")
+            async with asyncio.timeout(30):
+                assert (await waiter.wait([run_id]))[run_id] == "success"
+        async with o.db.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT task_id, to_state, txid FROM transitions WHERE run_id = $1 ORDER BY id",
+                run_id,
+            )
+    created = rows[0]  # the run's first transition: its creation
+    assert created["task_id"] is None, rows
+    claimed_a = [r["txid"] for r in rows if r["task_id"] == "a" and r["to_state"] == "running"]
+    assert claimed_a == [created["txid"]], rows
+
+
+async def test_a_commit_claims_nothing_for_a_stopped_worker(db_url: str) -> None:
+    spec = WorkflowSpec(name="later", tasks=(TaskSpec(id="a", handler="noop"),))
+    async with Orchestrator(settings(), db_url, registry=builtin_registry(), workflows=[spec]) as o:
+        assert o.db is not None and o.engine is not None and o.worker is not None
+        await o.worker.stop(grace_s=1)
+        assert o.engine.local is None
+        run_id = await o.engine.trigger("later")
+        async with o.db.pool.acquire() as conn:
+            state = await conn.fetchval(
+                "SELECT state::text FROM task_instances WHERE run_id = $1", run_id
+            )
+    assert state == "queued"

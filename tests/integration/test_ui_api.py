@@ -17,6 +17,7 @@ from suite_settings import suite_settings
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
+from orchestrator.engine import RunRequest
 from orchestrator.run_waiter import wait_for_runs
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.store import Database
@@ -158,6 +159,56 @@ async def test_graph_versions_and_a_live_run_read_once_for_every_watcher(
             finally:
                 for s in streams:
                     s.close()
+
+
+async def test_a_transition_committed_after_a_newer_one_still_streams(
+    db_url: str, db: Database
+) -> None:
+    """Transition ids are drawn before commit: a stream must still carry a row
+    that became visible after one with a higher id was sent."""
+    async with Orchestrator(
+        suite_settings(), db_url, registry=builtin_registry(), workflows=[SPEC], http=True
+    ) as orch:
+        assert orch.http is not None and orch.db is not None and orch.engine is not None
+        [run_id] = await orch.engine.create_runs([RunRequest("pair")], actor="test")
+        await wait_for_runs(orch.db, [run_id], timeout=20)
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{orch.http.port}") as http:
+            stream = await http.get(f"/api/v1/live?run={run_id}", timeout=aiohttp.ClientTimeout(20))
+            seen = events(stream)
+            reasons: list[str] = []
+
+            async def streamed(reason: str) -> bool:
+                async with asyncio.timeout(5):
+                    message = await anext(seen)
+                reasons.extend(s["reason"] for s in message["transitions"])
+                return reason in reasons
+
+            try:
+                assert (await anext(seen))["full"]
+                insert = (
+                    "INSERT INTO transitions (run_id, to_state, actor, reason)"
+                    " VALUES ($1, 'success', 'test', $2)"
+                )
+                async with db.pool.acquire() as early, db.pool.acquire() as later:
+                    held = early.transaction()
+                    await held.start()
+                    await early.execute(insert, run_id, "drawn first")
+                    await later.execute(insert, run_id, "committed first")
+                    orch.db.committed()  # as the engine's commits wake the live view
+                    await eventually(lambda: streamed("committed first"), timeout=15)
+                    await held.commit()
+                orch.db.committed()
+                await eventually(lambda: streamed("drawn first"), timeout=15, what="late row")
+                assert reasons.count("drawn first") == reasons.count("committed first") == 1
+            finally:
+                stream.close()
+            hub = orch.http.app[live_hub_key()]
+
+            async def left() -> bool:
+                return bool(hub.watchers == 0)
+
+            # The run sends nothing more: the hub still finds the page gone.
+            await eventually(left, timeout=10, what="the closed stream's watcher to leave")
 
 
 def live_hub_key() -> Any:

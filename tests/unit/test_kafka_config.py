@@ -11,7 +11,13 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.settings import Settings
-from sources.kafka_config import client_kwargs, describe, make_consumer, make_producer
+from sources.kafka_config import (
+    client_kwargs,
+    describe,
+    make_consumer,
+    make_producer,
+    session_options,
+)
 
 PASSWORD = "s3cr3t-Pa55"
 
@@ -161,5 +167,15 @@ async def test_consumers_commit_manually_in_the_configured_group() -> None:
     try:
         assert consumer._group_id == "intake-7"
         assert consumer._enable_auto_commit is False
+    finally:
+        await consumer.stop()
+
+
+async def test_consumers_fetch_as_much_per_partition_as_configured() -> None:
+    options = session_options(settings(kafka_fetch_partition_bytes=262_144))
+    assert options["max_partition_fetch_bytes"] == 262_144
+    consumer = make_consumer(settings(), **options)
+    try:
+        assert consumer._max_partition_fetch_bytes == 262_144
     finally:
         await consumer.stop()

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from sources.lifecycle_events import ALERT, DATASET_UPDATE, TRANSITION, encode
+from sources.lifecycle_events import ALERT, DATASET_UPDATE, TRANSITION, encode, encode_values
 
 AT = datetime(2026, 2, 1, 2, 13, 7, 123456, tzinfo=UTC)
 
@@ -98,3 +98,25 @@ def test_an_alert() -> None:
         "runs/5",
     )
     assert event["data"]["rule"] == "w:oncall"
+
+
+def test_a_page_is_encoded_as_each_of_its_events_alone() -> None:
+    page = [
+        row(TRANSITION, run_id=1, to_state="running", reason='quote " and },{"specversion":'),
+        row(DATASET_UPDATE, run_id=1, uri="s3://lake/x", metadata='{"rows": 3}'),
+        row(ALERT, run_id=2, kind="run_failed", detail="}]"),
+    ]
+    assert encode_values(page, "s") == [encode(r, "s")[1] for r in page]
+    assert encode_values([], "s") == []
+
+
+def test_metadata_that_looks_like_the_next_event_does_not_cut_an_event() -> None:
+    tricky = '{"list": [{"a": 1}, {"specversion": "1.0"}]}'
+    page = [
+        row(TRANSITION, run_id=1, to_state="running"),
+        row(DATASET_UPDATE, run_id=1, uri="s3://lake/x", metadata=tricky),
+        row(TRANSITION, run_id=1, to_state="success"),
+    ]
+    values = encode_values(page, "s")
+    assert values == [encode(r, "s")[1] for r in page]
+    assert orjson.loads(values[1])["data"]["metadata"] == orjson.loads(tricky)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 
 from orchestrator.access_log import loggable_path
@@ -27,6 +28,7 @@ def test_json_lines_carry_a_utc_rfc3339_time_and_the_ids_known() -> None:
         "level": "WARNING",
         "logger": "orchestrator.worker",
         "message": "run 7",
+        "pid": os.getpid(),
         "workflow": "sales",
         "run_id": 7,
         "task_id": "load",

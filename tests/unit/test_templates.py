@@ -19,6 +19,7 @@ from orchestrator.templates import (
     referenced_roots,
     referenced_tasks,
     render,
+    renderer,
 )
 
 
@@ -167,6 +168,37 @@ def test_evaluation_error_names_expression_and_task(scope: dict[str, Any]) -> No
 def test_render_rejects_bad_template(scope: dict[str, Any]) -> None:
     with pytest.raises(TemplateError, match=r"a\.\.b"):
         render({"x": "{{ a..b }}"}, scope)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "plain",
+        "{{ params.n }}",
+        "  {{ upstream.extract.rows }}  ",
+        "v{{ params.n }} of {{ run.id }}",
+        "{{ length(upstream.extract.rows) }}",
+        {"a": "{{ params.date }}", "b": ["{{ params.flag }}", 3, None], "c": {"d": "x"}},
+        ("{{ params.n }}", "{{ upstream.missing.field }}"),
+        7,
+        None,
+    ],
+)
+def test_a_renderer_renders_as_render_does(scope: dict[str, Any], value: Any) -> None:
+    assert renderer(value)(scope) == render(value, scope)
+
+
+def test_a_renderer_of_a_bad_template_raises_when_called(scope: dict[str, Any]) -> None:
+    render_bad = renderer({"x": "{{ a..b }}"})  # made without complaint
+    with pytest.raises(TemplateError, match=r"a\.\.b"):
+        render_bad(scope)
+
+
+def test_a_renderer_makes_a_new_mapping_each_time(scope: dict[str, Any]) -> None:
+    render_params = renderer({"n": "{{ params.n }}"})
+    first = render_params(scope)
+    first["n"] = 0
+    assert render_params(scope) == {"n": 3}
 
 
 def test_template_error_is_a_spec_error() -> None:

@@ -52,28 +52,69 @@ SELECT name FROM workflows WHERE name = $1 FOR UPDATE;
 SELECT count(*) FROM runs WHERE workflow = $1 AND state = 'running';
 
 -- name: allocate_run_ids
-SELECT nextval(pg_get_serial_sequence('runs', 'id')) AS id FROM generate_series(1, $1);
+-- The sequence is looked up once, not once per id.
+WITH s AS MATERIALIZED (SELECT pg_get_serial_sequence('runs', 'id')::regclass AS seq)
+SELECT nextval(s.seq) AS id FROM s, generate_series(1, $1);
 
 -- name: insert_runs
--- $1 id[], $2 workflow[], $3 version[], $4 state[], $5 params(json text)[],
--- $6 logical_date[], $7 interval_end[], $8 event_id[], $9 actor[]
+-- Runs, the task instances of those that start, and both "created" transitions,
+-- set-based in one statement. $1 the runs, one JSON array each:
+-- [id, workflow, version, state, params, logical_date, interval_end, event_id,
+-- actor]; $2 the task rows of their versions, one JSON array each: [version,
+-- task_id, state, handler, pool, priority, limited, concurrency_key,
+-- max_concurrency, needs] (roots queued, the rest scheduled); $3 the actor of
+-- the task transitions. One document per table: one parameter to send and to
+-- parse, whatever the batch size.
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::run_state[], $5::text[],
-                         $6::timestamptz[], $7::timestamptz[], $8::bigint[], $9::text[])
-        AS i(id, workflow, version, state, params, logical_date, interval_end, event_id, actor)
-), inserted AS (
+    SELECT (r->>0)::bigint AS id, r->>1 AS workflow, r->>2 AS version,
+           (r->>3)::run_state AS state, r->4 AS params,
+           (r->>5)::timestamptz AS logical_date, (r->>6)::timestamptz AS interval_end,
+           (r->>7)::bigint AS event_id, r->>8 AS actor
+    FROM jsonb_array_elements($1::jsonb) AS r
+), runs_in AS (
     INSERT INTO runs (id, workflow, version, state, params, logical_date, interval_end,
                       event_id, actor, started_at)
-    SELECT id, workflow, version, state, params::jsonb, logical_date, interval_end, event_id,
+    SELECT id, workflow, version, state, params, logical_date, interval_end, event_id,
            actor, CASE WHEN state = 'running' THEN now() END
     FROM input
-    RETURNING id, state, actor
+    RETURNING id, workflow, version, state, actor
+), template AS MATERIALIZED (
+    -- A few rows, each decoded once (not once per run).
+    SELECT t->>0 AS version, t->>1 AS task_id, (t->>2)::task_state AS state,
+           t->>3 AS handler, t->>4 AS pool, (t->>5)::integer AS priority,
+           (t->>6)::boolean AS limited, t->>7 AS concurrency_key,
+           (t->>8)::integer AS max_concurrency,
+           ARRAY(SELECT jsonb_array_elements_text(t->9)) AS needs, n
+    FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS x(t, n)
+), holds AS MATERIALIZED (
+    -- Tasks an operator holds (a handful): read once, not once per row.
+    SELECT workflow, task FROM task_holds
+), tasks_in AS (
+    INSERT INTO task_instances (run_id, task_id, state, handler, pool, priority, limited,
+                                concurrency_key, max_concurrency, needs, queued_at)
+    SELECT r.id, t.task_id,
+           -- A root of a task an operator holds waits held (no slot) instead.
+           CASE WHEN t.state = 'queued' AND EXISTS (
+                    SELECT 1 FROM holds h
+                    WHERE h.workflow = r.workflow AND h.task IN (t.task_id, '*'))
+                THEN 'held'::task_state ELSE t.state END,
+           t.handler, t.pool, t.priority, t.limited, t.concurrency_key, t.max_concurrency,
+           t.needs, CASE WHEN t.state = 'queued' THEN now() END
+    FROM runs_in r JOIN template t ON t.version = r.version
+    WHERE r.state = 'running'
+    -- Claims take equal priorities oldest first: ids in run order, then DAG order.
+    ORDER BY r.id, t.n
+    RETURNING run_id, task_id, state
 )
-INSERT INTO transitions (run_id, task_id, from_state, to_state, actor, reason)
-SELECT id, NULL, NULL, state::text, actor, 'created' FROM inserted;
+-- The runs' transitions first, then their tasks' (UNION ALL reads in order).
+INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
+SELECT id, NULL, NULL, state::text, NULL, actor, 'created' FROM runs_in
+UNION ALL
+SELECT run_id, task_id, NULL, state::text, 0, $3, 'created' FROM tasks_in;
 
 -- name: insert_task_instances
--- One row per (run, task); roots start queued, the rest scheduled.
+-- One row per (run, task) of queued runs that start; roots start queued, the
+-- rest scheduled (new runs get theirs from insert_runs).
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::task_state[], $4::text[], $5::text[],
                          $6::integer[], $7::boolean[], $8::text[], $9::integer[], $10::text[])
@@ -99,12 +140,23 @@ SELECT run_id, task_id, NULL, state::text, 0, $11, 'created' FROM inserted;
 -- name: claim
 -- Claim up to $2 runnable unlimited task instances for lease owner $1 in one
 -- statement: pick (SKIP LOCKED), lease, log, and return what the handler needs.
-WITH picked AS (
+-- Every row also says whether limited work (named pools, per-task caps) waits
+-- to run; while it does nothing is claimed here (claim_mixed orders both kinds
+-- by priority) and the one row returned has a NULL id. One round trip answers
+-- both questions of a claim.
+WITH limited AS (
+    SELECT EXISTS (
+        SELECT 1 FROM task_instances
+        WHERE state IN ('queued', 'up_for_retry') AND limited
+          AND (not_before IS NULL OR not_before <= now())
+    ) AS waiting
+), picked AS (
     -- ready_at: when it became runnable (queued, or its retry came due): the
     -- queue-wait metric.
     SELECT id, state, greatest(queued_at, not_before) AS ready_at FROM task_instances
     WHERE state IN ('queued', 'up_for_retry') AND NOT limited
       AND (not_before IS NULL OR not_before <= now())
+      AND NOT (SELECT waiting FROM limited)
     ORDER BY priority DESC, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -114,33 +166,29 @@ WITH picked AS (
         lease_until = coalesce($4::timestamptz, clock_timestamp()) + make_interval(secs => $3),
         started_at = now(), not_before = NULL
     FROM picked p WHERE t.id = p.id
+    -- What was picked rides along: no join back to picked (a CTE has no index).
     RETURNING t.id, t.run_id, t.task_id, t.attempt, t.tries_before, t.handler, t.needs,
-              t.resume_payload
+              t.resume_payload, p.state AS picked_state, p.ready_at
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
-    SELECT c.run_id, c.task_id, p.state::text, 'running', c.attempt, $1, 'claimed'
-    FROM claimed c JOIN picked p ON p.id = c.id
+    SELECT c.run_id, c.task_id, c.picked_state::text, 'running', c.attempt, $1, 'claimed'
+    FROM claimed c
+), handed AS (
+    SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workflow,
+           r.version, c.resume_payload::text AS resume_payload,
+           r.params::text AS params, r.logical_date, r.interval_end,
+           CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
+               (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
+                 WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream,
+           extract(epoch FROM now() - c.ready_at)::float8 AS queue_wait_s
+    FROM claimed c JOIN runs r ON r.id = c.run_id
 )
-SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workflow, r.version,
-       c.resume_payload::text AS resume_payload,
-       r.params::text AS params, r.logical_date, r.interval_end,
-       CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
-           (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
-             WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream,
-       extract(epoch FROM now() - p.ready_at)::float8 AS queue_wait_s
-FROM claimed c JOIN runs r ON r.id = c.run_id JOIN picked p ON p.id = c.id
-ORDER BY c.id;
+SELECT l.waiting AS limited_waiting, h.*
+FROM limited l LEFT JOIN handed h ON true
+ORDER BY h.id;
 
 -- name: lock_limited_claims
 SELECT pg_advisory_xact_lock(8675309);
-
--- name: limited_waiting
--- Is any task in a named pool or under a per-task cap waiting to run?
-SELECT EXISTS (
-    SELECT 1 FROM task_instances
-    WHERE state IN ('queued', 'up_for_retry') AND limited
-      AND (not_before IS NULL OR not_before <= now())
-);
 
 -- name: claim_mixed
 -- Used while limited work waits, under lock_limited_claims so the running
@@ -186,11 +234,11 @@ WITH running_pools AS (
         started_at = now(), not_before = NULL
     FROM picked p WHERE t.id = p.id
     RETURNING t.id, t.run_id, t.task_id, t.attempt, t.tries_before, t.handler, t.needs,
-              t.resume_payload
+              t.resume_payload, p.state AS picked_state, p.ready_at
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
-    SELECT c.run_id, c.task_id, p.state::text, 'running', c.attempt, $1, 'claimed'
-    FROM claimed c JOIN picked p ON p.id = c.id
+    SELECT c.run_id, c.task_id, c.picked_state::text, 'running', c.attempt, $1, 'claimed'
+    FROM claimed c
 )
 SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workflow, r.version,
        c.resume_payload::text AS resume_payload,
@@ -198,8 +246,8 @@ SELECT c.id, c.run_id, c.task_id, c.attempt, c.tries_before, c.handler, r.workfl
        CASE WHEN cardinality(c.needs) = 0 THEN NULL ELSE
            (SELECT jsonb_object_agg(u.task_id, u.output)::text FROM task_instances u
              WHERE u.run_id = c.run_id AND u.task_id = ANY(c.needs)) END AS upstream,
-       extract(epoch FROM now() - p.ready_at)::float8 AS queue_wait_s
-FROM claimed c JOIN runs r ON r.id = c.run_id JOIN picked p ON p.id = c.id
+       extract(epoch FROM now() - c.ready_at)::float8 AS queue_wait_s
+FROM claimed c JOIN runs r ON r.id = c.run_id
 ORDER BY c.id;
 
 -- name: lock_runs
@@ -239,7 +287,10 @@ WITH input AS (
                           ELSE now() + make_interval(secs => i.delay_s) END,
         ended_at = CASE WHEN i.target IN ('up_for_retry', 'deferred') THEN NULL ELSE now() END
     FROM input i
-    WHERE t.id = i.id AND t.state = $10::task_state AND t.attempt = i.attempt
+    -- The id array as well as the join: looked up by key, never a scan of the
+    -- running rows, whatever the statistics of fresh rows say.
+    WHERE t.id = i.id AND t.id = ANY($1::bigint[])
+      AND t.state = $10::task_state AND t.attempt = i.attempt
       AND t.lease_owner = i.owner
       AND (NOT i.expired_only OR t.lease_until < coalesce($14::timestamptz, now()))
     RETURNING t.id, t.run_id, t.task_id, t.attempt, t.state, i.reason
@@ -274,7 +325,9 @@ WITH input AS (
         ended_at = CASE WHEN i.target = 'queued' THEN t.ended_at ELSE now() END,
         lease_owner = NULL, lease_until = NULL
     FROM input i
+    -- The arrays as well as the join: looked up by key, never a table scan.
     WHERE t.run_id = i.run_id AND t.task_id = i.task_id AND t.state = i.source
+      AND t.run_id = ANY($1::bigint[]) AND t.task_id = ANY($2::text[])
     RETURNING t.run_id, t.task_id, t.attempt, i.source, t.state, i.reason
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)

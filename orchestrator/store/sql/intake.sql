@@ -1,14 +1,14 @@
 -- Named queries of event intake.
 
 -- name: insert_events
--- $1 source[], $2 channel[], $3 dedup_key[], $4 payload json[], $5 headers json[],
--- $6 meta json[], $7 actor[], $8 run_ids[] (as array literals)
+-- $1 the batch's events as one JSON document: an array of [source, channel,
+-- dedup_key, payload, headers, meta, actor, run_ids] (run_ids as an array
+-- literal). One parameter, whatever the batch size: nothing to encode per
+-- element, and each payload is parsed once, as part of the document.
 INSERT INTO events (source, channel, dedup_key, payload, headers, meta, actor, run_ids)
-SELECT source, channel, dedup_key, payload::jsonb, headers::jsonb, meta::jsonb, actor,
-       run_ids::bigint[]
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::text[])
-    AS i(source, channel, dedup_key, payload, headers, meta, actor, run_ids)
+SELECT e->>0, e->>1, e->>2, nullif(e->3, 'null'::jsonb), e->4, e->5, e->>6,
+       (e->>7)::bigint[]
+FROM jsonb_array_elements($1::jsonb) AS e
 ON CONFLICT (dedup_key) DO NOTHING
 RETURNING id, dedup_key;
 

@@ -13,12 +13,20 @@ SELECT id, workflow, state::text AS state, started_at, ended_at
 FROM runs WHERE id = ANY($1::bigint[]);
 
 -- name: live_transitions
--- $1 run ids, $2 for each, ids above this only (the caller re-reads a margin
--- below its newest, since transactions commit out of id order).
+-- $1 run ids; for each, $2 the newest transition id sent, $3 a floor below it
+-- and $4 how many of its transitions in (floor, newest] were sent. Returns
+-- the transitions above newest; and above floor when the count there differs
+-- (a transaction committed after one holding higher ids: its ids were drawn
+-- before commit), so the caller rereads that margin only then.
 SELECT t.id, t.run_id, t.task_id, t.from_state, t.to_state, t.attempt, t.at, t.actor, t.reason
-FROM unnest($1::bigint[], $2::bigint[]) AS w(run_id, floor)
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+    AS w(run_id, newest, floor, sent)
 CROSS JOIN LATERAL (
-    SELECT * FROM transitions WHERE run_id = w.run_id AND id > w.floor ORDER BY id
+    SELECT CASE WHEN count(*) = w.sent THEN w.newest ELSE w.floor END AS low
+    FROM transitions WHERE run_id = w.run_id AND id > w.floor AND id <= w.newest
+) m
+CROSS JOIN LATERAL (
+    SELECT * FROM transitions WHERE run_id = w.run_id AND id > m.low ORDER BY id
 ) t
 ORDER BY t.id;
 
