@@ -72,8 +72,8 @@ EMBEDDED_FETCH_WAIT_MS = 5
 option(
     "--waits",
     type=int,
-    default=100_000,
-    help="waiting: runs waiting at once (default 100000)",
+    default=1_000_000,
+    help="waiting: runs waiting at once (default 1000000)",
 )
 option("--wakes", type=int, default=200, help="wake_latency: wake-ups measured (default 200)")
 option(
@@ -469,7 +469,7 @@ async def wake_latency(
 
 @scenario(
     "waiting",
-    "100,000 runs waiting on kafka sensors in one process: RSS, slots, loop lag, release",
+    "1,000,000 runs waiting on kafka sensors in one process: RSS, slots, loop lag, release",
 )
 async def _waiting(url: str, args: argparse.Namespace, _tx: float) -> list[Figure]:
     return await waiting(url, count=args.waits, fetch_wait_ms=args.fetch_wait_ms)

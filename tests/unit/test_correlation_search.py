@@ -9,7 +9,7 @@ import jmespath
 import pytest
 from hypothesis import given, strategies as st
 
-from orchestrator.intake import search
+from orchestrator.routing import search
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4),
