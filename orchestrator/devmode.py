@@ -162,28 +162,19 @@ async def serve(
     enable (found through entry points) until SIGINT/SIGTERM, or until
     ``stop`` is set when the caller handles the signals itself.
     ``webhook_processes``: processes serving the HTTP port, this one included."""
-    if stop is None:
-        stop = asyncio.Event()
-        with stop_on_signals(stop):
-            await serve(
-                settings,
-                database_url,
-                path,
-                reload=reload,
-                banner=banner,
-                stop=stop,
-                webhook_processes=webhook_processes,
-            )
-        return
-    await _serve(
-        settings,
-        database_url,
-        path,
-        reload=reload,
-        banner=banner,
-        stop=stop,
-        webhook_processes=webhook_processes,
-    )
+    # Signals are this function's to handle only when the caller gave no ``stop``.
+    own_signals = stop is None
+    stop = asyncio.Event() if stop is None else stop
+    with stop_on_signals(stop) if own_signals else contextlib.nullcontext():
+        await _serve(
+            settings,
+            database_url,
+            path,
+            reload=reload,
+            banner=banner,
+            stop=stop,
+            webhook_processes=webhook_processes,
+        )
 
 
 async def _serve(
