@@ -278,11 +278,8 @@ class Engine:
         one serialised statement that orders both kinds by priority; otherwise
         through the lock-free fast path."""
         async with self.db.pool.acquire() as conn:
-            rows = await conn.fetch(
-                SQL.claim, owner, max(limit, 0), self.lease_s, self.clock.stamp()
-            )
-            if not rows[0]["limited_waiting"]:
-                claimed = claimed_from_rows(rows)
+            claimed, waiting = await self._claim_in(conn, owner, max(limit, 0))
+            if not waiting:
                 if claimed:
                     self.db.committed()  # a claim is a commit of its own
                 return claimed, False
