@@ -105,16 +105,18 @@ async def test_operator_endpoints_answer_and_refuse_with_named_problems(db_url: 
             status, body = await post(f"/runs/{run_id}/clear", json={"tasks": ["b"]})
             assert status == 200 and body["cleared"] == ["b"] and body["reopened"] is True
             assert (await wait_for_runs(o.db, [run_id], timeout=20))[run_id] == RunState.FAILED
-            status, body = await post("/workflows/chain/tasks/c/pause", json={"reason": "hold"})
+            status, body = await post("/workflows/chain/tasks/a/pause", json={"reason": "hold"})
             assert (status, body["moved"]) == (200, 0)
-            assert (await post("/workflows/chain/tasks/c/unpause", json={}))[0] == 200
-
+            # Its root held, the new run stays live (no worker can end it
+            # first) until the operator cancels it.
             other = await o.engine.trigger("chain", actor="test")
             status, body = await post(f"/runs/{other}/cancel", json={"reason": "not needed"})
             assert status == 200, body
+            assert (await post("/workflows/chain/tasks/a/unpause", json={}))[0] == 200
+            assert (await wait_for_runs(o.db, [other], timeout=20))[other] == RunState.CANCELLED
 
         found = await audit.entries(o.db)
-        assert [e.action for e in found] == ["cancel", "unpause", "pause", "clear", "mark"]
+        assert [e.action for e in found] == ["unpause", "cancel", "pause", "clear", "mark"]
         assert {e.actor for e in found} == {"api:127.0.0.1"}  # never the X-Actor header
         assert found[-1].reason == "fixed upstream"
 
