@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import asyncpg
@@ -121,7 +122,17 @@ def build_message(row: asyncpg.Record, settings: RelaySettings) -> Message:
         },
         "requires_ack": row["require_ack"],
     }
-    where = f"{row['workflow']} run {run_id}" + (f" task {task_id}" if task_id else "")
+    dataset = row["dataset"] or None
+    payload["dataset"] = dataset
+    payload["stale_after"] = _iso(row["stale_after"])
+    if run_id is None:  # about a dataset: its lineage is where to look
+        payload["links"] = {
+            "ui": f"{base}/#/datasets",
+            "api": f"{base}/api/v1/lineage?node={quote(dataset or '', safe='')}",
+        }
+        where = f"dataset {dataset} ({row['workflow']})"
+    else:
+        where = f"{row['workflow']} run {run_id}" + (f" task {task_id}" if task_id else "")
     if row["attempt"] is not None and task_id:
         where += f" attempt {row['attempt']}"
     summary = f"[{row['kind']}] {where}"

@@ -39,6 +39,8 @@ class AlertKind(StrEnum):
     SLA_MISSED = "sla_missed"
     SENSOR_TIMED_OUT = "sensor_timed_out"
     RUN_SUCCEEDED_AFTER_FAILURE = "run_succeeded_after_failure"
+    DATASET_STALE = "dataset_stale"
+    """A dataset the workflow reads or writes went stale (about no run)."""
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
@@ -165,7 +167,8 @@ class AlertRule(BaseModel):
 
     name: str | None = Field(default=None, pattern=IDENTIFIER, max_length=200)
     """Identifies the rule in alerts (default: its position); an alert is
-    raised once per (rule, run, task, kind)."""
+    raised once per (rule, run, task, kind), ``dataset_stale`` once per
+    (rule, dataset, stale spell)."""
     on: tuple[AlertKind, ...] = Field(min_length=1)
     tasks: tuple[str, ...] = ()
     """Only happenings of these tasks (kinds about a whole run are not filtered)."""

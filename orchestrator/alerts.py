@@ -136,6 +136,18 @@ class AlertRecorder:
             return 0
         return await self.write(conn, await _with_failed_task(conn, raises), notices)
 
+    def dataset_raises(self, stale: Happened, specs: Sequence[WorkflowSpec]) -> list[Raise]:
+        """The alerts a stale dataset raises: the ``dataset_stale`` rules of
+        ``specs`` (the workflows that read or write it), and the project's
+        once. Each names the workflow whose rule it is (a project rule's: the
+        first of ``specs``)."""
+        found: dict[str, Raise] = {}
+        for spec in specs:
+            h = replace(stale, workflow=spec.name, version=spec.version)
+            for key, rule in matching_rules(spec, self.project_rules, stale.kind):
+                found.setdefault(key, Raise(key, rule, h))
+        return list(found.values())
+
     async def write(
         self, conn: asyncpg.Connection, raises: Sequence[Raise], notices: Notices
     ) -> int:
@@ -155,6 +167,8 @@ class AlertRecorder:
             [r.spec.require_ack for r in raises],
             [r.spec.escalate_after for r in raises],
             self.clock.stamp(),
+            [h.dataset for h in hs],
+            [h.stale_after for h in hs],
         )
         if raised:
             notices.alerts = True
@@ -164,7 +178,9 @@ class AlertRecorder:
 async def _with_failed_task(conn: asyncpg.Connection, raises: list[Raise]) -> list[Raise]:
     """A failed run's alert carries the task that failed first (its attempt,
     error and log tail): one statement, only when such an alert is raised."""
-    runs = sorted({r.happened.run_id for r in raises if r.happened.kind == "run_failed"})
+    runs = sorted(
+        {h.run_id for r in raises if (h := r.happened).kind == "run_failed" and h.run_id}
+    )
     if not runs:
         return raises
     first = {r["run_id"]: r for r in await conn.fetch(SQL.first_failed_tasks, runs)}
@@ -202,11 +218,13 @@ class AlertView:
     kind: str
     workflow: str
     version: str
-    run_id: int
+    run_id: int | None
     task_id: str | None
     attempt: int | None
     error: str | None
     detail: str | None
+    dataset: str | None
+    stale_after: datetime | None
     state: str
     """pending, delivered or undelivered (across its routes)."""
     require_ack: bool
@@ -247,6 +265,8 @@ async def list_alerts(
             attempt=r["attempt"],
             error=r["error"],
             detail=r["detail"],
+            dataset=r["dataset"] or None,
+            stale_after=r["stale_after"],
             state=r["state"],
             require_ack=r["require_ack"],
             acked_at=r["acked_at"],

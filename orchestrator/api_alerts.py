@@ -52,11 +52,16 @@ class Alert(BaseModel):
     kind: str
     workflow: str
     version: str
-    run_id: int
+    run_id: int | None
+    """None for an alert about a dataset (``dataset_stale``)."""
     task_id: str | None
     attempt: int | None
     error: str | None
     detail: str | None
+    dataset: str | None
+    """The dataset a ``dataset_stale`` alert is about."""
+    stale_after: datetime | None
+    """Its last update before the stale spell."""
     state: str
     """pending, delivered or undelivered, across its routes."""
     require_ack: bool

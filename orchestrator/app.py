@@ -208,7 +208,7 @@ class Orchestrator:
                 )
             if s.has_role("scheduler"):
                 self.freshness = FreshnessWatch(
-                    self.db, self.clock, interval_s=s.dataset_freshness_check_s
+                    self.engine, self.clock, interval_s=s.dataset_freshness_check_s
                 )
                 self.freshness.start()
             if s.has_role("triggerer"):

@@ -49,14 +49,15 @@ def alerts_cmd(
     click.echo(
         render_table(
             ("ID", "RAISED", "KIND", "WORKFLOW", "RUN", "TASK", "STATE", "ACK", "ERROR"),
+            # An alert about a dataset names it where a run's names its task.
             [
                 (
                     a.id,
                     a.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                     a.kind,
                     a.workflow,
-                    a.run_id,
-                    a.task_id or "-",
+                    a.run_id if a.run_id is not None else "-",
+                    a.task_id or a.dataset or "-",
                     a.state,
                     (a.acked_by or "no") if a.require_ack else "-",
                     _short(_last_error(a.deliveries) or a.error or a.detail or ""),

@@ -60,6 +60,8 @@ class Graph:
 
     datasets: dict[str, DatasetNode] = field(default_factory=dict)
     workflows: set[str] = field(default_factory=set)
+    specs: dict[str, WorkflowSpec] = field(default_factory=dict)
+    """The current spec of each workflow in the graph."""
     down: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     up: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
@@ -78,6 +80,7 @@ class Graph:
     def add(self, spec: WorkflowSpec) -> None:
         wf = f"workflow:{spec.name}"
         self.workflows.add(spec.name)
+        self.specs[spec.name] = spec
         for task in spec.tasks:
             for ref in task.outlets:
                 node = self._declared(ref)

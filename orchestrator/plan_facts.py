@@ -61,13 +61,18 @@ class Happened:
     kind: str
     """An :class:`~orchestrator.alert_spec.AlertKind` value, or ``run_succeeded``
     (a rule on ``run_succeeded_after_failure`` looks at the run before)."""
-    run_id: int
+    run_id: int | None
+    """None for what is about no run (a dataset gone stale)."""
     workflow: str
     version: str
     task_id: str = ""
     attempt: int | None = None
     error: str | None = None
     detail: str | None = None
+    dataset: str = ""
+    """The dataset an alert is about ('' when about a run)."""
+    stale_after: datetime | None = None
+    """For ``dataset_stale``: the last update before the stale spell (its key)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,9 @@
 
 Runs are pruned once ended and older than the cutoff (their task instances and
 transitions with them); events once older than the cutoff and none of the
-runs they started is still queued or running; dead letters by age. With
-lifecycle events on, a run or a dataset update's event stays until a relay
-has published its events. Each batch
+runs they started is still queued or running; dead letters and alerts about
+a dataset by age. With lifecycle events on, a run, a dataset update's event
+or a dataset's alert stays until a relay has published its events. Each batch
 is its own short transaction, so pruning never holds locks for long and
 several processes may prune at once (``SKIP LOCKED``).
 
@@ -32,9 +32,14 @@ class Pruned:
     runs: int = 0
     events: int = 0
     dead_letters: int = 0
+    dataset_alerts: int = 0
+    """Alerts about a dataset (those about a run go with their run)."""
 
     def __str__(self) -> str:
-        return f"{self.runs} runs, {self.events} events, {self.dead_letters} dead letters"
+        return (
+            f"{self.runs} runs, {self.events} events, {self.dead_letters} dead letters, "
+            f"{self.dataset_alerts} dataset alerts"
+        )
 
 
 async def count_prunable(
@@ -43,7 +48,7 @@ async def count_prunable(
     async with db.pool.acquire() as conn:
         row = await conn.fetchrow(SQL.count_prunable, cutoff, keep_unpublished)
     assert row is not None
-    return Pruned(row["runs"], row["events"], row["dead_letters"])
+    return Pruned(row["runs"], row["events"], row["dead_letters"], row["dataset_alerts"])
 
 
 async def prune(
@@ -59,6 +64,7 @@ async def prune(
         (SQL.prune_runs, "runs", (keep_unpublished,)),
         (SQL.prune_events, "events", (keep_unpublished,)),
         (SQL.prune_dead_letters, "dead_letters", ()),
+        (SQL.prune_dataset_alerts, "dataset_alerts", (keep_unpublished,)),
     ):
         while True:
             async with db.transaction() as conn:

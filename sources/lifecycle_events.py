@@ -71,7 +71,7 @@ def cloud_event(
         f"alert-{row['id']}",
         source,
         f"orchestrator.alert.{row['kind']}",
-        _subject(run_id, task_id),
+        _subject(run_id, task_id) if run_id is not None else f"datasets/{row['uri']}",
         row,
         {
             "alert_id": row["id"],
@@ -80,6 +80,7 @@ def cloud_event(
             "workflow": row["workflow"],
             "run_id": run_id,
             "task_id": task_id,
+            "dataset": row["uri"],
             "attempt": row["attempt"],
             "error": row["error"],
             "detail": row["detail"],

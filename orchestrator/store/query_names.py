@@ -113,6 +113,7 @@ class NamedQueries:
     pending_dead_letter_ids: str
     poll_again: str
     previous_run_states: str
+    prune_dataset_alerts: str
     prune_dead_letters: str
     prune_events: str
     prune_route_windows: str

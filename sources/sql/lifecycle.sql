@@ -60,7 +60,8 @@ RETURNING c.part, c.parts, c.done::text AS done, c.done_at, c.window_to::text AS
 -- published, $7 limit. The rows committed after `done` and before
 -- `window_to` of these partitions, in (stage, id) order, with their partition
 -- and what their CloudEvents carry (sources/lifecycle_events.py): stage 0
--- transitions, 1 dataset updates, 2 alerts. Within a window ids follow commit
+-- transitions, 1 dataset updates, 2 alerts (a dataset's own, with no run, partitioned
+-- by its URI like an external update). Within a window ids follow commit
 -- order per run: a change that waited for another's commit takes its ids
 -- after it. A transition's workflow is its run's (lifecycle_run_workflows:
 -- once per run, where joining the runs cost as much as the rest per row).
@@ -96,9 +97,10 @@ UNION ALL
    AND $5::integer <= 1 AND ($5::integer = 0 OR d.id > $6::bigint)
  ORDER BY d.id LIMIT $7)
 UNION ALL
-(SELECT 2, a.id, (a.run_id % $3)::integer, a.run_id, nullif(a.task_id, ''), NULL, NULL,
+(SELECT 2, a.id, (coalesce(a.run_id, hashtext(a.dataset)::bigint & 2147483647) % $3)::integer,
+        a.run_id, nullif(a.task_id, ''), NULL, NULL,
         a.attempt,
-        a.created_at, NULL, NULL, a.workflow, NULL,
+        a.created_at, NULL, NULL, a.workflow, nullif(a.dataset, ''),
         NULL, NULL, NULL,
         a.rule, a.kind, a.error, a.detail
  FROM alerts a
@@ -106,7 +108,7 @@ UNION ALL
    AND a.txid < pg_snapshot_xmax($2::text::pg_snapshot)::text::bigint
    AND pg_visible_in_snapshot(a.txid::text::xid8, $2::text::pg_snapshot)
    AND NOT pg_visible_in_snapshot(a.txid::text::xid8, $1::text::pg_snapshot)
-   AND a.run_id % $3 = ANY($4::integer[])
+   AND coalesce(a.run_id, hashtext(a.dataset)::bigint & 2147483647) % $3 = ANY($4::integer[])
    AND ($5::integer < 2 OR a.id > $6::bigint)
  ORDER BY a.id LIMIT $7)
 ORDER BY stage, id LIMIT $7;

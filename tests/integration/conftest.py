@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from alert_receiver import Receiver
 
 from orchestrator.settings import Settings
 from sources.kafka import EMBEDDED_CONSUMER_OPTIONS
@@ -111,3 +112,27 @@ async def own_kafka() -> AsyncIterator[OwnKafka]:
         yield own
     finally:
         await asyncio.to_thread(own.broker.stop)
+
+
+@pytest.fixture
+async def receiver(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Receiver]:
+    """A running :class:`alert_receiver.Receiver` with its signing secret set."""
+    from aiohttp import web
+
+    from orchestrator.signatures import generate_secret
+
+    secret = generate_secret()
+    monkeypatch.setenv("ORCHESTRATOR_SECRET_ALERT_KEY", secret)
+    recv = Receiver(secret)
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", recv.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    recv.url = f"http://{host}:{port}"
+    yield recv
+    if recv.hold is not None:
+        recv.hold.set()
+    await runner.cleanup()

@@ -9,8 +9,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
+from alert_receiver import Receiver
 from cli_process import cli_runner
 from eventually import eventually
 from suite_settings import suite_settings
@@ -37,7 +36,6 @@ from orchestrator.plan import Happened
 from orchestrator.registry import HandlerRegistry
 from orchestrator.run_waiter import wait_for_runs
 from orchestrator.secrets import EnvironmentBackend, Secrets
-from orchestrator.signatures import generate_secret, standard_keys, verify_standard
 from orchestrator.spec import WorkflowSpec
 from orchestrator.store import Database
 from orchestrator.triggerer import Triggerer
@@ -46,68 +44,7 @@ pytestmark = pytest.mark.timeout(60)
 
 RELAY_SCRIPT = Path(__file__).with_name("relay_process.py")
 ROOT = Path(__file__).resolve().parents[2]
-SECRET_REF = "{{ secrets.ALERT_KEY }}"
 settings = partial(suite_settings, worker_slots=8, roles="worker", alert_retry_initial_s=0.05)
-
-
-class Receiver:
-    """A local aiohttp server that accepts only correctly signed alerts."""
-
-    def __init__(self, secret: str, now: Callable[[], datetime] = SYSTEM_CLOCK.now) -> None:
-        self.keys = standard_keys(secret)
-        self.now = now
-        self.down = False
-        """Answer 503 (as a receiver that is down would)."""
-        self.hold: asyncio.Event | None = None
-        """Keep requests waiting until set."""
-        self.tried: list[str] = []
-        """The webhook-id of every request that came."""
-        self.got: list[tuple[str, str, dict[str, Any]]] = []
-        """(path, webhook-id, body) of every accepted alert."""
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        problem = verify_standard(
-            self.keys,
-            msg_id=request.headers.get("webhook-id"),
-            timestamp=request.headers.get("webhook-timestamp"),
-            signature=request.headers.get("webhook-signature"),
-            body=body,
-            now=self.now().timestamp(),
-        )
-        if problem is not None:
-            return web.Response(status=401, text=problem)
-        msg_id = request.headers["webhook-id"]
-        self.tried.append(msg_id)
-        if self.hold is not None:
-            await self.hold.wait()
-        if self.down:
-            return web.Response(status=503)
-        self.got.append((request.path, msg_id, orjson.loads(body)))
-        return web.Response(status=204)
-
-    def route(self, path: str = "/alerts", **extra: Any) -> dict[str, Any]:
-        return {"type": "webhook", "url": self.url + path, "secret": SECRET_REF, **extra}
-
-
-@pytest.fixture
-async def receiver(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Receiver]:
-    secret = generate_secret()
-    monkeypatch.setenv("ORCHESTRATOR_SECRET_ALERT_KEY", secret)
-    recv = Receiver(secret)
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", recv.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    recv.url = f"http://{host}:{port}"
-    yield recv
-    if recv.hold is not None:
-        recv.hold.set()
-    await runner.cleanup()
 
 
 async def failing(ctx: TaskContext) -> None:
@@ -289,7 +226,7 @@ async def test_an_sla_is_missed_at_its_deadline_while_the_run_is_still_queued(
                 what="both deadlines fired",
             )
         found = await list_alerts(o.db)
-        assert sorted(a.run_id for a in found) == [first, second]
+        assert sorted(a.run_id or 0 for a in found) == [first, second]
         assert {a.kind for a in found} == {"sla_missed"}
         states = await fetch(o.db, "SELECT id, state::text AS s FROM runs ORDER BY id")
         assert [r["s"] for r in states] == ["running", "queued"]
@@ -320,7 +257,7 @@ async def test_an_unacknowledged_alert_escalates_to_the_next_route(
             while await relay.drain():
                 pass
             assert sorted(p for p, _, _ in receiver.got) == ["/pager", "/pager"]
-            first, second = sorted(await list_alerts(o.db), key=lambda a: a.run_id)
+            first, second = sorted(await list_alerts(o.db), key=lambda a: a.run_id or 0)
             cli = cli_runner(db_url)
             done = await asyncio.to_thread(cli, "alerts", "ack", str(first.id), "--reason", "mine")
             assert done.returncode == 0, done.stderr

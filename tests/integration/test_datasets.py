@@ -355,9 +355,9 @@ async def test_a_stale_dataset_on_an_injected_clock(
         )
     ]
     async with WorkflowTest(pg_admin_url, workflows=wfs, registry=registry()) as wt:
-        db = wt.orchestrator.db
-        assert db is not None
-        watch = FreshnessWatch(db, wt.manual_clock)
+        db, engine = wt.orchestrator.db, wt.orchestrator.engine
+        assert db is not None and engine is not None
+        watch = FreshnessWatch(engine, wt.manual_clock)
         assert (await wt.run("extract", {})).state == "success"
         assert await watch.check() == []
         alerts = METRICS.dataset_stale_alerts._value.get()

@@ -2,22 +2,24 @@
 
 -- name: insert_alerts
 -- Raise alerts in the transition's transaction, once per (rule, run, task,
--- kind); each new one gets its first deliveries: every route, or only the
--- first of an escalation chain. $1..$12 one array per column, $13 the clock's
--- time (NULL: the database's). Returns how many alerts were new.
+-- kind, dataset, stale spell); each new one gets its first deliveries: every
+-- route, or only the first of an escalation chain. $1..$12 and $14, $15 one
+-- array per column, $13 the clock's time (NULL: the database's). Returns how
+-- many alerts were new.
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
                          $6::text[], $7::integer[], $8::text[], $9::text[], $10::text[],
-                         $11::boolean[], $12::float8[])
+                         $11::boolean[], $12::float8[], $14::text[], $15::timestamptz[])
         AS i(rule, kind, workflow, version, run_id, task_id, attempt, error, detail, routes,
-             require_ack, escalate_after_s)
+             require_ack, escalate_after_s, dataset, stale_after)
 ), inserted AS (
     INSERT INTO alerts (rule, kind, workflow, version, run_id, task_id, attempt, error, detail,
-                        routes, require_ack, escalate_after_s, created_at)
+                        routes, require_ack, escalate_after_s, dataset, stale_after, created_at)
     SELECT rule, kind, workflow, version, run_id, task_id, attempt, error, detail,
-           routes::jsonb, require_ack, escalate_after_s, coalesce($13::timestamptz, now())
+           routes::jsonb, require_ack, escalate_after_s, dataset, stale_after,
+           coalesce($13::timestamptz, now())
     FROM input
-    ON CONFLICT (rule, run_id, task_id, kind) DO NOTHING
+    ON CONFLICT ON CONSTRAINT alerts_raised_once DO NOTHING
     RETURNING id, routes, require_ack, created_at
 ), deliveries AS (
     INSERT INTO alert_deliveries (alert_id, route_index, route_key, next_at)
@@ -69,7 +71,7 @@ WITH due AS (
 )
 SELECT c.id, c.alert_id, c.route_index, c.route_key, c.attempts,
        a.rule, a.kind, a.workflow, a.version, a.run_id, a.task_id, a.attempt, a.error, a.detail,
-       a.routes->c.route_index->'spec' AS route, a.require_ack, a.created_at,
+       a.dataset, a.stale_after, a.routes->c.route_index->'spec' AS route, a.require_ack, a.created_at,
        r.logical_date, r.state::text AS run_state, r.params,
        e.id AS event_id, e.source AS event_source, e.channel AS event_channel,
        e.dedup_key AS event_key, e.received_at AS event_received_at,
@@ -166,7 +168,7 @@ RETURNING id, workflow, run_id, task_id, kind;
 -- Newest first, ids below $1 (0: from the newest); $2 only this workflow,
 -- $3 only alerts in this state (pending, delivered, undelivered, unacked), $4 limit.
 SELECT a.id, a.rule, a.kind, a.workflow, a.version, a.run_id, a.task_id, a.attempt,
-       a.error, a.detail, a.require_ack, a.escalated_to, a.escalate_at, a.acked_at, a.acked_by,
+       a.error, a.detail, a.dataset, a.stale_after, a.require_ack, a.escalated_to, a.escalate_at, a.acked_at, a.acked_by,
        a.ack_reason, a.created_at, s.state, s.deliveries
 FROM alerts a
 CROSS JOIN LATERAL (

@@ -73,6 +73,22 @@ WITH doomed AS (
 )
 DELETE FROM dead_letter_events WHERE id IN (SELECT id FROM doomed) RETURNING id;
 
+-- name: prune_dataset_alerts
+-- Alerts about a dataset (no run) older than the cutoff, once published when
+-- lifecycle events are on ($3); their deliveries go with them (cascade).
+WITH doomed AS (
+    SELECT a.id FROM alerts a
+    WHERE a.run_id IS NULL AND a.created_at < $1
+      AND (NOT $3 OR NOT EXISTS (
+          SELECT 1 FROM lifecycle_cursors c
+          WHERE c.part = (hashtext(a.dataset)::bigint & 2147483647) % c.parts
+            AND a.txid IS NOT NULL AND NOT pg_visible_in_snapshot(a.txid::text::xid8, c.done)))
+    ORDER BY a.created_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM alerts WHERE id IN (SELECT id FROM doomed) RETURNING id;
+
 -- name: count_prunable
 -- $1 cutoff, $2 lifecycle events are on (as prune_runs' $3).
 SELECT
@@ -104,7 +120,14 @@ SELECT
                 (SELECT min(created_at) FROM runs WHERE state IN ('queued', 'running')),
                 'infinity')))
         AS events,
-    (SELECT count(*) FROM dead_letter_events WHERE received_at < $1) AS dead_letters;
+    (SELECT count(*) FROM dead_letter_events WHERE received_at < $1) AS dead_letters,
+    (SELECT count(*) FROM alerts a
+      WHERE a.run_id IS NULL AND a.created_at < $1
+        AND (NOT $2 OR NOT EXISTS (
+            SELECT 1 FROM lifecycle_cursors c
+            WHERE c.part = (hashtext(a.dataset)::bigint & 2147483647) % c.parts
+              AND a.txid IS NOT NULL
+              AND NOT pg_visible_in_snapshot(a.txid::text::xid8, c.done)))) AS dataset_alerts;
 
 -- name: logical_dates_pruned
 -- $1 workflow, $2 logical_date[]: which of these dates had a run that

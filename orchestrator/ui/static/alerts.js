@@ -26,9 +26,10 @@ function ackCell(a, reload) {
 export async function alertsPage(main) {
   let query = new URLSearchParams();
   const reload = () => list.load(query).catch((err) => toast(err.message));
-  const list = pagedTable("/alerts", ["Id", "Raised", "Rule", "Workflow", "Run", "What", "Delivery", "Acknowledged"], (a) => h("tr", { "data-alert": a.id },
+  const list = pagedTable("/alerts", ["Id", "Raised", "Rule", "Workflow", "Run or dataset", "What", "Delivery", "Acknowledged"], (a) => h("tr", { "data-alert": a.id },
     h("td", {}, `#${a.id}`), h("td", {}, when(a.created_at)), h("td", {}, `${a.rule} (${a.kind})`), h("td", {}, a.workflow),
-    h("td", {}, h("a", { href: `#/runs/${a.run_id}` }, `#${a.run_id}`), a.task_id ? ` ${a.task_id}` : ""),
+    a.run_id === null ? h("td", { class: "dataset" }, a.dataset)
+      : h("td", {}, h("a", { href: `#/runs/${a.run_id}` }, `#${a.run_id}`), a.task_id ? ` ${a.task_id}` : ""),
     h("td", { class: a.error ? "error" : "" }, a.error || a.detail || ""),
     h("td", { class: "alert-state" }, `${DELIVERY_GLYPH[a.state] || ""} ${a.state}`,
       a.deliveries.filter((d) => d.last_error).map((d) => h("div", { class: "error" }, `${d.route}: ${d.last_error}`))),
