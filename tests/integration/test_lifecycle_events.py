@@ -20,7 +20,8 @@ from eventually import eventually
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
-from orchestrator.clock import SYSTEM_CLOCK
+from orchestrator.clock import SYSTEM_CLOCK, ManualClock
+from orchestrator.freshness import FreshnessWatch
 from orchestrator.retention import prune
 from orchestrator.run_waiter import wait_for_runs
 from orchestrator.settings import Settings
@@ -140,7 +141,17 @@ async def test_dataset_updates_and_alerts_go_out_with_the_run_they_belong_to(
     topic = await kafka_env.create_topic("kinds")
     settings = relay_settings(kafka_env, topic, worker_slots=2)
     publish = WorkflowSpec.model_validate(
-        {"name": "publish", "tasks": [{"id": "p", "handler": "echo", "outlets": ["s3://lake/x"]}]}
+        {
+            "name": "publish",
+            "tasks": [
+                {
+                    "id": "p",
+                    "handler": "echo",
+                    "outlets": [{"uri": "s3://lake/x", "fresh_within": "1h"}],
+                }
+            ],
+            "alerts": [{"on": ["dataset_stale"], "routes": [{"type": "log"}]}],
+        }
     )
     failing = WorkflowSpec.model_validate(
         {
@@ -161,7 +172,9 @@ async def test_dataset_updates_and_alerts_go_out_with_the_run_they_belong_to(
         published = await orch.engine.trigger("publish", {}, actor="test")
         failed = await orch.engine.trigger("failing", {}, actor="test")
         await wait_for_runs(orch.db, [published, failed], timeout=20)
-        expected = len(await transition_ids(db_url)) + 2
+        later = ManualClock(SYSTEM_CLOCK.now() + timedelta(hours=2))
+        assert await FreshnessWatch(orch.engine, later).check() == ["s3://lake/x"]
+        expected = len(await transition_ids(db_url)) + 3
         events = await consume(settings, topic, expected)
     update = next(e for _k, e in events if e["type"] == "orchestrator.dataset.updated")
     assert update["id"].startswith("dataset-update-")
@@ -171,6 +184,10 @@ async def test_dataset_updates_and_alerts_go_out_with_the_run_they_belong_to(
     assert alert[0] == str(failed)
     # A failed run's alert names the task that failed it.
     assert alert[1]["id"].startswith("alert-") and alert[1]["subject"] == f"runs/{failed}/tasks/f"
+    # A dataset's own alert goes out on the dataset's key, as its updates do.
+    key, stale = next((k, e) for k, e in events if e["type"] == "orchestrator.alert.dataset_stale")
+    assert (key, stale["subject"]) == ("s3://lake/x", "datasets/s3://lake/x")
+    assert stale["data"]["dataset"] == "s3://lake/x" and stale["data"]["run_id"] is None
     # After the transition that raised it, as on the run's key.
     keyed = [e["type"] for k, e in events if k == str(failed)]
     assert keyed.index("orchestrator.run.failed") < keyed.index("orchestrator.alert.run_failed")
