@@ -178,9 +178,7 @@ class AlertRecorder:
 async def _with_failed_task(conn: asyncpg.Connection, raises: list[Raise]) -> list[Raise]:
     """A failed run's alert carries the task that failed first (its attempt,
     error and log tail): one statement, only when such an alert is raised."""
-    runs = sorted(
-        {h.run_id for r in raises if (h := r.happened).kind == "run_failed" and h.run_id}
-    )
+    runs = sorted({h.run_id for r in raises if (h := r.happened).kind == "run_failed" and h.run_id})
     if not runs:
         return raises
     first = {r["run_id"]: r for r in await conn.fetch(SQL.first_failed_tasks, runs)}

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from alert_receiver import Receiver
+from local_http import local_server
 
 from orchestrator.settings import Settings
 from sources.kafka import EMBEDDED_CONSUMER_OPTIONS
@@ -126,13 +127,9 @@ async def receiver(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Receiver]:
     recv = Receiver(secret)
     app = web.Application()
     app.router.add_post("/{tail:.*}", recv.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    recv.url = f"http://{host}:{port}"
-    yield recv
-    if recv.hold is not None:
-        recv.hold.set()
-    await runner.cleanup()
+    async with local_server(app) as recv.url:
+        try:
+            yield recv
+        finally:
+            if recv.hold is not None:
+                recv.hold.set()

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from aiohttp import web
 from eventually import eventually
+from local_http import local_server
 
 from handlers import builtin_registry
 from orchestrator.app import Orchestrator
@@ -39,13 +40,8 @@ async def endpoint() -> AsyncIterator[tuple[Endpoint, str]]:
     state = Endpoint()
     app = web.Application()
     app.router.add_get("/export", state.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield state, f"http://127.0.0.1:{port}/export"
-    await runner.cleanup()
+    async with local_server(app) as base:
+        yield state, f"{base}/export"
 
 
 def waiting_on(url: str, **extra: object) -> WorkflowSpec:
