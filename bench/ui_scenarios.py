@@ -2,13 +2,17 @@
 
 A 200-task run (a gate, then 199 tasks that each fail nine times with no
 retry delay before succeeding: thousands of transitions in seconds) runs
-beside ``fanout``'s 1,000 three-task chains, three times without watchers and
-three times with 50 server-sent-event clients on the 200-task run (in a second process:
-their parsing is not the engine's). Figures: the watched run's transitions/s,
-the p99 delay from a transition's row to its arrival at a client, and the
-fanout rate with watchers against without. The context adds what moves less
-with the machine's other load: the live hub's CPU per watched transition, this
-process's CPU per phase and the watchers' own.
+beside ``fanout``'s 1,000 three-task chains, in phases without watchers and
+with 50 server-sent-event clients on the 200-task run (in a second process:
+their reading is not the engine's), alternating: PAIRS pairs of a phase
+without, then one with. Figures: the watched run's transitions/s, the p99
+delay from a transition's row to its arrival at a client, and the fanout rate
+with watchers against without: the median of each pair's ratio (the two phases
+of a pair are seconds apart, so the machine's drift and other load weigh on
+both alike; one disturbed phase moves one ratio, not the figure). The context
+adds what moves less with the machine's other load: per phase, the CPU seconds
+of this process, of the database's server processes and of the
+watchers' process, and the live hub's CPU per watched transition.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from statistics import median
 from typing import Any
 
+from bench.cpu_use import cpu_s as process_cpu_s
 from bench.engine_scenarios import bench_settings, chain
 from bench.harness import Figure, scratch_database
 from bench.registry import scenario
@@ -31,12 +36,13 @@ from orchestrator.engine import RunRequest
 from orchestrator.run_waiter import RunWaiter
 from orchestrator.spec import RetryPolicy, TaskSpec, WorkflowSpec
 from orchestrator.states import RunState
+from orchestrator.store import Database
 from orchestrator.ui.live import HUB_KEY
 
 ATTEMPTS = 10
 CLIENTS = 50
 #: Phases without and with watchers alternate; the machine's speed drifts between them.
-PAIRS = 3
+PAIRS = 5
 
 
 async def ui_live(url: str, *, runs: int = 1000, clients: int = CLIENTS) -> list[Figure]:
@@ -102,6 +108,8 @@ async def ui_live(url: str, *, runs: int = 1000, clients: int = CLIENTS) -> list
                     line = await asyncio.wait_for(proc.stdout.readline(), 60)
                     assert line.strip() == b"ready", line
                 hub_cpu_at = hub.cpu_s
+                pids = await backend_pids(db)
+                pg_cpu_at = postgres_cpu_s(pids)
                 cpu_at = time.process_time()
                 started = time.perf_counter()
                 gate.set()
@@ -114,6 +122,7 @@ async def ui_live(url: str, *, runs: int = 1000, clients: int = CLIENTS) -> list
                 [state] = (await waiter.wait([run_id], timeout=600)).values()
                 watched_s = time.perf_counter() - started
                 cpu_s = time.process_time() - cpu_at
+                pg_cpu_s = postgres_cpu_s(pids) - pg_cpu_at
                 hub_cpu_s = hub.cpu_s - hub_cpu_at
                 assert state == RunState.SUCCESS, state
                 async with db.pool.acquire() as conn:
@@ -126,6 +135,7 @@ async def ui_live(url: str, *, runs: int = 1000, clients: int = CLIENTS) -> list
                     "watched_transitions": steps,
                     "watched_transitions_per_s": steps / watched_s,
                     "orchestrator_cpu_s": cpu_s,
+                    "postgres_cpu_s": pg_cpu_s,
                     "hub_cpu_us_per_transition": 1e6 * hub_cpu_s / steps,
                 }
                 if proc is not None:
@@ -137,6 +147,8 @@ async def ui_live(url: str, *, runs: int = 1000, clients: int = CLIENTS) -> list
     watching = [p for p in phases if p["clients"]]
     rate_without = median(p["fanout_runs_per_s"] for p in without)
     rate_with = median(p["fanout_runs_per_s"] for p in watching)
+    pairs = zip(without, watching, strict=True)
+    ratios = [w["fanout_runs_per_s"] / wo["fanout_runs_per_s"] for wo, w in pairs]
     p99 = max(p["delays"]["p99_ms"] for p in watching)
     slowest_change = min(p["watched_transitions_per_s"] for p in watching)
     ctx: dict[str, Any] = {
@@ -147,6 +159,8 @@ async def ui_live(url: str, *, runs: int = 1000, clients: int = CLIENTS) -> list
         "hub_cpu_us_per_transition": median(p["hub_cpu_us_per_transition"] for p in watching),
         "orchestrator_cpu_s_without": median(p["orchestrator_cpu_s"] for p in without),
         "orchestrator_cpu_s_with": median(p["orchestrator_cpu_s"] for p in watching),
+        "postgres_cpu_s_without": median(p["postgres_cpu_s"] for p in without),
+        "postgres_cpu_s_with": median(p["postgres_cpu_s"] for p in watching),
         "watchers_cpu_s": median(p["delays"]["cpu_s"] for p in watching),
     }
     return [
@@ -162,16 +176,37 @@ async def ui_live(url: str, *, runs: int = 1000, clients: int = CLIENTS) -> list
         Figure(
             "ui_live",
             "fanout_with_vs_without_clients",
-            100 * rate_with / rate_without,
+            100 * median(ratios),
             "%",
             ">= 95",
             context={
+                "pair_ratios_pct": [round(100 * r, 1) for r in ratios],
                 "with": rate_with,
                 "without": rate_without,
+                "orchestrator_cpu_s_with_minus_without": ctx["orchestrator_cpu_s_with"]
+                - ctx["orchestrator_cpu_s_without"],
+                "postgres_cpu_s_with_minus_without": ctx["postgres_cpu_s_with"]
+                - ctx["postgres_cpu_s_without"],
+                "watchers_cpu_s": ctx["watchers_cpu_s"],
                 "hub_cpu_us_per_transition": ctx["hub_cpu_us_per_transition"],
             },
         ),
     ]
+
+
+async def backend_pids(db: Database) -> list[int]:
+    """The server processes of the scratch database's sessions (the engine's
+    pool, the hub's reads and this scenario's own)."""
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        )
+    return [row["pid"] for row in rows]
+
+
+def postgres_cpu_s(pids: list[int]) -> float:
+    """CPU seconds of these server processes (on this machine; 0 when elsewhere)."""
+    return sum(process_cpu_s(pid) or 0.0 for pid in pids)
 
 
 @scenario("ui_live", "50 SSE clients on a 200-task run changing fast, beside fanout")

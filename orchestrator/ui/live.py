@@ -339,6 +339,7 @@ class LiveHub:
                     continue
                 bisect.insort(watched.sent, row["id"])
             step = dict(row)
+            del step["run_id"]  # the message is about the one run
             fresh[run_id].append(step)
             task_id = step["task_id"]
             if task_id is None or run_id in whole_now:
@@ -361,10 +362,10 @@ class LiveHub:
                 message = encode(
                     "run",
                     {
+                        "full": False,
                         "run": state,
                         "tasks": list(changes[row["id"]].values()),
                         "transitions": fresh[row["id"]],
-                        "full": False,
                     },
                 )
                 for watcher in watched.watchers:
@@ -374,13 +375,13 @@ class LiveHub:
                 full = encode(
                     "run",
                     {
+                        "full": True,
                         "run": state,
                         "tasks": [
                             {k: v for k, v in t.items() if k != "_step"}
                             for t in watched.tasks.values()
                         ],
                         "transitions": fresh[row["id"]],
-                        "full": True,
                     },
                 )
                 for watcher in ready:
@@ -419,12 +420,20 @@ class LiveQuery(BaseModel):
 class LiveMessage(BaseModel):
     """One server-sent event's data (``event: run`` or ``event: workflows``)."""
 
-    run: dict[str, Any] | None = Field(default=None, description="The run's state and times.")
+    full: bool = Field(
+        default=False, description="tasks is the whole picture (each stream's first event)."
+    )
+    run: dict[str, Any] | None = Field(
+        default=None, description="The run's id, workflow, state and times."
+    )
     tasks: list[dict[str, Any]] = Field(
         default_factory=list, description="Tasks whose state changed (all of them when full)."
     )
-    transitions: list[dict[str, Any]] = Field(default_factory=list)
-    full: bool = Field(default=False, description="tasks is the whole picture.")
+    transitions: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The run's new transitions, in id order, each as in GET /api/v1/runs/{id}: "
+        "id, task_id (null: the run's own), from_state, to_state, attempt, at, actor, reason.",
+    )
     workflows: list[dict[str, Any]] | None = Field(
         default=None, description="The workflow list, each with its newest runs (`recent`)."
     )

@@ -184,7 +184,11 @@ async def test_a_transition_committed_after_a_newer_one_still_streams(
                 return reason in reasons
 
             try:
-                assert (await anext(seen))["full"]
+                first = await anext(seen)
+                assert list(first) == ["full", "run", "tasks", "transitions"] and first["full"]
+                # The run is said once: not in each of its transitions.
+                assert first["transitions"] and "run_id" not in first["transitions"][0]
+                assert {"id", "task_id", "to_state", "at", "actor"} <= set(first["transitions"][0])
                 insert = (
                     "INSERT INTO transitions (run_id, to_state, actor, reason)"
                     " VALUES ($1, 'success', 'test', $2)"
