@@ -4,15 +4,16 @@ A 200-task run (a gate, then 199 tasks that each fail nine times with no
 retry delay before succeeding: thousands of transitions in seconds) runs
 beside ``fanout``'s 1,000 three-task chains, in phases without watchers and
 with 50 server-sent-event clients on the 200-task run (in a second process:
-their reading is not the engine's), alternating: PAIRS pairs of a phase
-without, then one with. Figures: the watched run's transitions/s, the p99
-delay from a transition's row to its arrival at a client, and the fanout rate
-with watchers against without: the median of each pair's ratio (the two phases
-of a pair are seconds apart, so the machine's drift and other load weigh on
-both alike; one disturbed phase moves one ratio, not the figure). The context
-adds what moves less with the machine's other load: per phase, the CPU seconds
-of this process, of the database's server processes and of the
-watchers' process, and the live hub's CPU per watched transition.
+their reading is not the engine's): PAIRS pairs of a phase without and one
+with, the pairs alternating which comes first. Figures: the watched run's
+transitions/s, the p99 delay from a transition's row to its arrival at a
+client, and the fanout rate with watchers against without: the median of
+each pair's ratio (the two phases of a pair are seconds apart, so the
+machine's drift and other load weigh on both alike; one disturbed phase
+moves one ratio, not the figure). The context adds what moves less with the
+machine's other load: per phase, the CPU seconds of this process, of the
+database's server processes and of the watchers' process, and the live
+hub's CPU per watched transition.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from orchestrator.ui.live import HUB_KEY
 ATTEMPTS = 10
 CLIENTS = 50
 #: Phases without and with watchers alternate; the machine's speed drifts between them.
-PAIRS = 5
+PAIRS = 8
 
 
 async def ui_live(url: str, *, runs: int = 1000, clients: int = CLIENTS) -> list[Figure]:
@@ -87,7 +88,7 @@ async def ui_live(url: str, *, runs: int = 1000, clients: int = CLIENTS) -> list
         hub = orch.http.app[HUB_KEY]
         async with RunWaiter(orch.db, poll_s=0.05) as waiter:
             await waiter.wait([await engine.trigger("fanout3", actor="bench")], timeout=60)
-            for with_clients in (False, True) * PAIRS:
+            for with_clients in phase_order(PAIRS):
                 gate.clear()
                 run_id = await engine.trigger("watched200", actor="bench")
                 proc = None
@@ -147,8 +148,12 @@ async def ui_live(url: str, *, runs: int = 1000, clients: int = CLIENTS) -> list
     watching = [p for p in phases if p["clients"]]
     rate_without = median(p["fanout_runs_per_s"] for p in without)
     rate_with = median(p["fanout_runs_per_s"] for p in watching)
-    pairs = zip(without, watching, strict=True)
-    ratios = [w["fanout_runs_per_s"] / wo["fanout_runs_per_s"] for wo, w in pairs]
+    ratios = [
+        with_["fanout_runs_per_s"] / without_["fanout_runs_per_s"]
+        for without_, with_ in (
+            sorted(phases[i : i + 2], key=lambda p: p["clients"]) for i in range(0, len(phases), 2)
+        )
+    ]
     p99 = max(p["delays"]["p99_ms"] for p in watching)
     slowest_change = min(p["watched_transitions_per_s"] for p in watching)
     ctx: dict[str, Any] = {
@@ -192,6 +197,16 @@ async def ui_live(url: str, *, runs: int = 1000, clients: int = CLIENTS) -> list
             },
         ),
     ]
+
+
+def phase_order(pairs: int) -> list[bool]:
+    """Whether each phase has watchers: pairs alternate which comes first
+    (without-with, then with-without), so a drift of the machine's speed
+    over the run favours neither side."""
+    order: list[bool] = []
+    for k in range(pairs):
+        order += [False, True] if k % 2 == 0 else [True, False]
+    return order
 
 
 async def backend_pids(db: Database) -> list[int]:
