@@ -43,7 +43,7 @@ from orchestrator.ui.live import HUB_KEY
 ATTEMPTS = 10
 CLIENTS = 50
 #: Phases without and with watchers alternate; the machine's speed drifts between them.
-PAIRS = 8
+PAIRS = 20
 
 
 async def ui_live(url: str, *, runs: int = 1000, clients: int = CLIENTS) -> list[Figure]:

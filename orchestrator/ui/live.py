@@ -130,7 +130,7 @@ class LiveHub:
         self,
         db: Database,
         *,
-        settle_s: float = 0.025,
+        settle_s: float = 0.05,
         safety_s: float = 2.0,
         list_gap_s: float = 0.5,
     ) -> None:
