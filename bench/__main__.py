@@ -80,7 +80,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 async def main(args: argparse.Namespace) -> list[Figure]:
-    chosen = [s for s in args.scenarios if s != "baseline"] or list(SCENARIOS)
+    # No scenario named: all of them; "baseline" alone: only the baseline.
+    chosen = [s for s in args.scenarios if s != "baseline"] if args.scenarios else list(SCENARIOS)
     url, server = server_url()
     figures: list[Figure] = []
     try:
