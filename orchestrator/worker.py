@@ -109,6 +109,8 @@ class Worker:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self.executed = 0
         self.rejected = 0
+        self.claim_rounds = 0
+        """Claims the claim loop has finished (the first one runs at start)."""
         s = settings
         self.task_logs = TaskLogWriter(
             engine.db, max_bytes=s.task_log_max_bytes, flush_interval_s=s.task_log_flush_s
@@ -229,6 +231,7 @@ class Worker:
             finally:
                 self._reserved -= want
                 self._handed.set()
+            self.claim_rounds += 1
             self._launch(claimed)
             if want and len(claimed) == want and self.free > 0:
                 continue  # there may be more right away

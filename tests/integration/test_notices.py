@@ -154,7 +154,12 @@ async def test_a_run_triggered_in_the_workers_process_is_claimed_in_its_own_comm
     async with Orchestrator(
         settings(poll_interval_s=600), db_url, registry=builtin_registry(), workflows=[spec]
     ) as o:
-        assert o.db is not None and o.engine is not None
+        assert o.db is not None and o.engine is not None and o.worker is not None
+        worker = o.worker
+        # The claim loop's first claim, at start, reserves the free slots while
+        # it runs: a commit then has none to claim for, and the loop takes the
+        # run instead. Once it is done, the loop sleeps for the poll.
+        await eventually(lambda: _true(worker.claim_rounds >= 1), what="the first claim done")
         async with RunWaiter(o.db, poll_s=600) as waiter:
             run_id = await o.engine.trigger("handed")
             async with asyncio.timeout(30):
