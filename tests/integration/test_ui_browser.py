@@ -3,8 +3,9 @@ Playwright): sign in with a token, trigger ``daily_sales`` from its form and
 watch its graph turn green live; read a failed attempt's log, clear it and
 watch it succeed; pause a Kafka-fed workflow from the list, see its buffered
 events, unpause, and read on a run's page the Kafka event that started it;
-acknowledge the failed run's alert as an operator; a viewer sees no actions
-and a forged POST is refused.
+acknowledge the failed run's alert as an operator; read a dataset's
+freshness and who writes and reads it; a viewer sees no actions and a forged
+POST is refused.
 
 One orchestrator and one browser serve the whole module. Screenshots of the
 workflow list, a run graph and a task log are written under ``docs/``.
@@ -95,8 +96,10 @@ async def server(
     registry = builtin_registry()
     registry.register("flaky", flaky)
     loaded = load_path(ROOT / "examples" / "daily_sales.yaml", base=registry)
+    producer = load_path(ROOT / "examples" / "sales_clean.yaml", base=registry)
     workflows = [
         loaded.workflows["daily_sales"],
+        producer.workflows["sales_clean"],
         WorkflowSpec(
             name="nightly_load",
             owner="data-eng",
@@ -231,6 +234,19 @@ async def test_acknowledge_the_failed_runs_alert(server: Server) -> None:
     await give_reason(page, "warehouse restarted")
     await expect(row).to_contain_text("acked by ops")
     await expect(row).to_contain_text("warehouse restarted")
+
+
+async def test_datasets_show_freshness_and_who_writes_and_reads_them(server: Server) -> None:
+    page = await signed_in(server, server.viewer)
+    await page.get_by_role("link", name="Datasets").click()
+    row = page.locator("tr", has_text="postgres://warehouse/sales_clean")
+    # Declared fresh_within: 26h and never updated yet.
+    await expect(row).to_contain_text("never")
+    await expect(row).to_contain_text("(within 26h)")
+    await expect(row).to_contain_text("sales_clean.publish")
+    await expect(page.locator("tr", has_text="postgres://warehouse/sales_raw")).to_contain_text(
+        "sales_clean.clean"
+    )
 
 
 async def test_pause_from_the_list_buffer_kafka_events_then_unpause(server: Server) -> None:

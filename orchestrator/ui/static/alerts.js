@@ -1,7 +1,7 @@
 // Alerts (GET /api/v1/alerts, acknowledged by an operator with a reason) and
 // datasets (GET /api/v1/datasets: last update and freshness).
 import { api, canAct } from "./api.js";
-import { askReason, h, toast, when } from "./dom.js";
+import { askReason, h, span, toast, when } from "./dom.js";
 import { filters, pagedTable, table } from "./lists.js";
 
 const ALERT_STATES = ["pending", "delivered", "undelivered", "unacked"];
@@ -45,7 +45,7 @@ export async function datasetsPage(main) {
   main.replaceChildren(h("h1", {}, "Datasets"), page.items.length
     ? table(["Dataset", "Last update", "Updates", "Freshness", "Produced by", "Consumed by"], page.items.map((d) => h("tr", {},
       h("td", {}, d.uri), h("td", {}, d.last_update ? when(d.last_update) : "never"), h("td", {}, d.updates),
-      h("td", {}, d.freshness ? `${FRESHNESS_GLYPH[d.freshness] || ""} ${d.freshness}${d.fresh_within_s ? ` (within ${d.fresh_within_s}s)` : ""}` : "—"),
+      h("td", {}, d.freshness ? `${FRESHNESS_GLYPH[d.freshness] || ""} ${d.freshness}${d.fresh_within_s ? ` (within ${span(d.fresh_within_s)})` : ""}` : "—"),
       h("td", {}, d.producers.join(", ") || "—"), h("td", {}, d.consumers.join(", ") || "—"))))
     : h("p", { class: "muted" }, "No dataset is declared or updated yet."));
 }

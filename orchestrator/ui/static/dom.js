@@ -31,6 +31,22 @@ export function when(value) {
   return d.toLocaleString(undefined, { hour12: false });
 }
 
+// A span of seconds as people write it in workflow files: 26h, 90m, 1d 2h, 45s.
+export function span(seconds) {
+  const units = [["d", 86400], ["h", 3600], ["m", 60], ["s", 1]];
+  const parts = [];
+  let left = Math.round(seconds);
+  for (const [unit, size] of units) {
+    if (left >= size && parts.length < 2) {
+      // 26h stays 26h rather than 1d 2h: a day is written as hours below two days.
+      if (unit === "d" && left < 2 * 86400) continue;
+      parts.push(`${Math.floor(left / size)}${unit}`);
+      left %= size;
+    }
+  }
+  return parts.join(" ") || "0s";
+}
+
 export function toast(text) {
   const box = document.getElementById("toast");
   const item = h("div", {}, text);
