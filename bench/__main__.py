@@ -50,7 +50,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "Database: ORCHESTRATOR_DATABASE_URL (a scratch database is created and dropped on "
         "that server), else an embedded PostgreSQL.",
         epilog="scenarios:\n"
-        + "  baseline   single-row UPDATE transactions/s, asyncpg, 8 connections (always runs)\n"
+        + "  baseline   single-row UPDATE transactions/s, asyncpg, 8 connections (always runs "
+        + "first; named alone, only it runs)\n"
         + "\n".join(f"  {s.name:14} {s.description}" for s in SCENARIOS.values()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
