@@ -10,7 +10,14 @@ from typing import Any
 
 import asyncpg
 
-from bench.ceilings import CLAIM_BATCH, CONNECTIONS, against, chain_ceiling, fanout_ceiling
+from bench.ceilings import (
+    CLAIM_BATCH,
+    CONNECTIONS,
+    against,
+    chain_ceiling,
+    fanout_ceiling,
+    latency_ceiling,
+)
 from bench.harness import Figure, median, percentile, scratch_database
 from bench.registry import option, scenario
 from handlers import builtin_registry
@@ -176,6 +183,11 @@ async def fanout(
 
 
 async def latency(url: str, *, count: int = 200, rate: float = 10.0) -> list[Figure]:
+    """p50/p99 trigger -> handler start at ``rate`` runs/s, against the raw-SQL
+    trigger -> claim measured just before at the same rate: at 10/s every
+    round trip wakes an idle database backend and process, so the ceiling
+    itself sits well above its back-to-back figure on a virtual machine."""
+    ceiling_p50, ceiling_p99 = await latency_ceiling(url, count=count, rate=rate)
     started_at: dict[int, float] = {}
     registry: HandlerRegistry = builtin_registry()
 
@@ -199,9 +211,24 @@ async def latency(url: str, *, count: int = 200, rate: float = 10.0) -> list[Fig
                     samples.append((started_at[run_id] - t0) * 1000)
                 await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - t0)))
     ctx = {"runs": count, "rate_per_s": rate, "max_ms": round(max(samples), 2)}
+    p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
     return [
-        Figure("latency", "p50_ms", percentile(samples, 0.5), "ms", "<= 2", context=ctx),
-        Figure("latency", "p99_ms", percentile(samples, 0.99), "ms", "<= 5", context=ctx),
+        Figure(
+            "latency",
+            "p50_ms",
+            p50,
+            "ms",
+            "<= 2",
+            context={**ctx, **against(p50, ceiling_p50, lower_is_better=True)},
+        ),
+        Figure(
+            "latency",
+            "p99_ms",
+            p99,
+            "ms",
+            "<= 5",
+            context={**ctx, **against(p99, ceiling_p99, lower_is_better=True)},
+        ),
     ]
 
 
@@ -221,6 +248,9 @@ async def _fanout(url: str, args: argparse.Namespace, tx: float) -> list[Figure]
     return await fanout(url, runs=args.runs, baseline_tx=tx)
 
 
-@scenario("latency", "200 single-task runs at ~10/s: trigger -> handler start p50/p99")
+@scenario(
+    "latency",
+    "200 single-task runs at ~10/s: trigger -> handler start p50/p99, vs its raw-SQL ceiling",
+)
 async def _latency(url: str, args: argparse.Namespace, _tx: float) -> list[Figure]:
     return await latency(url, count=args.count)

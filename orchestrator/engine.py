@@ -167,8 +167,13 @@ class Engine:
         if not requests:
             return []
         async with self.unit() as (conn, notices):
-            ids = await self.allocate_run_ids(conn, len(requests))
-            await self.create_runs_in(conn, requests, ids, actor=actor, notices=notices)
+            names = sorted({r.workflow for r in requests})
+            rows = await conn.fetch(SQL.versions_with_run_ids, names, len(requests))
+            ids: list[int] = sorted(rows[0]["ids"])
+            current = {r["name"]: r for r in rows if r["name"] is not None}
+            await self.create_runs_in(
+                conn, requests, ids, actor=actor, notices=notices, current=current
+            )
             return ids
 
     @staticmethod
@@ -183,13 +188,17 @@ class Engine:
         *,
         actor: str,
         notices: Notices,
+        current: Mapping[str, asyncpg.Record] | None = None,
     ) -> None:
         """Create runs with preallocated ``ids`` inside the caller's transaction
-        (event intake writes its events and their runs in one commit)."""
+        (event intake writes its events and their runs in one commit).
+        ``current``: the workflows' rows of ``current_versions``, when the
+        caller read them already."""
         if not requests:
             return
         names = sorted({r.workflow for r in requests})
-        current = {row["name"]: row for row in await conn.fetch(SQL.current_versions, names)}
+        if current is None:
+            current = {row["name"]: row for row in await conn.fetch(SQL.current_versions, names)}
         for name in names:
             if name not in current:
                 known = [r["name"] for r in await conn.fetch(SQL.list_workflows)]

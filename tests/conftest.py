@@ -17,12 +17,19 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from orchestrator.embedded import EmbeddedPostgres
 from orchestrator.engine import Engine
 from orchestrator.store import Database, connect, create_database, drop_database
 
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+# Property tests are bounded by the suite's per-test timeout, not by
+# Hypothesis's 200 ms per example: on a loaded runner an example that imports
+# or warms a cache runs late, and the deadline then fails a correct test.
+hypothesis_settings.register_profile("suite", deadline=None)
+hypothesis_settings.load_profile("suite")
 
 
 async def _reachable(url: str) -> bool:

@@ -157,6 +157,7 @@ class NamedQueries:
     triggerer_waits: str
     upsert_version: str
     version_spec: str
+    versions_with_run_ids: str
     waiting_for_keys: str
     waiting_for_paths: str
     workflow_page: str

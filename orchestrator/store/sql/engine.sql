@@ -56,6 +56,15 @@ SELECT count(*) FROM runs WHERE workflow = $1 AND state = 'running';
 WITH s AS MATERIALIZED (SELECT pg_get_serial_sequence('runs', 'id')::regclass AS seq)
 SELECT nextval(s.seq) AS id FROM s, generate_series(1, $1);
 
+-- name: versions_with_run_ids
+-- current_versions and allocate_run_ids in one round trip, a trigger's first
+-- statement: a row per named workflow that exists (a row with a NULL name when
+-- none does), each carrying the same $2 new run ids. $1 names.
+WITH s AS MATERIALIZED (SELECT pg_get_serial_sequence('runs', 'id')::regclass AS seq),
+ids AS MATERIALIZED (SELECT array_agg(nextval(s.seq)) AS ids FROM s, generate_series(1, $2))
+SELECT w.name, w.current_version, w.max_active_runs, ids.ids
+FROM ids LEFT JOIN workflows w ON w.name = ANY($1::text[]);
+
 -- name: insert_runs
 -- Runs, the task instances of those that start, and both "created" transitions,
 -- set-based in one statement. $1 the runs, one JSON array each:
