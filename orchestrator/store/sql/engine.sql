@@ -345,13 +345,17 @@ WITH input AS (
 SELECT count(*) FILTER (WHERE state = 'queued') AS queued, count(*) AS moved FROM updated;
 
 -- name: finish_runs
--- $1 id[], $2 target[], $3 expected sources, $4 actor, $5 reason
+-- $1 id[], $2 target[], $3 expected sources, $4 actor, $5 reason.
+-- Each run is found by its key (id = ANY, the primary key). The expected
+-- states are compared as text: a state test the partial index of live runs
+-- (runs_live) answers let a plan short of statistics, after a burst of new
+-- runs, read every live run to end a thousand of them.
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::run_state[]) AS i(id, target)
 ), updated AS (
     UPDATE runs r SET state = i.target, ended_at = now()
     FROM input i
-    WHERE r.id = i.id AND r.state = ANY($3::run_state[])
+    WHERE r.id = i.id AND r.state::text = ANY($3::text[])
     RETURNING r.id, r.workflow, r.version, r.logical_date, i.target
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, actor, reason)
@@ -366,9 +370,10 @@ FROM runs
 WHERE workflow = $1 AND state = 'queued' ORDER BY id LIMIT $2 FOR UPDATE;
 
 -- name: start_runs
+-- By key, with the state compared as text (see finish_runs).
 WITH updated AS (
     UPDATE runs SET state = 'running', started_at = now()
-    WHERE id = ANY($1::bigint[]) AND state = 'queued'
+    WHERE id = ANY($1::bigint[]) AND state::text = 'queued'
     RETURNING id
 ), logged AS (
     INSERT INTO transitions (run_id, task_id, from_state, to_state, actor, reason)
