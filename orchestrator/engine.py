@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from orchestrator import audit, plan as p, sla, waits
 from orchestrator.alert_spec import AlertRule
@@ -425,10 +426,10 @@ class Engine:
             case p.ApplyMoves(moves):
                 return await self._apply_moves(conn, moves, actor)
             case p.FinishRuns(ends):
+                document = [[run_id, state.value] for run_id, state in ends.items()]
                 rows = await conn.fetch(
                     SQL.finish_runs,
-                    list(ends),
-                    [state.value for state in ends.values()],
+                    orjson.dumps(document).decode(),
                     legal_run_sources(RunState.SUCCESS),
                     actor,
                     "all tasks ended",

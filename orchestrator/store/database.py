@@ -33,12 +33,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 #: a few thousand rows at most, which compiled code never pays back, and the
 #: server compiles whenever an estimate runs high -- as it does for a table
 #: short of statistics after a burst of runs or waits -- for 0.2-0.5 s per
-#: execution of a statement that then runs in milliseconds. Random reads
-#: priced as cached ones (random_page_cost 1.1, PostgreSQL's advice for SSDs
-#: and data in memory, instead of 4): a batch's thousand lookups by key then
-#: cost less than reading a whole table, as they do, so ending a thousand
-#: runs does not read every run of a million.
-SESSION_DEFAULTS: dict[str, str] = {"jit": "off", "random_page_cost": "1.1"}
+#: execution of a statement that then runs in milliseconds.
+SESSION_DEFAULTS: dict[str, str] = {"jit": "off"}
 
 
 def redact(url: str) -> str:
