@@ -175,8 +175,8 @@ async def webhook_intake(url: str, args: argparse.Namespace) -> list[Figure]:
         "db_pool_size": settings.db_pool_size,
     }
     return [
-        Figure("webhook_intake", "req_per_s", result["req_per_s"], "req/s", ">= 2500", ctx),
-        Figure("webhook_intake", "p99_ms", result["p99_ms"], "ms", "<= 50", ctx),
+        Figure("webhook_intake", "req_per_s", result["req_per_s"], "req/s", ">= 8000", ctx),
+        Figure("webhook_intake", "p99_ms", result["p99_ms"], "ms", "<= 30", ctx),
     ]
 
 
