@@ -8,13 +8,16 @@ freshness and who writes and reads it; a viewer sees no actions and a forged
 POST is refused.
 
 One orchestrator and one browser serve the whole module. Screenshots of the
-workflow list, a run graph and a task log are written under ``docs/``.
+workflow list, a run graph and a task log are taken on the way: into the
+folder ``ORCHESTRATOR_SCREENSHOTS`` names (``docs`` refreshes the README's),
+else into a temporary one, so a test run leaves the checkout as it was.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -59,7 +62,7 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ROOT / "docs"
+SHOTS = Path(os.environ.get("ORCHESTRATOR_SCREENSHOTS") or tempfile.gettempdir())
 WAIT_MS = 15_000
 
 #: The first attempt of ``flaky`` fails; once cleared it succeeds.
@@ -195,8 +198,7 @@ async def test_trigger_daily_sales_from_its_form_and_watch_the_graph_turn_green(
     await page.locator("#selected-run a").click()
     await expect(page.locator("#run-state")).to_contain_text("success")
     await expect(page.locator(".gantt .bar")).to_have_count(7)
-    DOCS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(DOCS / "ui-run-graph.png"))
+    await page.screenshot(path=str(SHOTS / "ui-run-graph.png"))
 
 
 async def test_read_the_failed_attempts_log_clear_it_and_watch_it_succeed(
@@ -213,7 +215,7 @@ async def test_read_the_failed_attempts_log_clear_it_and_watch_it_succeed(
     await page.keyboard.press("Enter")  # keyboard reaches every task
     await expect(page.locator("#task-log")).to_contain_text("the warehouse is not there yet")
     await expect(page.locator("#task-panel")).to_contain_text("warehouse unreachable")
-    await page.screenshot(path=str(DOCS / "ui-task-log.png"))
+    await page.screenshot(path=str(SHOTS / "ui-task-log.png"))
     await page.get_by_role("button", name="Clear failed").click()
     await give_reason(page, "the warehouse is back")
     await expect(load).to_have_attribute("data-state", "success")
@@ -269,7 +271,7 @@ async def test_pause_from_the_list_buffer_kafka_events_then_unpause(server: Serv
     await give_reason(page, "fixed")
     await expect(switch).to_have_attribute("aria-checked", "false")
     await expect(row.locator(".sq.st-success")).to_have_count(3)
-    await page.screenshot(path=str(DOCS / "ui-workflows.png"))
+    await page.screenshot(path=str(SHOTS / "ui-workflows.png"))
     # A run's page names the event that started it: source, topic, payload.
     await row.locator(".sq.st-success").first.click()
     started = page.locator("#started-by")
