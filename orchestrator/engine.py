@@ -40,7 +40,7 @@ from orchestrator.notices import Notices
 from orchestrator.plan import Outcome
 from orchestrator.run_rows import run_row, runs_document, task_template
 from orchestrator.spec import WorkflowSpec
-from orchestrator.states import RunState, TaskState, legal_run_sources
+from orchestrator.states import TASK_STATE_BY_NAME, RunState, TaskState, legal_run_sources
 from orchestrator.store import SQL, Database
 
 log = logging.getLogger(__name__)
@@ -473,7 +473,8 @@ class Engine:
             case p.TaskStates(run_ids):
                 states: dict[int, dict[str, TaskState]] = {}
                 for r in await conn.fetch(SQL.run_task_states, run_ids):
-                    states.setdefault(r["run_id"], {})[r["task_id"]] = TaskState(r["state"])
+                    state = TASK_STATE_BY_NAME[r["state"]]
+                    states.setdefault(r["run_id"], {})[r["task_id"]] = state
                 return states
         raise TypeError(f"no answer for {request!r}")
 
@@ -509,7 +510,7 @@ class Engine:
             if r["id"] is not None:
                 accepted.add((r["id"], r["attempt"]))
             else:
-                states.setdefault(r["run_id"], {})[r["task_id"]] = TaskState(r["state"])
+                states.setdefault(r["run_id"], {})[r["task_id"]] = TASK_STATE_BY_NAME[r["state"]]
         return p.Recorded(frozenset(accepted), states)
 
     @staticmethod

@@ -46,6 +46,11 @@ class RunState(StrEnum):
 
 T = TaskState
 
+#: A task state by its stored name: a dict lookup, where ``TaskState(name)``
+#: goes through the enum machinery (about 1 us; a completion reads every task
+#: state of the runs it decides).
+TASK_STATE_BY_NAME: dict[str, TaskState] = {s.value: s for s in TaskState}
+
 #: Legal task transitions: source state -> the states it may move to.
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     # -> held: runnable while an operator holds the task (decided instead of queued).
