@@ -30,6 +30,7 @@ from orchestrator.errors import (
 )
 from orchestrator.operator_decisions import MARKABLE, after, clear_transitions, mark_transitions
 from orchestrator.states import (
+    TASK_STATE_BY_NAME,
     TERMINAL_RUN_STATES,
     RunState,
     TaskState,
@@ -52,7 +53,7 @@ __all__ = [
 
 #: The task states a cancel ends (every unfinished one): the engine's
 #: cancel edges, as :func:`orchestrator.decisions.cancel_transitions` takes them.
-_CANCELLABLE = sorted(t.source.value for t in cancel_transitions({s.value: s for s in TaskState}))
+_CANCELLABLE = sorted(t.source.value for t in cancel_transitions(TASK_STATE_BY_NAME))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,7 @@ async def _task_states(
 ) -> dict[int, dict[str, TaskState]]:
     states: dict[int, dict[str, TaskState]] = {run_id: {} for run_id in run_ids}
     for r in await conn.fetch(SQL.run_task_states, list(run_ids)):
-        states[r["run_id"]][r["task_id"]] = TaskState(r["state"])
+        states[r["run_id"]][r["task_id"]] = TASK_STATE_BY_NAME[r["state"]]
     return states
 
 

@@ -15,7 +15,7 @@ import orjson
 
 from orchestrator.deferral import Resolution
 from orchestrator.plan import DeferredMove, EndedWait, MovedTask, Outcome, WaitOnRun
-from orchestrator.states import TaskState
+from orchestrator.states import TASK_STATE_BY_NAME
 from orchestrator.store import SQL
 
 
@@ -121,12 +121,8 @@ async def end_tasks(
         ]
     ).decode()
     rows = await conn.fetch(SQL.end_deferred_tasks, document, actor)
-    state = _TASK_STATES.__getitem__
+    state = TASK_STATE_BY_NAME.__getitem__
     return [MovedTask(r["run_id"], r["task_id"], state(r["state"])) for r in rows]
-
-
-#: A state by its name, without the enum's call machinery (one per ended wait).
-_TASK_STATES = {s.value: s for s in TaskState}
 
 
 def event_output(event_id: int, payload: str | None, meta: str | None) -> dict[str, Any]:
