@@ -41,6 +41,10 @@ def bench_settings(**kw: Any) -> Settings:
     return Settings(**{**base, **kw})
 
 
+#: The fanout's slots: as many tasks in flight as the raw-SQL ceiling has
+#: (each of its connections claims a batch and completes it step by step).
+FANOUT_SLOTS = CONNECTIONS * CLAIM_BATCH
+
 option("--runs", type=int, default=1000, help="fanout: runs submitted (default 1000)")
 option("--count", type=int, default=200, help="latency: runs triggered (default 200)")
 
@@ -147,7 +151,10 @@ async def fanout(
     async with (
         scratch_database(url) as (db_url, db),
         Orchestrator(
-            bench_settings(), db_url, registry=builtin_registry(), workflows=[spec]
+            bench_settings(worker_slots=FANOUT_SLOTS),
+            db_url,
+            registry=builtin_registry(),
+            workflows=[spec],
         ) as orch,
     ):
         assert orch.engine is not None and orch.db is not None
@@ -171,6 +178,7 @@ async def fanout(
         "tasks_per_run": 3,
         "seconds": round(elapsed, 3),
         "task_executions_per_s": round(runs * 3 / elapsed, 1),
+        "worker_slots": FANOUT_SLOTS,
     }
     if ceiling_runs_per_s is not None:
         ctx.update(against(runs / elapsed, ceiling_runs_per_s))

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from orchestrator import audit, plan as p, sla, waits
+from orchestrator import audit, plan as p, recording, sla, waits
 from orchestrator.alert_spec import AlertRule
 from orchestrator.alerts import AlertRecorder
 from orchestrator.clock import SYSTEM_CLOCK, Clock
@@ -31,6 +31,7 @@ from orchestrator.engine_types import (
     Completion,
     LocalWorker,
     RunRequest,
+    SuccessorClaim,
     claimed_from_rows,
 )
 from orchestrator.errors import DuplicateRunError, OrchestratorError, UnknownWorkflowError
@@ -320,13 +321,20 @@ class Engine:
         """Record finished attempts and everything that follows from them, in
         one transaction; optionally claim up to ``claim_limit`` new tasks for
         ``claim_for`` in the same commit."""
+        claim = SuccessorClaim(claim_for, claim_limit) if claim_for and claim_limit > 0 else None
         async with self.unit(hand_over=claim_for is None) as (conn, notices):
-            done = await self._carry_out(conn, p.commit(outcomes), actor, notices)
+            done = await self._carry_out(conn, p.commit(outcomes), actor, notices, claim)
             await self._record_outlets(conn, done, actor, notices)
             claimed: list[Claimed] = []
             limited_waiting: bool | None = None
-            if claim_for is not None and claim_limit > 0:
-                claimed, limited_waiting = await self._claim_in(conn, claim_for, claim_limit)
+            if claim is not None:
+                if claim.limited_waiting is None:
+                    # Nothing was queued by a move: claim what waits. (Work queued
+                    # after the moves is announced; the claim loop takes it.)
+                    claim.claimed, claim.limited_waiting = await self._claim_in(
+                        conn, claim.owner, claim.limit
+                    )
+                claimed, limited_waiting = claim.claimed, claim.limited_waiting
             # What this worker claims itself needs nobody woken.
             notices.queued += done.queued - len(claimed)
             notices.runs_ended(done.ended_runs)
@@ -392,10 +400,16 @@ class Engine:
         return done
 
     async def _carry_out(
-        self, conn: asyncpg.Connection, planning: p.Planning, actor: str, notices: Notices
+        self,
+        conn: asyncpg.Connection,
+        planning: p.Planning,
+        actor: str,
+        notices: Notices,
+        claim: SuccessorClaim | None = None,
     ) -> p.Plan:
         """Answer the planner's requests in ``conn``'s transaction until it is
-        done, then raise the alerts of what it did (in the same transaction)."""
+        done, then raise the alerts of what it did (in the same transaction).
+        With ``claim``, moves that queue successors also claim for its worker."""
         answer: Any = None
         while True:
             try:
@@ -403,7 +417,12 @@ class Engine:
             except StopIteration as stop:
                 done: p.Plan = stop.value
                 break
-            answer = await self._answer(conn, request, actor)
+            if claim is not None and isinstance(request, p.ApplyMoves) and claim.left > 0:
+                answer = await recording.apply_moves_and_claim(
+                    conn, request.moves, actor, claim, self.lease_s, self.clock.stamp()
+                )
+            else:
+                answer = await self._answer(conn, request, actor)
         if done.happened:
             await self.alerts.record(conn, done.happened, self.specs, notices)
         return done
@@ -422,9 +441,11 @@ class Engine:
             case p.Dags(versions):
                 return {v: (await self.specs.get(conn, v)).dag for v in versions}
             case p.RecordAttempts(outcomes, deciding):
-                return await self._record_attempts(conn, outcomes, actor, deciding)
+                return await recording.record_attempts(
+                    conn, outcomes, actor, deciding, self.clock.stamp()
+                )
             case p.ApplyMoves(moves):
-                return await self._apply_moves(conn, moves, actor)
+                return await recording.apply_moves(conn, moves, actor)
             case p.FinishRuns(ends):
                 document = [[run_id, state.value] for run_id, state in ends.items()]
                 rows = await conn.fetch(
@@ -477,60 +498,6 @@ class Engine:
                     states.setdefault(r["run_id"], {})[r["task_id"]] = state
                 return states
         raise TypeError(f"no answer for {request!r}")
-
-    async def _record_attempts(
-        self,
-        conn: asyncpg.Connection,
-        outcomes: Sequence[Outcome],
-        actor: str,
-        deciding: list[int],
-    ) -> p.Recorded:
-        """The accepted (id, attempt) pairs and the task states of ``deciding``
-        runs as they were before this batch (the planner overlays the batch)."""
-        rows = await conn.fetch(
-            SQL.record_attempts,
-            [o.id for o in outcomes],
-            [o.attempt for o in outcomes],
-            [o.target.value for o in outcomes],
-            [o.output for o in outcomes],
-            [o.error for o in outcomes],
-            [o.delay_s for o in outcomes],
-            [o.owner for o in outcomes],
-            [o.expired_only for o in outcomes],
-            [o.reason or o.target.value for o in outcomes],
-            TaskState.RUNNING.value,
-            actor,
-            bool(deciding),
-            deciding,
-            self.clock.stamp(),
-        )
-        accepted: set[tuple[int, int]] = set()
-        states: dict[int, dict[str, TaskState]] = {}
-        for r in rows:
-            if r["id"] is not None:
-                accepted.add((r["id"], r["attempt"]))
-            else:
-                states.setdefault(r["run_id"], {})[r["task_id"]] = TASK_STATE_BY_NAME[r["state"]]
-        return p.Recorded(frozenset(accepted), states)
-
-    @staticmethod
-    async def _apply_moves(conn: asyncpg.Connection, moves: Sequence[p.Move], actor: str) -> int:
-        row = await conn.fetchrow(
-            SQL.apply_decisions,
-            [m.run_id for m in moves],
-            [m.task_id for m in moves],
-            [m.source.value for m in moves],
-            [m.target.value for m in moves],
-            [m.reason for m in moves],
-            actor,
-        )
-        assert row is not None
-        if row["moved"] != len(moves):
-            log.error(
-                "guarded successor update moved %d of %d task instances", row["moved"], len(moves)
-            )
-        queued: int = row["queued"]
-        return queued
 
     # -- leases ------------------------------------------------------------------
 

@@ -54,6 +54,22 @@ class Claimed:
 
 
 @dataclass(slots=True)
+class SuccessorClaim:
+    """A completion's claim for its worker, made by the statement that queues
+    the completed tasks' successors (apply_decisions_and_claim)."""
+
+    owner: str
+    limit: int
+    claimed: list[Claimed] = field(default_factory=list)
+    limited_waiting: bool | None = None
+    """As the claim saw it; None until a statement has claimed."""
+
+    @property
+    def left(self) -> int:
+        return self.limit - len(self.claimed)
+
+
+@dataclass(slots=True)
 class Completion:
     accepted: list[Outcome]
     rejected: list[Outcome]

@@ -8,7 +8,7 @@ from types import TracebackType
 
 from orchestrator.clock import monotonic
 from orchestrator.notices import RUNS_CHANNEL
-from orchestrator.states import TERMINAL_RUN_STATES, RunState
+from orchestrator.states import RUN_STATE_BY_NAME, TERMINAL_RUN_STATES, RunState
 from orchestrator.store import SQL, Database
 from orchestrator.store.listener import Subscription
 
@@ -16,7 +16,17 @@ from orchestrator.store.listener import Subscription
 async def run_states(db: Database, run_ids: Iterable[int]) -> dict[int, RunState]:
     async with db.pool.acquire() as conn:
         rows = await conn.fetch(SQL.run_states, list(run_ids))
-    return {r["id"]: RunState(r["state"]) for r in rows}
+    return {r["id"]: RUN_STATE_BY_NAME[r["state"]] for r in rows}
+
+
+_FINAL = sorted(s.value for s in TERMINAL_RUN_STATES)
+
+
+async def ended_run_states(db: Database, run_ids: Iterable[int]) -> dict[int, RunState]:
+    """The final state of each of ``run_ids`` that has ended (the rest are left out)."""
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(SQL.ended_run_states, list(run_ids), _FINAL)
+    return {r["id"]: RUN_STATE_BY_NAME[r["state"]] for r in rows}
 
 
 class _Inbox:
@@ -111,10 +121,9 @@ class RunWaiter:
                         read_all_at = monotonic()
                     read_all = False
                     if wanted:
-                        for run_id, state in (await run_states(self.db, wanted)).items():
-                            if state in TERMINAL_RUN_STATES:
-                                final[run_id] = state
-                                pending.discard(run_id)
+                        ended = await ended_run_states(self.db, wanted)
+                        final.update(ended)
+                        pending.difference_update(ended)
                     if pending and (every or not final):
                         try:
                             async with asyncio.timeout(self.poll_s):

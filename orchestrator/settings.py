@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     """How often expired leases and due retries are looked for; default ``lease_s / 3``."""
     flush_delay_s: float = Field(default=0.001, ge=0, le=1)
     """How long finished attempts wait to share one commit with others."""
+    worker_flushers: int = Field(default=2, ge=1, le=32)
+    """Commits of finished attempts one process keeps in flight at once: while
+    one waits for its commit to be durable, the next batch is recorded."""
     max_output_bytes: int = Field(default=1_048_576, ge=1)
     """Largest JSON output a handler may return."""
     task_log_max_bytes: int = Field(default=1_048_576, ge=1024)

@@ -118,6 +118,8 @@ TERMINAL_TASK_STATES: frozenset[TaskState] = frozenset(
 TERMINAL_RUN_STATES: frozenset[RunState] = frozenset(
     s for s, targets in RUN_TRANSITIONS.items() if not targets
 )
+#: Run states by name, for rows read in bulk (a dict lookup, not an enum call).
+RUN_STATE_BY_NAME: dict[str, RunState] = {s.value: s for s in RunState}
 #: Terminal states that count as a failure for trigger rules and run outcome.
 FAILED_TASK_STATES: frozenset[TaskState] = frozenset({T.FAILED, T.UPSTREAM_FAILED, T.DEAD_LETTERED})
 #: States in which a task may be claimed by a worker.

@@ -1,9 +1,12 @@
 """An asyncio worker with N slots.
 
 It claims task instances (``FOR UPDATE SKIP LOCKED``, batched), runs their
-handlers under a timeout, and hands finished attempts to a flusher that
-records many of them in one transaction, which also claims the next work for
-the slots they free. NOTIFY wakes an idle worker; a poll is the safety net.
+handlers under a timeout, and hands finished attempts to its flushers, each
+recording many of them in one transaction (``worker_flushers`` of them, so
+one batch is recorded while another waits for its commit to be durable).
+That transaction also claims the next work for the slots it frees, in the
+statement that queues the successors: a chain's next step runs at once.
+NOTIFY wakes an idle worker; a poll is the safety net.
 Leases are renewed for all of this worker's attempts by one statement per
 heartbeat, and any worker takes back attempts whose lease ran out.
 
@@ -122,7 +125,7 @@ class Worker:
     def start(self) -> None:
         loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("claim", self._claim_loop),
-            ("flush", self._flush_loop),
+            *((f"flush-{n}", self._flush_loop) for n in range(self.settings.worker_flushers)),
             ("heartbeat", self._heartbeat_loop),
             ("reaper", self._reaper_loop),
         ]
@@ -160,9 +163,9 @@ class Worker:
         # a commit: cancelling it there would lose outcomes already logged.
         self._draining = True
         self._flush_wanted.set()
-        flusher = self._loops.get("flush")
-        if flusher is not None:
-            await asyncio.wait({flusher})
+        flushers = {t for label, t in self._loops.items() if label.startswith("flush-")}
+        if flushers:
+            await asyncio.wait(flushers)
         await self._drain_buffer()
         for task in self._loops.values():
             task.cancel()

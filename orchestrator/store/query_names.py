@@ -19,6 +19,7 @@ class NamedQueries:
     all_datasets_last_updates: str
     allocate_run_ids: str
     apply_decisions: str
+    apply_decisions_and_claim: str
     audit_entries: str
     buffered_events: str
     cancel_run: str
@@ -52,6 +53,7 @@ class NamedQueries:
     delete_pause: str
     end_deferred_tasks: str
     end_run_waits: str
+    ended_run_states: str
     ensure_pools: str
     escalate_alerts: str
     event_content: str

@@ -115,14 +115,14 @@ async def test_waiting_for_many_runs_reads_only_those_that_ended(
     from orchestrator import run_waiter
 
     reads: list[int] = []
-    real = run_waiter.run_states
+    real = run_waiter.ended_run_states
 
     async def counted(db: Database, run_ids: Any) -> Any:
         ids = list(run_ids)
         reads.append(len(ids))
         return await real(db, ids)
 
-    monkeypatch.setattr(run_waiter, "run_states", counted)
+    monkeypatch.setattr(run_waiter, "ended_run_states", counted)
     spec = WorkflowSpec(name="many", tasks=(TaskSpec(id="a", handler="noop"),))
     async with Orchestrator(
         settings(worker_slots=8), db_url, registry=builtin_registry(), workflows=[spec]

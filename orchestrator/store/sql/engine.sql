@@ -414,6 +414,12 @@ FROM runs WHERE id = $1;
 -- name: run_states
 SELECT id, state::text AS state FROM runs WHERE id = ANY($1::bigint[]);
 
+-- name: ended_run_states
+-- Of runs $1, those that ended ($2 the final states, compared as text: see
+-- finish_runs): a waiter reads what ended, not every run it still waits for.
+SELECT id, state::text AS state FROM runs
+WHERE id = ANY($1::bigint[]) AND state::text = ANY($2::text[]);
+
 -- name: list_runs
 -- Newest first; $4: only these workflows (an owner's, a tag's); $5 (a run id)
 -- continues a page after that run: keyset paging stays stable while new runs

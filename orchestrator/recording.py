@@ -1,0 +1,109 @@
+"""The statements of a completion that change task instances: finished
+attempts recorded, and the successors the planner decided moved (queued,
+skipped, upstream_failed), in the same statement claimed for the worker
+that finished their predecessors when it has room."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from orchestrator import plan as p
+from orchestrator.engine_types import SuccessorClaim, claimed_from_rows
+from orchestrator.plan import Outcome
+from orchestrator.states import TASK_STATE_BY_NAME, TaskState
+from orchestrator.store import SQL
+
+log = logging.getLogger(__name__)
+
+
+async def record_attempts(
+    conn: asyncpg.Connection,
+    outcomes: Sequence[Outcome],
+    actor: str,
+    deciding: list[int],
+    stamp: datetime | None,
+) -> p.Recorded:
+    """The accepted (id, attempt) pairs and the task states of ``deciding``
+    runs as they were before this batch (the planner overlays the batch).
+    ``stamp``: the lease clock's time (None: the database's)."""
+    rows = await conn.fetch(
+        SQL.record_attempts,
+        [o.id for o in outcomes],
+        [o.attempt for o in outcomes],
+        [o.target.value for o in outcomes],
+        [o.output for o in outcomes],
+        [o.error for o in outcomes],
+        [o.delay_s for o in outcomes],
+        [o.owner for o in outcomes],
+        [o.expired_only for o in outcomes],
+        [o.reason or o.target.value for o in outcomes],
+        TaskState.RUNNING.value,
+        actor,
+        bool(deciding),
+        deciding,
+        stamp,
+    )
+    accepted: set[tuple[int, int]] = set()
+    states: dict[int, dict[str, TaskState]] = {}
+    for r in rows:
+        if r["id"] is not None:
+            accepted.add((r["id"], r["attempt"]))
+        else:
+            states.setdefault(r["run_id"], {})[r["task_id"]] = TASK_STATE_BY_NAME[r["state"]]
+    return p.Recorded(frozenset(accepted), states)
+
+
+def _move_columns(moves: Sequence[p.Move]) -> list[list[object]]:
+    return [
+        [m.run_id for m in moves],
+        [m.task_id for m in moves],
+        [m.source.value for m in moves],
+        [m.target.value for m in moves],
+        [m.reason for m in moves],
+    ]
+
+
+def _check_moved(moved: int, moves: Sequence[p.Move]) -> None:
+    if moved != len(moves):
+        log.error("guarded successor update moved %d of %d task instances", moved, len(moves))
+
+
+async def apply_moves(conn: asyncpg.Connection, moves: Sequence[p.Move], actor: str) -> int:
+    """Move the tasks, each guarded by its source state; how many were queued."""
+    row = await conn.fetchrow(SQL.apply_decisions, *_move_columns(moves), actor)
+    assert row is not None
+    _check_moved(row["moved"], moves)
+    queued: int = row["queued"]
+    return queued
+
+
+async def apply_moves_and_claim(
+    conn: asyncpg.Connection,
+    moves: Sequence[p.Move],
+    actor: str,
+    claim: SuccessorClaim,
+    lease_s: float,
+    stamp: datetime | None,
+) -> int:
+    """:func:`apply_moves`, claiming up to what ``claim`` has room for in the
+    same statement (the successors first at equal priority); what it claimed
+    is added to ``claim``."""
+    rows = await conn.fetch(
+        SQL.apply_decisions_and_claim,
+        *_move_columns(moves),
+        actor,
+        claim.owner,
+        claim.left,
+        lease_s,
+        stamp,
+    )
+    first = rows[0]
+    _check_moved(first["moved"], moves)
+    claim.claimed += claimed_from_rows(rows)
+    claim.limited_waiting = bool(claim.limited_waiting) or first["limited_waiting"]
+    queued: int = first["queued"]
+    return queued
