@@ -329,8 +329,9 @@ class Engine:
             limited_waiting: bool | None = None
             if claim is not None:
                 if claim.limited_waiting is None:
-                    # Nothing was queued by a move: claim what waits. (Work queued
-                    # after the moves is announced; the claim loop takes it.)
+                    # No move was applied, so nothing has claimed yet: claim what
+                    # waits. (Work queued after a move is announced; the claim
+                    # loop takes it.)
                     claim.claimed, claim.limited_waiting = await self._claim_in(
                         conn, claim.owner, claim.limit
                     )
