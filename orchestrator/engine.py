@@ -419,7 +419,7 @@ class Engine:
                 done: p.Plan = stop.value
                 break
             if claim is not None and isinstance(request, p.ApplyMoves) and claim.left > 0:
-                answer = await recording.apply_moves_and_claim(
+                answer = await recording.apply_moves(
                     conn, request.moves, actor, claim, self.lease_s, self.clock.stamp()
                 )
             else:

@@ -56,7 +56,7 @@ class Claimed:
 @dataclass(slots=True)
 class SuccessorClaim:
     """A completion's claim for its worker, made by the statement that queues
-    the completed tasks' successors (apply_decisions_and_claim)."""
+    the completed tasks' successors (apply_decisions)."""
 
     owner: str
     limit: int

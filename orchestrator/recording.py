@@ -57,53 +57,38 @@ async def record_attempts(
     return p.Recorded(frozenset(accepted), states)
 
 
-def _move_columns(moves: Sequence[p.Move]) -> list[list[object]]:
-    return [
+async def apply_moves(
+    conn: asyncpg.Connection,
+    moves: Sequence[p.Move],
+    actor: str,
+    claim: SuccessorClaim | None = None,
+    lease_s: float = 0.0,
+    stamp: datetime | None = None,
+) -> int:
+    """Move the tasks, each guarded by its source state; how many were queued.
+    With ``claim``, the same statement claims up to what it has room for (the
+    successors first at equal priority, each leased for ``lease_s`` from
+    ``stamp``), and what it claimed is added to ``claim``."""
+    rows = await conn.fetch(
+        SQL.apply_decisions,
         [m.run_id for m in moves],
         [m.task_id for m in moves],
         [m.source.value for m in moves],
         [m.target.value for m in moves],
         [m.reason for m in moves],
-    ]
-
-
-def _check_moved(moved: int, moves: Sequence[p.Move]) -> None:
-    if moved != len(moves):
-        log.error("guarded successor update moved %d of %d task instances", moved, len(moves))
-
-
-async def apply_moves(conn: asyncpg.Connection, moves: Sequence[p.Move], actor: str) -> int:
-    """Move the tasks, each guarded by its source state; how many were queued."""
-    row = await conn.fetchrow(SQL.apply_decisions, *_move_columns(moves), actor)
-    assert row is not None
-    _check_moved(row["moved"], moves)
-    queued: int = row["queued"]
-    return queued
-
-
-async def apply_moves_and_claim(
-    conn: asyncpg.Connection,
-    moves: Sequence[p.Move],
-    actor: str,
-    claim: SuccessorClaim,
-    lease_s: float,
-    stamp: datetime | None,
-) -> int:
-    """:func:`apply_moves`, claiming up to what ``claim`` has room for in the
-    same statement (the successors first at equal priority); what it claimed
-    is added to ``claim``."""
-    rows = await conn.fetch(
-        SQL.apply_decisions_and_claim,
-        *_move_columns(moves),
         actor,
-        claim.owner,
-        claim.left,
+        claim.owner if claim else None,
+        claim.left if claim else 0,
         lease_s,
         stamp,
     )
     first = rows[0]
-    _check_moved(first["moved"], moves)
-    claim.claimed += claimed_from_rows(rows)
-    claim.limited_waiting = bool(claim.limited_waiting) or first["limited_waiting"]
+    if first["moved"] != len(moves):
+        log.error(
+            "guarded successor update moved %d of %d task instances", first["moved"], len(moves)
+        )
+    if claim is not None:
+        claim.claimed += claimed_from_rows(rows)
+        claim.limited_waiting = bool(claim.limited_waiting) or first["limited_waiting"]
     queued: int = first["queued"]
     return queued

@@ -19,7 +19,6 @@ class NamedQueries:
     all_datasets_last_updates: str
     allocate_run_ids: str
     apply_decisions: str
-    apply_decisions_and_claim: str
     audit_entries: str
     buffered_events: str
     cancel_run: str

@@ -1,5 +1,5 @@
 """A completion that queues successors claims them for its worker in the
-same statement (apply_decisions_and_claim): the next step of a chain runs
+same statement (apply_decisions): the next step of a chain runs
 without a notification or another round trip, in priority order with the
 work that was already waiting, and never past limited work."""
 

@@ -18,7 +18,7 @@ def _in_list(sql: str) -> set[str]:
 def test_claims_read_exactly_the_claimable_states() -> None:
     # Literal lists (not $n parameters) so the partial indexes can serve them.
     expected = {s.value for s in CLAIMABLE_TASK_STATES}
-    for name in ("claim", "claim_mixed"):
+    for name in ("claim", "claim_mixed", "apply_decisions"):
         assert _in_list(queries()[name].split("FROM task_instances", 1)[1]) == expected
     assert all(is_legal(s, TaskState.RUNNING) for s in CLAIMABLE_TASK_STATES)
 
