@@ -441,10 +441,8 @@ class Engine:
                 }
             case p.Dags(versions):
                 return {v: (await self.specs.get(conn, v)).dag for v in versions}
-            case p.RecordAttempts(outcomes, deciding):
-                return await recording.record_attempts(
-                    conn, outcomes, actor, deciding, self.clock.stamp()
-                )
+            case p.RecordAttempts():
+                return await recording.record_attempts(conn, request, actor, self.clock.stamp())
             case p.ApplyMoves(moves):
                 return await recording.apply_moves(conn, moves, actor)
             case p.FinishRuns(ends):

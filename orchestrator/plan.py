@@ -75,9 +75,13 @@ class Dags(Ask[Mapping[str, Dag]]):
 
 @dataclass(frozen=True, slots=True)
 class RecordAttempts(Ask[Recorded]):
+    """Lock the runs (as :class:`LockRuns`), then record the attempts: one
+    round trip for a completion's first two steps."""
+
+    run_ids: list[int]
     outcomes: Sequence[Outcome]
-    deciding: list[int]
-    """Runs whose task states the answer carries."""
+    candidates: list[int]
+    """Runs whose task states the answer carries, of those still running."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,18 +301,13 @@ def commit(outcomes: Sequence[Outcome]) -> Planning:
     )
     if keys:
         yield from ask(LockKeys(keys))
-    runs = yield from ask(LockRuns(sorted({o.run_id for o in outcomes})))
-    # Only runs still running can have successors to decide.
-    deciding = sorted(
-        {
-            o.run_id
-            for o in outcomes
-            if o.target in TERMINAL_TASK_STATES
-            and o.run_id in runs
-            and runs[o.run_id].state == RunState.RUNNING
-        }
+    # Only runs still running can have successors to decide: the answer
+    # carries the task states of those of the candidates.
+    candidates = sorted({o.run_id for o in outcomes if o.target in TERMINAL_TASK_STATES})
+    recorded = yield from ask(
+        RecordAttempts(sorted({o.run_id for o in outcomes}), outcomes, candidates)
     )
-    recorded = yield from ask(RecordAttempts(outcomes, deciding))
+    runs = recorded.runs
     # By attempt too: a late result of an older attempt may share the batch.
     for o in outcomes:
         (plan.accepted if (o.id, o.attempt) in recorded.accepted else plan.rejected).append(o)

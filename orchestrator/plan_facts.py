@@ -94,10 +94,13 @@ class ActiveRuns:
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
+    runs: Mapping[int, LockedRun]
+    """The runs, locked before the attempts were recorded."""
     accepted: frozenset[tuple[int, int]]
     """(task instance id, attempt) of the outcomes the lease guard accepted."""
     states: Mapping[int, Mapping[str, TaskState]]
-    """Task states of the deciding runs before this batch."""
+    """Task states of the deciding runs (the candidates still running) before
+    this batch."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,7 @@ import asyncpg
 
 from orchestrator import plan as p
 from orchestrator.engine_types import SuccessorClaim, claimed_from_rows
-from orchestrator.plan import Outcome
-from orchestrator.states import TASK_STATE_BY_NAME, TaskState
+from orchestrator.states import RUN_STATE_BY_NAME, TASK_STATE_BY_NAME, TaskState
 from orchestrator.store import SQL
 
 log = logging.getLogger(__name__)
@@ -22,16 +21,19 @@ log = logging.getLogger(__name__)
 
 async def record_attempts(
     conn: asyncpg.Connection,
-    outcomes: Sequence[Outcome],
+    request: p.RecordAttempts,
     actor: str,
-    deciding: list[int],
     stamp: datetime | None,
 ) -> p.Recorded:
-    """The accepted (id, attempt) pairs and the task states of ``deciding``
-    runs as they were before this batch (the planner overlays the batch).
-    ``stamp``: the lease clock's time (None: the database's)."""
+    """Lock the request's runs, then record its attempts (one statement): the
+    runs, the accepted (id, attempt) pairs, and the task states of the
+    candidate runs still running as they were before this batch (the planner
+    overlays the batch). ``stamp``: the lease clock's time (None: the
+    database's)."""
+    outcomes = request.outcomes
     rows = await conn.fetch(
         SQL.record_attempts,
+        request.run_ids,
         [o.id for o in outcomes],
         [o.attempt for o in outcomes],
         [o.target.value for o in outcomes],
@@ -43,18 +45,23 @@ async def record_attempts(
         [o.reason or o.target.value for o in outcomes],
         TaskState.RUNNING.value,
         actor,
-        bool(deciding),
-        deciding,
+        request.candidates,
         stamp,
     )
+    runs: dict[int, p.LockedRun] = {}
     accepted: set[tuple[int, int]] = set()
     states: dict[int, dict[str, TaskState]] = {}
     for r in rows:
         if r["id"] is not None:
             accepted.add((r["id"], r["attempt"]))
-        else:
+        elif r["task_id"] is not None:
             states.setdefault(r["run_id"], {})[r["task_id"]] = TASK_STATE_BY_NAME[r["state"]]
-    return p.Recorded(frozenset(accepted), states)
+        else:
+            run_id = r["run_id"]
+            runs[run_id] = p.LockedRun(
+                run_id, r["workflow"], r["version"], RUN_STATE_BY_NAME[r["state"]]
+            )
+    return p.Recorded(runs, frozenset(accepted), states)
 
 
 async def apply_moves(

@@ -162,23 +162,28 @@ class Model:
                 return done
             answer = self.answer(request)
 
+    def locked(self, run_ids: list[int]) -> dict[int, p.LockedRun]:
+        return {
+            i: p.LockedRun(i, self.runs[i].workflow, self.runs[i].version, self.runs[i].state)
+            for i in run_ids
+            if i in self.runs
+        }
+
     def answer(self, request: p.Ask[Any]) -> Any:
         match request:
             case p.LockKeys():
                 return None
             case p.LockRuns(run_ids):
-                return {
-                    i: p.LockedRun(
-                        i, self.runs[i].workflow, self.runs[i].version, self.runs[i].state
-                    )
-                    for i in run_ids
-                    if i in self.runs
-                }
+                return self.locked(run_ids)
             case p.Dags(versions):
                 return {v: self.dags[v] for v in versions}
-            case p.RecordAttempts(outcomes, deciding):
-                # The statement returns task states as of its snapshot: before the batch.
-                before = self.task_states(deciding)
+            case p.RecordAttempts(run_ids, outcomes, candidates):
+                runs = self.locked(run_ids)
+                # The statement returns task states as of its snapshot: before
+                # the batch, of the candidates still running.
+                before = self.task_states(
+                    [i for i in candidates if i in runs and runs[i].state == RunState.RUNNING]
+                )
                 accepted = set()
                 for o in outcomes:
                     t = self.tasks[o.id]
@@ -186,7 +191,7 @@ class Model:
                         self.move(t, o.target)
                         t.owner = None
                         accepted.add((o.id, o.attempt))
-                return p.Recorded(frozenset(accepted), before)
+                return p.Recorded(runs, frozenset(accepted), before)
             case p.ApplyMoves(moves):
                 queued = 0
                 for m in moves:

@@ -263,49 +263,15 @@ CROSS JOIN LATERAL (
 ) r;
 
 -- name: record_attempts
--- Apply finished attempts, guarded by state, attempt and lease: a late result
--- from a worker whose lease was taken over matches nothing and is rejected.
--- $1 id[], $2 attempt[], $3 target[], $4 output json text[], $5 error[],
--- $6 retry delay s[], $7 lease owner[], $8 expired_only[] (reaper: lease must
--- have run out), $9 reason[], $10 expected source state, $11 actor,
--- $12 whether to return task states, $13 the runs whose task states to return,
--- $14 the lease clock's time (NULL: the database's)
-WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::integer[], $3::task_state[], $4::text[],
-                         $5::text[], $6::float8[], $7::text[], $8::boolean[], $9::text[])
-        AS i(id, attempt, target, output, error, delay_s, owner, expired_only, reason)
-), updated AS (
-    UPDATE task_instances t
-    -- A retry of a task an operator holds waits held (keeping its delay);
-    -- checked under the run's lock, like apply_decisions.
-    SET state = CASE WHEN i.target = 'up_for_retry' AND EXISTS (
-                    SELECT 1 FROM task_holds h JOIN runs hr ON hr.workflow = h.workflow
-                    WHERE hr.id = t.run_id AND h.task IN (t.task_id, '*'))
-                THEN 'held'::task_state ELSE i.target END,
-        output = i.output::jsonb, error = i.error,
-        lease_owner = NULL, lease_until = NULL,
-        not_before = CASE WHEN i.delay_s IS NULL THEN NULL
-                          ELSE now() + make_interval(secs => i.delay_s) END,
-        ended_at = CASE WHEN i.target IN ('up_for_retry', 'deferred') THEN NULL ELSE now() END
-    FROM input i
-    -- The id array as well as the join: looked up by key, never a scan of the
-    -- running rows, whatever the statistics of fresh rows say.
-    WHERE t.id = i.id AND t.id = ANY($1::bigint[])
-      AND t.state = $10::task_state AND t.attempt = i.attempt
-      AND t.lease_owner = i.owner
-      AND (NOT i.expired_only OR t.lease_until < coalesce($14::timestamptz, now()))
-    RETURNING t.id, t.run_id, t.task_id, t.attempt, t.state, i.reason
-), logged AS (
-    INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
-    SELECT run_id, task_id, $10, state::text, attempt, $11, reason FROM updated
-)
--- Accepted ids, then every task state of the (already locked) runs as of
--- this statement's snapshot: the caller overlays the accepted targets.
-SELECT id, attempt, NULL::bigint AS run_id, NULL::text AS task_id, NULL::text AS state
-FROM updated
-UNION ALL
-SELECT NULL, NULL, t.run_id, t.task_id, t.state::text FROM task_instances t
-WHERE $12 AND t.run_id = ANY($13::bigint[]);
+-- A completion's first statement: lock its runs ($1), record its finished
+-- attempts and read the task states of the runs it decides, in one round
+-- trip (migration 0024 says how). $2 id[], $3 attempt[], $4 target[],
+-- $5 output json text[], $6 error[], $7 retry delay s[], $8 lease owner[],
+-- $9 expired_only[] (reaper: the lease must have run out), $10 reason[],
+-- $11 expected source state, $12 actor, $13 the runs whose task states to
+-- return while they run, $14 the lease clock's time (NULL: the database's).
+SELECT * FROM lock_and_record_attempts($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                                       $13, $14);
 
 -- name: apply_decisions
 -- Decided task moves (queued, skipped, upstream_failed), each guarded by its
