@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from eventually import eventually
 
 from orchestrator.engine import Claimed, Engine, Outcome
 from orchestrator.spec import TaskSpec, WorkflowSpec
 from orchestrator.states import TaskState
 from orchestrator.store import Database
-from tests.eventually import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
