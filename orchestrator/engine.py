@@ -29,6 +29,7 @@ from orchestrator.deferral import Resolution
 from orchestrator.engine_types import (
     Claimed,
     Completion,
+    HandOver,
     LocalWorker,
     RunRequest,
     SuccessorClaim,
@@ -138,23 +139,31 @@ class Engine:
         ``hand_over`` is off: the caller claims itself), which starts the work
         once the commit returns."""
         local = self.local if hand_over else None
-        reserved = 0
-        claimed: list[Claimed] = []
-        limited: bool | None = None
+        offer = HandOver(local.owner, local.reserve) if local is not None else None
         try:
             async with self.db.transaction() as conn:
-                notices = Notices()
+                notices = Notices(hand_over=offer)
                 yield conn, notices
-                if local is not None and notices.queued > 0 and (reserved := local.reserve()):
-                    claimed, limited = await self._claim_in(conn, local.owner, reserved)
-                    notices.claimed_here(len(claimed), reserved, limited)
+                if offer is not None:
+                    if (
+                        notices.queued > offer.queued_then
+                        and not offer.limited_waiting
+                        and offer.room() > 0
+                    ):
+                        claimed, limited = await self._claim_in(conn, offer.owner, offer.room())
+                        offer.claimed += claimed
+                        offer.limited_waiting = limited
+                    if offer.reserved:
+                        notices.claimed_here(
+                            len(offer.claimed), offer.reserved, bool(offer.limited_waiting)
+                        )
                 await notices.send(conn)
         except BaseException:
-            if local is not None and reserved:
-                local.hand_over([], reserved, None)
+            if local is not None and offer is not None and offer.reserved:
+                local.hand_over([], offer.reserved, None)
             raise
-        if local is not None and reserved:
-            local.hand_over(claimed, reserved, limited)
+        if local is not None and offer is not None and offer.reserved:
+            local.hand_over(offer.claimed, offer.reserved, offer.limited_waiting)
 
     async def _claim_in(
         self, conn: asyncpg.Connection, owner: str, limit: int
@@ -215,19 +224,28 @@ class Engine:
         defaults = {name: c.spec.param_defaults for name, c in compiled.items()}
         running, queued = RunState.RUNNING.value, RunState.QUEUED.value
         runs: list[list[Any]] = []
+        roots = 0
         for run_id, req, start in zip(ids, requests, starts, strict=True):
             c = compiled[req.workflow]
             if start:
-                notices.queued += len(c.dag.roots)
+                roots += len(c.dag.roots)
             state = running if start else queued
             runs.append(run_row(run_id, req, c, defaults[req.workflow], state, actor))
+        notices.queued += roots
+        # The worker of this process may take the roots in the same statement.
+        offer = notices.hand_over
+        slots = offer.room() if offer is not None and roots and not offer.limited_waiting else 0
         try:
             # The runs, the task instances of those that start, and their transitions.
-            await conn.execute(
+            rows = await conn.fetch(
                 SQL.insert_runs,
                 runs_document(runs),
                 task_template(compiled[n] for n in names),
                 actor,
+                offer.owner if offer is not None and slots > 0 else None,
+                slots,
+                self.lease_s,
+                self.clock.stamp(),
             )
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == "runs_logical_date":
@@ -236,6 +254,10 @@ class Engine:
                     f"{exc.detail or exc}"
                 ) from None
             raise
+        if offer is not None and slots > 0 and not rows[0]["others_claimable"]:
+            offer.claimed += claimed_from_rows(rows)
+            offer.limited_waiting = False
+            offer.queued_then = notices.queued
         timed = {name for name, c in compiled.items() if sla.has_deadlines(c.spec)}
         if timed:
             notices.timed_waits |= await sla.arm(

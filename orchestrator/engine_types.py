@@ -3,7 +3,7 @@ the result of a completion."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -51,6 +51,31 @@ class Claimed:
     tries_before: int = 0
     """Attempts made before an operator last cleared the task: its retry
     policy counts only the attempts since (``attempt - tries_before``)."""
+
+
+@dataclass(slots=True)
+class HandOver:
+    """A unit of work's claim for the worker of its own process
+    (:meth:`Engine.unit`). The worker's slots are reserved when a statement
+    first asks how many there are; the statement that creates runs may claim
+    their roots itself (insert_runs), and the claim statement takes what is
+    queued after it, at the end of the unit."""
+
+    owner: str
+    reserve: Callable[[], int]
+    reserved: int | None = None
+    """Slots reserved (None: not asked yet)."""
+    claimed: list[Claimed] = field(default_factory=list)
+    limited_waiting: bool | None = None
+    """As a claim saw it; None until a statement has claimed."""
+    queued_then: int = 0
+    """The unit's queued count when a statement last claimed: work queued
+    since is left for the claim at the end of the unit."""
+
+    def room(self) -> int:
+        if self.reserved is None:
+            self.reserved = self.reserve()
+        return self.reserved - len(self.claimed)
 
 
 @dataclass(slots=True)

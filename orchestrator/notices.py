@@ -14,10 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from orchestrator.store.queries import SQL
+
+if TYPE_CHECKING:
+    from orchestrator.engine_types import HandOver
 
 TASKS_CHANNEL = "orchestrator_tasks"
 """Task instances became claimable. Payload: empty."""
@@ -42,6 +46,8 @@ class Notices:
     ended_runs: list[int] = field(default_factory=list)
     timed_waits: bool = False
     alerts: bool = False
+    hand_over: HandOver | None = None
+    """What the unit claims for the worker of its own process, if it has one."""
 
     def claimed_here(self, claimed: int, asked: int, limited_waiting: bool) -> None:
         """The committer claimed ``claimed`` of ``asked`` tasks for its own

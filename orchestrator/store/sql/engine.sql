@@ -74,6 +74,15 @@ FROM ids LEFT JOIN workflows w ON w.name = ANY($1::text[]);
 -- max_concurrency, needs] (roots queued, the rest scheduled); $3 the actor of
 -- the task transitions. One document per table: one parameter to send and to
 -- parse, whatever the batch size.
+-- The hand-over claim, in the same statement: with lease owner $4 (the
+-- worker of the committing process; NULL: none), up to $5 of the roots it
+-- queues start running for that worker ($6 lease seconds from $7, the lease
+-- clock's time, or the database's when NULL), logged queued, then claimed:
+-- but only when nothing was claimable before and no root is limited, so the
+-- claim statement's order (priority, then age) and its answer about limited
+-- work hold unchanged. Otherwise (others_claimable) the caller claims with the
+-- claim statement. Rows: one per root claimed here, with the columns of
+-- claim (none: one row with a NULL id); every row carries others_claimable.
 WITH input AS (
     SELECT (r->>0)::bigint AS id, r->>1 AS workflow, r->>2 AS version,
            (r->>3)::run_state AS state, r->4 AS params,
@@ -98,28 +107,70 @@ WITH input AS (
 ), holds AS MATERIALIZED (
     -- Tasks an operator holds (a handful): read once, not once per row.
     SELECT workflow, task FROM task_holds
-), tasks_in AS (
-    INSERT INTO task_instances (run_id, task_id, state, handler, pool, priority, limited,
-                                concurrency_key, max_concurrency, needs, queued_at)
-    SELECT r.id, t.task_id,
+), rows_in AS MATERIALIZED (
+    SELECT r.id AS run_id, t.task_id, t.handler, t.pool, t.priority, t.limited,
+           t.concurrency_key, t.max_concurrency, t.needs, t.n,
            -- A root of a task an operator holds waits held (no slot) instead.
            CASE WHEN t.state = 'queued' AND EXISTS (
                     SELECT 1 FROM holds h
                     WHERE h.workflow = r.workflow AND h.task IN (t.task_id, '*'))
-                THEN 'held'::task_state ELSE t.state END,
-           t.handler, t.pool, t.priority, t.limited, t.concurrency_key, t.max_concurrency,
-           t.needs, CASE WHEN t.state = 'queued' THEN now() END
+                THEN 'held'::task_state ELSE t.state END AS state
     FROM runs_in r JOIN template t ON t.version = r.version
     WHERE r.state = 'running'
+), others AS (
+    SELECT $4::text IS NULL OR EXISTS (
+        SELECT 1 FROM task_instances
+        WHERE state IN ('queued', 'up_for_retry') AND NOT limited
+          AND (not_before IS NULL OR not_before <= now())
+    ) OR EXISTS (
+        SELECT 1 FROM task_instances
+        WHERE state IN ('queued', 'up_for_retry') AND limited
+          AND (not_before IS NULL OR not_before <= now())
+    ) OR EXISTS (SELECT 1 FROM rows_in WHERE state = 'queued' AND limited) AS claimable
+), taking AS (
+    SELECT run_id, task_id FROM rows_in
+    WHERE state = 'queued' AND NOT (SELECT claimable FROM others)
+    ORDER BY priority DESC, run_id, n
+    LIMIT $5
+), tasks_in AS (
+    INSERT INTO task_instances (run_id, task_id, state, handler, pool, priority, limited,
+                                concurrency_key, max_concurrency, needs, queued_at, attempt,
+                                lease_owner, lease_until, started_at)
+    SELECT i.run_id, i.task_id,
+           CASE WHEN k.task_id IS NULL THEN i.state ELSE 'running'::task_state END,
+           i.handler, i.pool, i.priority, i.limited, i.concurrency_key, i.max_concurrency,
+           i.needs, CASE WHEN i.state = 'queued' THEN now() END,
+           (k.task_id IS NOT NULL)::integer,
+           CASE WHEN k.task_id IS NOT NULL THEN $4 END,
+           CASE WHEN k.task_id IS NOT NULL THEN
+               coalesce($7::timestamptz, clock_timestamp()) + make_interval(secs => $6) END,
+           CASE WHEN k.task_id IS NOT NULL THEN now() END
+    FROM rows_in i LEFT JOIN taking k ON k.run_id = i.run_id AND k.task_id = i.task_id
     -- Claims take equal priorities oldest first: ids in run order, then DAG order.
-    ORDER BY r.id, t.n
-    RETURNING run_id, task_id, state
+    ORDER BY i.run_id, i.n
+    RETURNING id, run_id, task_id, state, attempt, handler
+), logged AS (
+    -- The runs' transitions first, then their tasks', then the claims
+    -- (UNION ALL reads in order).
+    INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
+    SELECT id, NULL, NULL, state::text, NULL, actor, 'created' FROM runs_in
+    UNION ALL
+    SELECT run_id, task_id, NULL,
+           CASE WHEN state = 'running' THEN 'queued' ELSE state::text END, 0, $3, 'created'
+    FROM tasks_in
+    UNION ALL
+    SELECT run_id, task_id, 'queued', 'running', 1, $4, 'claimed' FROM tasks_in
+    WHERE state = 'running'
+), handed AS (
+    SELECT c.id, c.run_id, c.task_id, c.attempt, 0 AS tries_before, c.handler,
+           NULL::text AS resume_payload, r.workflow, r.version, r.params::text AS params,
+           r.logical_date, r.interval_end, NULL::text AS upstream, 0::float8 AS queue_wait_s
+    FROM tasks_in c JOIN input r ON r.id = c.run_id
+    WHERE c.state = 'running'
 )
--- The runs' transitions first, then their tasks' (UNION ALL reads in order).
-INSERT INTO transitions (run_id, task_id, from_state, to_state, attempt, actor, reason)
-SELECT id, NULL, NULL, state::text, NULL, actor, 'created' FROM runs_in
-UNION ALL
-SELECT run_id, task_id, NULL, state::text, 0, $3, 'created' FROM tasks_in;
+SELECT o.claimable AS others_claimable, h.*
+FROM others o LEFT JOIN handed h ON true
+ORDER BY h.id;
 
 -- name: insert_task_instances
 -- One row per (run, task) of queued runs that start; roots start queued, the
