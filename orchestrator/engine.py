@@ -32,7 +32,6 @@ from orchestrator.engine_types import (
     HandOver,
     LocalWorker,
     RunRequest,
-    SuccessorClaim,
     claimed_from_rows,
 )
 from orchestrator.errors import DuplicateRunError, OrchestratorError, UnknownWorkflowError
@@ -150,9 +149,7 @@ class Engine:
                         and not offer.limited_waiting
                         and offer.room() > 0
                     ):
-                        claimed, limited = await self._claim_in(conn, offer.owner, offer.room())
-                        offer.claimed += claimed
-                        offer.limited_waiting = limited
+                        await self._claim_for(conn, offer)
                     if offer.reserved:
                         notices.claimed_here(
                             len(offer.claimed), offer.reserved, bool(offer.limited_waiting)
@@ -172,6 +169,13 @@ class Engine:
         whether limited work waits (then nothing is claimed here)."""
         rows = await conn.fetch(SQL.claim, owner, limit, self.lease_s, self.clock.stamp())
         return claimed_from_rows(rows), rows[0]["limited_waiting"]
+
+    async def _claim_for(self, conn: asyncpg.Connection, hand_over: HandOver) -> None:
+        """Claim what ``hand_over`` has room for, with the claim statement."""
+        claimed, hand_over.limited_waiting = await self._claim_in(
+            conn, hand_over.owner, hand_over.room()
+        )
+        hand_over.claimed += claimed
 
     async def create_runs(self, requests: Sequence[RunRequest], *, actor: str) -> list[int]:
         """Create runs in one transaction; runs over ``max_active_runs`` wait queued."""
@@ -343,7 +347,7 @@ class Engine:
         """Record finished attempts and everything that follows from them, in
         one transaction; optionally claim up to ``claim_limit`` new tasks for
         ``claim_for`` in the same commit."""
-        claim = SuccessorClaim(claim_for, claim_limit) if claim_for and claim_limit > 0 else None
+        claim = HandOver(claim_for, lambda: claim_limit) if claim_for and claim_limit > 0 else None
         async with self.unit(hand_over=claim_for is None) as (conn, notices):
             done = await self._carry_out(conn, p.commit(outcomes), actor, notices, claim)
             await self._record_outlets(conn, done, actor, notices)
@@ -354,9 +358,7 @@ class Engine:
                     # No move was applied, so nothing has claimed yet: claim what
                     # waits. (Work queued after a move is announced; the claim
                     # loop takes it.)
-                    claim.claimed, claim.limited_waiting = await self._claim_in(
-                        conn, claim.owner, claim.limit
-                    )
+                    await self._claim_for(conn, claim)
                 claimed, limited_waiting = claim.claimed, claim.limited_waiting
             # What this worker claims itself needs nobody woken.
             notices.queued += done.queued - len(claimed)
@@ -428,7 +430,7 @@ class Engine:
         planning: p.Planning,
         actor: str,
         notices: Notices,
-        claim: SuccessorClaim | None = None,
+        claim: HandOver | None = None,
     ) -> p.Plan:
         """Answer the planner's requests in ``conn``'s transaction until it is
         done, then raise the alerts of what it did (in the same transaction).
@@ -440,7 +442,7 @@ class Engine:
             except StopIteration as stop:
                 done: p.Plan = stop.value
                 break
-            if claim is not None and isinstance(request, p.ApplyMoves) and claim.left > 0:
+            if claim is not None and isinstance(request, p.ApplyMoves) and claim.room() > 0:
                 answer = await recording.apply_moves(
                     conn, request.moves, actor, claim, self.lease_s, self.clock.stamp()
                 )

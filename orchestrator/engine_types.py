@@ -55,11 +55,14 @@ class Claimed:
 
 @dataclass(slots=True)
 class HandOver:
-    """A unit of work's claim for the worker of its own process
-    (:meth:`Engine.unit`). The worker's slots are reserved when a statement
-    first asks how many there are; the statement that creates runs may claim
-    their roots itself (insert_runs), and the claim statement takes what is
-    queued after it, at the end of the unit."""
+    """A claim for a worker made by the statements of one unit of work: a
+    completion's for the worker that finished its attempts (the statement
+    that queues their successors claims them, apply_decisions), or any
+    unit's for the worker of its own process (:meth:`Engine.unit`: the
+    statement that creates runs may claim their roots, insert_runs, and the
+    claim statement takes what is queued after it, at the end of the unit).
+    The worker's slots are reserved when a statement first asks how many
+    there are."""
 
     owner: str
     reserve: Callable[[], int]
@@ -76,22 +79,6 @@ class HandOver:
         if self.reserved is None:
             self.reserved = self.reserve()
         return self.reserved - len(self.claimed)
-
-
-@dataclass(slots=True)
-class SuccessorClaim:
-    """A completion's claim for its worker, made by the statement that queues
-    the completed tasks' successors (apply_decisions)."""
-
-    owner: str
-    limit: int
-    claimed: list[Claimed] = field(default_factory=list)
-    limited_waiting: bool | None = None
-    """As the claim saw it; None until a statement has claimed."""
-
-    @property
-    def left(self) -> int:
-        return self.limit - len(self.claimed)
 
 
 @dataclass(slots=True)

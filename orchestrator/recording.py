@@ -12,7 +12,7 @@ from datetime import datetime
 import asyncpg
 
 from orchestrator import plan as p
-from orchestrator.engine_types import SuccessorClaim, claimed_from_rows
+from orchestrator.engine_types import HandOver, claimed_from_rows
 from orchestrator.states import RUN_STATE_BY_NAME, TASK_STATE_BY_NAME, TaskState
 from orchestrator.store import SQL
 
@@ -68,7 +68,7 @@ async def apply_moves(
     conn: asyncpg.Connection,
     moves: Sequence[p.Move],
     actor: str,
-    claim: SuccessorClaim | None = None,
+    claim: HandOver | None = None,
     lease_s: float = 0.0,
     stamp: datetime | None = None,
 ) -> int:
@@ -85,7 +85,7 @@ async def apply_moves(
         [m.reason for m in moves],
         actor,
         claim.owner if claim else None,
-        claim.left if claim else 0,
+        claim.room() if claim else 0,
         lease_s,
         stamp,
     )

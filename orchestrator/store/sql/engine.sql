@@ -162,6 +162,8 @@ WITH input AS (
     SELECT run_id, task_id, 'queued', 'running', 1, $4, 'claimed' FROM tasks_in
     WHERE state = 'running'
 ), handed AS (
+    -- The columns of hand_over, from the input: this statement's runs are not
+    -- in its snapshot, and a root has no upstream outputs.
     SELECT c.id, c.run_id, c.task_id, c.attempt, 0 AS tries_before, c.handler,
            NULL::text AS resume_payload, r.workflow, r.version, r.params::text AS params,
            r.logical_date, r.interval_end, NULL::text AS upstream, 0::float8 AS queue_wait_s
