@@ -19,7 +19,9 @@ CREATE OR REPLACE FUNCTION lock_and_record_attempts(
     candidates bigint[], stamp timestamptz)
 RETURNS TABLE (id bigint, attempt integer, run_id bigint, task_id text, state text,
                workflow text, version text)
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 DECLARE
     locked record;
@@ -61,7 +63,7 @@ BEGIN
                               ELSE now() + make_interval(secs => i.delay_s) END,
             ended_at = CASE WHEN i.target IN ('up_for_retry', 'deferred') THEN NULL ELSE now() END
         FROM input i
-        WHERE t.id = i.id AND t.id = ANY(ids)
+        WHERE t.id = i.id
           AND t.state = source AND t.attempt = i.attempt
           AND t.lease_owner = i.owner
           AND (NOT i.expired_only OR t.lease_until < coalesce(stamp, now()))
