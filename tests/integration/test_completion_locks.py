@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from attempts import success
 from eventually import eventually
 
-from orchestrator.engine import Claimed, Engine, Outcome
+from orchestrator.engine import Claimed, Engine
 from orchestrator.spec import TaskSpec, WorkflowSpec
-from orchestrator.states import TaskState
 from orchestrator.store import Database
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,18 +26,6 @@ DIAMOND = WorkflowSpec(
         TaskSpec(id="d", handler="noop", upstream=("b", "c")),
     ),
 )
-
-
-def success(c: Claimed) -> Outcome:
-    return Outcome(
-        id=c.id,
-        run_id=c.run_id,
-        task_id=c.task_id,
-        attempt=c.attempt,
-        owner="w1",
-        target=TaskState.SUCCESS,
-        output="{}",
-    )
 
 
 async def claim(engine: Engine, want: set[str]) -> dict[str, Claimed]:

@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from attempts import success
 
-from orchestrator.engine import Claimed, Engine, Outcome, RunRequest
+from orchestrator.engine import Engine, RunRequest
 from orchestrator.spec import TaskSpec, WorkflowSpec
-from orchestrator.states import TaskState
 from orchestrator.store import Database
 
 pytestmark = [
@@ -69,18 +69,6 @@ async def plans(db: Database) -> AsyncIterator[list[str]]:
     yield seen
     db.pool = pool
     await one.close()
-
-
-def success(c: Claimed, owner: str) -> Outcome:
-    return Outcome(
-        id=c.id,
-        run_id=c.run_id,
-        task_id=c.task_id,
-        attempt=c.attempt,
-        owner=owner,
-        target=TaskState.SUCCESS,
-        output="{}",
-    )
 
 
 async def test_a_completion_reads_no_table_whole_however_large_the_backlog(

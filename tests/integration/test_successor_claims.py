@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from attempts import success
 
-from orchestrator.engine import Claimed, Engine, Outcome
+from orchestrator.engine import Claimed, Engine
 from orchestrator.spec import TaskSpec, WorkflowSpec
-from orchestrator.states import TaskState
 from orchestrator.store import SQL, Database
 
 pytestmark = pytest.mark.timeout(30)
@@ -27,18 +27,6 @@ CHAIN = WorkflowSpec(
 
 def single(name: str, **task: Any) -> WorkflowSpec:
     return WorkflowSpec(name=name, tasks=(TaskSpec(id="only", handler="noop", **task),))
-
-
-def success(c: Claimed, owner: str = "w1") -> Outcome:
-    return Outcome(
-        id=c.id,
-        run_id=c.run_id,
-        task_id=c.task_id,
-        attempt=c.attempt,
-        owner=owner,
-        target=TaskState.SUCCESS,
-        output='{"rows": 3}',
-    )
 
 
 async def claim_a(engine: Engine) -> Claimed:
@@ -65,7 +53,9 @@ async def test_the_commit_that_completes_a_step_claims_its_successor(
 ) -> None:
     await engine.register([CHAIN])
     a = await claim_a(engine)
-    done = await engine.complete([success(a)], actor="w1", claim_for="w1", claim_limit=4)
+    done = await engine.complete(
+        [success(a, output='{"rows": 3}')], actor="w1", claim_for="w1", claim_limit=4
+    )
     assert [(c.run_id, c.task_id, c.attempt) for c in done.claimed] == [(a.run_id, "b", 1)]
     assert done.claimed[0].upstream == {"a": {"rows": 3}}
     assert done.limited_waiting is False
